@@ -1,0 +1,47 @@
+# Thin wrapper over CMake (as neovim does). Every target first makes sure the
+# Debian packages loam needs are installed (as root, apt-get) and configured.
+BUILD ?= build
+CMAKE_FLAGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps configure build demo test bench install clean asan tsan ubsan valgrind
+
+all: build
+
+deps:
+	@sh tools/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	@$(MAKE) --no-print-directory deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+configure: $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	@sh tools/demo.sh $(BUILD)
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+bench: build
+	@sh tools/install-deps.sh bench
+	bash bench/run.sh $(BUILD)
+
+install: build
+	cmake --install $(BUILD)
+
+# Sanitizer and valgrind runs of the whole suite, each in its own build tree.
+asan:
+	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS="-DLOAM_SANITIZE=address -DLOAM_BUILD_BENCH=OFF"
+ubsan:
+	@$(MAKE) --no-print-directory test BUILD=build-ubsan CMAKE_FLAGS="-DLOAM_SANITIZE=undefined -DLOAM_BUILD_BENCH=OFF"
+tsan:
+	@$(MAKE) --no-print-directory test BUILD=build-tsan CMAKE_FLAGS="-DLOAM_SANITIZE=thread -DLOAM_BUILD_BENCH=OFF"
+valgrind: build
+	ctest --test-dir $(BUILD) --output-on-failure -T memcheck
+
+clean:
+	rm -rf $(BUILD) build-asan build-ubsan build-tsan

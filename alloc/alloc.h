@@ -1,0 +1,327 @@
+/* alloc/alloc.h — the allocator core's internal interface.
+ *
+ * The core knows nothing of heaps' modes, the collector or the runtime: an
+ * arena has an opaque `owner` (the heap) and a budget to charge committed
+ * bytes to. Everything above alloc/ reaches memory through this header.
+ *
+ * Memory map:
+ *   segment   4 MiB, 4 MiB-aligned. Page 0 holds the header (descriptors);
+ *             pages 1..63 (64 KiB each) are carved into page runs. A run is
+ *             either free (coalesced with free neighbours) or one slab.
+ *   slab      a run cut into equal blocks of one size class.
+ *   large     a block above mmap_threshold: its own mapping, 4 MiB-aligned,
+ *             a one-page header then the block.
+ * Every segment and large mapping is entered in the process-wide segment map,
+ * so "is this address ours, and which block" is O(1) with no block header.
+ */
+#ifndef LOAM_ALLOC_H
+#define LOAM_ALLOC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <atomic_ops.h>
+
+#define LOAM_LIKELY(x)   __builtin_expect(!!(x), 1)
+#define LOAM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define LOAM_INTERNAL    __attribute__((visibility("hidden")))
+#define LOAM_NOINLINE    __attribute__((noinline))
+
+/* ---- geometry ---------------------------------------------------------- */
+#define SEGMENT_SHIFT      22
+#define SEGMENT_SIZE       ((size_t)1 << SEGMENT_SHIFT)
+#define SEGMENT_MASK       (SEGMENT_SIZE - 1)
+#define PAGE_SHIFT         16                      /* slab page: 64 KiB */
+#define PAGE_SIZE          ((size_t)1 << PAGE_SHIFT)
+#define PAGES_PER_SEGMENT  (SEGMENT_SIZE / PAGE_SIZE)   /* 64; page 0 is the header */
+#define OS_PAGE            4096u
+#define BLOCK_ALIGN        16u
+
+/* Size classes: 16..128 step 16, then 8 classes per doubling up to 512 KiB,
+ * so a request above 128 B wastes at most 1/8 of its block. */
+#define NUM_CLASSES        104
+#define SMALL_MAX          1024                    /* direct table up to here */
+#define CLASS_MAX_SIZE     ((size_t)512 * 1024)
+
+extern LOAM_INTERNAL uint8_t  sizeclass_small[SMALL_MAX / 16 + 1];
+extern LOAM_INTERNAL uint32_t sizeclass_size[NUM_CLASSES];
+extern LOAM_INTERNAL uint8_t  sizeclass_pages[NUM_CLASSES];
+
+LOAM_INTERNAL void     sizeclass_init(void);
+LOAM_INTERNAL unsigned sizeclass_of_generic(size_t n);       /* n in (SMALL_MAX, CLASS_MAX_SIZE] */
+/* Smallest class >= n whose size is a multiple of align (align a power of two <= PAGE_SIZE). */
+LOAM_INTERNAL int      sizeclass_of_aligned(size_t n, size_t align);
+
+static inline unsigned sizeclass_of(size_t n)
+{
+    if (LOAM_LIKELY(n <= SMALL_MAX))
+        return sizeclass_small[(n + 15) >> 4];
+    return sizeclass_of_generic(n);
+}
+
+/* ---- blocks ------------------------------------------------------------ */
+/* A free block holds its (encoded) successor and the double-free key. Every
+ * block is at least 16 bytes, so both words always fit. */
+typedef struct free_block {
+    uintptr_t next_enc;
+    uintptr_t freed_key;
+} free_block_t;
+
+/* Process secret written into every block that is free, and cleared when the
+ * block is handed out: a free of a block already carrying it is a double free. */
+extern LOAM_INTERNAL uintptr_t loam_free_key;
+
+static inline free_block_t *freelist_decode(uintptr_t enc, uintptr_t key)
+{
+    return (free_block_t *)(enc ^ key);
+}
+static inline uintptr_t freelist_encode(free_block_t *next, uintptr_t key)
+{
+    return (uintptr_t)next ^ key;
+}
+
+/* ---- budget: committed bytes charged to an owner (the heap's limit) ---- */
+typedef struct budget {
+    AO_t   committed;     /* bytes, all arenas and large blocks of the owner */
+    size_t limit;         /* 0 = none */
+} budget_t;
+
+LOAM_INTERNAL bool budget_charge(budget_t *b, size_t bytes);    /* false: over the limit */
+LOAM_INTERNAL void budget_release(budget_t *b, size_t bytes);
+
+/* ---- slabs and page runs ----------------------------------------------- */
+enum run_state { RUN_HEADER = 0, RUN_FREE = 1, RUN_SLAB = 2 };
+
+struct arena;
+
+typedef struct slab {
+    /* hot: read by the free fast path */
+    char        *start;          /* first block */
+    uint32_t     block_size;     /* 0 when not a slab */
+    uint32_t     bumped;         /* blocks ever handed out: [0, bumped) are real blocks */
+    uint64_t     div_magic;      /* (off * div_magic) >> 42 == off / block_size */
+    void        *owner;          /* the arena's owner (heap), copied for the free path */
+    uint8_t      owner_slot;     /* the owner's thread-cache slot */
+    uint8_t      cls;
+    uint8_t      state;          /* enum run_state */
+    uint8_t      committed;      /* a free run: pages may be resident */
+    uint8_t      tag;            /* for the layer above (object kind); the core ignores it */
+    uint16_t     pages;          /* run length, in pages */
+    uint16_t     page_index;     /* first page of the run within its segment */
+    uint32_t     capacity;       /* blocks that fit */
+    uint32_t     used;           /* blocks out of the slab (handed out or in a thread cache) */
+    uintptr_t    key;            /* free-list encoding secret */
+    free_block_t *free;          /* free list (decoded head) */
+    struct arena *arena;
+    struct slab  *next, *prev;   /* arena's partial list of the class, or a free-run bin */
+    uint16_t    *waste;          /* per block: block_size - requested (track_requested) */
+    uint64_t     freed_at_ms;    /* a free run: when it became free (decay) */
+    void        *upper;          /* side data of the layer above (e.g. mark bits) */
+} slab_t;
+
+enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
+
+typedef struct segment {
+    uint8_t       kind;          /* enum segment_kind: shared prefix with large_t */
+    struct arena *arena;
+    struct segment *next, *prev; /* the arena's segments */
+    uint32_t      used_pages;    /* pages in slabs */
+    uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
+    uint64_t      empty_since_ms;/* used_pages == 0 since then */
+    uint8_t       page_head[PAGES_PER_SEGMENT];  /* page -> first page of its run */
+    slab_t        slabs[PAGES_PER_SEGMENT];      /* descriptor of each run, at its first page */
+} segment_t;
+
+#define SEGMENT_HEADER_COMMIT  (((sizeof(segment_t) + OS_PAGE - 1) / OS_PAGE) * OS_PAGE)
+
+typedef struct large {
+    uint8_t       kind;          /* SEGMENT_LARGE */
+    struct arena *arena;
+    struct large *next, *prev;   /* the arena's large blocks */
+    char         *block;
+    size_t        size;          /* usable bytes */
+    size_t        map_size;      /* bytes mapped from the mapping's base */
+    size_t        requested;     /* bytes asked for */
+    uintptr_t     freed;         /* loam_free_key once freed (never, since it is unmapped) */
+} large_t;
+
+/* ---- the segment map ---------------------------------------------------- */
+/* Two levels over the 47-bit user address space at 4 MiB granules: 4096 leaf
+ * pointers, each leaf 8192 entries. An entry is the base of the segment or
+ * large mapping covering the granule. Writes under a lock; reads lock-free. */
+#define SEGMAP_L2_BITS 13
+#define SEGMAP_L1_SIZE ((size_t)1 << (47 - SEGMENT_SHIFT - SEGMAP_L2_BITS))
+extern LOAM_INTERNAL AO_t segmap_l1[SEGMAP_L1_SIZE];
+
+static inline void *segmap_lookup(uintptr_t a)
+{
+    if (LOAM_UNLIKELY(a >> 47))
+        return NULL;
+    AO_t *leaf = (AO_t *)AO_load(&segmap_l1[a >> (SEGMENT_SHIFT + SEGMAP_L2_BITS)]);
+    if (LOAM_UNLIKELY(leaf == NULL))
+        return NULL;
+    return (void *)AO_load(&leaf[(a >> SEGMENT_SHIFT) & (((size_t)1 << SEGMAP_L2_BITS) - 1)]);
+}
+LOAM_INTERNAL void segmap_set(uintptr_t base, size_t len, void *value);
+
+/* The slab holding address a of segment seg (any page of a run). */
+static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
+{
+    return &seg->slabs[seg->page_head[(a >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1)]];
+}
+
+/* Index of the block containing address a in slab s (a inside the run). */
+static inline size_t slab_block_index(const slab_t *s, uintptr_t a)
+{
+    return (size_t)((((uint64_t)(a - (uintptr_t)s->start)) * s->div_magic) >> 42);
+}
+
+/* What an address is, for frees, heap_of and (later) conservative scanning. */
+typedef enum {
+    ADDR_FOREIGN = 0,     /* not inside any loam mapping */
+    ADDR_BLOCK,           /* the start of a handed-out or free block */
+    ADDR_INTERIOR,        /* inside a block, not at its start */
+    ADDR_UNALLOCATED,     /* inside a loam mapping but in no block ever handed out */
+} addr_kind_t;
+
+typedef struct addr_info {
+    addr_kind_t kind;
+    segment_t  *segment;  /* slab blocks */
+    slab_t     *slab;
+    large_t    *large;    /* large blocks */
+    char       *block;    /* the block's start (ADDR_BLOCK, ADDR_INTERIOR) */
+    size_t      size;     /* the block's usable size */
+    size_t      index;    /* block index in the slab */
+} addr_info_t;
+
+LOAM_INTERNAL void addr_classify(const void *p, addr_info_t *out);
+
+/* ---- arenas ------------------------------------------------------------ */
+typedef struct arena_bin {
+    slab_t *partial;      /* slabs with free or never-used blocks */
+} arena_bin_t;
+
+typedef struct arena_counters {
+    size_t out_bytes;     /* bytes of blocks out of slabs (live + thread-cached) */
+    size_t out_blocks;
+    size_t peak_out_bytes;
+    size_t requested;     /* requested bytes of live tracked blocks */
+    size_t large_count, large_bytes;       /* blocks, mapped bytes */
+    size_t large_usable, large_requested;
+    size_t lock_contended;/* times a thread found the lock taken */
+    size_t slabs_made, slabs_released;
+} arena_counters_t;
+
+typedef struct arena {
+    pthread_mutex_t lock;
+    void      *owner;           /* the heap */
+    uint8_t    owner_slot;
+    bool       track_requested;
+    budget_t  *budget;
+    uint32_t   index;
+    arena_bin_t bins[NUM_CLASSES];
+    slab_t    *free_runs[PAGES_PER_SEGMENT];   /* by run length; committed and not */
+    segment_t *segments;
+    large_t   *large;
+    size_t     segment_count;
+    uint64_t   next_purge_ms;
+    arena_counters_t c;
+} arena_t;
+
+LOAM_INTERNAL arena_t *arena_new(void *owner, uint8_t slot, budget_t *budget, bool track_requested, uint32_t index);
+/* Unmaps every segment and large block of the arena, then frees it. */
+LOAM_INTERNAL void     arena_destroy(arena_t *a);
+LOAM_INTERNAL void     arena_lock(arena_t *a);
+LOAM_INTERNAL bool     arena_trylock(arena_t *a);
+LOAM_INTERNAL void     arena_unlock(arena_t *a);
+
+/* Take up to n blocks of class cls (lock held). Returns how many (0: out of
+ * memory or over budget). Blocks keep their freed key (caller clears it). */
+LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n);
+/* Return a block to its slab (the slab's arena lock held). */
+LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
+/* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
+ * force: all of them now. Returns bytes decommitted. */
+LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
+/* Page runs (segment.c; lock held). */
+LOAM_INTERNAL slab_t  *run_alloc(arena_t *a, unsigned pages);
+LOAM_INTERNAL void     run_free(arena_t *a, slab_t *r);
+LOAM_INTERNAL void     segment_release_all(arena_t *a);
+/* Record requested size of a tracked block (lock not needed: the block is the caller's). */
+static inline void slab_set_waste(slab_t *s, size_t index, size_t requested)
+{
+    if (s->waste)
+        s->waste[index] = (uint16_t)(s->block_size - requested);
+}
+
+/* Release kept empty slabs and decommit every free run now (lock held). */
+LOAM_INTERNAL size_t   arena_trim(arena_t *a);
+
+/* A heap's arenas: at most `max`, created on contention. */
+#define ARENA_SET_MAX 256
+typedef struct arena_set {
+    pthread_mutex_t lock;        /* guards growth */
+    arena_t  *arenas[ARENA_SET_MAX];
+    AO_t      count;
+    unsigned  max;
+    void     *owner;
+    uint8_t   slot;
+    bool      track;
+    budget_t *budget;
+} arena_set_t;
+LOAM_INTERNAL void     arena_set_init(arena_set_t *set, void *owner, uint8_t slot, budget_t *budget,
+                                      bool track, unsigned max);
+LOAM_INTERNAL void     arena_set_destroy(arena_set_t *set);
+LOAM_INTERNAL arena_t *arena_set_first(arena_set_t *set);      /* created on first use */
+/* Lock `preferred` if free, else another free arena, else a new one (up to
+ * max), else wait for `preferred`. Returns the locked arena (NULL: no memory). */
+LOAM_INTERNAL arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred);
+
+/* Set by the runtime: reports heap corruption found inside the core (then the core traps). */
+extern LOAM_INTERNAL void (*alloc_fault_hook)(const char *what, void *addr);
+
+/* Per-arena statistic walk (lock held). */
+typedef struct arena_class_stats {
+    size_t slabs, blocks_used, blocks_free, block_size;
+} arena_class_stats_t;
+typedef struct arena_stats {
+    arena_class_stats_t cls[NUM_CLASSES];
+    size_t slab_bytes, slab_free_bytes, free_run_bytes, committed_bytes, reserved_bytes;
+    size_t resident_bytes, segments;
+} arena_stats_t;
+LOAM_INTERNAL void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident);
+
+/* ---- large blocks ------------------------------------------------------ */
+LOAM_INTERNAL void  *large_alloc(arena_t *a, size_t n, size_t align, bool zero);
+LOAM_INTERNAL void   large_free(large_t *l);
+/* Resize in place or by moving the pages (mremap); NULL on failure (block intact). */
+LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
+
+/* ---- the page source --------------------------------------------------- */
+LOAM_INTERNAL void  *os_reserve_aligned(size_t size, size_t align);   /* committed lazily by touch */
+LOAM_INTERNAL void   os_release(void *p, size_t size);
+LOAM_INTERNAL void   os_decommit(void *p, size_t size);
+LOAM_INTERNAL size_t os_resident(void *p, size_t size);
+LOAM_INTERNAL uint64_t os_now_ms(void);
+LOAM_INTERNAL uintptr_t os_random(void);
+extern LOAM_INTERNAL AO_t os_reserved_bytes;    /* process-wide, all loam mappings */
+extern LOAM_INTERNAL AO_t os_committed_bytes;
+
+/* ---- metadata (arenas, heaps, thread caches, side arrays) --------------- */
+LOAM_INTERNAL void *meta_alloc(size_t size);     /* zeroed; NULL on failure */
+LOAM_INTERNAL void  meta_free(void *p, size_t size);
+
+/* ---- tuning the layer above sets (options) ----------------------------- */
+typedef struct alloc_tuning {
+    size_t   mmap_threshold;
+    uint64_t decay_ms;
+} alloc_tuning_t;
+extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
+
+/* The mutex protecting the segment map and the metadata allocator: the
+ * runtime takes it around fork. */
+LOAM_INTERNAL void alloc_prefork(void);
+LOAM_INTERNAL void alloc_postfork(void);
+
+#endif

@@ -1,0 +1,318 @@
+/* alloc/arena.c — an arena: a lock, the slabs of every size class, and the
+ * segments and large blocks they live in. A heap owns a set of arenas; a
+ * thread sticks to one and moves to another when it finds the lock taken.
+ *
+ * Per class the arena keeps a list of partial slabs (with free or never-used
+ * blocks). Full slabs are on no list: a free into one puts it back at the
+ * tail, so allocation keeps filling the slab at the head and emptier slabs get
+ * the chance to drain and go back to their segment. */
+#include "alloc/alloc.h"
+
+#include <string.h>
+
+alloc_tuning_t alloc_tuning = { 128 * 1024, 1000 };
+
+void slab_init(slab_t *s, arena_t *a, unsigned cls);
+void slab_fini(slab_t *s);
+unsigned slab_take(slab_t *s, free_block_t **out, unsigned n);
+void slab_put(slab_t *s, free_block_t *b);
+
+/* ---- budget ------------------------------------------------------------- */
+
+bool budget_charge(budget_t *b, size_t bytes)
+{
+    if (!b)
+        return true;
+    if (b->limit == 0) {
+        AO_fetch_and_add(&b->committed, bytes);
+        return true;
+    }
+    for (;;) {
+        AO_t cur = AO_load(&b->committed);
+        if (cur + bytes > b->limit || cur + bytes < cur)
+            return false;
+        if (AO_compare_and_swap_full(&b->committed, cur, cur + bytes))
+            return true;
+    }
+}
+
+void budget_release(budget_t *b, size_t bytes)
+{
+    if (b)
+        AO_fetch_and_add(&b->committed, (AO_t)0 - bytes);
+}
+
+/* ---- arena lifetime ---------------------------------------------------- */
+
+arena_t *arena_new(void *owner, uint8_t slot, budget_t *budget, bool track_requested, uint32_t index)
+{
+    arena_t *a = meta_alloc(sizeof *a);
+    if (!a)
+        return NULL;
+    pthread_mutex_init(&a->lock, NULL);
+    a->owner = owner;
+    a->owner_slot = slot;
+    a->budget = budget;
+    a->track_requested = track_requested;
+    a->index = index;
+    return a;
+}
+
+void arena_destroy(arena_t *a)
+{
+    /* Side arrays of live slabs go back to the metadata allocator. */
+    for (segment_t *seg = a->segments; seg; seg = seg->next)
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
+            if (seg->slabs[p].state == RUN_SLAB)
+                slab_fini(&seg->slabs[p]);
+    while (a->large) {
+        large_t *l = a->large;
+        large_free(l);          /* unlinks itself */
+    }
+    segment_release_all(a);
+    pthread_mutex_destroy(&a->lock);
+    meta_free(a, sizeof *a);
+}
+
+void arena_lock(arena_t *a)
+{
+    if (pthread_mutex_trylock(&a->lock) != 0) {
+        pthread_mutex_lock(&a->lock);
+        a->c.lock_contended++;
+    }
+}
+
+bool arena_trylock(arena_t *a)
+{
+    return pthread_mutex_trylock(&a->lock) == 0;
+}
+
+void arena_unlock(arena_t *a)
+{
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* ---- partial lists ------------------------------------------------------ */
+
+static void partial_push_tail(arena_bin_t *bin, slab_t *s)
+{
+    s->next = NULL;
+    if (!bin->partial) {
+        s->prev = s;            /* the head's prev is the tail */
+        bin->partial = s;
+        return;
+    }
+    slab_t *tail = bin->partial->prev;
+    tail->next = s;
+    s->prev = tail;
+    bin->partial->prev = s;
+}
+
+static void partial_remove(arena_bin_t *bin, slab_t *s)
+{
+    slab_t *head = bin->partial;
+    if (s == head) {
+        bin->partial = s->next;
+        if (bin->partial)
+            bin->partial->prev = s->prev;
+    } else {
+        s->prev->next = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        else
+            head->prev = s->prev;
+    }
+    s->next = s->prev = NULL;
+}
+
+static slab_t *slab_new(arena_t *a, unsigned cls)
+{
+    slab_t *s = run_alloc(a, sizeclass_pages[cls]);
+    if (!s)
+        return NULL;
+    slab_init(s, a, cls);
+    a->c.slabs_made++;
+    return s;
+}
+
+static void slab_release(arena_t *a, slab_t *s)
+{
+    slab_fini(s);
+    a->c.slabs_released++;
+    run_free(a, s);
+    uint64_t now = os_now_ms();
+    if (now >= a->next_purge_ms)
+        arena_purge(a, false);
+}
+
+/* ---- blocks ------------------------------------------------------------- */
+
+unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n)
+{
+    arena_bin_t *bin = &a->bins[cls];
+    unsigned got = 0;
+    while (got < n) {
+        slab_t *s = bin->partial;
+        if (!s) {
+            s = slab_new(a, cls);
+            if (!s)
+                break;
+            partial_push_tail(bin, s);
+        }
+        got += slab_take(s, out + got, n - got);
+        if (s->used == s->capacity)
+            partial_remove(bin, s);
+    }
+    size_t bytes = (size_t)got * sizeclass_size[cls];
+    a->c.out_bytes += bytes;
+    a->c.out_blocks += got;
+    if (a->c.out_bytes > a->c.peak_out_bytes)
+        a->c.peak_out_bytes = a->c.out_bytes;
+    return got;
+}
+
+void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
+{
+    arena_bin_t *bin = &a->bins[s->cls];
+    bool was_full = s->used == s->capacity;
+    slab_put(s, b);
+    a->c.out_bytes -= s->block_size;
+    a->c.out_blocks--;
+    if (was_full)
+        partial_push_tail(bin, s);
+    if (s->used == 0) {
+        /* Keep the class's last slab: a free/malloc cycle at the edge of a
+         * slab must not map and unmap it each time. Trim releases it. */
+        if (bin->partial == s && s->next == NULL)
+            return;
+        partial_remove(bin, s);
+        slab_release(a, s);
+    }
+}
+
+/* Release the empty slabs kept by arena_free_block, then purge everything. */
+size_t arena_trim(arena_t *a);
+size_t arena_trim(arena_t *a)
+{
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        slab_t *s = a->bins[c].partial;
+        if (s && s->used == 0 && s->next == NULL) {
+            partial_remove(&a->bins[c], s);
+            slab_fini(s);
+            a->c.slabs_released++;
+            run_free(a, s);
+        }
+    }
+    return arena_purge(a, true);
+}
+
+/* ---- statistics --------------------------------------------------------- */
+
+void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident)
+{
+    for (segment_t *seg = a->segments; seg; seg = seg->next) {
+        st->segments++;
+        st->reserved_bytes += SEGMENT_SIZE;
+        st->committed_bytes += SEGMENT_HEADER_COMMIT
+                               + (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE;
+        if (resident)
+            st->resident_bytes += os_resident(seg, SEGMENT_SIZE);
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
+            slab_t *r = &seg->slabs[p];
+            size_t run = (size_t)r->pages * PAGE_SIZE;
+            if (r->state == RUN_SLAB) {
+                arena_class_stats_t *cs = &st->cls[r->cls];
+                cs->block_size = r->block_size;
+                cs->slabs++;
+                cs->blocks_used += r->used;
+                cs->blocks_free += r->capacity - r->used;
+                st->slab_bytes += run;
+                if (r->used && r->used < r->capacity)
+                    st->slab_free_bytes += (size_t)(r->capacity - r->used) * r->block_size;
+            } else if (r->state == RUN_FREE &&
+                       (seg->committed_mask & (1ull << p))) {
+                st->free_run_bytes += run;
+            }
+            p += r->pages;
+        }
+    }
+    for (large_t *l = a->large; l; l = l->next) {
+        st->reserved_bytes += l->map_size;
+        st->committed_bytes += l->map_size;
+        if (resident)
+            st->resident_bytes += os_resident((char *)l, l->map_size);
+    }
+}
+
+/* ---- arena sets ---------------------------------------------------------- */
+
+void arena_set_init(arena_set_t *set, void *owner, uint8_t slot, budget_t *budget,
+                    bool track, unsigned max)
+{
+    memset(set, 0, sizeof *set);
+    pthread_mutex_init(&set->lock, NULL);
+    set->owner = owner;
+    set->slot = slot;
+    set->budget = budget;
+    set->track = track;
+    set->max = max < 1 ? 1 : max > ARENA_SET_MAX ? ARENA_SET_MAX : max;
+}
+
+void arena_set_destroy(arena_set_t *set)
+{
+    unsigned n = (unsigned)AO_load(&set->count);
+    for (unsigned i = 0; i < n; i++)
+        arena_destroy(set->arenas[i]);
+    AO_store(&set->count, 0);
+    pthread_mutex_destroy(&set->lock);
+}
+
+static arena_t *arena_set_grow(arena_set_t *set)
+{
+    arena_t *a = NULL;
+    pthread_mutex_lock(&set->lock);
+    unsigned n = (unsigned)AO_load(&set->count);
+    if (n < set->max) {
+        a = arena_new(set->owner, set->slot, set->budget, set->track, n);
+        if (a) {
+            set->arenas[n] = a;
+            AO_store_release(&set->count, n + 1);
+        }
+    }
+    pthread_mutex_unlock(&set->lock);
+    return a;
+}
+
+arena_t *arena_set_first(arena_set_t *set)
+{
+    if (AO_load_acquire(&set->count) == 0) {
+        arena_t *a = arena_set_grow(set);
+        if (a || AO_load_acquire(&set->count) == 0)
+            return a;
+    }
+    return set->arenas[0];
+}
+
+arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
+{
+    if (!preferred)
+        preferred = arena_set_first(set);
+    if (!preferred)
+        return NULL;
+    if (arena_trylock(preferred))
+        return preferred;
+    preferred->c.lock_contended++;
+    unsigned n = (unsigned)AO_load_acquire(&set->count);
+    for (unsigned i = 0; i < n; i++) {
+        arena_t *a = set->arenas[(preferred->index + 1 + i) % n];
+        if (a != preferred && arena_trylock(a))
+            return a;
+    }
+    arena_t *fresh = arena_set_grow(set);
+    if (fresh) {
+        arena_lock(fresh);
+        return fresh;
+    }
+    arena_lock(preferred);
+    return preferred;
+}

@@ -1,0 +1,97 @@
+/* alloc/os.c — the page source: address space and memory from the OS.
+ *
+ * loam never uses brk: the break is one contiguous top that can only recede
+ * past the last live byte, so a single long-lived block near the top pins
+ * everything below it. Independent mappings can each go back on their own.
+ *
+ * "Commit" on Linux is implicit: a fresh private mapping costs nothing until
+ * touched, and MADV_DONTNEED drops pages again (they read back as zeros).
+ */
+#define _GNU_SOURCE
+#include "alloc/alloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+AO_t os_reserved_bytes;
+AO_t os_committed_bytes;
+
+/* Map size bytes at an address aligned to align (a power of two >= OS_PAGE):
+ * over-map by align, then unmap the unaligned head and the tail. */
+void *os_reserve_aligned(size_t size, size_t align)
+{
+    if (size > SIZE_MAX - align) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t span = size + align;
+    char *p = mmap(NULL, span, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    uintptr_t a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+    size_t head = a - (uintptr_t)p;
+    size_t tail = span - head - size;
+    if (head)
+        munmap(p, head);
+    if (tail)
+        munmap((char *)a + size, tail);
+    AO_fetch_and_add(&os_reserved_bytes, size);
+    return (void *)a;
+}
+
+void os_release(void *p, size_t size)
+{
+    if (munmap(p, size) == 0)
+        AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - size);
+}
+
+void os_decommit(void *p, size_t size)
+{
+    /* DONTNEED frees the pages at once (RSS drops now), unlike MADV_FREE. */
+    madvise(p, size, MADV_DONTNEED);
+}
+
+size_t os_resident(void *p, size_t size)
+{
+    size_t pages = (size + OS_PAGE - 1) / OS_PAGE;
+    unsigned char vec[1024];
+    size_t resident = 0;
+    for (size_t done = 0; done < pages;) {
+        size_t n = pages - done < sizeof vec ? pages - done : sizeof vec;
+        if (mincore((char *)p + done * OS_PAGE, n * OS_PAGE, vec) != 0)
+            break;
+        for (size_t i = 0; i < n; i++)
+            resident += vec[i] & 1;
+        done += n;
+    }
+    return resident * OS_PAGE;
+}
+
+uint64_t os_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uintptr_t os_random(void)
+{
+    uintptr_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        r = (uintptr_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uintptr_t)&r ^ (uintptr_t)getpid();
+    }
+    /* splitmix the bits so a weak source still spreads */
+    r ^= r >> 31; r *= 0xBF58476D1CE4E5B9ull; r ^= r >> 27; r *= 0x94D049BB133111EBull; r ^= r >> 31;
+    return r | 1;
+}

@@ -1,0 +1,305 @@
+/* alloc/segment.c — segments, page runs and the process-wide segment map.
+ *
+ * A segment is 4 MiB at a 4 MiB boundary, so the segment of any address is
+ * `addr & ~SEGMENT_MASK`; the map tells whether that segment is loam's.
+ * Page 0 holds the header; pages 1..63 form runs. Invariants kept here:
+ *  - page_head[p] is the first page of the run holding page p;
+ *  - two free runs are never adjacent (freeing coalesces);
+ *  - committed_mask has a bit per page that may be resident; a run's pages are
+ *    charged to the budget once, when they become committed.
+ * All functions except the map's reads run under the arena's lock. */
+#include "alloc/alloc.h"
+
+#include <string.h>
+
+AO_t segmap_l1[SEGMAP_L1_SIZE];
+pthread_mutex_t segmap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define SEGMAP_L2_SIZE ((size_t)1 << SEGMAP_L2_BITS)
+
+void segmap_set(uintptr_t base, size_t len, void *value)
+{
+    pthread_mutex_lock(&segmap_lock);
+    for (uintptr_t g = base; g < base + len; g += SEGMENT_SIZE) {
+        size_t i1 = g >> (SEGMENT_SHIFT + SEGMAP_L2_BITS);
+        AO_t *leaf = (AO_t *)AO_load(&segmap_l1[i1]);
+        if (!leaf) {
+            if (!value)
+                continue;
+            leaf = os_reserve_aligned(SEGMAP_L2_SIZE * sizeof(AO_t), OS_PAGE);
+            if (!leaf)
+                break;      /* cannot happen in practice; the caller's lookup then fails safe */
+            AO_store_release(&segmap_l1[i1], (AO_t)leaf);
+        }
+        AO_store_release(&leaf[(g >> SEGMENT_SHIFT) & (SEGMAP_L2_SIZE - 1)], (AO_t)value);
+    }
+    pthread_mutex_unlock(&segmap_lock);
+}
+
+/* ---- free-run bins ------------------------------------------------------ */
+
+static void run_bin_insert(arena_t *a, slab_t *r)
+{
+    slab_t **bin = &a->free_runs[r->pages];
+    r->prev = NULL;
+    r->next = *bin;
+    if (*bin)
+        (*bin)->prev = r;
+    *bin = r;
+}
+
+static void run_bin_remove(arena_t *a, slab_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        a->free_runs[r->pages] = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+}
+
+static segment_t *segment_of(slab_t *r)
+{
+    return (segment_t *)((uintptr_t)r & ~SEGMENT_MASK);
+}
+
+static uint64_t run_mask(unsigned first, unsigned pages)
+{
+    uint64_t m = pages >= 64 ? ~0ull : ((1ull << pages) - 1);
+    return m << first;
+}
+
+static void run_set_head(segment_t *seg, unsigned first, unsigned pages)
+{
+    for (unsigned p = first; p < first + pages; p++)
+        seg->page_head[p] = (uint8_t)first;
+}
+
+/* A descriptor becomes the head of a run of `pages` pages at `first`. */
+static slab_t *run_make(segment_t *seg, unsigned first, unsigned pages, enum run_state st)
+{
+    slab_t *r = &seg->slabs[first];
+    memset(r, 0, sizeof *r);
+    r->state = (uint8_t)st;
+    r->pages = (uint16_t)pages;
+    r->page_index = (uint16_t)first;
+    r->arena = seg->arena;
+    r->start = (char *)seg + (size_t)first * PAGE_SIZE;
+    run_set_head(seg, first, pages);
+    return r;
+}
+
+/* ---- segments ---------------------------------------------------------- */
+
+static segment_t *segment_new(arena_t *a)
+{
+    if (!budget_charge(a->budget, SEGMENT_HEADER_COMMIT))
+        return NULL;
+    segment_t *seg = os_reserve_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
+    if (!seg) {
+        budget_release(a->budget, SEGMENT_HEADER_COMMIT);
+        return NULL;
+    }
+    AO_fetch_and_add(&os_committed_bytes, SEGMENT_HEADER_COMMIT);
+    seg->kind = SEGMENT_SLABS;
+    seg->arena = a;
+    run_make(seg, 0, 1, RUN_HEADER);
+    slab_t *r = run_make(seg, 1, PAGES_PER_SEGMENT - 1, RUN_FREE);
+    r->freed_at_ms = os_now_ms();
+    run_bin_insert(a, r);
+    seg->empty_since_ms = r->freed_at_ms;
+    seg->next = a->segments;
+    if (a->segments)
+        a->segments->prev = seg;
+    a->segments = seg;
+    a->segment_count++;
+    segmap_set((uintptr_t)seg, SEGMENT_SIZE, seg);
+    return seg;
+}
+
+static size_t segment_decommit_pages(segment_t *seg, uint64_t mask)
+{
+    size_t bytes = 0;
+    uint64_t m = seg->committed_mask & mask;
+    while (m) {
+        unsigned first = (unsigned)__builtin_ctzll(m);
+        unsigned last = first;
+        while (last + 1 < 64 && (m >> (last + 1) & 1))
+            last++;
+        size_t len = (size_t)(last - first + 1) * PAGE_SIZE;
+        os_decommit((char *)seg + (size_t)first * PAGE_SIZE, len);
+        bytes += len;
+        m &= ~run_mask(first, last - first + 1);
+    }
+    seg->committed_mask &= ~mask;
+    if (bytes) {
+        budget_release(seg->arena->budget, bytes);
+        AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - bytes);
+    }
+    return bytes;
+}
+
+static void segment_release(arena_t *a, segment_t *seg)
+{
+    slab_t *r = &seg->slabs[1];
+    run_bin_remove(a, r);
+    segment_decommit_pages(seg, ~0ull);
+    if (seg->prev)
+        seg->prev->next = seg->next;
+    else
+        a->segments = seg->next;
+    if (seg->next)
+        seg->next->prev = seg->prev;
+    a->segment_count--;
+    segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
+    budget_release(a->budget, SEGMENT_HEADER_COMMIT);
+    AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - SEGMENT_HEADER_COMMIT);
+    os_release(seg, SEGMENT_SIZE);
+}
+
+void segment_release_all(arena_t *a)
+{
+    while (a->segments) {
+        segment_t *seg = a->segments;
+        a->segments = seg->next;
+        size_t committed = (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE
+                           + SEGMENT_HEADER_COMMIT;
+        budget_release(a->budget, committed);
+        AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - committed);
+        segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
+        os_release(seg, SEGMENT_SIZE);
+    }
+    a->segment_count = 0;
+    memset(a->free_runs, 0, sizeof a->free_runs);
+}
+
+/* ---- runs -------------------------------------------------------------- */
+
+/* A run of exactly `pages` pages for a slab, committed and charged to the
+ * budget. First fit over the bins, splitting the rest off as a free run. */
+slab_t *run_alloc(arena_t *a, unsigned pages)
+{
+    slab_t *r = NULL;
+    for (unsigned p = pages; p < PAGES_PER_SEGMENT && !r; p++)
+        r = a->free_runs[p];
+    if (!r) {
+        if (!segment_new(a))
+            return NULL;
+        r = a->free_runs[PAGES_PER_SEGMENT - 1];
+    }
+    segment_t *seg = segment_of(r);
+    unsigned first = r->page_index, have = r->pages;
+    uint64_t fresh = run_mask(first, pages) & ~seg->committed_mask;
+    size_t charge = (size_t)__builtin_popcountll(fresh) * PAGE_SIZE;
+    if (charge && !budget_charge(a->budget, charge))
+        return NULL;
+    AO_fetch_and_add(&os_committed_bytes, charge);
+    run_bin_remove(a, r);
+    uint64_t freed_at = r->freed_at_ms;
+    if (have > pages) {
+        slab_t *rest = run_make(seg, first + pages, have - pages, RUN_FREE);
+        rest->freed_at_ms = freed_at;
+        run_bin_insert(a, rest);
+    }
+    seg->committed_mask |= run_mask(first, pages);
+    seg->used_pages += pages;
+    return run_make(seg, first, pages, RUN_SLAB);
+}
+
+/* The run of a released slab becomes free and coalesces with free neighbours. */
+void run_free(arena_t *a, slab_t *r)
+{
+    segment_t *seg = segment_of(r);
+    unsigned first = r->page_index, pages = r->pages;
+    seg->used_pages -= pages;
+    unsigned next = first + pages;
+    if (next < PAGES_PER_SEGMENT && seg->slabs[next].state == RUN_FREE) {
+        slab_t *n = &seg->slabs[next];
+        run_bin_remove(a, n);
+        pages += n->pages;
+    }
+    unsigned prev_head = seg->page_head[first - 1];
+    if (seg->slabs[prev_head].state == RUN_FREE) {
+        slab_t *p = &seg->slabs[prev_head];
+        run_bin_remove(a, p);
+        pages += p->pages;
+        first = prev_head;
+    }
+    uint64_t now = os_now_ms();
+    slab_t *merged = run_make(seg, first, pages, RUN_FREE);
+    merged->freed_at_ms = now;
+    run_bin_insert(a, merged);
+    if (seg->used_pages == 0)
+        seg->empty_since_ms = now;
+}
+
+size_t arena_purge(arena_t *a, bool force)
+{
+    uint64_t now = os_now_ms();
+    uint64_t decay = alloc_tuning.decay_ms;
+    size_t bytes = 0;
+    segment_t *next;
+    for (segment_t *seg = a->segments; seg; seg = next) {
+        next = seg->next;
+        if (seg->used_pages == 0) {
+            /* A wholly free segment goes back entirely once its decay passes. */
+            if (force || now - seg->empty_since_ms >= decay) {
+                bytes += (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE;
+                segment_release(a, seg);
+            }
+            continue;
+        }
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
+            slab_t *r = &seg->slabs[p];
+            if (r->state == RUN_FREE && (force || now - r->freed_at_ms >= decay))
+                bytes += segment_decommit_pages(seg, run_mask(p, r->pages));
+            p += r->pages;
+        }
+    }
+    a->next_purge_ms = now + (decay / 4 ? decay / 4 : 1);
+    return bytes;
+}
+
+/* ---- what an address is ------------------------------------------------ */
+
+void addr_classify(const void *p, addr_info_t *out)
+{
+    uintptr_t a = (uintptr_t)p;
+    memset(out, 0, sizeof *out);
+    void *base = segmap_lookup(a);
+    if (!base)
+        return;                                     /* ADDR_FOREIGN */
+    if (*(uint8_t *)base == SEGMENT_LARGE) {
+        large_t *l = base;
+        uintptr_t b = (uintptr_t)l->block;
+        if (a >= (uintptr_t)base + l->map_size)
+            return;                                 /* past the mapping: someone else's */
+        out->large = l;
+        if (a < b || a >= b + l->size) {
+            out->kind = ADDR_UNALLOCATED;
+            return;
+        }
+        out->block = l->block;
+        out->size = l->size;
+        out->kind = a == b ? ADDR_BLOCK : ADDR_INTERIOR;
+        return;
+    }
+    segment_t *seg = base;
+    slab_t *s = segment_slab_at(seg, a);
+    out->segment = seg;
+    out->slab = s;
+    if (s->state != RUN_SLAB) {
+        out->kind = ADDR_UNALLOCATED;
+        return;
+    }
+    size_t idx = slab_block_index(s, a);
+    if (idx >= s->bumped) {
+        out->kind = ADDR_UNALLOCATED;
+        return;
+    }
+    out->index = idx;
+    out->block = s->start + idx * s->block_size;
+    out->size = s->block_size;
+    out->kind = (uintptr_t)out->block == a ? ADDR_BLOCK : ADDR_INTERIOR;
+}

@@ -1,0 +1,78 @@
+/* alloc/slab.c — a page run cut into equal blocks.
+ *
+ * Blocks [0, bumped) have been handed out at least once; the rest are served
+ * by bumping, so a fresh slab touches memory only as it is used. Freed blocks
+ * go on an intrusive list whose links are XOR-encoded with the slab's secret:
+ * a stray write into a free block cannot aim the next allocation. Every link
+ * followed is checked to point at a block of this slab. */
+#include "alloc/alloc.h"
+
+#include <string.h>
+
+void (*alloc_fault_hook)(const char *what, void *addr);
+
+static void slab_fault(const char *what, void *addr)
+{
+    if (alloc_fault_hook)
+        alloc_fault_hook(what, addr);
+    __builtin_trap();
+}
+
+void slab_init(slab_t *s, arena_t *a, unsigned cls);
+void slab_init(slab_t *s, arena_t *a, unsigned cls)
+{
+    uint32_t size = sizeclass_size[cls];
+    s->block_size = size;
+    s->cls = (uint8_t)cls;
+    s->capacity = (uint32_t)(((size_t)s->pages * PAGE_SIZE) / size);
+    s->bumped = 0;
+    s->used = 0;
+    s->free = NULL;
+    s->key = os_random();
+    s->div_magic = (((uint64_t)1 << 42) + size - 1) / size;
+    s->owner = a->owner;
+    s->owner_slot = a->owner_slot;
+    s->arena = a;
+    s->waste = NULL;
+    if (a->track_requested)
+        s->waste = meta_alloc((size_t)s->capacity * sizeof(uint16_t));
+}
+
+void slab_fini(slab_t *s);
+void slab_fini(slab_t *s)
+{
+    if (s->waste)
+        meta_free(s->waste, (size_t)s->capacity * sizeof(uint16_t));
+    s->waste = NULL;
+    s->block_size = 0;
+    s->bumped = 0;
+}
+
+/* Up to n blocks out of the slab. */
+unsigned slab_take(slab_t *s, free_block_t **out, unsigned n);
+unsigned slab_take(slab_t *s, free_block_t **out, unsigned n)
+{
+    unsigned got = 0;
+    uintptr_t lo = (uintptr_t)s->start, hi = lo + (uintptr_t)s->bumped * s->block_size;
+    while (got < n && s->free) {
+        free_block_t *b = s->free;
+        uintptr_t nx = (uintptr_t)freelist_decode(b->next_enc, s->key);
+        if (nx && (nx < lo || nx >= hi || slab_block_index(s, nx) * s->block_size != nx - lo))
+            slab_fault("free list corrupted (a freed block was written to)", b);
+        s->free = (free_block_t *)nx;
+        out[got++] = b;
+    }
+    while (got < n && s->bumped < s->capacity)
+        out[got++] = (free_block_t *)(s->start + (size_t)s->bumped++ * s->block_size);
+    s->used += got;
+    return got;
+}
+
+void slab_put(slab_t *s, free_block_t *b);
+void slab_put(slab_t *s, free_block_t *b)
+{
+    b->next_enc = freelist_encode(s->free, s->key);
+    b->freed_key = loam_free_key;
+    s->free = b;
+    s->used--;
+}

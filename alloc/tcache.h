@@ -1,0 +1,67 @@
+/* alloc/tcache.h — per-thread, per-heap caches of free blocks.
+ *
+ * A cache is a stack of free blocks per size class, owned by one thread and
+ * touched by no other, so the common malloc and free are a pop and a push
+ * with no lock and no atomic read-modify-write. Links are XOR-encoded with the
+ * cache's secret like the slabs' lists. Refills take a batch from an arena,
+ * flushes give a batch back to the blocks' own slabs (whatever arena or thread
+ * they came from: this is how a cross-thread free reaches its owner). */
+#ifndef LOAM_TCACHE_H
+#define LOAM_TCACHE_H
+
+#include "alloc/alloc.h"
+
+typedef struct tcache_bin {
+    free_block_t *head;
+    uint32_t      count;
+    uint32_t      max;         /* flush past this */
+} tcache_bin_t;
+
+typedef struct tcache {
+    tcache_bin_t  bins[NUM_CLASSES];
+    void         *owner;       /* the heap; NULL: not (or no longer) in use */
+    uintptr_t     key;
+    arena_set_t  *arenas;
+    arena_t      *arena;       /* where refills come from: sticky */
+    struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
+    struct tcache *thread_next;               /* this thread's caches */
+    uint64_t      refills, flushes;
+} tcache_t;
+
+/* Blocks kept per class: tcache_max, at most 256 KiB worth, at least 1. */
+LOAM_INTERNAL void  tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max);
+/* Refill the bin of cls and pop one block (NULL: out of memory). */
+LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
+/* Flush the bin of cls down to `keep` blocks. */
+LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
+LOAM_INTERNAL void  tcache_flush_all(tcache_t *tc);
+/* Forget every block without touching it (its heap is gone). */
+LOAM_INTERNAL void  tcache_abandon(tcache_t *tc);
+
+static inline void *tcache_pop(tcache_t *tc, unsigned cls)
+{
+    tcache_bin_t *bin = &tc->bins[cls];
+    free_block_t *b = bin->head;
+    if (LOAM_UNLIKELY(b == NULL))
+        return NULL;
+    bin->head = freelist_decode(b->next_enc, tc->key);
+    bin->count--;
+    b->freed_key = 0;
+    return b;
+}
+
+/* false: the bin is full (the caller flushes). */
+static inline bool tcache_push(tcache_t *tc, unsigned cls, void *p)
+{
+    tcache_bin_t *bin = &tc->bins[cls];
+    if (LOAM_UNLIKELY(bin->count >= bin->max))
+        return false;
+    free_block_t *b = p;
+    b->next_enc = freelist_encode(bin->head, tc->key);
+    b->freed_key = loam_free_key;
+    bin->head = b;
+    bin->count++;
+    return true;
+}
+
+#endif

@@ -1,0 +1,273 @@
+/* runtime/alloc_api.c — loam_malloc and friends: the fast paths inline from
+ * runtime.h, and the slow paths (large blocks, tracked heaps, refills,
+ * flushes, heaps without a cache, and every fault). */
+#include "runtime/runtime.h"
+
+#include <stdint.h>
+
+/* ---- helpers --------------------------------------------------------------- */
+
+static void heap_note_requested(loam_heap_t *h, size_t delta_add, size_t delta_sub)
+{
+    if (delta_add)
+        AO_fetch_and_add(&h->requested, delta_add);
+    if (delta_sub)
+        AO_fetch_and_add(&h->requested, (AO_t)0 - delta_sub);
+}
+
+/* One block of class cls from the thread's cache, or from an arena under its
+ * lock when the thread has no cache for h. */
+static void *alloc_class_block(loam_heap_t *h, unsigned cls)
+{
+    tcache_t *tc = loam_tls_cache[h->slot];
+    if (tc->owner != h)
+        tc = heap_thread_cache(h);
+    if (tc) {
+        void *p = tcache_pop(tc, cls);
+        return p ? p : tcache_refill_pop(tc, cls);
+    }
+    arena_t *a = arena_set_lock_some(&h->arenas, NULL);
+    if (!a)
+        return NULL;
+    free_block_t *b = NULL;
+    unsigned got = arena_alloc_blocks(a, cls, &b, 1);
+    arena_unlock(a);
+    if (!got)
+        return NULL;
+    b->freed_key = 0;
+    return b;
+}
+
+static void *alloc_large_block(loam_heap_t *h, size_t n, size_t align)
+{
+    arena_t *a = arena_set_first(&h->arenas);
+    return a ? large_alloc(a, n, align, true) : NULL;
+}
+
+static void track_block(loam_heap_t *h, void *p, size_t n)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)p & ~(uintptr_t)SEGMENT_MASK);
+    slab_t *s = segment_slab_at(seg, (uintptr_t)p);
+    if (s->waste) {
+        slab_set_waste(s, slab_block_index(s, (uintptr_t)p), n);
+        heap_note_requested(h, n, 0);
+    }
+}
+
+/* Allocate n bytes with alignment align (16 for plain malloc) from h. */
+static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
+{
+    loam_ensure_init();
+    for (;;) {
+        void *p = NULL;
+        if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {
+            int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
+            if (cls >= 0) {
+                p = alloc_class_block(h, (unsigned)cls);
+                if (p && h->track_requested)
+                    track_block(h, p, n);
+                if (p)
+                    return p;
+                goto failed;
+            }
+        }
+        if (n > PTRDIFF_MAX) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        p = alloc_large_block(h, n, align);
+        if (p)
+            return p;
+    failed:
+        if (!heap_out_of_memory(h, n)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+}
+
+void *alloc_malloc_slow(loam_heap_t *h, size_t n)
+{
+    return alloc_from_heap(h, n, BLOCK_ALIGN);
+}
+
+void *alloc_aligned(loam_heap_t *h, size_t align, size_t n)
+{
+    if (align == 0 || (align & (align - 1)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (align < BLOCK_ALIGN)
+        align = BLOCK_ALIGN;
+    if (n > PTRDIFF_MAX || align > ((size_t)1 << 40)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_from_heap(h, n, align);
+}
+
+/* ---- free ------------------------------------------------------------------ */
+
+static loam_heap_t *block_heap(const addr_info_t *ai)
+{
+    arena_t *a = ai->large ? ai->large->arena : ai->slab->arena;
+    return a->owner;
+}
+
+void alloc_free_slow(void *p)
+{
+    if (p == NULL)
+        return;
+    addr_info_t ai;
+    addr_classify(p, &ai);
+    switch (ai.kind) {
+    case ADDR_FOREIGN:
+        loam_fault(NULL, "free of a pointer not allocated by loam", p, 0);
+        return;
+    case ADDR_UNALLOCATED:
+        loam_fault(ai.large || ai.slab ? (ai.large ? ai.large->arena : ai.slab->arena)->owner : NULL,
+                   "free of an address inside a loam heap that is no block (never allocated)", p, 0);
+        return;
+    case ADDR_INTERIOR:
+        loam_fault(block_heap(&ai), "free of an interior pointer (not the start of a block)", p, ai.size);
+        return;
+    case ADDR_BLOCK:
+        break;
+    }
+    loam_heap_t *h = block_heap(&ai);
+    if (ai.large) {
+        large_free(ai.large);
+        return;
+    }
+    free_block_t *b = p;
+    if (b->freed_key == loam_free_key) {
+        loam_fault(h, "double free", p, ai.size);
+        return;
+    }
+    slab_t *s = ai.slab;
+    if (s->waste) {
+        heap_note_requested(h, 0, s->block_size - s->waste[ai.index]);
+        s->waste[ai.index] = 0;
+    }
+    tcache_t *tc = loam_tls_cache[s->owner_slot];
+    if (tc->owner != h)
+        tc = heap_thread_cache(h);
+    if (tc) {
+        if (tcache_push(tc, s->cls, p))
+            return;
+        if (tc->bins[s->cls].max) {
+            tcache_flush(tc, s->cls, tc->bins[s->cls].max / 2);
+            if (tcache_push(tc, s->cls, p))
+                return;
+        }
+    }
+    arena_lock(s->arena);
+    arena_free_block(s->arena, s, b);
+    arena_unlock(s->arena);
+}
+
+/* ---- sizes and realloc ----------------------------------------------------- */
+
+size_t alloc_usable_size(const void *p)
+{
+    if (!p)
+        return 0;
+    addr_info_t ai;
+    addr_classify(p, &ai);
+    if (ai.kind != ADDR_BLOCK) {
+        loam_fault(ai.kind == ADDR_FOREIGN ? NULL : ai.kind == ADDR_INTERIOR ? block_heap(&ai) : NULL,
+                   ai.kind == ADDR_INTERIOR ? "usable_size of an interior pointer"
+                                            : "usable_size of a pointer that is no loam block",
+                   p, 0);
+        return 0;
+    }
+    return ai.size;
+}
+
+void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
+{
+    if (p == NULL)
+        return alloc_malloc_fast(h, n);
+    addr_info_t ai;
+    addr_classify(p, &ai);
+    if (ai.kind != ADDR_BLOCK || (!ai.large && ((free_block_t *)p)->freed_key == loam_free_key)) {
+        alloc_free_slow(p);              /* names the fault */
+        return NULL;
+    }
+    loam_heap_t *owner = block_heap(&ai);
+    if (n == 0) {                        /* as glibc: free, and return NULL */
+        alloc_free_fast(p);
+        return NULL;
+    }
+    if (n > PTRDIFF_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (ai.large) {
+        if (n > alloc_tuning.mmap_threshold) {
+            void *q = large_realloc(ai.large, n);
+            if (q)
+                return q;
+            /* fall back to allocate-copy-free below */
+        }
+    } else if (n <= ai.size && (n > ai.size / 2 || ai.size <= 32)) {
+        slab_t *s = ai.slab;
+        if (s->waste) {
+            heap_note_requested(owner, n, s->block_size - s->waste[ai.index]);
+            slab_set_waste(s, ai.index, n);
+        }
+        return p;
+    }
+    void *q = alloc_malloc_fast(owner, n);
+    if (!q)
+        return NULL;
+    memcpy(q, p, n < ai.size ? n : ai.size);
+    alloc_free_fast(p);
+    return q;
+}
+
+/* ---- public entry points ---------------------------------------------------- */
+
+void *loam_malloc(loam_heap_t *h, size_t n)
+{
+    return alloc_malloc_fast(h, n);
+}
+
+void loam_free(void *p)
+{
+    alloc_free_fast(p);
+}
+
+void *loam_calloc(loam_heap_t *h, size_t count, size_t n)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, n, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = alloc_malloc_fast(h, total);
+    if (p && total > alloc_tuning.mmap_threshold) {
+        addr_info_t ai;
+        addr_classify(p, &ai);
+        if (ai.large)
+            return p;                    /* a fresh mapping is already zero */
+    }
+    if (p)
+        memset(p, 0, total);
+    return p;
+}
+
+void *loam_realloc(loam_heap_t *h, void *p, size_t n)
+{
+    return alloc_realloc(h, p, n);
+}
+
+void *loam_aligned_alloc(loam_heap_t *h, size_t align, size_t n)
+{
+    return alloc_aligned(h, align, n);
+}
+
+size_t loam_usable_size(const void *p)
+{
+    return alloc_usable_size(p);
+}

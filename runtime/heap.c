@@ -1,0 +1,268 @@
+/* runtime/heap.c — heaps: creation, destruction, the default heap, and each
+ * thread's caches of each heap.
+ *
+ * A thread finds its cache of heap h at loam_tls_cache[h->slot]. Slots are
+ * handed out at heap creation; a slot's cache belongs to the thread, and is
+ * also listed on its heap so that destroying the heap can disown it (the
+ * thread later finds owner == NULL and takes the slow path). */
+#include "runtime/runtime.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+__thread tcache_t *loam_tls_cache[TC_SLOTS] = { [0 ... TC_SLOTS - 1] = &loam_empty_tcache };
+tcache_t loam_empty_tcache;
+
+/* The calling thread's caches, for its exit. */
+static __thread tcache_t *thread_caches;
+
+static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
+struct loam_heap *loam_heaps;
+static loam_heap_t *slot_holder[TC_SLOTS];    /* slot 0: the default heap */
+
+void heaps_lock(void) { pthread_mutex_lock(&heaps_mutex); }
+void heaps_unlock(void) { pthread_mutex_unlock(&heaps_mutex); }
+
+static void heap_link(loam_heap_t *h)
+{
+    h->prev = NULL;
+    h->next = loam_heaps;
+    if (loam_heaps)
+        loam_heaps->prev = h;
+    loam_heaps = h;
+}
+
+static void heap_unlink(loam_heap_t *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        loam_heaps = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+}
+
+static unsigned default_arena_max(void)
+{
+    if (loam_opts.arena_max > 0)
+        return (unsigned)loam_opts.arena_max;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return (unsigned)(8 * (cpus > 0 ? cpus : 1));
+}
+
+void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
+{
+    if (cfg)
+        h->cfg = *cfg;
+    h->is_default = is_default;
+    h->mode = LOAM_MANUAL;
+    h->budget.limit = h->cfg.limit;
+    h->track_requested = is_default ? (loam_opts.track_requested_set && loam_opts.track_requested)
+                                    : loam_opts.track_requested != 0;
+    h->fast = !h->track_requested;
+    h->tcache_max = (unsigned)loam_opts.tcache_max;
+    pthread_mutex_init(&h->lock, NULL);
+    arena_set_init(&h->arenas, h, h->slot, &h->budget, h->track_requested, default_arena_max());
+}
+
+loam_heap_t *loam_heap_new(const loam_config_t *cfg)
+{
+    loam_ensure_init();
+    if (cfg && cfg->mode != LOAM_MANUAL) {
+        errno = cfg->mode == LOAM_GC ? ENOSYS : EINVAL;   /* the collector is not built yet */
+        return NULL;
+    }
+    loam_heap_t *h = meta_alloc(sizeof *h);
+    if (!h) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    heaps_lock();
+    h->slot = TC_SLOT_NONE;
+    for (unsigned s = 1; s < TC_SLOT_NONE; s++)
+        if (!slot_holder[s]) {
+            slot_holder[s] = h;
+            h->slot = (uint8_t)s;
+            break;
+        }
+    heap_link(h);
+    heaps_unlock();
+    heap_init_fields(h, cfg, false);
+    return h;
+}
+
+loam_heap_t *loam_heap_default(void)
+{
+    loam_ensure_init();
+    return &loam_default_heap;
+}
+
+void loam_heap_destroy(loam_heap_t *h)
+{
+    if (!h)
+        return;
+    if (h->is_default) {
+        loam_warn("loam_heap_destroy of the default heap ignored (it lives as long as the process)");
+        return;
+    }
+    heaps_lock();
+    /* Every thread's cache of h is disowned: its blocks are about to vanish. */
+    for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
+        tcache_abandon(tc);
+    h->caches = NULL;
+    if (h->slot != TC_SLOT_NONE)
+        slot_holder[h->slot] = NULL;
+    heap_unlink(h);
+    heaps_unlock();
+    arena_set_destroy(&h->arenas);
+    pthread_mutex_destroy(&h->lock);
+    meta_free(h, sizeof *h);
+}
+
+loam_heap_t *loam_heap_of(const void *p)
+{
+    if (!p)
+        return NULL;
+    addr_info_t ai;
+    addr_classify(p, &ai);
+    if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
+        return NULL;
+    arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
+    return a->owner;
+}
+
+int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
+{
+    if (!h || (m != LOAM_MANUAL && m != LOAM_GC)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (m == LOAM_MANUAL)
+        return 0;
+    errno = ENOSYS;                       /* the collector is not built yet */
+    return -1;
+}
+
+size_t loam_heap_trim(loam_heap_t *h)
+{
+    if (!h)
+        return 0;
+    /* The calling thread's cached blocks go back first so their slabs can empty. */
+    tcache_t *tc = loam_tls_cache[h->slot];
+    if (tc->owner == h)
+        tcache_flush_all(tc);
+    size_t bytes = 0;
+    unsigned n = (unsigned)AO_load_acquire(&h->arenas.count);
+    for (unsigned i = 0; i < n; i++) {
+        arena_t *a = h->arenas.arenas[i];
+        arena_lock(a);
+        bytes += arena_trim(a);
+        arena_unlock(a);
+    }
+    return bytes;
+}
+
+/* ---- thread caches ---------------------------------------------------------- */
+
+static pthread_key_t thread_exit_key;
+static int thread_exit_key_made;
+
+static void thread_exit_destructor(void *unused)
+{
+    (void)unused;
+    heap_thread_exit();
+}
+
+void heap_thread_key_init(void);
+void heap_thread_key_init(void)
+{
+    if (pthread_key_create(&thread_exit_key, thread_exit_destructor) == 0)
+        thread_exit_key_made = 1;
+}
+
+tcache_t *heap_thread_cache(loam_heap_t *h)
+{
+    if (h->slot == TC_SLOT_NONE || h->tcache_max == 0)
+        return NULL;
+    tcache_t *tc = loam_tls_cache[h->slot];
+    if (tc->owner == h)
+        return tc;
+    /* Reuse a disowned cache of this thread (its heap was destroyed), else make one. */
+    heaps_lock();
+    tcache_t *mine = NULL;
+    for (tcache_t *t = thread_caches; t; t = t->thread_next)
+        if (t->owner == NULL) {
+            mine = t;
+            break;
+        }
+    if (!mine) {
+        mine = meta_alloc(sizeof *mine);
+        if (!mine) {
+            heaps_unlock();
+            return NULL;
+        }
+        if (!thread_caches && thread_exit_key_made)
+            pthread_setspecific(thread_exit_key, (void *)1);
+        mine->thread_next = thread_caches;
+        thread_caches = mine;
+    }
+    tcache_init(mine, h, &h->arenas, h->tcache_max);
+    mine->owner_prev = NULL;
+    mine->owner_next = h->caches;
+    if (h->caches)
+        h->caches->owner_prev = mine;
+    h->caches = mine;
+    heaps_unlock();
+    loam_tls_cache[h->slot] = mine;
+    return mine;
+}
+
+/* Runs at thread exit (pthread key destructor): every cache goes back. */
+void heap_thread_exit(void)
+{
+    heaps_lock();
+    tcache_t *tc = thread_caches;
+    thread_caches = NULL;
+    while (tc) {
+        tcache_t *next = tc->thread_next;
+        loam_heap_t *h = tc->owner;
+        if (h) {
+            tcache_flush_all(tc);
+            if (tc->owner_prev)
+                tc->owner_prev->owner_next = tc->owner_next;
+            else
+                h->caches = tc->owner_next;
+            if (tc->owner_next)
+                tc->owner_next->owner_prev = tc->owner_prev;
+            if (loam_tls_cache[h->slot] == tc)
+                loam_tls_cache[h->slot] = &loam_empty_tcache;
+        }
+        meta_free(tc, sizeof *tc);
+        tc = next;
+    }
+    for (unsigned s = 0; s < TC_SLOTS; s++)
+        loam_tls_cache[s] = &loam_empty_tcache;
+    heaps_unlock();
+}
+
+/* ---- limits ------------------------------------------------------------------ */
+
+bool heap_out_of_memory(loam_heap_t *h, size_t n)
+{
+    /* First give back what is committed but unused: free runs awaiting decay. */
+    if (loam_heap_trim(h) > 0)
+        return true;
+    if (h->budget.limit == 0)
+        return false;
+    if (h->cfg.oom) {
+        size_t before = AO_load(&h->budget.committed);
+        h->cfg.oom(h, n, h->cfg.user);
+        loam_heap_trim(h);
+        /* Retry only if the callback made room. */
+        return AO_load(&h->budget.committed) < before;
+    }
+    if (AO_fetch_and_add(&h->limit_warned, 1) == 0)
+        loam_warn("heap %p reached its limit of %zu bytes (request of %zu bytes): returning NULL",
+                  (void *)h, h->budget.limit, n);
+    return false;
+}

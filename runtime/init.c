@@ -1,0 +1,80 @@
+/* runtime/init.c — process start: size tables, secrets, options, the default
+ * heap, the thread-exit key, fork handlers and the exit report.
+ *
+ * It runs on the first allocation (possibly before main, from the dynamic
+ * loader, when loam is the malloc), so it must not allocate from libc. A
+ * nested call during init (atfork or atexit registration allocating through
+ * us) sees the tables ready and goes on. */
+#include "runtime/runtime.h"
+
+#include <stdlib.h>
+
+uintptr_t loam_free_key;
+int loam_initialized;
+struct loam_heap loam_default_heap = { .slot = 0, .fast = true, .is_default = true };
+
+static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
+static int init_started;
+
+void heap_thread_key_init(void);
+void error_install_core_hook(void);
+void stats_print_all_at_exit(void);
+
+/* fork: hold every lock across it, so the child starts with consistent
+ * arenas, then release them in both processes. */
+static void fork_prepare(void)
+{
+    heaps_lock();
+    for (loam_heap_t *h = loam_heaps; h; h = h->next) {
+        pthread_mutex_lock(&h->arenas.lock);
+        unsigned n = (unsigned)AO_load(&h->arenas.count);
+        for (unsigned i = 0; i < n; i++)
+            pthread_mutex_lock(&h->arenas.arenas[i]->lock);
+    }
+    alloc_prefork();
+}
+
+static void fork_release(void)
+{
+    alloc_postfork();
+    for (loam_heap_t *h = loam_heaps; h; h = h->next) {
+        unsigned n = (unsigned)AO_load(&h->arenas.count);
+        for (unsigned i = 0; i < n; i++)
+            pthread_mutex_unlock(&h->arenas.arenas[i]->lock);
+        pthread_mutex_unlock(&h->arenas.lock);
+    }
+    heaps_unlock();
+}
+
+static void exit_report(void)
+{
+    if (loam_opts.verbose)
+        stats_print_all_at_exit();
+}
+
+void loam_init_slow(void)
+{
+    pthread_mutex_lock(&init_mutex);
+    if (init_started) {
+        pthread_mutex_unlock(&init_mutex);
+        return;
+    }
+    init_started = 1;
+    sizeclass_init();
+    loam_free_key = os_random();
+    error_install_core_hook();
+    options_defaults();
+    options_from_env();
+    heap_init_fields(&loam_default_heap, NULL, true);
+    heaps_lock();
+    loam_default_heap.next = loam_heaps;
+    if (loam_heaps)
+        loam_heaps->prev = &loam_default_heap;
+    loam_heaps = &loam_default_heap;
+    heaps_unlock();
+    heap_thread_key_init();
+    __atomic_store_n(&loam_initialized, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&init_mutex);
+    pthread_atfork(fork_prepare, fork_release, fork_release);
+    atexit(exit_report);
+}

@@ -1,0 +1,135 @@
+/* runtime/options.c — options: LOAM_OPTIONS="key=value,..." and the API.
+ * One table gives each key its range and default; a bad key or value gets a
+ * warning and is ignored, never a crash. */
+#include "runtime/runtime.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+
+loam_options_t loam_opts;
+
+typedef struct option_def {
+    const char *key;
+    long       *value;
+    long        min, max, def;
+    const char *what;
+} option_def_t;
+
+static option_def_t option_table[] = {
+    { "mmap_threshold",  &loam_opts.mmap_threshold, 1024, (long)CLASS_MAX_SIZE, 128 * 1024,
+      "bytes; larger blocks get their own mapping" },
+    { "arena_max",       &loam_opts.arena_max,       0, ARENA_SET_MAX, 0,
+      "arenas per heap (0: 8 x CPUs)" },
+    { "decay_ms",        &loam_opts.decay_ms,        0, 3600 * 1000, 1000,
+      "ms a free page run stays committed before it goes back to the OS" },
+    { "verbose",         &loam_opts.verbose,         0, 2, 0,
+      "1: statistics at exit and warnings" },
+    { "track_requested", &loam_opts.track_requested, 0, 1, 1,
+      "keep exact requested bytes (heaps from loam_heap_new; the default heap only if set)" },
+    { "tcache_max",      &loam_opts.tcache_max,      0, 1024, 128,
+      "most blocks per size class in a thread cache (0: no caches)" },
+};
+#define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
+
+static void options_apply(void)
+{
+    alloc_tuning.mmap_threshold = (size_t)loam_opts.mmap_threshold;
+    alloc_tuning.decay_ms = (uint64_t)loam_opts.decay_ms;
+}
+
+void options_defaults(void)
+{
+    for (size_t i = 0; i < NUM_OPTIONS; i++)
+        *option_table[i].value = option_table[i].def;
+    options_apply();
+}
+
+static option_def_t *option_find(const char *key, size_t len)
+{
+    for (size_t i = 0; i < NUM_OPTIONS; i++)
+        if (strlen(option_table[i].key) == len && strncmp(option_table[i].key, key, len) == 0)
+            return &option_table[i];
+    return NULL;
+}
+
+static int option_store(option_def_t *o, long value)
+{
+    if (value < o->min || value > o->max) {
+        loam_warn("option %s=%ld out of range [%ld, %ld] (%s): ignored", o->key, value, o->min,
+                  o->max, o->what);
+        return -1;
+    }
+    *o->value = value;
+    if (o->value == &loam_opts.track_requested)
+        loam_opts.track_requested_set = 1;
+    options_apply();
+    return 0;
+}
+
+int loam_option_set(const char *key, long value)
+{
+    loam_ensure_init();
+    option_def_t *o = key ? option_find(key, strlen(key)) : NULL;
+    if (!o) {
+        loam_warn("unknown option '%s': ignored", key ? key : "(null)");
+        return -1;
+    }
+    return option_store(o, value);
+}
+
+long loam_option_get(const char *key)
+{
+    loam_ensure_init();
+    option_def_t *o = key ? option_find(key, strlen(key)) : NULL;
+    return o ? *o->value : -1;
+}
+
+int loam_options_parse(const char *text)
+{
+    int rejected = 0;
+    const char *p = text;
+    while (p && *p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        if (len == 0) {
+            /* empty entry: ",," */
+        } else if (!eq) {
+            loam_warn("option '%.*s' has no '=value': ignored", (int)len, p);
+            rejected++;
+        } else {
+            option_def_t *o = option_find(p, (size_t)(eq - p));
+            char buf[32];
+            size_t vlen = len - (size_t)(eq - p) - 1;
+            char *stop = NULL;
+            long v = 0;
+            if (vlen > 0 && vlen < sizeof buf) {
+                memcpy(buf, eq + 1, vlen);
+                buf[vlen] = 0;
+                errno = 0;
+                v = strtol(buf, &stop, 0);
+                /* accept k/m/g suffixes for byte sizes */
+                if (stop && (*stop == 'k' || *stop == 'K')) { v *= 1024; stop++; }
+                else if (stop && (*stop == 'm' || *stop == 'M')) { v *= 1024 * 1024; stop++; }
+            }
+            if (!o) {
+                loam_warn("unknown option '%.*s': ignored", (int)(eq - p), p);
+                rejected++;
+            } else if (vlen == 0 || vlen >= sizeof buf || !stop || *stop || errno) {
+                loam_warn("option %s: bad value '%.*s': ignored", o->key, (int)vlen, eq + 1);
+                rejected++;
+            } else if (option_store(o, v) != 0) {
+                rejected++;
+            }
+        }
+        p = end ? end + 1 : NULL;
+    }
+    return rejected;
+}
+
+void options_from_env(void)
+{
+    const char *env = getenv("LOAM_OPTIONS");
+    if (env)
+        loam_options_parse(env);
+}

@@ -1,0 +1,90 @@
+/* runtime/override.c — libloam-malloc.so: the libc allocation entry points on
+ * the default heap, for LD_PRELOAD. Only this file is extra in that library. */
+#define _GNU_SOURCE
+#include "runtime/runtime.h"
+
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+EXPORT void *malloc(size_t n)
+{
+    return alloc_malloc_fast(&loam_default_heap, n);
+}
+
+EXPORT void free(void *p)
+{
+    alloc_free_fast(p);
+}
+
+EXPORT void cfree(void *p)
+{
+    alloc_free_fast(p);
+}
+
+EXPORT void *calloc(size_t count, size_t n)
+{
+    return loam_calloc(&loam_default_heap, count, n);
+}
+
+EXPORT void *realloc(void *p, size_t n)
+{
+    return alloc_realloc(&loam_default_heap, p, n);
+}
+
+EXPORT void *reallocarray(void *p, size_t count, size_t n)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, n, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_realloc(&loam_default_heap, p, total);
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t n)
+{
+    if (align < sizeof(void *) || (align & (align - 1)) != 0)
+        return EINVAL;
+    int saved = errno;
+    void *p = alloc_aligned(&loam_default_heap, align, n);
+    if (!p) {
+        int e = errno;
+        errno = saved;
+        return e ? e : ENOMEM;
+    }
+    *out = p;
+    return 0;
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t n)
+{
+    return alloc_aligned(&loam_default_heap, align, n);
+}
+
+EXPORT void *memalign(size_t align, size_t n)
+{
+    return alloc_aligned(&loam_default_heap, align, n);
+}
+
+EXPORT void *valloc(size_t n)
+{
+    return alloc_aligned(&loam_default_heap, OS_PAGE, n);
+}
+
+EXPORT void *pvalloc(size_t n)
+{
+    size_t rounded = (n + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+    if (rounded < n) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_aligned(&loam_default_heap, OS_PAGE, rounded ? rounded : OS_PAGE);
+}
+
+EXPORT size_t malloc_usable_size(void *p)
+{
+    return alloc_usable_size(p);
+}

@@ -1,0 +1,124 @@
+/* runtime/runtime.h — the runtime layer's internal interface: heaps, the
+ * thread-cache slots, options, error reporting, and the allocation fast paths
+ * shared by loam_malloc/loam_free and the malloc override. */
+#ifndef LOAM_RUNTIME_H
+#define LOAM_RUNTIME_H
+
+#include "loam.h"
+#include "alloc/alloc.h"
+#include "alloc/tcache.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* Thread-cache slots: each live heap gets one (while there are some left);
+ * a thread's slot s points at its cache for the heap holding s. The last slot
+ * is the "none" slot: it always holds the empty cache, so heaps without a slot
+ * take the locked path. */
+#define TC_SLOTS      32
+#define TC_SLOT_NONE  (TC_SLOTS - 1)
+
+extern LOAM_INTERNAL __thread tcache_t *loam_tls_cache[TC_SLOTS];
+extern LOAM_INTERNAL tcache_t loam_empty_tcache;
+
+struct loam_heap {
+    /* hot: read by the fast paths */
+    uint8_t       slot;
+    bool          fast;            /* no requested tracking: plain tcache paths */
+    bool          is_default;
+    loam_mode_t   mode;
+    /* the rest */
+    arena_set_t   arenas;
+    budget_t      budget;
+    loam_config_t cfg;
+    unsigned      tcache_max;
+    bool          track_requested;
+    AO_t          requested;       /* tracked slab blocks */
+    AO_t          limit_warned;
+    pthread_mutex_t lock;          /* guards caches */
+    tcache_t     *caches;          /* every thread's cache of this heap */
+    struct loam_heap *next, *prev; /* all heaps (heaps_lock) */
+};
+
+/* ---- process ------------------------------------------------------------- */
+extern LOAM_INTERNAL struct loam_heap loam_default_heap;
+extern LOAM_INTERNAL int loam_initialized;
+LOAM_INTERNAL void loam_init_slow(void);
+static inline void loam_ensure_init(void)
+{
+    if (LOAM_UNLIKELY(!loam_initialized))
+        loam_init_slow();
+}
+/* Guards the heap list, slot table and the cache lists of every heap against
+ * heap destruction and thread exit. */
+LOAM_INTERNAL void heaps_lock(void);
+LOAM_INTERNAL void heaps_unlock(void);
+extern LOAM_INTERNAL struct loam_heap *loam_heaps;
+
+/* ---- options --------------------------------------------------------------- */
+typedef struct loam_options {
+    long mmap_threshold, arena_max, decay_ms, verbose, track_requested, tcache_max;
+    int  track_requested_set;      /* set explicitly: applies to the default heap too */
+} loam_options_t;
+extern LOAM_INTERNAL loam_options_t loam_opts;
+LOAM_INTERNAL void options_defaults(void);
+LOAM_INTERNAL void options_from_env(void);
+
+/* ---- errors ---------------------------------------------------------------- */
+/* One line on stderr naming the fault and address, then the heap's reaction:
+ * its error callback if set, else abort. h may be NULL (default heap's reaction). */
+LOAM_INTERNAL void loam_fault(loam_heap_t *h, const char *fault, const void *addr, size_t size);
+LOAM_INTERNAL void loam_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- heaps ------------------------------------------------------------------ */
+LOAM_INTERNAL void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default);
+/* The calling thread's cache of h, made on first use (NULL: no slot or no memory). */
+LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h);
+LOAM_INTERNAL void heap_thread_exit(void);
+/* The heap reached its limit for a request of n bytes: trim, call the oom
+ * callback. true: try again. */
+LOAM_INTERNAL bool heap_out_of_memory(loam_heap_t *h, size_t n);
+
+/* ---- allocation slow paths (runtime/alloc_api.c) ---------------------------- */
+LOAM_INTERNAL void *alloc_malloc_slow(loam_heap_t *h, size_t n) LOAM_MALLOC_ATTR;
+LOAM_INTERNAL void  alloc_free_slow(void *p);
+LOAM_INTERNAL void *alloc_aligned(loam_heap_t *h, size_t align, size_t n);
+LOAM_INTERNAL void *alloc_realloc(loam_heap_t *h, void *p, size_t n);
+LOAM_INTERNAL size_t alloc_usable_size(const void *p);
+
+/* ---- fast paths ----------------------------------------------------------- */
+
+static inline void *alloc_malloc_fast(loam_heap_t *h, size_t n)
+{
+    if (LOAM_LIKELY(n <= SMALL_MAX && h->fast)) {
+        unsigned cls = sizeclass_small[(n + 15) >> 4];
+        void *p = tcache_pop(loam_tls_cache[h->slot], cls);
+        if (LOAM_LIKELY(p != NULL))
+            return p;
+    }
+    return alloc_malloc_slow(h, n);
+}
+
+/* Every check that keeps a bad pointer out of a cache is here or in the slow
+ * path: the address must be in a loam segment, at a block start, below the
+ * slab's bump line, not already free, and the block's heap must match the
+ * cache's. Anything unusual goes to alloc_free_slow, which names the fault. */
+static inline void alloc_free_fast(void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);
+    if (LOAM_LIKELY(segmap_lookup(a) == seg && seg != NULL && seg->kind == SEGMENT_SLABS)) {
+        slab_t *s = segment_slab_at(seg, a);
+        uintptr_t off = a - (uintptr_t)s->start;
+        size_t idx = slab_block_index(s, a);
+        tcache_t *tc = loam_tls_cache[s->owner_slot];
+        if (LOAM_LIKELY(idx * s->block_size == off && idx < s->bumped &&
+                        ((free_block_t *)p)->freed_key != loam_free_key &&
+                        tc->owner == s->owner && s->waste == NULL &&
+                        tcache_push(tc, s->cls, p)))
+            return;
+    }
+    alloc_free_slow(p);
+}
+
+#endif
