@@ -118,7 +118,7 @@ typedef struct slab {
     uint16_t    *waste;          /* per block: block_size - requested (track_requested) */
     uint64_t     freed_at_ms;    /* a free run: when it became free (decay) */
     void        *upper;          /* side data of the layer above (e.g. mark bits) */
-} slab_t;
+} __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
 
 enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
 
@@ -164,6 +164,18 @@ static inline void *segmap_lookup(uintptr_t a)
     return (void *)AO_load(&leaf[(a >> SEGMENT_SHIFT) & (((size_t)1 << SEGMAP_L2_BITS) - 1)]);
 }
 LOAM_INTERNAL void segmap_set(uintptr_t base, size_t len, void *value);
+
+/* The free fast path's question "is this a slab segment of ours?" in one load:
+ * a byte per 4 MiB granule (32 MiB of address space, untouched pages cost
+ * nothing), SEGMENT_SLABS where a slab segment starts, else 0. */
+#define SEGKIND_SIZE ((size_t)1 << (47 - SEGMENT_SHIFT))
+extern LOAM_INTERNAL uint8_t segkind_map[SEGKIND_SIZE];
+static inline bool segkind_is_slabs(uintptr_t a)
+{
+    uintptr_t g = a >> SEGMENT_SHIFT;
+    return LOAM_LIKELY(g < SEGKIND_SIZE) && segkind_map[g] == SEGMENT_SLABS;
+}
+LOAM_INTERNAL void segkind_set(uintptr_t base, uint8_t kind);
 
 /* The slab holding address a of segment seg (any page of a run). */
 static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
@@ -212,6 +224,9 @@ typedef struct arena_counters {
     size_t lock_contended;/* times a thread found the lock taken */
     size_t slabs_made, slabs_released;
 } arena_counters_t;
+
+/* The thread-cache slot that never holds a cache (the runtime keeps it empty). */
+#define TRACKED_SLOT 31
 
 typedef struct arena {
     pthread_mutex_t lock;

@@ -13,6 +13,14 @@
 #include <string.h>
 
 AO_t segmap_l1[SEGMAP_L1_SIZE];
+/* In .bss: 32 MiB of address space, only the pages holding set bytes are
+ * ever resident (reads of the rest hit the shared zero page). */
+uint8_t segkind_map[SEGKIND_SIZE];
+
+void segkind_set(uintptr_t base, uint8_t kind)
+{
+    __atomic_store_n(&segkind_map[base >> SEGMENT_SHIFT], kind, __ATOMIC_RELEASE);
+}
 pthread_mutex_t segmap_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define SEGMAP_L2_SIZE ((size_t)1 << SEGMAP_L2_BITS)
@@ -115,6 +123,7 @@ static segment_t *segment_new(arena_t *a)
     a->segments = seg;
     a->segment_count++;
     segmap_set((uintptr_t)seg, SEGMENT_SIZE, seg);
+    segkind_set((uintptr_t)seg, SEGMENT_SLABS);
     return seg;
 }
 
@@ -152,6 +161,7 @@ static void segment_release(arena_t *a, segment_t *seg)
     if (seg->next)
         seg->next->prev = seg->prev;
     a->segment_count--;
+    segkind_set((uintptr_t)seg, 0);
     segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
     budget_release(a->budget, SEGMENT_HEADER_COMMIT);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - SEGMENT_HEADER_COMMIT);
@@ -167,6 +177,7 @@ void segment_release_all(arena_t *a)
                            + SEGMENT_HEADER_COMMIT;
         budget_release(a->budget, committed);
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - committed);
+        segkind_set((uintptr_t)seg, 0);
         segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
         os_release(seg, SEGMENT_SIZE);
     }

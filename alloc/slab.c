@@ -31,7 +31,8 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->key = os_random();
     s->div_magic = (((uint64_t)1 << 42) + size - 1) / size;
     s->owner = a->owner;
-    s->owner_slot = a->owner_slot;
+    /* A tracked slab's frees must see the slow path (to read its waste). */
+    s->owner_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
     s->arena = a;
     s->waste = NULL;
     if (a->track_requested)

@@ -17,6 +17,7 @@
  * take the locked path. */
 #define TC_SLOTS      32
 #define TC_SLOT_NONE  (TC_SLOTS - 1)
+_Static_assert(TC_SLOT_NONE == TRACKED_SLOT, "the core's no-cache slot");
 
 extern LOAM_INTERNAL __thread tcache_t *loam_tls_cache[TC_SLOTS];
 extern LOAM_INTERNAL tcache_t loam_empty_tcache;
@@ -88,7 +89,7 @@ LOAM_INTERNAL size_t alloc_usable_size(const void *p);
 
 /* ---- fast paths ----------------------------------------------------------- */
 
-static inline void *alloc_malloc_fast(loam_heap_t *h, size_t n)
+static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t *h, size_t n)
 {
     if (LOAM_LIKELY(n <= SMALL_MAX && h->fast)) {
         unsigned cls = sizeclass_small[(n + 15) >> 4];
@@ -103,19 +104,19 @@ static inline void *alloc_malloc_fast(loam_heap_t *h, size_t n)
  * path: the address must be in a loam segment, at a block start, below the
  * slab's bump line, not already free, and the block's heap must match the
  * cache's. Anything unusual goes to alloc_free_slow, which names the fault. */
-static inline void alloc_free_fast(void *p)
+static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);
-    if (LOAM_LIKELY(segmap_lookup(a) == seg && seg != NULL && seg->kind == SEGMENT_SLABS)) {
+    if (LOAM_LIKELY(segkind_is_slabs(a))) {
+        segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);
         slab_t *s = segment_slab_at(seg, a);
         uintptr_t off = a - (uintptr_t)s->start;
         size_t idx = slab_block_index(s, a);
+        /* Slabs of tracked heaps carry TC_SLOT_NONE: their frees miss here. */
         tcache_t *tc = loam_tls_cache[s->owner_slot];
         if (LOAM_LIKELY(idx * s->block_size == off && idx < s->bumped &&
                         ((free_block_t *)p)->freed_key != loam_free_key &&
-                        tc->owner == s->owner && s->waste == NULL &&
-                        tcache_push(tc, s->cls, p)))
+                        tc->owner == s->owner && tcache_push(tc, s->cls, p)))
             return;
     }
     alloc_free_slow(p);
