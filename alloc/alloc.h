@@ -115,7 +115,7 @@ typedef struct slab {
     free_block_t *free;          /* free list (decoded head) */
     struct arena *arena;
     struct slab  *next, *prev;   /* arena's partial list of the class, or a free-run bin */
-    uint16_t    *waste;          /* per block: block_size - requested (track_requested) */
+    uint16_t    *waste;          /* per block: block_size - requested (track_requested), see slab_set_waste */
     uint64_t     freed_at_ms;    /* a free run: when it became free (decay) */
     void        *upper;          /* side data of the layer above (e.g. mark bits) */
 } __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
@@ -240,6 +240,7 @@ typedef struct arena {
     segment_t *segments;
     large_t   *large;
     size_t     segment_count;
+    size_t     retained_bytes;          /* committed pages in free runs */
     uint64_t   next_purge_ms;
     arena_counters_t c;
 } arena_t;
@@ -263,11 +264,27 @@ LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
 LOAM_INTERNAL slab_t  *run_alloc(arena_t *a, unsigned pages);
 LOAM_INTERNAL void     run_free(arena_t *a, slab_t *r);
 LOAM_INTERNAL void     segment_release_all(arena_t *a);
-/* Record requested size of a tracked block (lock not needed: the block is the caller's). */
+/* Requested size of tracked blocks, kept as waste (block_size - requested) per
+ * block: 16 bits while a block is under 64 KiB (waste <= size fits), else 32. */
+static inline size_t slab_waste_width(const slab_t *s)
+{
+    return s->block_size <= UINT16_MAX ? sizeof(uint16_t) : sizeof(uint32_t);
+}
 static inline void slab_set_waste(slab_t *s, size_t index, size_t requested)
 {
-    if (s->waste)
-        s->waste[index] = (uint16_t)(s->block_size - requested);
+    size_t w = s->block_size - requested;
+    if (!s->waste)
+        return;
+    if (slab_waste_width(s) == sizeof(uint16_t))
+        s->waste[index] = (uint16_t)w;
+    else
+        ((uint32_t *)(void *)s->waste)[index] = (uint32_t)w;
+}
+static inline size_t slab_get_requested(const slab_t *s, size_t index)
+{
+    size_t w = slab_waste_width(s) == sizeof(uint16_t) ? s->waste[index]
+                                                       : ((const uint32_t *)(const void *)s->waste)[index];
+    return s->block_size - w;
 }
 
 /* Release kept empty slabs and decommit every free run now (lock held). */
@@ -331,6 +348,7 @@ LOAM_INTERNAL void  meta_free(void *p, size_t size);
 typedef struct alloc_tuning {
     size_t   mmap_threshold;
     uint64_t decay_ms;
+    size_t   retain_max;      /* committed free-run bytes an arena may keep past a free */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
 

@@ -10,7 +10,7 @@
 
 #include <string.h>
 
-alloc_tuning_t alloc_tuning = { 128 * 1024, 1000 };
+alloc_tuning_t alloc_tuning = { 128 * 1024, 1000, 4 * 1024 * 1024 };
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
@@ -151,6 +151,10 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
 {
     arena_bin_t *bin = &a->bins[cls];
     unsigned got = 0;
+    /* Refills are the regular slow-path event of a running program: decay is
+     * checked here too, not only when a slab empties. */
+    if (os_now_ms() >= a->next_purge_ms)
+        arena_purge(a, false);
     while (got < n) {
         slab_t *s = bin->partial;
         if (!s) {

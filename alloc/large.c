@@ -54,7 +54,7 @@ void *large_alloc(arena_t *a, size_t n, size_t align, bool zero)
         errno = ENOMEM;
         return NULL;
     }
-    size_t map = round_page(offset + n);
+    size_t map = round_page(offset + (n ? n : 1));     /* a zero-size block still has an address */
     if (!budget_charge(a->budget, map)) {
         errno = ENOMEM;
         return NULL;

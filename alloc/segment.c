@@ -142,6 +142,7 @@ static size_t segment_decommit_pages(segment_t *seg, uint64_t mask)
         m &= ~run_mask(first, last - first + 1);
     }
     seg->committed_mask &= ~mask;
+    seg->arena->retained_bytes -= bytes;
     if (bytes) {
         budget_release(seg->arena->budget, bytes);
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - bytes);
@@ -170,6 +171,7 @@ static void segment_release(arena_t *a, segment_t *seg)
 
 void segment_release_all(arena_t *a)
 {
+    a->retained_bytes = 0;
     while (a->segments) {
         segment_t *seg = a->segments;
         a->segments = seg->next;
@@ -206,6 +208,7 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
     if (charge && !budget_charge(a->budget, charge))
         return NULL;
     AO_fetch_and_add(&os_committed_bytes, charge);
+    a->retained_bytes -= (size_t)__builtin_popcountll(run_mask(first, pages) & seg->committed_mask) * PAGE_SIZE;
     run_bin_remove(a, r);
     uint64_t freed_at = r->freed_at_ms;
     if (have > pages) {
@@ -224,6 +227,7 @@ void run_free(arena_t *a, slab_t *r)
     segment_t *seg = segment_of(r);
     unsigned first = r->page_index, pages = r->pages;
     seg->used_pages -= pages;
+    a->retained_bytes += (size_t)pages * PAGE_SIZE;
     unsigned next = first + pages;
     if (next < PAGES_PER_SEGMENT && seg->slabs[next].state == RUN_FREE) {
         slab_t *n = &seg->slabs[next];
@@ -243,6 +247,10 @@ void run_free(arena_t *a, slab_t *r)
     run_bin_insert(a, merged);
     if (seg->used_pages == 0)
         seg->empty_since_ms = now;
+    /* Past the retained budget the run goes back at once: a burst of frees
+     * must not leave the peak committed until some later event. */
+    if (a->retained_bytes > alloc_tuning.retain_max)
+        segment_decommit_pages(seg, run_mask(first, pages));
 }
 
 size_t arena_purge(arena_t *a, bool force)

@@ -36,14 +36,14 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->arena = a;
     s->waste = NULL;
     if (a->track_requested)
-        s->waste = meta_alloc((size_t)s->capacity * sizeof(uint16_t));
+        s->waste = meta_alloc((size_t)s->capacity * slab_waste_width(s));
 }
 
 void slab_fini(slab_t *s);
 void slab_fini(slab_t *s)
 {
     if (s->waste)
-        meta_free(s->waste, (size_t)s->capacity * sizeof(uint16_t));
+        meta_free(s->waste, (size_t)s->capacity * slab_waste_width(s));
     s->waste = NULL;
     s->block_size = 0;
     s->bumped = 0;

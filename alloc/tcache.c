@@ -4,7 +4,7 @@
 #include <string.h>
 
 #define TCACHE_BATCH_MAX 64
-#define TCACHE_BIN_BYTES ((size_t)256 * 1024)
+#define TCACHE_BIN_BYTES ((size_t)64 * 1024)
 
 void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max)
 {

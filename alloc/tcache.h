@@ -28,7 +28,7 @@ typedef struct tcache {
     uint64_t      refills, flushes;
 } tcache_t;
 
-/* Blocks kept per class: tcache_max, at most 256 KiB worth, at least 1. */
+/* Blocks kept per class: tcache_max, at most 64 KiB worth, at least 1. */
 LOAM_INTERNAL void  tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max);
 /* Refill the bin of cls and pop one block (NULL: out of memory). */
 LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);

@@ -114,6 +114,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   mmap_threshold  bytes; blocks above get their own mapping (default 131072, max 524288)
  *   arena_max       arenas per heap (default 8 x CPUs)
  *   decay_ms        ms a free page run stays committed before it is returned (default 1000)
+ *   retain_max      bytes of free page runs an arena keeps committed at most; past it a
+ *                   freed run goes back to the OS at once (default 4 MiB)
  *   verbose         1: print each heap's statistics at exit and warnings on stderr
  *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
  *   tcache_max      most blocks per size class in a thread cache (default 128, 0 = no cache)

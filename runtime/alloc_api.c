@@ -146,8 +146,8 @@ void alloc_free_slow(void *p)
     }
     slab_t *s = ai.slab;
     if (s->waste) {
-        heap_note_requested(h, 0, s->block_size - s->waste[ai.index]);
-        s->waste[ai.index] = 0;
+        heap_note_requested(h, 0, slab_get_requested(s, ai.index));
+        slab_set_waste(s, ai.index, s->block_size);
     }
     tcache_t *tc = loam_tls_cache[s->owner_slot];
     if (tc->owner != h)
@@ -213,7 +213,7 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
     } else if (n <= ai.size && (n > ai.size / 2 || ai.size <= 32)) {
         slab_t *s = ai.slab;
         if (s->waste) {
-            heap_note_requested(owner, n, s->block_size - s->waste[ai.index]);
+            heap_note_requested(owner, n, slab_get_requested(s, ai.index));
             slab_set_waste(s, ai.index, n);
         }
         return p;

@@ -42,13 +42,6 @@ static void heap_unlink(loam_heap_t *h)
         h->next->prev = h->prev;
 }
 
-static unsigned default_arena_max(void)
-{
-    if (loam_opts.arena_max > 0)
-        return (unsigned)loam_opts.arena_max;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    return (unsigned)(8 * (cpus > 0 ? cpus : 1));
-}
 
 void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
 {
@@ -62,7 +55,7 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     h->fast = !h->track_requested;
     h->tcache_max = (unsigned)loam_opts.tcache_max;
     pthread_mutex_init(&h->lock, NULL);
-    arena_set_init(&h->arenas, h, h->slot, &h->budget, h->track_requested, default_arena_max());
+    arena_set_init(&h->arenas, h, h->slot, &h->budget, h->track_requested, (unsigned)loam_opts.arena_max);
 }
 
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)

@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 loam_options_t loam_opts;
 
@@ -18,10 +19,12 @@ typedef struct option_def {
 static option_def_t option_table[] = {
     { "mmap_threshold",  &loam_opts.mmap_threshold, 1024, (long)CLASS_MAX_SIZE, 128 * 1024,
       "bytes; larger blocks get their own mapping" },
-    { "arena_max",       &loam_opts.arena_max,       0, ARENA_SET_MAX, 0,
-      "arenas per heap (0: 8 x CPUs)" },
+    { "arena_max",       &loam_opts.arena_max,       1, ARENA_SET_MAX, 0 /* 8 x CPUs */,
+      "arenas per heap" },
     { "decay_ms",        &loam_opts.decay_ms,        0, 3600 * 1000, 1000,
       "ms a free page run stays committed before it goes back to the OS" },
+    { "retain_max",      &loam_opts.retain_max,      0, 1L << 40, 4L * 1024 * 1024,
+      "bytes of free page runs an arena keeps committed (the rest goes back at once)" },
     { "verbose",         &loam_opts.verbose,         0, 2, 0,
       "1: statistics at exit and warnings" },
     { "track_requested", &loam_opts.track_requested, 0, 1, 1,
@@ -35,12 +38,17 @@ static void options_apply(void)
 {
     alloc_tuning.mmap_threshold = (size_t)loam_opts.mmap_threshold;
     alloc_tuning.decay_ms = (uint64_t)loam_opts.decay_ms;
+    alloc_tuning.retain_max = (size_t)loam_opts.retain_max;
 }
 
 void options_defaults(void)
 {
-    for (size_t i = 0; i < NUM_OPTIONS; i++)
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    for (size_t i = 0; i < NUM_OPTIONS; i++) {
+        if (option_table[i].value == &loam_opts.arena_max)
+            option_table[i].def = 8 * (cpus > 0 ? cpus : 1);
         *option_table[i].value = option_table[i].def;
+    }
     options_apply();
 }
 
@@ -86,6 +94,7 @@ long loam_option_get(const char *key)
 
 int loam_options_parse(const char *text)
 {
+    loam_ensure_init();          /* else the first allocation's init would reset them */
     int rejected = 0;
     const char *p = text;
     while (p && *p) {

@@ -58,7 +58,7 @@ extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 
 /* ---- options --------------------------------------------------------------- */
 typedef struct loam_options {
-    long mmap_threshold, arena_max, decay_ms, verbose, track_requested, tcache_max;
+    long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;
