@@ -92,9 +92,8 @@ long loam_option_get(const char *key)
     return o ? *o->value : -1;
 }
 
-int loam_options_parse(const char *text)
+static int options_parse_text(const char *text)
 {
-    loam_ensure_init();          /* else the first allocation's init would reset them */
     int rejected = 0;
     const char *p = text;
     while (p && *p) {
@@ -136,9 +135,16 @@ int loam_options_parse(const char *text)
     return rejected;
 }
 
+int loam_options_parse(const char *text)
+{
+    loam_ensure_init();          /* else the first allocation's init would reset them */
+    return options_parse_text(text);
+}
+
+/* Called by init itself: no loam_ensure_init here. */
 void options_from_env(void)
 {
     const char *env = getenv("LOAM_OPTIONS");
     if (env)
-        loam_options_parse(env);
+        options_parse_text(env);
 }
