@@ -95,7 +95,9 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     uint64_t gc_pause_total_ns, gc_pause_max_ns;
     /* --- additions --- */
     size_t live_blocks;           /* blocks handed out and not freed */
-    size_t peak_live_bytes;       /* high-water mark of live_bytes */
+    size_t peak_live_bytes;       /* high-water mark of bytes out of the heap's slabs (live or
+                                     parked in thread caches) plus large blocks: an upper bound of
+                                     the peak of live_bytes, kept without cost on the fast paths */
     size_t slab_bytes;            /* bytes of page runs holding slabs */
     size_t slab_free_bytes;       /* free block bytes inside partly used slabs (external fragmentation) */
     size_t cached_bytes;          /* free blocks held in thread caches */
