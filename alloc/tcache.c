@@ -82,9 +82,12 @@ void tcache_flush_all(tcache_t *tc)
 
 void tcache_abandon(tcache_t *tc)
 {
+    /* max = 0: pushes fail too, so a disowned cache can never take a block
+     * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         tc->bins[c].head = NULL;
         tc->bins[c].count = 0;
+        tc->bins[c].max = 0;
     }
     tc->owner = NULL;
     tc->arena = NULL;

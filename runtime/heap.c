@@ -52,7 +52,8 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     h->budget.limit = h->cfg.limit;
     h->track_requested = is_default ? (loam_opts.track_requested_set && loam_opts.track_requested)
                                     : loam_opts.track_requested != 0;
-    h->fast = !h->track_requested;
+    /* Tracked heaps must record each request: their mallocs miss the fast path. */
+    h->alloc_slot = h->track_requested ? TC_SLOT_NONE : h->slot;
     h->tcache_max = (unsigned)loam_opts.tcache_max;
     pthread_mutex_init(&h->lock, NULL);
     arena_set_init(&h->arenas, h, h->slot, &h->budget, h->track_requested, (unsigned)loam_opts.arena_max);

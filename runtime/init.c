@@ -11,7 +11,7 @@
 
 uintptr_t loam_free_key;
 int loam_initialized;
-struct loam_heap loam_default_heap = { .slot = 0, .fast = true, .is_default = true };
+struct loam_heap loam_default_heap = { .alloc_slot = 0, .slot = 0, .is_default = true };
 
 static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
 static int init_started;

@@ -24,8 +24,8 @@ extern LOAM_INTERNAL tcache_t loam_empty_tcache;
 
 struct loam_heap {
     /* hot: read by the fast paths */
+    uint8_t       alloc_slot;      /* slot the malloc fast path reads: TC_SLOT_NONE when tracked */
     uint8_t       slot;
-    bool          fast;            /* no requested tracking: plain tcache paths */
     bool          is_default;
     loam_mode_t   mode;
     /* the rest */
@@ -91,9 +91,9 @@ LOAM_INTERNAL size_t alloc_usable_size(const void *p);
 
 static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t *h, size_t n)
 {
-    if (LOAM_LIKELY(n <= SMALL_MAX && h->fast)) {
+    if (LOAM_LIKELY(n <= SMALL_MAX)) {
         unsigned cls = sizeclass_small[(n + 15) >> 4];
-        void *p = tcache_pop(loam_tls_cache[h->slot], cls);
+        void *p = tcache_pop(loam_tls_cache[h->alloc_slot], cls);
         if (LOAM_LIKELY(p != NULL))
             return p;
     }
@@ -101,9 +101,9 @@ static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t
 }
 
 /* Every check that keeps a bad pointer out of a cache is here or in the slow
- * path: the address must be in a loam segment, at a block start, below the
- * slab's bump line, not already free, and the block's heap must match the
- * cache's. Anything unusual goes to alloc_free_slow, which names the fault. */
+ * path: the address must be in a loam slab segment, at a block start, below
+ * the slab's bump line, and not already free. Anything unusual goes to
+ * alloc_free_slow, which names the fault. */
 static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 {
     uintptr_t a = (uintptr_t)p;
@@ -112,11 +112,13 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
         slab_t *s = segment_slab_at(seg, a);
         uintptr_t off = a - (uintptr_t)s->start;
         size_t idx = slab_block_index(s, a);
-        /* Slabs of tracked heaps carry TC_SLOT_NONE: their frees miss here. */
+        /* The cache at the slab's slot is this thread's cache of the slab's
+         * heap, or one that refuses every push (the empty cache, a disowned
+         * one); slabs of tracked heaps carry TC_SLOT_NONE. No owner test. */
         tcache_t *tc = loam_tls_cache[s->owner_slot];
         if (LOAM_LIKELY(idx * s->block_size == off && idx < s->bumped &&
                         ((free_block_t *)p)->freed_key != loam_free_key &&
-                        tc->owner == s->owner && tcache_push(tc, s->cls, p)))
+                        tcache_push(tc, s->cls, p)))
             return;
     }
     alloc_free_slow(p);
