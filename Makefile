@@ -40,8 +40,8 @@ ubsan:
 	@$(MAKE) --no-print-directory test BUILD=build-ubsan CMAKE_FLAGS="-DLOAM_SANITIZE=undefined -DLOAM_BUILD_BENCH=OFF"
 tsan:
 	@$(MAKE) --no-print-directory test BUILD=build-tsan CMAKE_FLAGS="-DLOAM_SANITIZE=thread -DLOAM_BUILD_BENCH=OFF"
-valgrind: build
-	ctest --test-dir $(BUILD) --output-on-failure -T memcheck
+valgrind:
+	@$(MAKE) --no-print-directory test BUILD=build-valgrind CMAKE_FLAGS="-DLOAM_VALGRIND=ON -DLOAM_BUILD_BENCH=OFF"
 
 clean:
-	rm -rf $(BUILD) build-asan build-ubsan build-tsan
+	rm -rf $(BUILD) build-asan build-ubsan build-tsan build-valgrind

@@ -19,7 +19,7 @@ if command -v pkg-config >/dev/null 2>&1; then
 else
   missing="$missing libatomic-ops-dev libcriterion-dev"
 fi
-need_file /usr/include/valgrind/valgrind.h valgrind
+need_cmd valgrind valgrind
 if [ "$1" = bench ]; then
   lib=/usr/lib/x86_64-linux-gnu
   [ -d "$lib" ] || lib=/usr/lib/$(gcc -print-multiarch 2>/dev/null)
