@@ -1,0 +1,163 @@
+/* Speed workloads on one thread: pair, batch, churn-512, churn-4k, large. */
+#include "bench.h"
+
+#include <stdlib.h>
+
+/* ---- pair: the fast path, nothing else live ------------------------------ */
+int wl_pair(const bench_opts_t *o)
+{
+    long n = bench_scaled(o, 40000000);
+    uint64_t sum = 0;
+    long bad = 0;
+    double t0 = bench_now();
+    for (long i = 0; i < n; i++) {
+        unsigned char *p = malloc(64);
+        if (!p)
+            bench_die("malloc");
+        bench_stamp(p, 64, (uint64_t)i);
+        bench_escape(p);
+        bad += !bench_check(p, 64, (uint64_t)i);
+        sum += p[63];
+        free(p);
+    }
+    double t = bench_now() - t0;
+    bench_begin("pair", o);
+    bench_kv_long("ops", n);
+    bench_kv_double("time_s", t);
+    bench_kv_double("ns_per_op", t * 1e9 / (double)n);
+    return bench_end(sum, bad);
+}
+
+/* ---- batch: 1000 mallocs, then 1000 frees in allocation order ------------ */
+#define BATCH 1000
+int wl_batch(const bench_opts_t *o)
+{
+    long rounds = bench_scaled(o, 30000);
+    void *slot[BATCH];
+    uint64_t sum = 0;
+    long bad = 0;
+    double t0 = bench_now();
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < BATCH; i++) {
+            void *p = malloc(64);
+            if (!p)
+                bench_die("malloc");
+            bench_stamp(p, 64, (uint64_t)(r + i));
+            slot[i] = p;
+        }
+        bench_escape(slot);
+        for (int i = 0; i < BATCH; i++) {
+            bad += !bench_check(slot[i], 64, (uint64_t)(r + i));
+            sum += ((unsigned char *)slot[i])[0];
+            free(slot[i]);
+        }
+    }
+    double t = bench_now() - t0;
+    bench_begin("batch", o);
+    bench_kv_long("ops", rounds * BATCH);
+    bench_kv_double("time_s", t);
+    bench_kv_double("ns_per_op", t * 1e9 / (double)(rounds * BATCH));
+    return bench_end(sum, bad);
+}
+
+/* ---- churn: replace a random block of a live set with a new random size -- */
+typedef struct { void *p; size_t n; uint64_t tag; } slot_t;
+
+long bench_churn(bench_rng_t *rng, long ops, size_t lo, size_t hi, uint64_t *sum)
+{
+    slot_t *s = bench_map(sizeof(slot_t) * CHURN_SLOTS);
+    long bad = 0;
+    for (size_t i = 0; i < CHURN_SLOTS; i++) {
+        s[i].n = bench_range(rng, lo, hi);
+        s[i].tag = bench_rand(rng);
+        s[i].p = malloc(s[i].n);
+        if (!s[i].p)
+            bench_die("malloc");
+        bench_stamp(s[i].p, s[i].n, s[i].tag);
+    }
+    for (long k = 0; k < ops; k++) {
+        uint64_t r = bench_rand(rng);
+        slot_t *e = &s[r & (CHURN_SLOTS - 1)];
+        bad += !bench_check(e->p, e->n, e->tag);
+        *sum += ((unsigned char *)e->p)[0];
+        free(e->p);
+        e->n = lo + (size_t)((r >> 20) % (hi - lo + 1));
+        e->tag = r >> 8;
+        e->p = malloc(e->n);
+        if (!e->p)
+            bench_die("malloc");
+        bench_stamp(e->p, e->n, e->tag);
+    }
+    for (size_t i = 0; i < CHURN_SLOTS; i++) {
+        bad += !bench_check(s[i].p, s[i].n, s[i].tag);
+        free(s[i].p);
+    }
+    bench_unmap(s, sizeof(slot_t) * CHURN_SLOTS);
+    return bad;
+}
+
+static int churn(const bench_opts_t *o, const char *name, size_t lo, size_t hi, long base)
+{
+    long ops = bench_scaled(o, base);
+    bench_rng_t rng = { o->seed };
+    uint64_t sum = 0;
+    double t0 = bench_now();
+    long bad = bench_churn(&rng, ops, lo, hi, &sum);
+    double t = bench_now() - t0;
+    bench_begin(name, o);
+    bench_kv_long("ops", ops);
+    bench_kv_long("live_blocks", CHURN_SLOTS);
+    bench_kv_double("time_s", t);
+    bench_kv_double("ns_per_op", t * 1e9 / (double)ops);
+    return bench_end(sum, bad);
+}
+
+int wl_churn_512(const bench_opts_t *o)
+{
+    return churn(o, "churn-512", 8, 512, CHURN_512_OPS);
+}
+
+int wl_churn_4k(const bench_opts_t *o)
+{
+    return churn(o, "churn-4k", 8, 4096, CHURN_4K_OPS);
+}
+
+/* ---- large: big blocks that are really used (every page written) --------- */
+#define LARGE_SLOTS 16
+int wl_large(const bench_opts_t *o)
+{
+    long ops = bench_scaled(o, 16000);
+    bench_rng_t rng = { o->seed };
+    slot_t s[LARGE_SLOTS] = { { 0 } };
+    uint64_t sum = 0;
+    long bad = 0;
+    size_t bytes = 0;
+    double t0 = bench_now();
+    for (long k = 0; k < ops + LARGE_SLOTS; k++) {
+        slot_t *e = &s[k < LARGE_SLOTS ? k : (long)(bench_rand(&rng) % LARGE_SLOTS)];
+        if (e->p) {
+            bad += !bench_check(e->p, e->n, e->tag);
+            free(e->p);
+        }
+        e->n = bench_log_range(&rng, 64 * KiB, 4 * MiB);
+        e->tag = bench_rand(&rng);
+        e->p = malloc(e->n);
+        if (!e->p)
+            bench_die("malloc");
+        bytes += e->n;
+        bench_touch(e->p, e->n, (unsigned char)k);
+        bench_stamp(e->p, e->n, e->tag);
+        sum += e->tag & 0xff;
+    }
+    for (int i = 0; i < LARGE_SLOTS; i++) {
+        bad += !bench_check(s[i].p, s[i].n, s[i].tag);
+        free(s[i].p);
+    }
+    double t = bench_now() - t0;
+    bench_begin("large", o);
+    bench_kv_long("ops", ops);
+    bench_kv_long("bytes", (long long)bytes);
+    bench_kv_double("time_s", t);
+    bench_kv_double("us_per_op", t * 1e6 / (double)ops);
+    return bench_end(sum, bad);
+}
