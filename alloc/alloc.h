@@ -99,7 +99,8 @@ typedef struct slab {
     /* hot: read by the free fast path */
     char        *start;          /* first block */
     uint32_t     block_size;     /* 0 when not a slab */
-    uint32_t     bumped;         /* blocks ever handed out: [0, bumped) are real blocks */
+    uint32_t     bumped;         /* blocks ever handed out: [0, bumped) are real blocks;
+                                    written under the arena lock, read lock-free (AO_int) */
     uint64_t     div_magic;      /* (off * div_magic) >> 42 == off / block_size */
     void        *owner;          /* the arena's owner (heap), copied for the free path */
     uint8_t      owner_slot;     /* the owner's thread-cache slot */
@@ -110,13 +111,17 @@ typedef struct slab {
     uint16_t     pages;          /* run length, in pages */
     uint16_t     page_index;     /* first page of the run within its segment */
     uint32_t     capacity;       /* blocks that fit */
-    uint32_t     used;           /* blocks out of the slab (handed out or in a thread cache) */
+    uint32_t     used;           /* blocks out of the slab (handed out or in a thread cache);
+                                    written under the arena lock, read lock-free (AO_int) */
+    uint32_t     drain_below;    /* at or below this many used, frees bypass thread caches:
+                                    capacity/8, or 0 while the slab is its class's allocation
+                                    slab (the partial list's head). Lock-free read (AO_int) */
     uintptr_t    key;            /* free-list encoding secret */
     free_block_t *free;          /* free list (decoded head) */
     struct arena *arena;
     struct slab  *next, *prev;   /* arena's partial list of the class, or a free-run bin */
     uint16_t    *waste;          /* per block: block_size - requested (track_requested), see slab_set_waste */
-    uint64_t     freed_at_ms;    /* a free run: when it became free (decay) */
+    uint64_t     freed_at_ms;    /* a free run: when it became free; a slab: when it last emptied */
     void        *upper;          /* side data of the layer above (e.g. mark bits) */
 } __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
 
@@ -211,17 +216,18 @@ LOAM_INTERNAL void addr_classify(const void *p, addr_info_t *out);
 
 /* ---- arenas ------------------------------------------------------------ */
 typedef struct arena_bin {
-    slab_t *partial;      /* slabs with free or never-used blocks */
+    slab_t *partial;      /* slabs with free or never-used blocks; the head is where
+                             allocation happens (its drain_below is 0). */
 } arena_bin_t;
 
 typedef struct arena_counters {
     size_t out_bytes;     /* bytes of blocks out of slabs (live + thread-cached) */
     size_t out_blocks;
-    size_t peak_out_bytes;
+    size_t peak_out_bytes;/* high-water mark of out_bytes + large_usable */
     size_t requested;     /* requested bytes of live tracked blocks */
     size_t large_count, large_bytes;       /* blocks, mapped bytes */
     size_t large_usable, large_requested;
-    size_t lock_contended;/* times a thread found the lock taken */
+    AO_t   lock_contended;/* times a thread found the lock taken (counted outside the lock) */
     size_t slabs_made, slabs_released;
 } arena_counters_t;
 
@@ -255,6 +261,8 @@ LOAM_INTERNAL void     arena_unlock(arena_t *a);
 /* Take up to n blocks of class cls (lock held). Returns how many (0: out of
  * memory or over budget). Blocks keep their freed key (caller clears it). */
 LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n);
+/* Raise the arena's high-water mark (lock held). */
+LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
@@ -285,6 +293,13 @@ static inline size_t slab_get_requested(const slab_t *s, size_t index)
     size_t w = slab_waste_width(s) == sizeof(uint16_t) ? s->waste[index]
                                                        : ((const uint32_t *)(const void *)s->waste)[index];
     return s->block_size - w;
+}
+
+/* A slab that could empty if cached blocks did not pin it: few blocks out,
+ * and not where its arena allocates from. Frees to it bypass thread caches. */
+static inline bool slab_is_draining(slab_t *s)
+{
+    return AO_int_load(&s->used) <= AO_int_load(&s->drain_below);
 }
 
 /* Release kept empty slabs and decommit every free run now (lock held). */

@@ -77,8 +77,8 @@ void arena_destroy(arena_t *a)
 void arena_lock(arena_t *a)
 {
     if (pthread_mutex_trylock(&a->lock) != 0) {
+        AO_fetch_and_add1(&a->c.lock_contended);
         pthread_mutex_lock(&a->lock);
-        a->c.lock_contended++;
     }
 }
 
@@ -94,12 +94,22 @@ void arena_unlock(arena_t *a)
 
 /* ---- partial lists ------------------------------------------------------ */
 
+/* The head is where allocation happens: it never counts as draining. */
+static void bin_set_head(arena_bin_t *bin, slab_t *s)
+{
+    if (bin->partial)
+        AO_int_store(&bin->partial->drain_below, bin->partial->capacity / 8);
+    if (s)
+        AO_int_store(&s->drain_below, 0);
+    bin->partial = s;
+}
+
 static void partial_push_tail(arena_bin_t *bin, slab_t *s)
 {
     s->next = NULL;
     if (!bin->partial) {
         s->prev = s;            /* the head's prev is the tail */
-        bin->partial = s;
+        bin_set_head(bin, s);
         return;
     }
     slab_t *tail = bin->partial->prev;
@@ -112,7 +122,7 @@ static void partial_remove(arena_bin_t *bin, slab_t *s)
 {
     slab_t *head = bin->partial;
     if (s == head) {
-        bin->partial = s->next;
+        bin_set_head(bin, s->next);
         if (bin->partial)
             bin->partial->prev = s->prev;
     } else {
@@ -147,6 +157,13 @@ static void slab_release(arena_t *a, slab_t *s)
 
 /* ---- blocks ------------------------------------------------------------- */
 
+void arena_note_peak(arena_t *a)
+{
+    size_t out = a->c.out_bytes + a->c.large_usable;
+    if (out > a->c.peak_out_bytes)
+        a->c.peak_out_bytes = out;
+}
+
 unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n)
 {
     arena_bin_t *bin = &a->bins[cls];
@@ -170,8 +187,7 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
     size_t bytes = (size_t)got * sizeclass_size[cls];
     a->c.out_bytes += bytes;
     a->c.out_blocks += got;
-    if (a->c.out_bytes > a->c.peak_out_bytes)
-        a->c.peak_out_bytes = a->c.out_bytes;
+    arena_note_peak(a);
     return got;
 }
 
@@ -185,28 +201,38 @@ void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
     if (was_full)
         partial_push_tail(bin, s);
     if (s->used == 0) {
-        /* Keep the class's last slab: a free/malloc cycle at the edge of a
-         * slab must not map and unmap it each time. Trim releases it. */
-        if (bin->partial == s && s->next == NULL)
+        /* Keep the class's last one-page slab: a free/malloc cycle at the
+         * edge of a slab must not map and unmap it each time. Purge releases
+         * it once it has stayed empty past decay_ms, trim at once. */
+        if (bin->partial == s && s->next == NULL && s->pages == 1) {
+            s->freed_at_ms = os_now_ms();
             return;
+        }
         partial_remove(bin, s);
         slab_release(a, s);
     }
 }
 
-/* Release the empty slabs kept by arena_free_block, then purge everything. */
-size_t arena_trim(arena_t *a);
-size_t arena_trim(arena_t *a)
+/* Release the empty slabs kept by arena_free_block: all (force) or those
+ * empty for decay_ms. */
+void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
+void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         slab_t *s = a->bins[c].partial;
-        if (s && s->used == 0 && s->next == NULL) {
+        if (s && s->used == 0 && s->next == NULL &&
+            (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
             partial_remove(&a->bins[c], s);
             slab_fini(s);
             a->c.slabs_released++;
             run_free(a, s);
         }
     }
+}
+
+size_t arena_trim(arena_t *a)
+{
+    arena_release_kept_slabs(a, true, 0);
     return arena_purge(a, true);
 }
 
@@ -305,7 +331,7 @@ arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
         return NULL;
     if (arena_trylock(preferred))
         return preferred;
-    preferred->c.lock_contended++;
+    AO_fetch_and_add1(&preferred->c.lock_contended);
     unsigned n = (unsigned)AO_load_acquire(&set->count);
     for (unsigned i = 0; i < n; i++) {
         arena_t *a = set->arenas[(preferred->index + 1 + i) % n];

@@ -29,6 +29,7 @@ static void large_link(arena_t *a, large_t *l)
     a->c.large_bytes += l->map_size;
     a->c.large_usable += l->size;
     a->c.large_requested += l->requested;
+    arena_note_peak(a);
     arena_unlock(a);
 }
 
@@ -155,6 +156,7 @@ void *large_realloc(large_t *l, size_t n)
     moved->map_size = map;
     moved->size = map - offset;
     moved->requested = n;
+    arena_note_peak(a);
     arena_unlock(a);
     if (map < old_map) {
         budget_release(a->budget, old_map - map);

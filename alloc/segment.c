@@ -253,18 +253,24 @@ void run_free(arena_t *a, slab_t *r)
         segment_decommit_pages(seg, run_mask(first, pages));
 }
 
+void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
+
 size_t arena_purge(arena_t *a, bool force)
 {
     uint64_t now = os_now_ms();
     uint64_t decay = alloc_tuning.decay_ms;
     size_t bytes = 0;
+    /* Slabs kept empty for reuse are released first, so their runs decay too. */
+    if (!force)
+        arena_release_kept_slabs(a, false, now);
     segment_t *next;
     for (segment_t *seg = a->segments; seg; seg = next) {
         next = seg->next;
         if (seg->used_pages == 0) {
             /* A wholly free segment goes back entirely once its decay passes. */
             if (force || now - seg->empty_since_ms >= decay) {
-                bytes += (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE;
+                bytes += (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE
+                         + SEGMENT_HEADER_COMMIT;
                 segment_release(a, seg);
             }
             continue;
@@ -313,7 +319,7 @@ void addr_classify(const void *p, addr_info_t *out)
         return;
     }
     size_t idx = slab_block_index(s, a);
-    if (idx >= s->bumped) {
+    if (idx >= AO_int_load(&s->bumped)) {
         out->kind = ADDR_UNALLOCATED;
         return;
     }

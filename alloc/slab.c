@@ -25,8 +25,9 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->block_size = size;
     s->cls = (uint8_t)cls;
     s->capacity = (uint32_t)(((size_t)s->pages * PAGE_SIZE) / size);
-    s->bumped = 0;
-    s->used = 0;
+    AO_int_store(&s->drain_below, s->capacity / 8);
+    AO_int_store(&s->bumped, 0);
+    AO_int_store(&s->used, 0);
     s->free = NULL;
     s->key = os_random();
     s->div_magic = (((uint64_t)1 << 42) + size - 1) / size;
@@ -46,7 +47,7 @@ void slab_fini(slab_t *s)
         meta_free(s->waste, (size_t)s->capacity * slab_waste_width(s));
     s->waste = NULL;
     s->block_size = 0;
-    s->bumped = 0;
+    AO_int_store(&s->bumped, 0);
 }
 
 /* Up to n blocks out of the slab. */
@@ -63,9 +64,11 @@ unsigned slab_take(slab_t *s, free_block_t **out, unsigned n)
         s->free = (free_block_t *)nx;
         out[got++] = b;
     }
-    while (got < n && s->bumped < s->capacity)
-        out[got++] = (free_block_t *)(s->start + (size_t)s->bumped++ * s->block_size);
-    s->used += got;
+    unsigned bumped = s->bumped;
+    while (got < n && bumped < s->capacity)
+        out[got++] = (free_block_t *)(s->start + (size_t)bumped++ * s->block_size);
+    AO_int_store(&s->bumped, bumped);
+    AO_int_store(&s->used, s->used + got);
     return got;
 }
 
@@ -75,5 +78,5 @@ void slab_put(slab_t *s, free_block_t *b)
     b->next_enc = freelist_encode(s->free, s->key);
     b->freed_key = loam_free_key;
     s->free = b;
-    s->used--;
+    AO_int_store(&s->used, s->used - 1);
 }

@@ -58,7 +58,7 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
 static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
 {
     loam_ensure_init();
-    for (;;) {
+    for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
         if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {
             int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
@@ -79,7 +79,7 @@ static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
         if (p)
             return p;
     failed:
-        if (!heap_out_of_memory(h, n)) {
+        if (!heap_out_of_memory(h, n, attempt)) {
             errno = ENOMEM;
             return NULL;
         }
@@ -152,6 +152,16 @@ void alloc_free_slow(void *p)
     tcache_t *tc = loam_tls_cache[s->owner_slot];
     if (tc->owner != h)
         tc = heap_thread_cache(h);
+    if (tc && slab_is_draining(s)) {
+        /* The slab is draining: the block goes straight back, and so does
+         * the cache's stock of the class, which would otherwise keep other
+         * draining slabs from emptying. */
+        arena_lock(s->arena);
+        arena_free_block(s->arena, s, b);
+        arena_unlock(s->arena);
+        tcache_flush(tc, s->cls, 0);
+        return;
+    }
     if (tc) {
         if (tcache_push(tc, s->cls, p))
             return;

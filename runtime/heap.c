@@ -241,21 +241,21 @@ void heap_thread_exit(void)
 
 /* ---- limits ------------------------------------------------------------------ */
 
-bool heap_out_of_memory(loam_heap_t *h, size_t n)
+bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
 {
     /* First give back what is committed but unused: free runs awaiting decay. */
-    if (loam_heap_trim(h) > 0)
+    if (attempt == 0 && loam_heap_trim(h) > 0)
         return true;
     if (h->budget.limit == 0)
         return false;
-    if (h->cfg.oom) {
+    if (h->cfg.oom && attempt < 4) {
         size_t before = AO_load(&h->budget.committed);
         h->cfg.oom(h, n, h->cfg.user);
         loam_heap_trim(h);
         /* Retry only if the callback made room. */
         return AO_load(&h->budget.committed) < before;
     }
-    if (AO_fetch_and_add(&h->limit_warned, 1) == 0)
+    if (!h->cfg.oom && AO_fetch_and_add(&h->limit_warned, 1) == 0)
         loam_warn("heap %p reached its limit of %zu bytes (request of %zu bytes): returning NULL",
                   (void *)h, h->budget.limit, n);
     return false;

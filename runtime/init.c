@@ -7,7 +7,10 @@
  * us) sees the tables ready and goes on. */
 #include "runtime/runtime.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 uintptr_t loam_free_key;
 int loam_initialized;
@@ -18,7 +21,7 @@ static int init_started;
 
 void heap_thread_key_init(void);
 void error_install_core_hook(void);
-void stats_print_all_at_exit(void);
+void stats_print_all_at_exit(FILE *out);
 
 /* fork: hold every lock across it, so the child starts with consistent
  * arenas, then release them in both processes. */
@@ -46,10 +49,19 @@ static void fork_release(void)
     heaps_unlock();
 }
 
+/* Programs often close stderr before exit (sort, ls, ...): the report goes
+ * to a copy of it taken at start. */
+static int report_fd = -1;
+
 static void exit_report(void)
 {
-    if (loam_opts.verbose)
-        stats_print_all_at_exit();
+    if (!loam_opts.verbose)
+        return;
+    FILE *f = report_fd >= 0 ? fdopen(report_fd, "w") : NULL;
+    stats_print_all_at_exit(f ? f : stderr);
+    if (f)
+        fclose(f);
+    report_fd = -1;
 }
 
 void loam_init_slow(void)
@@ -76,5 +88,7 @@ void loam_init_slow(void)
     __atomic_store_n(&loam_initialized, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&init_mutex);
     pthread_atfork(fork_prepare, fork_release, fork_release);
+    if (loam_opts.verbose)
+        report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
     atexit(exit_report);
 }

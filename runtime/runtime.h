@@ -76,9 +76,10 @@ LOAM_INTERNAL void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bo
 /* The calling thread's cache of h, made on first use (NULL: no slot or no memory). */
 LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h);
 LOAM_INTERNAL void heap_thread_exit(void);
-/* The heap reached its limit for a request of n bytes: trim, call the oom
- * callback. true: try again. */
-LOAM_INTERNAL bool heap_out_of_memory(loam_heap_t *h, size_t n);
+/* An allocation of n bytes failed (attempt 0, 1, ...): first trim and retry
+ * once, then call the oom callback (heaps with a limit) and retry while it
+ * makes room, a bounded number of times. true: try again. */
+LOAM_INTERNAL bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt);
 
 /* ---- allocation slow paths (runtime/alloc_api.c) ---------------------------- */
 LOAM_INTERNAL void *alloc_malloc_slow(loam_heap_t *h, size_t n) LOAM_MALLOC_ATTR;
@@ -103,7 +104,10 @@ static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t
 /* Every check that keeps a bad pointer out of a cache is here or in the slow
  * path: the address must be in a loam slab segment, at a block start, below
  * the slab's bump line, and not already free. Anything unusual goes to
- * alloc_free_slow, which names the fault. */
+ * alloc_free_slow, which names the fault.
+ * A block of a draining slab (few blocks out, not its arena's allocation
+ * slab) also goes the slow way, straight to its slab: cached blocks must not
+ * pin slabs that could empty. */
 static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 {
     uintptr_t a = (uintptr_t)p;
@@ -116,9 +120,9 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
          * heap, or one that refuses every push (the empty cache, a disowned
          * one); slabs of tracked heaps carry TC_SLOT_NONE. No owner test. */
         tcache_t *tc = loam_tls_cache[s->owner_slot];
-        if (LOAM_LIKELY(idx * s->block_size == off && idx < s->bumped &&
+        if (LOAM_LIKELY(idx * s->block_size == off && idx < AO_int_load(&s->bumped) &&
                         ((free_block_t *)p)->freed_key != loam_free_key &&
-                        tcache_push(tc, s->cls, p)))
+                        !slab_is_draining(s) && tcache_push(tc, s->cls, p)))
             return;
     }
     alloc_free_slow(p);

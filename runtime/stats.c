@@ -51,7 +51,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     loam_stats_t *s = &r->s;
     s->live_bytes = out_bytes - cached_bytes + r->large_usable;
     s->live_blocks = out_blocks - cached_blocks + s->large_count;
-    s->peak_live_bytes = peak + r->large_usable;
+    s->peak_live_bytes = peak;
     if (s->peak_live_bytes < s->live_bytes)
         s->peak_live_bytes = s->live_bytes;
     s->requested_tracked = h->track_requested;
@@ -155,9 +155,9 @@ void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format)
 }
 
 /* verbose=1: every heap's report on stderr at exit. */
-void stats_print_all_at_exit(void);
-void stats_print_all_at_exit(void)
+void stats_print_all_at_exit(FILE *out);
+void stats_print_all_at_exit(FILE *out)
 {
     for (loam_heap_t *h = loam_heaps; h; h = h->next)
-        loam_heap_print_stats(h, stderr, LOAM_STATS_TEXT);
+        loam_heap_print_stats(h, out, LOAM_STATS_TEXT);
 }

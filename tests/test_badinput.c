@@ -1,0 +1,968 @@
+/* What bad input gets (DESIGN.md): a one-line message on stderr naming the
+ * fault and the address, then abort (default), or a call to the heap's error
+ * callback; impossible sizes give NULL with errno; a heap `limit` gives NULL
+ * with ENOMEM after calling the oom callback.
+ *
+ * A pointer that belongs to no heap (stack, static, libc) has no error
+ * callback to go to: its faults take the default heap's reaction (abort), so
+ * those cases are only tested for SIGABRT. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "loam.h"
+
+#define KiB ((size_t)1024)
+#define MiB (1024 * KiB)
+
+static char static_buffer[256] __attribute__((aligned(64)));
+
+/* A block start in a slab of h that was never handed out: the block two
+ * positions after the higher of two fresh 256-byte blocks. */
+static void *never_allocated_block(loam_heap_t *h)
+{
+    unsigned char *a = loam_malloc(h, 256), *b = loam_malloc(h, 256);
+    cr_assert_not_null(a);
+    cr_assert_not_null(b);
+    size_t sz = loam_usable_size(a);
+    unsigned char *hi = a > b ? a : b;
+    return hi + 2 * sz;
+}
+
+/* ---- default reaction: abort ----------------------------------------------- */
+
+Test(abort, double_free_small, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    loam_free(p);
+    loam_free(p);
+}
+
+Test(abort, double_free_small_default_heap, .signal = SIGABRT)
+{
+    void *p = loam_malloc(loam_heap_default(), 48);
+    loam_free(p);
+    loam_free(p);
+}
+
+Test(abort, double_free_after_other_frees, .signal = SIGABRT)
+{
+    /* The block is not at the top of the thread cache any more. */
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64), *q[10];
+    for (int i = 0; i < 10; i++)
+        q[i] = loam_malloc(h, 64);
+    loam_free(p);
+    for (int i = 0; i < 10; i++)
+        loam_free(q[i]);
+    loam_free(p);
+}
+
+Test(abort, double_free_after_flush_to_arena, .signal = SIGABRT)
+{
+    /* enough frees after it that the block has left the thread cache */
+    loam_heap_t *h = loam_heap_new(NULL);
+    enum { N = 3000 };
+    static void *q[N];
+    void *p = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        q[i] = loam_malloc(h, 64);
+    loam_free(p);
+    for (int i = 0; i < N; i++)
+        loam_free(q[i]);
+    loam_free(p);
+}
+
+Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
+{
+    loam_option_set("tcache_max", 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    (void)keep;
+    loam_free(p);
+    loam_free(p);
+}
+
+Test(abort, double_free_after_trim, .signal = SIGABRT)
+{
+    /* the block's slab was emptied and handed back: the address is no block now */
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 3000);
+    loam_free(p);
+    (void)loam_heap_trim(h);
+    loam_free(p);
+}
+
+Test(abort, double_free_large, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, MiB);
+    loam_free(p);
+    loam_free(p);
+}
+
+Test(abort, interior_pointer_small, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, 64);
+    loam_free(p + 16);
+}
+
+Test(abort, interior_pointer_small_unaligned, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, 100);
+    loam_free(p + 3);
+}
+
+Test(abort, interior_pointer_large, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, MiB);
+    loam_free(p + 4096);
+}
+
+Test(abort, interior_pointer_large_16, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, 300 * KiB);
+    loam_free(p + 16);
+}
+
+Test(abort, free_stack_address, .signal = SIGABRT)
+{
+    char local[64] __attribute__((aligned(16)));
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *keep = loam_malloc(h, 10);   /* loam is initialised and has a heap */
+    (void)keep;
+    loam_free(local);
+}
+
+Test(abort, free_static_address, .signal = SIGABRT)
+{
+    loam_free(static_buffer);
+}
+
+Test(abort, free_libc_malloc_pointer, .signal = SIGABRT)
+{
+    void *p = malloc(64);   /* tests link loam_static: plain malloc is glibc's */
+    void *keep = loam_malloc(loam_heap_default(), 64);
+    (void)keep;
+    loam_free(p);
+}
+
+Test(abort, free_libc_malloc_large_pointer, .signal = SIGABRT)
+{
+    void *p = malloc(4 * MiB);   /* glibc mmaps this one */
+    loam_free(p);
+}
+
+Test(abort, free_never_allocated_slab_block, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    loam_free(never_allocated_block(h));
+}
+
+Test(abort, free_block_of_destroyed_heap, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    void *other = loam_malloc(loam_heap_default(), 64);   /* loam still has live memory */
+    (void)other;
+    loam_heap_destroy(h);
+    loam_free(p);
+}
+
+Test(abort, realloc_of_freed_block, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    loam_free(p);
+    (void)loam_realloc(h, p, 200);
+}
+
+Test(abort, realloc_of_foreign_pointer, .signal = SIGABRT)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = malloc(64);
+    (void)loam_realloc(h, p, 200);
+}
+
+/* ---- the message: one line naming the fault and the address ----------------- */
+
+typedef void (*fault_fn)(void);
+
+/* In the child: the write end of a pipe on which a fault function reports
+ * the address it is about to misuse. */
+static int g_addr_fd = -1;
+
+static void report_addr(void *a)
+{
+    if (g_addr_fd >= 0)
+        (void)!write(g_addr_fd, &a, sizeof a);
+}
+
+static int contains_ci(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* Does the text mention the address in hex (with or without leading zeros)? */
+static int mentions_address(const char *text, void *addr)
+{
+    char hex[32];
+    snprintf(hex, sizeof hex, "%lx", (unsigned long)(uintptr_t)addr);
+    return contains_ci(text, hex);
+}
+
+static int count_lines(const char *text)
+{
+    int n = 0;
+    for (; *text; text++)
+        n += *text == '\n';
+    return n;
+}
+
+static void fault_double_free(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    report_addr(p);
+    loam_free(p);
+    loam_free(p);
+}
+
+static void fault_interior(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, 64);
+    report_addr(p + 16);
+    loam_free(p + 16);
+}
+
+static void fault_foreign(void)
+{
+    void *p = malloc(64);
+    report_addr(p);
+    loam_free(p);
+}
+
+static void check_message(fault_fn fn, const char *const *words, const char *what)
+{
+    char buf[4096];
+    void *addr = NULL;
+    int ap[2], err[2];
+    cr_assert_eq(pipe(ap), 0);
+    cr_assert_eq(pipe(err), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        close(err[0]);
+        close(ap[0]);
+        dup2(err[1], 2);
+        g_addr_fd = ap[1];
+        fn();
+        _exit(0);
+    }
+    close(err[1]);
+    close(ap[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < sizeof buf && (r = read(err[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = 0;
+    if (read(ap[0], &addr, sizeof addr) != (ssize_t)sizeof addr)
+        addr = NULL;
+    close(err[0]);
+    close(ap[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+              "%s: expected the process to abort (status %#x), stderr: %s", what, status, buf);
+    cr_assert_not_null(addr);
+    cr_assert_eq(count_lines(buf), 1, "%s: expected one line on stderr, got: \"%s\"", what, buf);
+    cr_assert(mentions_address(buf, addr), "%s: message does not name the address %p: \"%s\"",
+              what, addr, buf);
+    int found = 0;
+    for (int i = 0; words[i]; i++)
+        found |= contains_ci(buf, words[i]);
+    cr_assert(found, "%s: message does not name the fault (expected e.g. \"%s\"): \"%s\"", what,
+              words[0], buf);
+}
+
+Test(message, double_free_names_fault_and_address)
+{
+    static const char *const words[] = { "double free", "double-free", NULL };
+    check_message(fault_double_free, words, "double free");
+}
+
+Test(message, interior_pointer_names_fault_and_address)
+{
+    static const char *const words[] = { "interior", "not a block start", "not the start", NULL };
+    check_message(fault_interior, words, "interior pointer");
+}
+
+Test(message, foreign_pointer_names_fault_and_address)
+{
+    static const char *const words[] = { "foreign", "not allocated by loam", "not a loam", "unknown pointer", NULL };
+    check_message(fault_foreign, words, "foreign pointer");
+}
+
+/* ---- error callback: reported, no abort, heap stays usable ------------------- */
+
+typedef struct {
+    int calls;
+    loam_heap_t *heap;
+    void *addr;
+    void *user;
+    char msg[512];
+    int msg_null;
+} err_record_t;
+
+static void record_error(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    err_record_t *r = user;
+    r->calls++;
+    r->heap = h;
+    r->addr = addr;
+    r->user = user;
+    r->msg_null = message == NULL;
+    if (message)
+        snprintf(r->msg, sizeof r->msg, "%s", message);
+}
+
+static loam_heap_t *heap_with_callback(err_record_t *rec)
+{
+    loam_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    memset(rec, 0, sizeof *rec);
+    cfg.error = record_error;
+    cfg.user = rec;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+/* The callback got the fault: once, with this heap, address and user pointer,
+ * and a message naming it (one of the words, case-insensitive). */
+static void assert_reported(const err_record_t *rec, loam_heap_t *h, void *addr, const char *what,
+                            const char *const *words)
+{
+    cr_assert_eq(rec->calls, 1, "%s: error callback called %d times", what, rec->calls);
+    cr_assert_eq(rec->addr, addr, "%s: callback got address %p, expected %p", what, rec->addr, addr);
+    cr_assert_eq(rec->heap, h, "%s: callback got heap %p, expected %p", what, (void *)rec->heap, (void *)h);
+    cr_assert_eq(rec->user, rec, "%s: callback got the wrong user pointer", what);
+    cr_assert(!rec->msg_null && rec->msg[0] != 0, "%s: empty message", what);
+    int found = 0;
+    for (int i = 0; words[i]; i++)
+        found |= contains_ci(rec->msg, words[i]);
+    cr_assert(found, "%s: the message \"%s\" does not name the fault (e.g. \"%s\")", what, rec->msg,
+              words[0]);
+}
+
+static const char *const W_DOUBLE[] = { "double free", "double-free", "already freed", NULL };
+static const char *const W_INTERIOR[] = { "interior", "not the start of a block", "not a block start", NULL };
+static const char *const W_UNALLOCATED[] = { "never allocated", "no block", "not allocated", "double free", NULL };
+
+/* After a reported fault the heap must still allocate distinct, intact blocks. */
+static void assert_heap_usable(loam_heap_t *h, size_t expect_live_blocks)
+{
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, expect_live_blocks, "live_blocks %zu after the fault, expected %zu",
+                 st.live_blocks, expect_live_blocks);
+    enum { N = 64 };
+    unsigned char *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = loam_malloc(h, 64);
+        cr_assert_not_null(p[i]);
+        memset(p[i], i, 64);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(p[i], p[j], "block %p handed out twice after a reported fault", (void *)p[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 64; k++)
+            cr_assert_eq(p[i][k], (unsigned char)i);
+        loam_free(p[i]);
+    }
+    void *big = loam_malloc(h, 2 * MiB);
+    cr_assert_not_null(big);
+    loam_free(big);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, expect_live_blocks);
+}
+
+Test(callback, double_free_small)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *p = loam_malloc(h, 64);
+    loam_free(p);
+    cr_assert_eq(rec.calls, 0, "a valid free was reported as an error: %s", rec.msg);
+    loam_free(p);
+    assert_reported(&rec, h, p, "double free", W_DOUBLE);
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
+Test(callback, double_free_small_repeated)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *keep = loam_malloc(h, 32);
+    for (int i = 0; i < 100; i++) {
+        void *p = loam_malloc(h, 32);
+        loam_free(p);
+        loam_free(p);
+        cr_assert_eq(rec.calls, i + 1);
+        cr_assert_eq(rec.addr, p);
+    }
+    assert_heap_usable(h, 1);
+    loam_free(keep);
+    loam_heap_destroy(h);
+}
+
+Test(callback, interior_pointer_small)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    unsigned char *p = loam_malloc(h, 64);
+    memset(p, 7, 64);
+    loam_free(p + 16);
+    assert_reported(&rec, h, p + 16, "interior free (small)", W_INTERIOR);
+    /* the real block is untouched and still live */
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(p[i], 7);
+    assert_heap_usable(h, 1);
+    loam_free(p);
+    cr_assert_eq(rec.calls, 1);
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
+Test(callback, interior_pointer_large)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    unsigned char *p = loam_malloc(h, MiB);
+    memset(p, 9, MiB);
+    loam_free(p + 4096);
+    assert_reported(&rec, h, p + 4096, "interior free (large)", W_INTERIOR);
+    for (size_t i = 0; i < MiB; i += 511)
+        cr_assert_eq(p[i], 9);
+    assert_heap_usable(h, 1);
+    loam_free(p);
+    cr_assert_eq(rec.calls, 1);
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
+Test(callback, never_allocated_slab_block)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *q = never_allocated_block(h);   /* leaves two live blocks */
+    loam_free(q);
+    assert_reported(&rec, h, q, "free of a never-allocated block", W_UNALLOCATED);
+    assert_heap_usable(h, 2);
+    loam_heap_destroy(h);
+}
+
+Test(callback, realloc_of_interior_pointer)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    unsigned char *p = loam_malloc(h, 128);
+    memset(p, 5, 128);
+    void *q = loam_realloc(h, p + 32, 1000);
+    cr_assert_null(q, "realloc of an interior pointer returned %p", q);
+    assert_reported(&rec, h, p + 32, "realloc of an interior pointer", W_INTERIOR);
+    for (int i = 0; i < 128; i++)
+        cr_assert_eq(p[i], 5);
+    assert_heap_usable(h, 1);
+    loam_free(p);
+    loam_heap_destroy(h);
+}
+
+Test(callback, realloc_of_freed_block)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    loam_free(p);
+    void *q = loam_realloc(h, p, 1000);
+    cr_assert_null(q, "realloc of a freed block returned %p", q);
+    assert_reported(&rec, h, p, "realloc of a freed block", W_DOUBLE);
+    assert_heap_usable(h, 1);
+    loam_free(keep);
+    loam_heap_destroy(h);
+}
+
+Test(callback, double_free_after_flush_to_arena)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    enum { N = 3000 };
+    static void *q[N];
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        q[i] = loam_malloc(h, 64);
+    loam_free(p);
+    for (int i = 0; i < N; i++)
+        loam_free(q[i]);
+    loam_free(p);
+    assert_reported(&rec, h, p, "double free of a block flushed to its arena", W_DOUBLE);
+    assert_heap_usable(h, 1);
+    loam_free(keep);
+    loam_heap_destroy(h);
+}
+
+/* A freed large block has no mapping any more, so its heap may be unknown: the
+ * second free may either reach this heap's callback or take the default
+ * reaction (abort). What it must not do is pass silently. */
+static void large_double_free_child(void)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *p = loam_malloc(h, MiB);
+    loam_free(p);
+    loam_free(p);
+    if (rec.calls != 1 || rec.addr != p)
+        _exit(3);   /* silently ignored (or reported wrongly) */
+    void *q = loam_malloc(h, MiB);
+    if (!q)
+        _exit(4);
+    loam_free(q);
+    _exit(0);
+}
+
+Test(callback, double_free_large_is_reported_or_aborts)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0)
+            dup2(devnull, 2);
+        large_double_free_child();
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    int ok = (WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT) ||
+             (WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    cr_assert(ok, "double free of a large block: neither reported to the callback nor aborted "
+              "(status %#x: exit %d, signal %d)", status,
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+}
+
+/* Foreign pointers have no heap: even with a callback configured on some heap,
+ * they take the default reaction. */
+Test(callback, foreign_free_still_aborts, .signal = SIGABRT)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *keep = loam_malloc(h, 64);
+    (void)keep;
+    int local;
+    loam_free(&local);
+}
+
+Test(callback, valid_operations_are_not_reported)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *p[100];
+    for (int i = 0; i < 100; i++)
+        p[i] = loam_malloc(h, (size_t)i * 1000);
+    for (int i = 0; i < 100; i++)
+        p[i] = loam_realloc(h, p[i], (size_t)i * 3000 + 1);
+    for (int i = 0; i < 100; i++)
+        loam_free(p[i]);
+    cr_assert_eq(rec.calls, 0, "callback called for valid operations: %s", rec.msg);
+    loam_heap_destroy(h);
+}
+
+/* ---- impossible sizes: NULL with errno, never a crash or a short block -------- */
+
+#define ASSERT_FAILS(expr, err)                                                   \
+    do {                                                                          \
+        errno = 0;                                                                \
+        void *r_ = (expr);                                                        \
+        int e_ = errno;                                                           \
+        cr_assert_null(r_, #expr " returned %p", r_);                             \
+        cr_assert_eq(e_, (err), #expr ": errno %d (%s), expected %d (%s)", e_,     \
+                     strerror(e_), (err), strerror(err));                         \
+    } while (0)
+
+Test(overflow, calloc_overflow)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    ASSERT_FAILS(loam_calloc(h, SIZE_MAX / 2, 4), ENOMEM);
+    ASSERT_FAILS(loam_calloc(h, SIZE_MAX, SIZE_MAX), ENOMEM);
+    ASSERT_FAILS(loam_calloc(h, SIZE_MAX, 2), ENOMEM);
+    /* the product wraps to a small number: must not return a short block */
+    ASSERT_FAILS(loam_calloc(h, ((size_t)1 << 32) + 1, (size_t)1 << 32), ENOMEM);
+    ASSERT_FAILS(loam_calloc(h, (SIZE_MAX / 16) + 2, 16), ENOMEM);
+    ASSERT_FAILS(loam_calloc(loam_heap_default(), SIZE_MAX / 2, 4), ENOMEM);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+}
+
+Test(overflow, malloc_huge)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    ASSERT_FAILS(loam_malloc(h, SIZE_MAX), ENOMEM);
+    ASSERT_FAILS(loam_malloc(h, SIZE_MAX - 1), ENOMEM);
+    ASSERT_FAILS(loam_malloc(h, SIZE_MAX - 15), ENOMEM);     /* rounding up to 16 wraps */
+    ASSERT_FAILS(loam_malloc(h, SIZE_MAX - 4095), ENOMEM);   /* rounding up to a page wraps */
+    ASSERT_FAILS(loam_malloc(h, (size_t)PTRDIFF_MAX), ENOMEM);
+    ASSERT_FAILS(loam_malloc(h, (size_t)PTRDIFF_MAX + 1), ENOMEM);
+    ASSERT_FAILS(loam_malloc(h, (size_t)1 << 50), ENOMEM);   /* beyond the address space */
+    ASSERT_FAILS(loam_malloc(loam_heap_default(), SIZE_MAX), ENOMEM);
+    ASSERT_FAILS(loam_realloc(h, NULL, SIZE_MAX), ENOMEM);
+    void *p = loam_malloc(h, 100);   /* still works */
+    cr_assert_not_null(p);
+    loam_free(p);
+    loam_heap_destroy(h);
+}
+
+Test(overflow, aligned_alloc_bad_alignment)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    static const size_t bad[] = { 0, 3, 5, 6, 12, 24, 48, 100, 1000, 4097, (1u << 20) + 1,
+                                  ((size_t)1 << 20) * 3, SIZE_MAX };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        errno = 0;
+        void *p = loam_aligned_alloc(h, bad[i], 64);
+        int e = errno;
+        cr_assert_null(p, "aligned_alloc(%zu, 64) accepted a non-power-of-two alignment", bad[i]);
+        cr_assert_eq(e, EINVAL, "aligned_alloc(%zu, 64): errno %d, expected EINVAL", bad[i], e);
+    }
+    loam_heap_destroy(h);
+}
+
+Test(overflow, aligned_alloc_huge)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    ASSERT_FAILS(loam_aligned_alloc(h, 64, SIZE_MAX), ENOMEM);
+    ASSERT_FAILS(loam_aligned_alloc(h, 4096, SIZE_MAX - 100), ENOMEM);
+    ASSERT_FAILS(loam_aligned_alloc(h, MiB, SIZE_MAX - MiB + 1), ENOMEM);
+    ASSERT_FAILS(loam_aligned_alloc(h, 16, (size_t)PTRDIFF_MAX), ENOMEM);
+    /* an absurd but power-of-two alignment: NULL, with ENOMEM or EINVAL */
+    errno = 0;
+    void *p = loam_aligned_alloc(h, (size_t)1 << 62, 16);
+    int e = errno;
+    cr_assert_null(p);
+    cr_assert(e == ENOMEM || e == EINVAL, "errno %d", e);
+    loam_heap_destroy(h);
+}
+
+static void realloc_huge_keeps_block(size_t n)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, n);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(i * 13);
+    size_t us = loam_usable_size(p);
+    static const size_t huge[] = { SIZE_MAX, SIZE_MAX - 15, (size_t)PTRDIFF_MAX, (size_t)1 << 50 };
+    for (size_t k = 0; k < sizeof huge / sizeof *huge; k++) {
+        errno = 0;
+        void *q = loam_realloc(h, p, huge[k]);
+        int e = errno;
+        cr_assert_null(q, "realloc(%zu bytes -> %zu) returned %p", n, huge[k], q);
+        cr_assert_eq(e, ENOMEM, "realloc to %zu: errno %d", huge[k], e);
+        cr_assert_eq(loam_heap_of(p), h, "the old block was lost");
+        cr_assert_eq(loam_usable_size(p), us);
+        for (size_t i = 0; i < n; i++)
+            cr_assert_eq(p[i], (unsigned char)(i * 13), "old block changed at %zu", i);
+    }
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 1);
+    loam_free(p);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+}
+
+Test(overflow, realloc_huge_keeps_small_block) { realloc_huge_keeps_block(100); }
+Test(overflow, realloc_huge_keeps_large_block) { realloc_huge_keeps_block(MiB); }
+
+/* ---- heap limit ----------------------------------------------------------- */
+
+typedef struct {
+    int calls;
+    size_t request;
+    loam_heap_t *heap;
+} oom_record_t;
+
+static void record_oom(loam_heap_t *h, size_t request, void *user)
+{
+    oom_record_t *r = user;
+    r->calls++;
+    r->request = request;
+    r->heap = h;
+}
+
+static loam_heap_t *limited_heap(size_t limit, oom_record_t *rec)
+{
+    loam_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    memset(rec, 0, sizeof *rec);
+    cfg.limit = limit;
+    cfg.oom = record_oom;
+    cfg.user = rec;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+static size_t committed(loam_heap_t *h)
+{
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    return st.committed_bytes;
+}
+
+/* Allocate blocks of size n until NULL; returns how many succeeded. */
+static int fill_to_limit(loam_heap_t *h, size_t n, void **out, int max, size_t limit, oom_record_t *rec)
+{
+    int k = 0;
+    for (; k < max; k++) {
+        errno = 0;
+        void *p = loam_malloc(h, n);
+        if (!p) {
+            cr_assert_eq(errno, ENOMEM, "allocation past the limit: errno %d", errno);
+            cr_assert_geq(rec->calls, 1, "the oom callback was not called");
+            cr_assert_eq(rec->request, n, "oom callback got request %zu, expected %zu", rec->request, n);
+            cr_assert_eq(rec->heap, h);
+            break;
+        }
+        cr_assert_eq(rec->calls, 0, "oom callback called although the allocation succeeded");
+        memset(p, 1, n);
+        out[k] = p;
+        size_t c = committed(h);
+        cr_assert_leq(c, limit, "committed_bytes %zu exceeds the limit %zu", c, limit);
+    }
+    cr_assert_lt(k, max, "the limit was never reached");
+    return k;
+}
+
+Test(limit, small_blocks)
+{
+    const size_t limit = 4 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    void *p[200];
+    int k = fill_to_limit(h, 64 * KiB, p, 200, limit, &rec);
+    cr_assert_geq((size_t)k * 64 * KiB, limit / 2, "only %d blocks of 64 KiB fit under a 4 MiB limit", k);
+    cr_assert_leq(committed(h), limit);
+
+    /* freeing makes room again */
+    loam_free(p[k - 1]);
+    rec.calls = 0;
+    p[k - 1] = loam_malloc(h, 64 * KiB);
+    cr_assert_not_null(p[k - 1], "no room after a free");
+    for (int i = 0; i < k; i++)
+        loam_free(p[i]);
+    rec.calls = 0;
+    int k2 = fill_to_limit(h, 64 * KiB, p, 200, limit, &rec);
+    cr_assert_geq(k2, k, "after freeing everything only %d of %d blocks fit again", k2, k);
+    for (int i = 0; i < k2; i++)
+        loam_free(p[i]);
+    loam_heap_destroy(h);
+}
+
+Test(limit, tiny_blocks)
+{
+    const size_t limit = 4 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    static void *p[400000];
+    int k = fill_to_limit(h, 48, p, 400000, limit, &rec);
+    cr_assert_geq((size_t)k * 48, limit / 2, "only %d blocks of 48 bytes fit under 4 MiB", k);
+    for (int i = 0; i < k; i++)
+        loam_free(p[i]);
+    loam_heap_destroy(h);
+}
+
+Test(limit, large_blocks)
+{
+    const size_t limit = 4 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    void *p[16];
+    int k = fill_to_limit(h, MiB, p, 16, limit, &rec);
+    cr_assert_geq(k, 2, "only %d large blocks of 1 MiB fit under 4 MiB", k);
+    cr_assert_leq(k, 4);
+    loam_free(p[0]);
+    rec.calls = 0;
+    p[0] = loam_malloc(h, MiB);
+    cr_assert_not_null(p[0], "no room after freeing a large block");
+    /* a realloc past the limit fails and keeps the block */
+    memset(p[0], 0x3C, MiB);
+    errno = 0;
+    void *q = loam_realloc(h, p[0], 3 * MiB);
+    cr_assert_null(q, "realloc past the limit succeeded");
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_geq(rec.calls, 1);
+    cr_assert_eq(((unsigned char *)p[0])[MiB - 1], 0x3C);
+    cr_assert_leq(committed(h), limit);
+    for (int i = 0; i < k; i++)
+        loam_free(p[i]);
+    loam_heap_destroy(h);
+}
+
+Test(limit, freed_small_memory_serves_large_blocks)
+{
+    /* committed memory of freed slabs must not keep large blocks out forever */
+    const size_t limit = 4 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    void *p[200];
+    int k = fill_to_limit(h, 64 * KiB, p, 200, limit, &rec);
+    for (int i = 0; i < k; i++)
+        loam_free(p[i]);
+    rec.calls = 0;
+    void *a = loam_malloc(h, MiB), *b = loam_malloc(h, MiB);
+    cr_assert_not_null(a, "a 1 MiB block does not fit in an empty heap with a 4 MiB limit");
+    cr_assert_not_null(b);
+    cr_assert_leq(committed(h), limit);
+    loam_free(a);
+    loam_free(b);
+    loam_heap_destroy(h);
+}
+
+Test(limit, big_alignments_respect_the_limit)
+{
+    /* an aligned block may need more address space than its size: the
+     * committed memory must still stay under the limit */
+    const size_t limit = 4 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    void *p[64];
+    int k = 0;
+    for (; k < 64; k++) {
+        p[k] = loam_aligned_alloc(h, MiB, 100);
+        if (!p[k])
+            break;
+        cr_assert_eq((uintptr_t)p[k] & (MiB - 1), 0);
+        cr_assert_leq(committed(h), limit, "after %d blocks aligned to 1 MiB: committed %zu", k + 1,
+                      committed(h));
+    }
+    cr_assert_lt(k, 64, "64 blocks under a 4 MiB limit");
+    cr_assert_geq(k, 1);
+    for (int i = 0; i < k; i++)
+        loam_free(p[i]);
+    loam_heap_destroy(h);
+}
+
+/* Random malloc/realloc/free under a 16 MiB limit: committed_bytes never
+ * passes it, a refusal is always NULL + ENOMEM + the oom callback, and the
+ * heap does not refuse while it holds less than half the limit. */
+Test(limit, random_operations_stay_under_the_limit, .timeout = 120)
+{
+    const size_t limit = 16 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    enum { SLOTS = 512 };
+    static unsigned char *p[SLOTS];
+    static size_t n[SLOTS], us[SLOTS];
+    size_t live = 0;   /* sum of usable sizes */
+    uint64_t x = 0x1234567;
+    int refusals = 0;
+    for (int op = 0; op < 200000; op++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        unsigned i = (unsigned)(x % SLOTS);
+        size_t r = (x >> 32) % 1000;
+        size_t want = r < 900 ? 1 + (x >> 40) % 2048 : r < 990 ? 1 + (x >> 40) % (100 * KiB)
+                                                             : 128 * KiB + (x >> 40) % (2 * MiB);
+        if (p[i] && (x & 0x10000)) {
+            cr_assert_eq(p[i][0], (unsigned char)n[i]);
+            live -= us[i];
+            loam_free(p[i]);
+            p[i] = NULL;
+        } else {
+            rec.calls = 0;
+            errno = 0;
+            unsigned char *q = p[i] ? loam_realloc(h, p[i], want) : loam_malloc(h, want);
+            if (!q) {
+                refusals++;
+                cr_assert_eq(errno, ENOMEM, "op %d: refusal with errno %d", op, errno);
+                cr_assert_geq(rec.calls, 1, "op %d: refusal without the oom callback", op);
+                cr_assert_eq(rec.request, want);
+                cr_assert_geq(live + want, limit / 2,
+                              "op %d: refused %zu bytes while only %zu are live under a %zu limit", op,
+                              want, live, limit);
+                if (p[i])
+                    cr_assert_eq(p[i][0], (unsigned char)n[i], "a refused realloc damaged the block");
+                continue;
+            }
+            if (p[i]) {
+                cr_assert_eq(q[0], (unsigned char)n[i], "realloc lost the contents");
+                live -= us[i];
+            }
+            p[i] = q;
+            n[i] = want;
+            us[i] = loam_usable_size(q);
+            live += us[i];
+            q[0] = (unsigned char)want;
+            q[want - 1] = 1;
+        }
+        if ((op & 15) == 0)
+            cr_assert_leq(committed(h), limit, "op %d: committed %zu over the limit", op, committed(h));
+    }
+    for (unsigned i = 0; i < SLOTS; i++)
+        loam_free(p[i]);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    cr_assert_geq(refusals, 1, "the limit was never reached: the test does not test it");
+    loam_heap_destroy(h);
+}
+
+Test(limit, calloc_and_aligned_respect_the_limit)
+{
+    const size_t limit = 2 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    errno = 0;
+    void *p = loam_calloc(h, 3, MiB);
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_eq(rec.calls, 1);
+    cr_assert_eq(rec.request, 3 * MiB);
+    rec.calls = 0;
+    errno = 0;
+    p = loam_aligned_alloc(h, 4096, 3 * MiB);
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_eq(rec.calls, 1);
+    cr_assert_leq(committed(h), limit);
+    p = loam_calloc(h, 1, 1000);
+    cr_assert_not_null(p);
+    loam_free(p);
+    loam_heap_destroy(h);
+}

@@ -1,0 +1,365 @@
+/* tests/test_fork.c — fork() while other threads allocate.
+ *
+ * Worker threads keep allocating and freeing (on the default heap, on heaps of
+ * their own and on a shared heap, with cross-thread frees) while the main
+ * thread, and also a worker, fork again and again. Each child must be able to
+ * allocate, check, free, create and destroy a heap, read statistics and exit
+ * cleanly. A child that deadlocks is killed by its alarm (SIGALRM), which fails
+ * the test instead of hanging it; the parent also gives up waiting on its own.
+ */
+#define _GNU_SOURCE
+#ifdef LOAM_TEST_STANDALONE
+#include "standalone_shim.h"          /* a plain program, for ThreadSanitizer */
+#else
+#include <criterion/criterion.h>
+#endif
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "loam.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1          /* TSan kills a child of a threaded process that starts threads */
+#else
+#define UNDER_TSAN 0
+#endif
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(LOAM_SANITIZED)
+#define SAN_DIVISOR 4
+#else
+#define SAN_DIVISOR 1
+#endif
+
+#define WORKERS      4
+#define CHILD_ALARM  20        /* seconds a child may take */
+
+static unsigned long test_scale(void)
+{
+    const char *s = getenv("LOAM_TEST_SCALE");
+    unsigned long v = s ? strtoul(s, NULL, 10) : 1;
+    return v ? v : 1;
+}
+
+static atomic_int stop_workers;
+static loam_heap_t *shared_heap;
+static _Atomic(void *) handoff[64];            /* blocks passed between workers */
+
+static uint64_t xs(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static size_t pick_size(uint64_t *s)
+{
+    uint64_t r = xs(s);
+    switch (r & 63) {
+    case 0:
+        return 131072 + (r >> 8) % 200000;          /* large: own mapping */
+    case 1: case 2: case 3: case 4:
+        return 1024 + (r >> 8) % 30000;
+    default:
+        return (r >> 8) % 1025;
+    }
+}
+
+typedef struct {
+    int           id;
+    unsigned long ops;
+    int           errors;
+    int           forks, fork_failures;
+    char          msg[200];
+} worker_t;
+
+/* Allocation, checking and freeing, used by workers and by children. Returns
+ * the number of damaged blocks found. */
+static int churn(loam_heap_t *h, uint64_t *seed, unsigned rounds)
+{
+    enum { N = 64 };
+    void *p[N] = { 0 };
+    size_t n[N] = { 0 };
+    unsigned char tag[N] = { 0 };
+    int bad = 0;
+    for (unsigned r = 0; r < rounds; r++) {
+        unsigned i = (unsigned)(xs(seed) % N);
+        if (p[i]) {
+            unsigned char *b = p[i];
+            if (n[i] && (b[0] != tag[i] || b[n[i] - 1] != tag[i] || b[n[i] / 2] != tag[i]))
+                bad++;
+            loam_free(p[i]);
+            p[i] = NULL;
+        } else {
+            n[i] = pick_size(seed);
+            tag[i] = (unsigned char)(xs(seed) | 1);
+            p[i] = (xs(seed) & 7) == 0 ? loam_calloc(h, 1, n[i]) : loam_malloc(h, n[i]);
+            if (!p[i]) {
+                bad++;
+                continue;
+            }
+            memset(p[i], tag[i], n[i]);
+        }
+    }
+    for (unsigned i = 0; i < N; i++)
+        if (p[i])
+            loam_free(p[i]);
+    return bad;
+}
+
+/* The child's work: everything a freshly forked process would do. Exit code 0
+ * when fine, else a code naming the first problem. */
+static void *child_thread(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg | 1;
+    loam_heap_t *h = loam_heap_new(NULL);
+    if (!h)
+        return (void *)1;
+    int bad = churn(h, &seed, 1000) + churn(loam_heap_default(), &seed, 1000);
+    loam_heap_destroy(h);
+    return bad ? (void *)1 : NULL;
+}
+
+static void child_main(uint64_t seed, bool threads)
+{
+    alarm(CHILD_ALARM);
+    /* Heaps the parent's threads were using at the moment of the fork. */
+    if (churn(loam_heap_default(), &seed, 1500))
+        _exit(10);
+    if (churn(shared_heap, &seed, 1500))
+        _exit(11);
+    /* A fresh heap: statistics back to zero after freeing everything. */
+    loam_heap_t *h = loam_heap_new(NULL);
+    if (!h)
+        _exit(12);
+    if (churn(h, &seed, 1500))
+        _exit(13);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    if (st.live_bytes != 0 || st.live_blocks != 0)
+        _exit(14);
+    void *keep = loam_malloc(h, 1000);
+    if (!keep || loam_heap_of(keep) != h)
+        _exit(15);
+    loam_heap_destroy(h);
+    /* Blocks handed between the parent's workers, still in flight at the
+     * fork, belong to the child too: it may free them. */
+    for (int i = 0; i < 64; i += 7) {
+        void *b = atomic_exchange(&handoff[i], NULL);
+        if (b)
+            loam_free(b);
+    }
+    if (threads) {
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            if (pthread_create(&t[i], NULL, child_thread, (void *)(uintptr_t)(seed + (uint64_t)i)) != 0)
+                _exit(16);
+        for (int i = 0; i < 2; i++) {
+            void *ret = (void *)1;
+            pthread_join(t[i], &ret);
+            if (ret)
+                _exit(17);
+        }
+    }
+    /* A grandchild, forked from a child that has no other threads. */
+    pid_t g = fork();
+    if (g < 0)
+        _exit(18);
+    if (g == 0) {
+        alarm(CHILD_ALARM);
+        _exit(churn(loam_heap_default(), &seed, 500) ? 1 : 0);
+    }
+    int gs = 0;
+    if (waitpid(g, &gs, 0) != g || !WIFEXITED(gs) || WEXITSTATUS(gs) != 0)
+        _exit(19);
+    /* _exit rather than exit: the test runner's exit handlers belong to the parent. */
+    _exit(0);
+}
+
+/* Wait for a child; a child that does not finish in time is killed. Returns
+ * a description of what went wrong, or NULL. */
+static const char *reap(pid_t pid, char *buf, size_t len)
+{
+    int status = 0;
+    for (int waited_ms = 0;; waited_ms += 10) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0) {
+            snprintf(buf, len, "waitpid: %s", strerror(errno));
+            return buf;
+        }
+        if (waited_ms > (CHILD_ALARM + 10) * 1000) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            snprintf(buf, len, "child %d hung (killed)", (int)pid);
+            return buf;
+        }
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    if (WIFSIGNALED(status)) {
+        snprintf(buf, len, "child %d killed by signal %d%s", (int)pid, WTERMSIG(status),
+                 WTERMSIG(status) == SIGALRM ? " (SIGALRM: deadlocked after fork)" : "");
+        return buf;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        snprintf(buf, len, "child %d exited with status %d", (int)pid, WEXITSTATUS(status));
+        return buf;
+    }
+    return NULL;
+}
+
+static void *worker(void *arg)
+{
+    worker_t *w = arg;
+    uint64_t seed = 0x9E3779B97F4A7C15ull * (uint64_t)(w->id + 1);
+    loam_heap_t *own = loam_heap_new(NULL);
+    if (!own) {
+        w->errors++;
+        return NULL;
+    }
+    while (!atomic_load(&stop_workers)) {
+        loam_heap_t *h = w->ops % 3 == 0 ? loam_heap_default() : w->ops % 3 == 1 ? own : shared_heap;
+        if (churn(h, &seed, 200)) {
+            w->errors++;
+            snprintf(w->msg, sizeof w->msg, "damaged block in worker %d", w->id);
+        }
+        /* Cross-thread frees: swap a block into a shared slot, free what was there. */
+        unsigned i = (unsigned)(xs(&seed) % 64);
+        void *b = loam_malloc(i & 1 ? shared_heap : loam_heap_default(), 1 + i * 13);
+        void *old = atomic_exchange(&handoff[i], b);
+        if (old)
+            loam_free(old);
+        /* Worker 0 forks too: fork from a thread that is not the main one. */
+        if (w->id == 0 && w->ops % 50 == 25 && w->forks < 10) {
+            pid_t pid = fork();
+            if (pid == 0)
+                child_main(seed, !UNDER_TSAN);
+            if (pid < 0) {
+                w->fork_failures++;
+            } else {
+                char buf[160];
+                const char *err = reap(pid, buf, sizeof buf);
+                if (err) {
+                    w->errors++;
+                    snprintf(w->msg, sizeof w->msg, "fork from worker: %s", err);
+                }
+                w->forks++;
+            }
+        }
+        w->ops++;
+    }
+    loam_stats_t st;
+    loam_heap_stats(own, &st);
+    if (st.live_bytes || st.live_blocks) {
+        w->errors++;
+        snprintf(w->msg, sizeof w->msg, "worker %d: own heap live %zu bytes after freeing everything", w->id,
+                 st.live_bytes);
+    }
+    loam_heap_destroy(own);
+    return NULL;
+}
+
+Test(fork, fork_while_threads_allocate, .timeout = 600)
+{
+    atomic_store(&stop_workers, 0);
+    shared_heap = loam_heap_new(NULL);
+    cr_assert_not_null(shared_heap);
+    worker_t w[WORKERS];
+    pthread_t th[WORKERS];
+    memset(w, 0, sizeof w);
+    for (int i = 0; i < WORKERS; i++) {
+        w[i].id = i;
+        cr_assert_eq(pthread_create(&th[i], NULL, worker, &w[i]), 0);
+    }
+    unsigned forks = 60 * (unsigned)test_scale() / SAN_DIVISOR;
+    int failures = 0;
+    char first[200] = "";
+    for (unsigned k = 0; k < forks; k++) {
+        /* Let the workers get going between forks, at varying moments. */
+        struct timespec ts = { 0, (long)(1 + k % 7) * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+        if (pid == 0)
+            child_main(0x1234567ull + k, !UNDER_TSAN);
+        char buf[160];
+        const char *err = reap(pid, buf, sizeof buf);
+        if (err && !failures++)
+            snprintf(first, sizeof first, "fork %u: %s", k, err);
+    }
+    atomic_store(&stop_workers, 1);
+    for (int i = 0; i < WORKERS; i++)
+        pthread_join(th[i], NULL);
+    cr_expect_eq(failures, 0, "%d of %u children failed; first: %s", failures, forks, first);
+    for (int i = 0; i < WORKERS; i++)
+        cr_expect_eq(w[i].errors, 0, "worker %d: %d errors: %s", i, w[i].errors, w[i].msg);
+    cr_expect_gt(w[0].forks, 0, "worker 0 never forked");
+    cr_expect_eq(w[0].fork_failures, 0);
+    for (int i = 0; i < 64; i++) {
+        void *b = atomic_exchange(&handoff[i], NULL);
+        if (b)
+            loam_free(b);
+    }
+    loam_stats_t st;
+    loam_heap_stats(shared_heap, &st);
+    cr_expect_eq(st.live_bytes, 0, "shared heap: live_bytes %zu after the workers freed everything",
+                 st.live_bytes);
+    cr_expect_eq(st.live_blocks, 0);
+    loam_heap_destroy(shared_heap);
+}
+
+/* The parent goes on normally after many forks: its own heaps and caches are intact. */
+Test(fork, parent_intact_after_forks, .timeout = 300)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    void *blocks[100];
+    for (int i = 0; i < 100; i++) {
+        blocks[i] = loam_malloc(h, (size_t)(i * 40 + 1));
+        memset(blocks[i], i, (size_t)(i * 40 + 1));
+    }
+    for (int k = 0; k < 20; k++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            alarm(CHILD_ALARM);
+            /* The child frees the parent's blocks (its copies) and reuses the heap. */
+            for (int i = 0; i < 100; i++) {
+                unsigned char *b = blocks[i];
+                if (b[0] != (unsigned char)i || b[i * 40] != (unsigned char)i)
+                    _exit(1);
+                loam_free(b);
+            }
+            loam_stats_t st;
+            loam_heap_stats(h, &st);
+            if (st.live_blocks != 0)
+                _exit(2);
+            loam_heap_destroy(h);
+            _exit(0);
+        }
+        char buf[160];
+        const char *err = reap(pid, buf, sizeof buf);
+        cr_expect_null(err, "fork %d: %s", k, err ? err : "");
+    }
+    for (int i = 0; i < 100; i++) {
+        unsigned char *b = blocks[i];
+        cr_expect_eq(b[i * 40], (unsigned char)i, "parent block %d damaged after forks", i);
+        loam_free(b);
+    }
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_expect_eq(st.live_blocks, 0);
+    cr_expect_eq(st.live_bytes, 0);
+    loam_heap_destroy(h);
+}

@@ -1,0 +1,288 @@
+/* Memory goes back to the OS: after a peak, RSS (from /proc/self/statm)
+ * returns near where it started — on heap destroy at once, after free once
+ * decay_ms has passed, on loam_heap_trim at once, and for large blocks on free.
+ *
+ * "Near" is: start + SLACK + start/10. Each test runs in its own process, and
+ * the bookkeeping arrays are allocated and touched before the start is read. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "loam.h"
+
+#define KiB ((size_t)1024)
+#define MiB (1024 * KiB)
+#define GiB (1024 * MiB)
+#define SLACK (16 * MiB)
+
+static size_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    cr_assert_not_null(f);
+    cr_assert_eq(fscanf(f, "%lu %lu", &size, &res), 2);
+    fclose(f);
+    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static void assert_back_near(size_t start, size_t now, size_t peak, const char *when)
+{
+    size_t bound = start + SLACK + start / 10;
+    cr_assert_leq(now, bound,
+                  "%s: RSS %zu MiB, started at %zu MiB, peak %zu MiB (allowed up to %zu MiB)", when,
+                  now / MiB, start / MiB, peak / MiB, bound / MiB);
+}
+
+/* Allocate `total` bytes in blocks of sizes lo..hi (cycling), touching each;
+ * pointers go to ptrs (capacity cap). Returns the count. */
+static size_t alloc_touched(loam_heap_t *h, void **ptrs, size_t cap, size_t total, size_t lo, size_t hi)
+{
+    size_t n = 0, bytes = 0, size = lo;
+    while (bytes < total) {
+        cr_assert_lt(n, cap);
+        unsigned char *p = loam_malloc(h, size);
+        cr_assert_not_null(p, "malloc(%zu) failed after %zu bytes", size, bytes);
+        memset(p, (int)(n | 1), size);
+        ptrs[n++] = p;
+        bytes += size;
+        size = size * 5 / 4 + 16;
+        if (size > hi)
+            size = lo;
+    }
+    return n;
+}
+
+static void **pointer_array(size_t cap)
+{
+    void **a = malloc(cap * sizeof *a);   /* glibc's malloc: not part of the measurement */
+    cr_assert_not_null(a);
+    memset(a, 0, cap * sizeof *a);
+    return a;
+}
+
+/* (a) a heap that allocated 1 GiB, destroyed with everything live */
+Test(rss, destroy_returns_everything, .timeout = 120)
+{
+    const size_t cap = 3 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, 3 * GiB / 4, 64 * KiB, 64 * KiB);   /* 768 MiB of 64 KiB */
+    n += alloc_touched(h, ptrs + n, cap - n, GiB / 4, 16, 2048);              /* 256 MiB small */
+    size_t peak = rss_bytes();
+    cr_assert_geq(peak, start + GiB - 64 * MiB, "touched 1 GiB but RSS only %zu MiB", peak / MiB);
+    loam_heap_destroy(h);
+    assert_back_near(start, rss_bytes(), peak, "after loam_heap_destroy");
+    free(ptrs);
+}
+
+/* (b) 1 GiB of small blocks freed one by one; after decay_ms, allocation
+ * activity on the heap returns the free page runs to the OS. */
+Test(rss, free_then_decay_returns_memory, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    const size_t cap = 4 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, GiB, 16, 1024);
+    size_t peak = rss_bytes();
+    cr_assert_geq(peak, start + GiB - 64 * MiB, "touched 1 GiB but RSS only %zu MiB", peak / MiB);
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    sleep_ms(100);
+    /* Some ordinary activity on the heap after the decay time: a few
+     * allocations and frees of several classes (not all of which can be
+     * served by the thread cache). */
+    for (int round = 0; round < 4; round++) {
+        void *q[64];
+        for (int i = 0; i < 64; i++)
+            q[i] = loam_malloc(h, (size_t)(16 << (i % 7)));
+        for (int i = 0; i < 64; i++)
+            loam_free(q[i]);
+    }
+    assert_back_near(start, rss_bytes(), peak, "100 ms after freeing everything (decay_ms=50)");
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* (b') the same with the frees spread over time: runs freed early decay while
+ * the program keeps running. */
+Test(rss, decay_while_running, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    const size_t cap = 2 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, GiB / 2, 16, 4096);
+    size_t peak = rss_bytes();
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    /* keep a small working set busy for 300 ms */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        void *q[32];
+        for (int i = 0; i < 32; i++)
+            q[i] = loam_malloc(h, (size_t)(24 + 40 * i));
+        for (int i = 0; i < 32; i++)
+            loam_free(q[i]);
+        sleep_ms(1);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    } while ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 300);
+    assert_back_near(start, rss_bytes(), peak, "300 ms of light activity after freeing (decay_ms=50)");
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* (b'') decay alone: with retain_max so high that no free is handed back at
+ * once, the free page runs must still go back once decay_ms has passed. */
+Test(rss, decay_without_retain_budget, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    cr_assert_eq(loam_option_set("retain_max", 1L << 40), 0);
+    const size_t cap = 2 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, GiB / 2, 16, 2048);
+    size_t peak = rss_bytes();
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    sleep_ms(100);
+    for (int round = 0; round < 4; round++) {
+        void *q[64];
+        for (int i = 0; i < 64; i++)
+            q[i] = loam_malloc(h, (size_t)(16 << (i % 7)));
+        for (int i = 0; i < 64; i++)
+            loam_free(q[i]);
+    }
+    assert_back_near(start, rss_bytes(), peak, "decay_ms=50, retain_max=1 TiB, 100 ms after the frees");
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* A long decay with a huge retain budget keeps freed runs committed for
+ * reuse: the next peak is served without new commits. */
+Test(rss, retained_runs_are_reused, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);
+    cr_assert_eq(loam_option_set("retain_max", 1L << 40), 0);
+    const size_t cap = 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t n = alloc_touched(h, ptrs, cap, 256 * MiB, 16, 2048);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t committed_peak = st.committed_bytes;
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    loam_heap_stats(h, &st);
+    cr_assert_geq(st.committed_bytes, committed_peak / 2,
+                  "decay_ms=600000 and retain_max=1 TiB, yet committed fell from %zu to %zu MiB at once",
+                  committed_peak / MiB, st.committed_bytes / MiB);
+    n = alloc_touched(h, ptrs, cap, 256 * MiB, 16, 2048);
+    loam_heap_stats(h, &st);
+    cr_assert_leq(st.committed_bytes, committed_peak + 8 * MiB, "the second peak committed more");
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* (c) loam_heap_trim gives the free runs back at once, whatever decay_ms says */
+Test(rss, trim_returns_memory_now, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* nothing decays by itself */
+    const size_t cap = 2 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, GiB / 2, 16, 2048);
+    size_t peak = rss_bytes();
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    size_t before_trim = rss_bytes();
+    loam_stats_t s_before, s_after;
+    loam_heap_stats(h, &s_before);
+    size_t trimmed = loam_heap_trim(h);
+    size_t after = rss_bytes();
+    loam_heap_stats(h, &s_after);
+    cr_assert_leq(s_after.committed_bytes, s_before.committed_bytes);
+    /* (that trim's return equals the fall of committed_bytes is checked in test_stats) */
+    cr_assert_geq(s_after.reserved_bytes, s_after.committed_bytes);
+    cr_assert_gt(trimmed, 0, "loam_heap_trim returned 0 after freeing 512 MiB");
+    cr_assert_leq(trimmed, peak - start + 64 * MiB, "trim claims %zu MiB", trimmed / MiB);
+    assert_back_near(start, after, peak, "after loam_heap_trim");
+    if (before_trim > start + 64 * MiB)   /* memory was still held: trim must be what dropped it */
+        cr_assert_geq(trimmed, (before_trim - after) / 2,
+                      "RSS dropped by %zu MiB but trim reported %zu MiB", (before_trim - after) / MiB,
+                      trimmed / MiB);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_leq(st.committed_bytes, 8 * MiB, "committed %zu MiB after trim", st.committed_bytes / MiB);
+    /* a second trim has nothing left to give */
+    cr_assert_leq(loam_heap_trim(h), MiB);
+    /* and the heap still works */
+    void *p = loam_malloc(h, 1000);
+    cr_assert_not_null(p);
+    loam_free(p);
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* Large blocks are unmapped on free: no decay involved. */
+Test(rss, large_blocks_return_on_free, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p[128];
+    size_t start = rss_bytes();
+    for (int i = 0; i < 128; i++) {
+        p[i] = loam_malloc(h, 4 * MiB);
+        cr_assert_not_null(p[i]);
+        memset(p[i], i, 4 * MiB);
+    }
+    size_t peak = rss_bytes();
+    cr_assert_geq(peak, start + 500 * MiB);
+    for (int i = 0; i < 128; i++)
+        loam_free(p[i]);
+    assert_back_near(start, rss_bytes(), peak, "after freeing 512 MiB of large blocks");
+    loam_heap_destroy(h);
+}
+
+/* Repeated peaks do not ratchet RSS up. */
+Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
+{
+    const size_t cap = 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t start = rss_bytes(), peak = 0;
+    for (int round = 0; round < 5; round++) {
+        size_t lo = (size_t)16 << round;
+        size_t n = alloc_touched(h, ptrs, cap, 200 * MiB, lo, lo * 64);
+        size_t r = rss_bytes();
+        peak = r > peak ? r : peak;
+        for (size_t i = 0; i < n; i++)
+            loam_free(ptrs[i]);
+        loam_heap_trim(h);
+    }
+    assert_back_near(start, rss_bytes(), peak, "after five 200 MiB peaks, each trimmed");
+    loam_heap_destroy(h);
+    free(ptrs);
+}
