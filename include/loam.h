@@ -78,10 +78,61 @@ LOAM_API void  *loam_aligned_alloc(loam_heap_t *h, size_t align, size_t n) LOAM_
 LOAM_API void   loam_free(void *p);                              /* heap found from p */
 LOAM_API size_t loam_usable_size(const void *p);
 
-/* ---- collector --------------------------------------------------------
- * The collected mode (LOAM_GC, loam_gc_alloc, roots, finalizers, weak
- * references) is being built in gc/; until it lands loam_heap_new with
- * mode = LOAM_GC and loam_heap_set_mode(h, LOAM_GC) fail with errno ENOSYS. */
+/* ---- collector (collected heaps) ---------------------------------------
+ * A heap made with mode = LOAM_GC (or switched with loam_heap_set_mode) frees
+ * blocks nobody can reach. Reachability starts at the roots:
+ *   - the config's roots callback, which calls loam_mark on each root;
+ *   - slots registered with loam_root_add (precise: the slot holds a block
+ *     start or NULL) and ranges with loam_root_add_range (every aligned word
+ *     is a candidate pointer);
+ *   - the stacks and registers of attached threads, scanned conservatively
+ *     (unless flags has LOAM_NO_STACK_SCAN); interior pointers count.
+ * From a reached block the collector follows its pointers by kind:
+ *   LOAM_ATOMIC        no pointers (strings, numbers): never scanned;
+ *   LOAM_CONSERVATIVE  every aligned word may be a pointer (interior too);
+ *   LOAM_TRACED        the config's trace callback reports each pointer field
+ *                      with loam_mark (precise: block starts or NULL).
+ * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
+ * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
+ * may see a fresh object before the embedder initialised it: all zero bytes
+ * must read as "no pointers"); ATOMIC blocks are not cleared.
+ * Collections start at allocations (when allocation since the last one
+ * passes gc_growth percent of the live heap, at least gc_min_bytes, or at the
+ * heap's limit) and at loam_gc_collect. loam_free of a collected block
+ * reclaims it at once. */
+LOAM_API void  *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind) LOAM_MALLOC_ATTR;
+LOAM_API void   loam_gc_collect(loam_heap_t *h);
+LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/roots callbacks */
+LOAM_API void   loam_root_add(loam_heap_t *h, void **slot);      /* precise root slot */
+LOAM_API void   loam_root_remove(loam_heap_t *h, void **slot);
+LOAM_API void   loam_root_add_range(loam_heap_t *h, void *start, void *end);   /* conservative */
+LOAM_API void   loam_root_remove_range(loam_heap_t *h, void *start);
+/* Threads using a collected heap are attached to it (implicitly by their
+ * first allocation from it). An attached thread stops for collections at its
+ * allocations and at loam_safepoint; around waits that do not allocate (join,
+ * locks, I/O) it brackets loam_enter_blocking / loam_leave_blocking, and must
+ * not touch the heap's blocks in between. */
+LOAM_API void   loam_thread_attach(loam_heap_t *h);
+LOAM_API void   loam_thread_detach(loam_heap_t *h);
+LOAM_API void   loam_safepoint(loam_heap_t *h);
+LOAM_API void   loam_enter_blocking(loam_heap_t *h);             /* counts as stopped until ... */
+LOAM_API void   loam_leave_blocking(loam_heap_t *h);
+/* fn(obj, data) runs once, after the collection that found obj unreachable,
+ * in the collecting thread with the world running; obj and everything it
+ * reaches stay alive until then (it may store obj somewhere: resurrection).
+ * Finalizers of the objects one collection finds unreachable run in the order
+ * they were set; a finalized object is freed by a later collection if it is
+ * still unreachable then (never finalized twice). Returns 0, or -1 if obj is
+ * not a block of collected heap h. fn NULL removes the finalizer.
+ * Weak references are cleared as soon as a collection finds the target
+ * unreachable, before any finalizer runs; they never dangle. */
+LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
+LOAM_API loam_weak_t *loam_weak_new(loam_heap_t *h, void *target);
+LOAM_API void        *loam_weak_get(loam_weak_t *w);             /* NULL once the target died */
+LOAM_API void         loam_weak_free(loam_weak_t *w);
+/* Manual heaps: mark from the roots and report each block that is
+ * unreachable but was never freed; frees nothing. Returns the count. */
+LOAM_API size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user);
 
 /* ---- statistics -------------------------------------------------------- */
 typedef struct loam_stats {       /* more fields welcome; these stay */
@@ -107,6 +158,13 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t segments;              /* segments the heap holds */
     size_t free_run_bytes;        /* committed page runs holding no slab, awaiting reuse or decay */
     size_t requested_tracked;     /* 1 if requested_bytes is exact */
+    /* collector */
+    uint64_t gc_pause_p50_ns, gc_pause_p99_ns;   /* over the last 1024 collections */
+    size_t gc_bytes_marked;       /* in the last collection */
+    size_t gc_bytes_swept;        /* reclaimed, all collections */
+    size_t gc_live_after;         /* live bytes after the last collection */
+    size_t gc_finalizers_run;
+    size_t gc_weak_cleared;
 } loam_stats_t;
 LOAM_API void loam_heap_stats(loam_heap_t *h, loam_stats_t *out);
 LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
@@ -121,6 +179,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   verbose         1: print each heap's statistics at exit and warnings on stderr
  *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
  *   tcache_max      most blocks per size class in a thread cache (default 128, 0 = no cache)
+ *   gc_growth       percent of the live heap allocated between collections (default 100)
+ *   gc_min_bytes    allocation between collections at least (default 4 MiB)
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */
