@@ -140,6 +140,17 @@ typedef struct segment {
 
 #define SEGMENT_HEADER_COMMIT  (((sizeof(segment_t) + OS_PAGE - 1) / OS_PAGE) * OS_PAGE)
 
+/* Page 0 past the header holds a side bitmap for the layer above: a bit per
+ * 16-byte granule of the segment (32 KiB). Untouched, it costs nothing. */
+#define SEGMENT_SIDE_BITS_OFFSET ((size_t)32 * 1024)
+#define SEGMENT_SIDE_BITS_BYTES  (SEGMENT_SIZE / BLOCK_ALIGN / 8)
+_Static_assert(sizeof(segment_t) <= SEGMENT_SIDE_BITS_OFFSET, "header overlaps the side bitmap");
+_Static_assert(SEGMENT_SIDE_BITS_OFFSET + SEGMENT_SIDE_BITS_BYTES <= PAGE_SIZE, "side bitmap past page 0");
+static inline uint64_t *segment_side_bits(segment_t *seg)
+{
+    return (uint64_t *)((char *)seg + SEGMENT_SIDE_BITS_OFFSET);
+}
+
 typedef struct large {
     uint8_t       kind;          /* SEGMENT_LARGE */
     struct arena *arena;
@@ -148,7 +159,8 @@ typedef struct large {
     size_t        size;          /* usable bytes */
     size_t        map_size;      /* bytes mapped from the mapping's base */
     size_t        requested;     /* bytes asked for */
-    uintptr_t     freed;         /* loam_free_key once freed (never, since it is unmapped) */
+    uint8_t       tag;           /* the arena's tag */
+    uintptr_t     upper;         /* word of the layer above (e.g. the mark bit) */
 } large_t;
 
 /* ---- the segment map ---------------------------------------------------- */
@@ -238,6 +250,7 @@ typedef struct arena {
     pthread_mutex_t lock;
     void      *owner;           /* the heap */
     uint8_t    owner_slot;
+    uint8_t    tag;             /* copied into every slab (the layer above's object kind) */
     bool       track_requested;
     budget_t  *budget;
     uint32_t   index;
@@ -247,11 +260,13 @@ typedef struct arena {
     large_t   *large;
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
+    bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
     arena_counters_t c;
 } arena_t;
 
-LOAM_INTERNAL arena_t *arena_new(void *owner, uint8_t slot, budget_t *budget, bool track_requested, uint32_t index);
+LOAM_INTERNAL arena_t *arena_new(void *owner, uint8_t slot, uint8_t tag, budget_t *budget,
+                                 bool track_requested, uint32_t index);
 /* Unmaps every segment and large block of the arena, then frees it. */
 LOAM_INTERNAL void     arena_destroy(arena_t *a);
 LOAM_INTERNAL void     arena_lock(arena_t *a);
@@ -314,11 +329,12 @@ typedef struct arena_set {
     unsigned  max;
     void     *owner;
     uint8_t   slot;
+    uint8_t   tag;
     bool      track;
     budget_t *budget;
 } arena_set_t;
-LOAM_INTERNAL void     arena_set_init(arena_set_t *set, void *owner, uint8_t slot, budget_t *budget,
-                                      bool track, unsigned max);
+LOAM_INTERNAL void     arena_set_init(arena_set_t *set, void *owner, uint8_t slot, uint8_t tag,
+                                      budget_t *budget, bool track, unsigned max);
 LOAM_INTERNAL void     arena_set_destroy(arena_set_t *set);
 LOAM_INTERNAL arena_t *arena_set_first(arena_set_t *set);      /* created on first use */
 /* Lock `preferred` if free, else another free arena, else a new one (up to

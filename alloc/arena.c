@@ -44,7 +44,8 @@ void budget_release(budget_t *b, size_t bytes)
 
 /* ---- arena lifetime ---------------------------------------------------- */
 
-arena_t *arena_new(void *owner, uint8_t slot, budget_t *budget, bool track_requested, uint32_t index)
+arena_t *arena_new(void *owner, uint8_t slot, uint8_t tag, budget_t *budget, bool track_requested,
+                   uint32_t index)
 {
     arena_t *a = meta_alloc(sizeof *a);
     if (!a)
@@ -52,6 +53,7 @@ arena_t *arena_new(void *owner, uint8_t slot, budget_t *budget, bool track_reque
     pthread_mutex_init(&a->lock, NULL);
     a->owner = owner;
     a->owner_slot = slot;
+    a->tag = tag;
     a->budget = budget;
     a->track_requested = track_requested;
     a->index = index;
@@ -150,8 +152,7 @@ static void slab_release(arena_t *a, slab_t *s)
     slab_fini(s);
     a->c.slabs_released++;
     run_free(a, s);
-    uint64_t now = os_now_ms();
-    if (now >= a->next_purge_ms)
+    if (!a->sweeping && os_now_ms() >= a->next_purge_ms)
         arena_purge(a, false);
 }
 
@@ -259,9 +260,9 @@ void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident)
                 st->slab_bytes += run;
                 if (r->used && r->used < r->capacity)
                     st->slab_free_bytes += (size_t)(r->capacity - r->used) * r->block_size;
-            } else if (r->state == RUN_FREE &&
-                       (seg->committed_mask & (1ull << p))) {
-                st->free_run_bytes += run;
+            } else if (r->state == RUN_FREE) {
+                uint64_t m = (r->pages >= 64 ? ~0ull : ((1ull << r->pages) - 1)) << p;
+                st->free_run_bytes += (size_t)__builtin_popcountll(seg->committed_mask & m) * PAGE_SIZE;
             }
             p += r->pages;
         }
@@ -276,13 +277,14 @@ void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident)
 
 /* ---- arena sets ---------------------------------------------------------- */
 
-void arena_set_init(arena_set_t *set, void *owner, uint8_t slot, budget_t *budget,
+void arena_set_init(arena_set_t *set, void *owner, uint8_t slot, uint8_t tag, budget_t *budget,
                     bool track, unsigned max)
 {
     memset(set, 0, sizeof *set);
     pthread_mutex_init(&set->lock, NULL);
     set->owner = owner;
     set->slot = slot;
+    set->tag = tag;
     set->budget = budget;
     set->track = track;
     set->max = max < 1 ? 1 : max > ARENA_SET_MAX ? ARENA_SET_MAX : max;
@@ -303,7 +305,7 @@ static arena_t *arena_set_grow(arena_set_t *set)
     pthread_mutex_lock(&set->lock);
     unsigned n = (unsigned)AO_load(&set->count);
     if (n < set->max) {
-        a = arena_new(set->owner, set->slot, set->budget, set->track, n);
+        a = arena_new(set->owner, set->slot, set->tag, set->budget, set->track, n);
         if (a) {
             set->arenas[n] = a;
             AO_store_release(&set->count, n + 1);

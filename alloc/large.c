@@ -72,6 +72,7 @@ void *large_alloc(arena_t *a, size_t n, size_t align, bool zero)
     l->size = map - offset;
     l->map_size = map;
     l->requested = n;
+    l->tag = a->tag;
     segmap_set((uintptr_t)l, map, l);
     large_link(a, l);
     return l->block;

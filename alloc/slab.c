@@ -35,6 +35,7 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     /* A tracked slab's frees must see the slow path (to read its waste). */
     s->owner_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
     s->arena = a;
+    s->tag = a->tag;
     s->waste = NULL;
     if (a->track_requested)
         s->waste = meta_alloc((size_t)s->capacity * slab_waste_width(s));

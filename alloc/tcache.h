@@ -25,6 +25,7 @@ typedef struct tcache {
     arena_t      *arena;       /* where refills come from: sticky */
     struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
     struct tcache *thread_next;               /* this thread's caches */
+    uint8_t       slot;                        /* the thread-cache slot it sits in */
     uint64_t      refills, flushes;
 } tcache_t;
 

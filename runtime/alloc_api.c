@@ -2,6 +2,7 @@
  * runtime.h, and the slow paths (large blocks, tracked heaps, refills,
  * flushes, heaps without a cache, and every fault). */
 #include "runtime/runtime.h"
+#include "gc/gc.h"
 
 #include <stdint.h>
 
@@ -15,18 +16,24 @@ static void heap_note_requested(loam_heap_t *h, size_t delta_add, size_t delta_s
         AO_fetch_and_add(&h->requested, (AO_t)0 - delta_sub);
 }
 
-/* One block of class cls from the thread's cache, or from an arena under its
- * lock when the thread has no cache for h. */
-static void *alloc_class_block(loam_heap_t *h, unsigned cls)
+/* One block of class cls and kind k from the thread's cache, or from an arena
+ * under its lock when the thread has no cache for it. */
+static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
 {
-    tcache_t *tc = loam_tls_cache[h->slot];
+    heap_kind_t *hk = heap_kind(h, kind);
+    tcache_t *tc = loam_tls_cache[hk->slot];
     if (tc->owner != h)
-        tc = heap_thread_cache(h);
+        tc = heap_thread_cache(h, kind);
     if (tc) {
         void *p = tcache_pop(tc, cls);
-        return p ? p : tcache_refill_pop(tc, cls);
+        if (p)
+            return p;
+        p = tcache_refill_pop(tc, cls);
+        if (p && h->gc)
+            gc_note_refill(h, tc, cls);
+        return p;
     }
-    arena_t *a = arena_set_lock_some(&h->arenas, NULL);
+    arena_t *a = arena_set_lock_some(&hk->arenas, NULL);
     if (!a)
         return NULL;
     free_block_t *b = NULL;
@@ -38,10 +45,13 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls)
     return b;
 }
 
-static void *alloc_large_block(loam_heap_t *h, size_t n, size_t align)
+static void *alloc_large_block(loam_heap_t *h, size_t n, size_t align, unsigned kind)
 {
-    arena_t *a = arena_set_first(&h->arenas);
-    return a ? large_alloc(a, n, align, true) : NULL;
+    arena_t *a = arena_set_first(&heap_kind(h, kind)->arenas);
+    void *p = a ? large_alloc(a, n, align, true) : NULL;
+    if (p && h->gc)
+        gc_note_alloc(h, n);
+    return p;
 }
 
 static void track_block(loam_heap_t *h, void *p, size_t n)
@@ -54,16 +64,18 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
     }
 }
 
-/* Allocate n bytes with alignment align (16 for plain malloc) from h. */
-static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
+/* Allocate n bytes of kind k with alignment align (16 for plain malloc) from h. */
+void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
 {
     loam_ensure_init();
+    if (h->gc)
+        gc_alloc_slow_hook(h);          /* safepoint, and a paced collection */
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
         if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {
             int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
             if (cls >= 0) {
-                p = alloc_class_block(h, (unsigned)cls);
+                p = alloc_class_block(h, (unsigned)cls, kind);
                 if (p && h->track_requested)
                     track_block(h, p, n);
                 if (p)
@@ -75,7 +87,7 @@ static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
             errno = ENOMEM;
             return NULL;
         }
-        p = alloc_large_block(h, n, align);
+        p = alloc_large_block(h, n, align, kind);
         if (p)
             return p;
     failed:
@@ -88,7 +100,7 @@ static void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align)
 
 void *alloc_malloc_slow(loam_heap_t *h, size_t n)
 {
-    return alloc_from_heap(h, n, BLOCK_ALIGN);
+    return alloc_from_heap(h, n, BLOCK_ALIGN, LOAM_CONSERVATIVE);
 }
 
 void *alloc_aligned(loam_heap_t *h, size_t align, size_t n)
@@ -103,7 +115,7 @@ void *alloc_aligned(loam_heap_t *h, size_t align, size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    return alloc_from_heap(h, n, align);
+    return alloc_from_heap(h, n, align, LOAM_CONSERVATIVE);
 }
 
 /* ---- free ------------------------------------------------------------------ */
@@ -151,7 +163,7 @@ void alloc_free_slow(void *p)
     }
     tcache_t *tc = loam_tls_cache[s->owner_slot];
     if (tc->owner != h)
-        tc = heap_thread_cache(h);
+        tc = heap_thread_cache(h, s->tag);
     if (tc && slab_is_draining(s)) {
         /* The slab is draining: the block goes straight back, and so does
          * the cache's stock of the class, which would otherwise keep other

@@ -6,6 +6,7 @@
  * also listed on its heap so that destroying the heap can disown it (the
  * thread later finds owner == NULL and takes the slow path). */
 #include "runtime/runtime.h"
+#include "gc/gc.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -50,20 +51,60 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     h->is_default = is_default;
     h->mode = LOAM_MANUAL;
     h->budget.limit = h->cfg.limit;
+    /* Collected heaps allocate through kinds' caches and sweep in bulk: no
+     * per-block request tracking there. */
     h->track_requested = is_default ? (loam_opts.track_requested_set && loam_opts.track_requested)
-                                    : loam_opts.track_requested != 0;
+                                    : loam_opts.track_requested != 0 && h->cfg.mode != LOAM_GC;
     /* Tracked heaps must record each request: their mallocs miss the fast path. */
     h->alloc_slot = h->track_requested ? TC_SLOT_NONE : h->slot;
     h->tcache_max = (unsigned)loam_opts.tcache_max;
     pthread_mutex_init(&h->lock, NULL);
-    arena_set_init(&h->arenas, h, h->slot, &h->budget, h->track_requested, (unsigned)loam_opts.arena_max);
+    for (unsigned k = 0; k < HEAP_KINDS; k++) {
+        heap_kind_t *hk = &h->kinds[k];
+        hk->slot = k == 0 ? h->slot : TC_SLOT_NONE;
+        hk->ready = k == 0;
+        arena_set_init(&hk->arenas, h, hk->slot, (uint8_t)k, &h->budget, h->track_requested,
+                       (unsigned)loam_opts.arena_max);
+    }
+}
+
+heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind)
+{
+    heap_kind_t *hk = &h->kinds[kind];
+    if (LOAM_UNLIKELY(!__atomic_load_n(&hk->ready, __ATOMIC_ACQUIRE))) {
+        heaps_lock();
+        if (!hk->ready) {
+            for (unsigned s = 1; s < TC_SLOT_NONE; s++)
+                if (!slot_holder[s]) {
+                    slot_holder[s] = h;
+                    hk->slot = (uint8_t)s;
+                    break;
+                }
+            /* arenas are made after this, so their slabs see the slot */
+            hk->arenas.slot = hk->slot;
+            __atomic_store_n(&hk->ready, true, __ATOMIC_RELEASE);
+        }
+        heaps_unlock();
+    }
+    return hk;
+}
+
+arena_t *heap_arena_at(loam_heap_t *h, unsigned i)
+{
+    for (unsigned k = 0; k < HEAP_KINDS; k++) {
+        unsigned n = (unsigned)AO_load_acquire(&h->kinds[k].arenas.count);
+        if (i < n)
+            return h->kinds[k].arenas.arenas[i];
+        i -= n;
+    }
+    return NULL;
 }
 
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)
 {
     loam_ensure_init();
-    if (cfg && cfg->mode != LOAM_MANUAL) {
-        errno = cfg->mode == LOAM_GC ? ENOSYS : EINVAL;   /* the collector is not built yet */
+    if (cfg && cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) {
+        errno = EINVAL;
         return NULL;
     }
     loam_heap_t *h = meta_alloc(sizeof *h);
@@ -82,6 +123,8 @@ loam_heap_t *loam_heap_new(const loam_config_t *cfg)
     heap_link(h);
     heaps_unlock();
     heap_init_fields(h, cfg, false);
+    if (cfg && cfg->mode == LOAM_GC)
+        gc_set_mode(h, LOAM_GC);
     return h;
 }
 
@@ -104,11 +147,14 @@ void loam_heap_destroy(loam_heap_t *h)
     for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
         tcache_abandon(tc);
     h->caches = NULL;
-    if (h->slot != TC_SLOT_NONE)
-        slot_holder[h->slot] = NULL;
+    for (unsigned k = 0; k < HEAP_KINDS; k++)
+        if (h->kinds[k].slot != TC_SLOT_NONE)
+            slot_holder[h->kinds[k].slot] = NULL;
     heap_unlink(h);
     heaps_unlock();
-    arena_set_destroy(&h->arenas);
+    gc_heap_destroy(h);
+    for (unsigned k = 0; k < HEAP_KINDS; k++)
+        arena_set_destroy(&h->kinds[k].arenas);
     pthread_mutex_destroy(&h->lock);
     meta_free(h, sizeof *h);
 }
@@ -127,14 +173,11 @@ loam_heap_t *loam_heap_of(const void *p)
 
 int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
 {
-    if (!h || (m != LOAM_MANUAL && m != LOAM_GC)) {
-        errno = EINVAL;
+    if (!h || (m != LOAM_MANUAL && m != LOAM_GC) || (h->is_default && m == LOAM_GC)) {
+        errno = EINVAL;           /* the default heap serves malloc: it stays manual */
         return -1;
     }
-    if (m == LOAM_MANUAL)
-        return 0;
-    errno = ENOSYS;                       /* the collector is not built yet */
-    return -1;
+    return gc_set_mode(h, m);
 }
 
 size_t loam_heap_trim(loam_heap_t *h)
@@ -142,13 +185,14 @@ size_t loam_heap_trim(loam_heap_t *h)
     if (!h)
         return 0;
     /* The calling thread's cached blocks go back first so their slabs can empty. */
-    tcache_t *tc = loam_tls_cache[h->slot];
-    if (tc->owner == h)
-        tcache_flush_all(tc);
+    for (unsigned k = 0; k < HEAP_KINDS; k++) {
+        tcache_t *tc = loam_tls_cache[h->kinds[k].slot];
+        if (tc->owner == h)
+            tcache_flush_all(tc);
+    }
     size_t bytes = 0;
-    unsigned n = (unsigned)AO_load_acquire(&h->arenas.count);
-    for (unsigned i = 0; i < n; i++) {
-        arena_t *a = h->arenas.arenas[i];
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
         arena_lock(a);
         bytes += arena_trim(a);
         arena_unlock(a);
@@ -174,13 +218,17 @@ void heap_thread_key_init(void)
         thread_exit_key_made = 1;
 }
 
-tcache_t *heap_thread_cache(loam_heap_t *h)
+tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
 {
-    if (h->slot == TC_SLOT_NONE || h->tcache_max == 0)
+    heap_kind_t *hk = heap_kind(h, kind);
+    if (hk->slot == TC_SLOT_NONE || h->tcache_max == 0)
         return NULL;
-    tcache_t *tc = loam_tls_cache[h->slot];
+    tcache_t *tc = loam_tls_cache[hk->slot];
     if (tc->owner == h)
         return tc;
+    /* A thread with a cache of a collected heap can allocate from it without
+     * a slow path: it must be attached (stopped for collections). */
+    gc_thread_cache_made(h);
     /* Reuse a disowned cache of this thread (its heap was destroyed), else make one. */
     heaps_lock();
     tcache_t *mine = NULL;
@@ -200,20 +248,22 @@ tcache_t *heap_thread_cache(loam_heap_t *h)
         mine->thread_next = thread_caches;
         thread_caches = mine;
     }
-    tcache_init(mine, h, &h->arenas, h->tcache_max);
+    tcache_init(mine, h, &hk->arenas, h->tcache_max);
+    mine->slot = hk->slot;
     mine->owner_prev = NULL;
     mine->owner_next = h->caches;
     if (h->caches)
         h->caches->owner_prev = mine;
     h->caches = mine;
     heaps_unlock();
-    loam_tls_cache[h->slot] = mine;
+    loam_tls_cache[hk->slot] = mine;
     return mine;
 }
 
 /* Runs at thread exit (pthread key destructor): every cache goes back. */
 void heap_thread_exit(void)
 {
+    gc_thread_exit();
     heaps_lock();
     tcache_t *tc = thread_caches;
     thread_caches = NULL;
@@ -228,8 +278,8 @@ void heap_thread_exit(void)
                 h->caches = tc->owner_next;
             if (tc->owner_next)
                 tc->owner_next->owner_prev = tc->owner_prev;
-            if (loam_tls_cache[h->slot] == tc)
-                loam_tls_cache[h->slot] = &loam_empty_tcache;
+            if (loam_tls_cache[tc->slot] == tc)
+                loam_tls_cache[tc->slot] = &loam_empty_tcache;
         }
         meta_free(tc, sizeof *tc);
         tc = next;
@@ -244,11 +294,15 @@ void heap_thread_exit(void)
 bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
 {
     /* First give back what is committed but unused: free runs awaiting decay. */
-    if (attempt == 0 && loam_heap_trim(h) > 0)
+    /* A collected heap collects first; then everyone gives back what is
+     * committed but unused: free runs awaiting decay. */
+    if (attempt == 0 && gc_collect_for_memory(h))
+        return true;
+    if (attempt <= 1 && loam_heap_trim(h) > 0)
         return true;
     if (h->budget.limit == 0)
         return false;
-    if (h->cfg.oom && attempt < 4) {
+    if (h->cfg.oom && attempt < 5) {
         size_t before = AO_load(&h->budget.committed);
         h->cfg.oom(h, n, h->cfg.user);
         loam_heap_trim(h);

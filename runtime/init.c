@@ -29,10 +29,11 @@ static void fork_prepare(void)
 {
     heaps_lock();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
-        pthread_mutex_lock(&h->arenas.lock);
-        unsigned n = (unsigned)AO_load(&h->arenas.count);
-        for (unsigned i = 0; i < n; i++)
-            pthread_mutex_lock(&h->arenas.arenas[i]->lock);
+        for (unsigned k = 0; k < HEAP_KINDS; k++)
+            pthread_mutex_lock(&h->kinds[k].arenas.lock);
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+            pthread_mutex_lock(&a->lock);
     }
     alloc_prefork();
 }
@@ -41,10 +42,11 @@ static void fork_release(void)
 {
     alloc_postfork();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
-        unsigned n = (unsigned)AO_load(&h->arenas.count);
-        for (unsigned i = 0; i < n; i++)
-            pthread_mutex_unlock(&h->arenas.arenas[i]->lock);
-        pthread_mutex_unlock(&h->arenas.lock);
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+            pthread_mutex_unlock(&a->lock);
+        for (unsigned k = 0; k < HEAP_KINDS; k++)
+            pthread_mutex_unlock(&h->kinds[k].arenas.lock);
     }
     heaps_unlock();
 }

@@ -22,14 +22,27 @@ _Static_assert(TC_SLOT_NONE == TRACKED_SLOT, "the core's no-cache slot");
 extern LOAM_INTERNAL __thread tcache_t *loam_tls_cache[TC_SLOTS];
 extern LOAM_INTERNAL tcache_t loam_empty_tcache;
 
+/* Kinds are segregated by slab: each kind of a heap allocates from its own
+ * arenas through its own thread-cache slot. Kind 0 (conservative) is what
+ * loam_malloc uses; the others exist once loam_gc_alloc asks for them. */
+#define HEAP_KINDS 3
+typedef struct heap_kind {
+    arena_set_t arenas;
+    uint8_t     slot;              /* TC_SLOT_NONE: no slot (locked path) or not yet made */
+    bool        ready;
+} heap_kind_t;
+
+struct gc_state;
+
 struct loam_heap {
     /* hot: read by the fast paths */
     uint8_t       alloc_slot;      /* slot the malloc fast path reads: TC_SLOT_NONE when tracked */
-    uint8_t       slot;
+    uint8_t       slot;            /* kind 0's slot */
     bool          is_default;
     loam_mode_t   mode;
     /* the rest */
-    arena_set_t   arenas;
+    heap_kind_t   kinds[HEAP_KINDS];
+    struct gc_state *gc;           /* the collector's state (gc/), made on first use */
     budget_t      budget;
     loam_config_t cfg;
     unsigned      tcache_max;
@@ -59,6 +72,7 @@ extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 /* ---- options --------------------------------------------------------------- */
 typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
+    long gc_growth, gc_min_bytes;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;
@@ -73,8 +87,15 @@ LOAM_INTERNAL void loam_warn(const char *fmt, ...) __attribute__((format(printf,
 
 /* ---- heaps ------------------------------------------------------------------ */
 LOAM_INTERNAL void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default);
-/* The calling thread's cache of h, made on first use (NULL: no slot or no memory). */
-LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h);
+/* The calling thread's cache of kind k of h, made on first use (NULL: no
+ * slot or no memory). Making one attaches the thread to a collected heap. */
+LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind);
+/* Kind k's context, made on first use. */
+LOAM_INTERNAL heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind);
+/* Every arena of h (all kinds): for (i = 0; (a = heap_arena_at(h, i)); i++). */
+LOAM_INTERNAL arena_t *heap_arena_at(loam_heap_t *h, unsigned i);
+/* Allocate n bytes of kind k aligned to align from h (slow path of every allocation). */
+LOAM_INTERNAL void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind);
 LOAM_INTERNAL void heap_thread_exit(void);
 /* An allocation of n bytes failed (attempt 0, 1, ...): first trim and retry
  * once, then call the oom callback (heaps with a limit) and retry while it

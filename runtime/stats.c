@@ -2,6 +2,7 @@
  * like /proc/slabinfo, or JSON). Exact at a quiet moment: blocks sitting in
  * thread caches are free, not live. */
 #include "runtime/runtime.h"
+#include "gc/gc.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -18,10 +19,9 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
 {
     memset(r, 0, sizeof *r);
     size_t out_bytes = 0, out_blocks = 0, peak = 0, large_req = 0;
-    unsigned n = (unsigned)AO_load_acquire(&h->arenas.count);
-    r->arenas = n;
-    for (unsigned i = 0; i < n; i++) {
-        arena_t *a = h->arenas.arenas[i];
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+        r->arenas++;
         arena_lock(a);
         arena_collect_stats(a, &r->a, resident);
         out_bytes += a->c.out_bytes;
@@ -64,6 +64,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     s->cached_bytes = cached_bytes;
     s->segments = r->a.segments;
     s->free_run_bytes = r->a.free_run_bytes;
+    gc_fill_stats(h, s);
 }
 
 void loam_heap_stats(loam_heap_t *h, loam_stats_t *out)
@@ -98,6 +99,15 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
             s->cached_bytes, r->caches, r->arenas, r->lock_contended);
     fprintf(f, "  segments    %12zu; slabs made %zu, released %zu\n", s->segments, r->slabs_made,
             r->slabs_released);
+    if (h->gc) {
+        fprintf(f, "  collector   %12zu collections; pause total %.3f ms, max %.3f ms, p50 %.3f ms, p99 %.3f ms\n",
+                s->gc_collections, (double)s->gc_pause_total_ns / 1e6, (double)s->gc_pause_max_ns / 1e6,
+                (double)s->gc_pause_p50_ns / 1e6, (double)s->gc_pause_p99_ns / 1e6);
+        fprintf(f, "              live after last %zu bytes (marked %zu); swept %zu bytes in all; "
+                   "%zu finalizers run, %zu weak references cleared\n",
+                s->gc_live_after, s->gc_bytes_marked, s->gc_bytes_swept, s->gc_finalizers_run,
+                s->gc_weak_cleared);
+    }
     fprintf(f, "  %-6s %8s %6s %10s %10s %10s\n", "class", "size", "slabs", "used", "free", "cached");
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         const arena_class_stats_t *cs = &r->a.cls[c];
@@ -127,6 +137,10 @@ static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
             r->arenas, r->caches, r->lock_contended);
     fprintf(f, "\"gc_collections\":%zu,\"gc_pause_total_ns\":%" PRIu64 ",\"gc_pause_max_ns\":%" PRIu64 ",",
             s->gc_collections, s->gc_pause_total_ns, s->gc_pause_max_ns);
+    fprintf(f, "\"gc_pause_p50_ns\":%" PRIu64 ",\"gc_pause_p99_ns\":%" PRIu64 ",\"gc_bytes_marked\":%zu,"
+               "\"gc_bytes_swept\":%zu,\"gc_live_after\":%zu,\"gc_finalizers_run\":%zu,\"gc_weak_cleared\":%zu,",
+            s->gc_pause_p50_ns, s->gc_pause_p99_ns, s->gc_bytes_marked, s->gc_bytes_swept, s->gc_live_after,
+            s->gc_finalizers_run, s->gc_weak_cleared);
     fprintf(f, "\"classes\":[");
     bool first = true;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {

@@ -1,0 +1,270 @@
+/* gc/api.c — the collector's public calls and the hooks the runtime calls
+ * from its slow paths: allocation of a kind, pacing, modes, statistics,
+ * leak check. */
+#include "gc/gc.h"
+
+#include <stdlib.h>
+
+gc_state_t *gc_state_get(loam_heap_t *h)
+{
+    gc_state_t *gc = __atomic_load_n(&h->gc, __ATOMIC_ACQUIRE);
+    if (LOAM_LIKELY(gc != NULL))
+        return gc;
+    gc_state_t *fresh = meta_alloc(sizeof *fresh);
+    if (!fresh) {
+        loam_fault(h, "out of memory for the collector's state", h, 0);
+        abort();
+    }
+    fresh->heap = h;
+    fresh->tracer.gc = fresh;
+    pthread_mutex_init(&fresh->lock, NULL);
+    pthread_cond_init(&fresh->parked_cv, NULL);
+    pthread_cond_init(&fresh->resume_cv, NULL);
+    gc_state_t *expected = NULL;
+    if (!__atomic_compare_exchange_n(&h->gc, &expected, fresh, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        pthread_mutex_destroy(&fresh->lock);
+        meta_free(fresh, sizeof *fresh);
+        return expected;
+    }
+    return fresh;
+}
+
+/* ---- allocation -------------------------------------------------------------------------------- */
+
+void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
+{
+    if ((unsigned)kind >= HEAP_KINDS) {
+        errno = EINVAL;
+        return NULL;
+    }
+    void *p = NULL;
+    size_t clear = n;
+    if (LOAM_LIKELY(n <= SMALL_MAX && !h->track_requested)) {
+        unsigned cls = sizeclass_small[(n + 15) >> 4];
+        p = tcache_pop(loam_tls_cache[h->kinds[kind].slot], cls);
+        clear = sizeclass_size[cls];
+    }
+    if (!p) {
+        p = alloc_from_heap(h, n, BLOCK_ALIGN, kind);
+        if (!p)
+            return NULL;
+        clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
+        if (n > alloc_tuning.mmap_threshold)
+            return p;                   /* a fresh mapping is zero already */
+    }
+    /* Whole block: a conservative scan reads all of it, and stale words
+     * would keep dead objects alive. The free list's two words are always
+     * overwritten, even for atomic blocks. */
+    if (kind != LOAM_ATOMIC)
+        memset(p, 0, clear);
+    else
+        memset(p, 0, 2 * sizeof(uintptr_t));
+    return p;
+}
+
+void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls)
+{
+    /* a refill happens on an empty bin: what it holds now (+1 returned) is new */
+    size_t bytes = ((size_t)tc->bins[cls].count + 1) * sizeclass_size[cls];
+    AO_fetch_and_add(&h->gc->alloc_since, bytes);
+}
+
+void gc_note_alloc(loam_heap_t *h, size_t bytes)
+{
+    AO_fetch_and_add(&h->gc->alloc_since, bytes);
+}
+
+static size_t collect_threshold(gc_state_t *gc)
+{
+    size_t growth = gc->live_after / 100 * (size_t)loam_opts.gc_growth;
+    return growth > (size_t)loam_opts.gc_min_bytes ? growth : (size_t)loam_opts.gc_min_bytes;
+}
+
+void gc_alloc_slow_hook(loam_heap_t *h)
+{
+    gc_state_t *gc = h->gc;
+    if (h->mode != LOAM_GC)
+        return;
+    if (!gc_self(gc))
+        gc_attach(gc);
+    gc_park(gc);
+    if (AO_load(&gc->alloc_since) >= collect_threshold(gc))
+        gc_collect(h);
+}
+
+void gc_thread_cache_made(loam_heap_t *h)
+{
+    if (h->gc && h->mode == LOAM_GC)
+        gc_attach(h->gc);
+}
+
+bool gc_collect_for_memory(loam_heap_t *h)
+{
+    if (!h->gc || h->mode != LOAM_GC)
+        return false;
+    gc_collect(h);
+    return true;
+}
+
+void loam_gc_collect(loam_heap_t *h)
+{
+    if (h && h->mode == LOAM_GC)
+        gc_collect(h);
+}
+
+/* ---- modes -------------------------------------------------------------------------------------- */
+
+int gc_set_mode(loam_heap_t *h, loam_mode_t m)
+{
+    if (m == h->mode)
+        return 0;
+    if (m == LOAM_GC) {
+        gc_state_t *gc = gc_state_get(h);
+        /* Caches made while manual belong to threads that may not be
+         * attached: disown them, so each thread makes a new one (and
+         * attaches) on its next allocation. */
+        heaps_lock();
+        for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
+            tcache_flush_all(tc);
+            tcache_abandon(tc);
+        }
+        h->caches = NULL;
+        heaps_unlock();
+        __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
+        gc_attach(gc);
+    } else {
+        __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+void gc_heap_destroy(loam_heap_t *h)
+{
+    gc_state_t *gc = h->gc;
+    if (!gc)
+        return;
+    pthread_mutex_lock(&gc->lock);
+    /* Attachments of other threads stay in their lists until they exit or
+     * detach; they see heap == NULL. */
+    for (gc_thread_t *t = gc->threads, *next; t; t = next) {
+        next = t->next;
+        t->heap = NULL;
+    }
+    gc->threads = NULL;
+    for (loam_weak_t *w = gc->weaks; w; w = w->next)
+        AO_store(&w->target, 0);     /* still owned by the embedder: loam_weak_free them */
+    pthread_mutex_unlock(&gc->lock);
+    if (gc->slots)
+        meta_free(gc->slots, gc->cap_slots * sizeof *gc->slots);
+    if (gc->ranges)
+        meta_free(gc->ranges, gc->cap_ranges * sizeof *gc->ranges);
+    if (gc->fins)
+        meta_free(gc->fins, gc->cap_fins * sizeof *gc->fins);
+    if (gc->ready)
+        meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
+    gc_mark_stack_release(gc);
+    pthread_cond_destroy(&gc->parked_cv);
+    pthread_cond_destroy(&gc->resume_cv);
+    pthread_mutex_destroy(&gc->lock);
+    h->gc = NULL;
+    meta_free(gc, sizeof *gc);
+}
+
+/* ---- statistics ---------------------------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
+{
+    gc_state_t *gc = h->gc;
+    if (!gc)
+        return;
+    pthread_mutex_lock(&gc->lock);
+    s->gc_collections = gc->collections;
+    s->gc_pause_total_ns = gc->pause_total_ns;
+    s->gc_pause_max_ns = gc->pause_max_ns;
+    s->gc_bytes_marked = gc->marked_bytes;
+    s->gc_bytes_swept = gc->bytes_swept;
+    s->gc_live_after = gc->live_after;
+    s->gc_finalizers_run = __atomic_load_n(&gc->finalizers_run, __ATOMIC_RELAXED);
+    s->gc_weak_cleared = gc->weak_cleared;
+    size_t n = gc->npauses < GC_PAUSE_RING ? gc->npauses : GC_PAUSE_RING;
+    uint64_t sorted[GC_PAUSE_RING];
+    memcpy(sorted, gc->pauses, n * sizeof *sorted);
+    pthread_mutex_unlock(&gc->lock);
+    if (n) {
+        qsort(sorted, n, sizeof *sorted, cmp_u64);
+        s->gc_pause_p50_ns = sorted[(n - 1) / 2];
+        s->gc_pause_p99_ns = sorted[(n * 99 + 99) / 100 - 1];
+    }
+}
+
+/* ---- leak check (manual heaps) ------------------------------------------------------------------ */
+
+struct leak_walk {
+    loam_leak_fn report;
+    void        *user;
+    size_t       count;
+};
+
+static void report_unmarked(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg)
+{
+    (void)gc;
+    (void)kind;
+    struct leak_walk *lw = arg;
+    if (!marked) {
+        lw->count++;
+        if (lw->report)
+            lw->report(block, size, lw->user);
+    }
+}
+
+static void clear_marks(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg)
+{
+    (void)size;
+    (void)kind;
+    (void)arg;
+    if (!marked)
+        return;
+    addr_info_t ai;
+    addr_classify(block, &ai);
+    if (ai.large) {
+        ai.large->upper &= ~(uintptr_t)1;
+    } else {
+        size_t g = (size_t)(block - (char *)ai.segment) / BLOCK_ALIGN;
+        segment_side_bits(ai.segment)[g >> 6] &= ~((uint64_t)1 << (g & 63));
+    }
+    (void)gc;
+}
+
+size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
+{
+    if (!h)
+        return 0;
+    gc_state_t *gc = gc_state_get(h);
+    gc_attach(gc);
+    pthread_mutex_lock(&gc->lock);
+    if (!gc_stop_world(gc)) {
+        pthread_mutex_unlock(&gc->lock);
+        return 0;
+    }
+    gc->marked_bytes = 0;
+    /* Blocks reachable from the finalizable objects are not leaks either. */
+    gc_mark_roots(gc);
+    for (size_t i = 0; i < gc->nfins; i++)
+        gc_mark_word(gc, (uintptr_t)gc->fins[i].obj);
+    gc_mark_drain(gc);
+    /* The heap is manual: the caller keeps other threads off it meanwhile
+     * (attached ones are stopped). The callback may use loam, even this heap. */
+    struct leak_walk lw = { report, user, 0 };
+    gc_for_each_block(gc, report_unmarked, &lw);
+    gc_for_each_block(gc, clear_marks, NULL);
+    gc_restart_world(gc);
+    pthread_mutex_unlock(&gc->lock);
+    return lw.count;
+}

@@ -1,0 +1,164 @@
+/* gc/finalize.c — finalizers and weak references.
+ *
+ * After the roots are marked: every weak reference whose target is unmarked
+ * is cleared (so none can hand out an object about to be finalized or freed);
+ * then every finalizable object still unmarked moves, in registration order,
+ * to the ready list and is marked with everything it reaches, so it survives
+ * this collection. The ready finalizers run after the world restarts, in the
+ * collecting thread. Each entry leaves the table when it becomes ready: a
+ * finalizer runs once, even if its object is resurrected.
+ */
+#include "gc/gc.h"
+
+static bool grow_fins(finalizer_t **array, size_t *cap)
+{
+    size_t ncap = *cap ? *cap * 2 : 64;
+    finalizer_t *n = meta_alloc(ncap * sizeof *n);
+    if (!n)
+        return false;
+    if (*array) {
+        memcpy(n, *array, *cap * sizeof *n);
+        meta_free(*array, *cap * sizeof *n);
+    }
+    *array = n;
+    *cap = ncap;
+    return true;
+}
+
+int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data)
+{
+    if (!h || !obj || loam_heap_of(obj) != h) {
+        errno = EINVAL;
+        return -1;
+    }
+    addr_info_t ai;
+    addr_classify(obj, &ai);
+    if (ai.kind != ADDR_BLOCK) {
+        errno = EINVAL;
+        return -1;
+    }
+    gc_state_t *gc = gc_state_get(h);
+    int rc = 0;
+    pthread_mutex_lock(&gc->lock);
+    size_t i = 0;
+    while (i < gc->nfins && gc->fins[i].obj != obj)
+        i++;
+    if (i < gc->nfins) {
+        if (fn) {
+            gc->fins[i].fn = fn;
+            gc->fins[i].data = data;
+        } else {                                   /* removal keeps the order of the rest */
+            memmove(&gc->fins[i], &gc->fins[i + 1], (gc->nfins - i - 1) * sizeof *gc->fins);
+            gc->nfins--;
+        }
+    } else if (fn) {
+        if (gc->nfins == gc->cap_fins && !grow_fins(&gc->fins, &gc->cap_fins)) {
+            errno = ENOMEM;
+            rc = -1;
+        } else {
+            gc->fins[gc->nfins++] = (finalizer_t){ obj, fn, data };
+        }
+    }
+    pthread_mutex_unlock(&gc->lock);
+    return rc;
+}
+
+/* Lock held, world stopped, roots marked and drained. */
+void gc_clear_dead_weaks(gc_state_t *gc)
+{
+    for (loam_weak_t *w = gc->weaks; w; w = w->next) {
+        void *target = (void *)AO_load(&w->target);
+        if (target && !gc_is_marked(gc, target)) {
+            AO_store_release(&w->target, 0);
+            gc->weak_cleared++;
+        }
+    }
+}
+
+void gc_find_ready_finalizers(gc_state_t *gc)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < gc->nfins; i++) {
+        finalizer_t f = gc->fins[i];
+        if (gc_is_marked(gc, f.obj)) {
+            gc->fins[kept++] = f;
+            continue;
+        }
+        if (gc->nready == gc->cap_ready && !grow_fins(&gc->ready, &gc->cap_ready)) {
+            gc->fins[kept++] = f;              /* try again next time; keep it alive now */
+        } else {
+            gc->ready[gc->nready++] = f;
+        }
+        gc_mark_word(gc, (uintptr_t)f.obj);     /* it and all it reaches survive until it ran */
+    }
+    gc->nfins = kept;
+    gc_mark_drain(gc);
+}
+
+/* World running, lock not held: a finalizer may allocate, collect, set
+ * finalizers. The ready list is taken whole first. */
+void gc_run_ready_finalizers(gc_state_t *gc)
+{
+    for (;;) {
+        pthread_mutex_lock(&gc->lock);
+        finalizer_t *list = gc->ready;
+        size_t n = gc->nready, cap = gc->cap_ready;
+        gc->ready = NULL;
+        gc->nready = gc->cap_ready = 0;
+        pthread_mutex_unlock(&gc->lock);
+        if (!n) {
+            meta_free(list, cap * sizeof *list);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            list[i].fn(list[i].obj, list[i].data);
+            __atomic_fetch_add(&gc->finalizers_run, 1, __ATOMIC_RELAXED);
+        }
+        meta_free(list, cap * sizeof *list);
+    }
+}
+
+/* ---- weak references -------------------------------------------------------------------- */
+
+loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)
+{
+    if (!h)
+        return NULL;
+    gc_state_t *gc = gc_state_get(h);
+    loam_weak_t *w = meta_alloc(sizeof *w);
+    if (!w) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    w->heap = h;
+    AO_store(&w->target, (AO_t)target);
+    pthread_mutex_lock(&gc->lock);
+    w->prev = NULL;
+    w->next = gc->weaks;
+    if (gc->weaks)
+        gc->weaks->prev = w;
+    gc->weaks = w;
+    pthread_mutex_unlock(&gc->lock);
+    return w;
+}
+
+void *loam_weak_get(loam_weak_t *w)
+{
+    return w ? (void *)AO_load_acquire(&w->target) : NULL;
+}
+
+void loam_weak_free(loam_weak_t *w)
+{
+    if (!w)
+        return;
+    gc_state_t *gc = w->heap->gc;
+    pthread_mutex_lock(&gc->lock);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        gc->weaks = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    pthread_mutex_unlock(&gc->lock);
+    meta_free(w, sizeof *w);
+}

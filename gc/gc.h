@@ -1,0 +1,143 @@
+/* gc/gc.h — the collector's internal interface.
+ *
+ * gc/ sits between runtime/ and alloc/: it reads the core through alloc.h
+ * (segments, slabs, the segment map, side bits) and the heap through
+ * runtime.h; the runtime calls the hooks below from its slow paths.
+ *
+ *   collect.c   a collection, top to bottom: stop, mark, weak/finalizers, sweep
+ *   mark.c      marking: the mark stack, conservative words, loam_mark
+ *   threads.c   attached threads, safepoints, stopping the world
+ *   roots.c     root slots and ranges
+ *   finalize.c  finalizers and weak references
+ *   api.c       the public collector calls and the runtime's hooks
+ */
+#ifndef LOAM_GC_H
+#define LOAM_GC_H
+
+#include "runtime/runtime.h"
+
+#include <setjmp.h>
+
+/* ---- attached threads ------------------------------------------------------ */
+enum gc_thread_state { GC_RUNNING = 0, GC_PARKED = 1, GC_BLOCKING = 2, GC_COLLECTING = 3 };
+
+typedef struct gc_thread {
+    loam_heap_t     *heap;         /* NULL once the heap is destroyed */
+    pthread_t        tid;
+    char            *stack_base;   /* highest address of the stack */
+    char            *stack_sp;     /* lowest live address, saved when it stops */
+    jmp_buf          regs;         /* callee-saved registers, saved when it stops */
+    unsigned         state;        /* enum gc_thread_state; written under gc->lock */
+    unsigned         blocking_depth;
+    struct gc_thread *next, *prev; /* the heap's threads (gc->lock) */
+    struct gc_thread *thread_next; /* this thread's attachments */
+} gc_thread_t;
+
+/* ---- the mark stack ---------------------------------------------------------- */
+typedef struct mark_entry {
+    char   *obj;
+    size_t  size;
+    unsigned kind;
+} mark_entry_t;
+
+typedef struct finalizer {
+    void             *obj;
+    loam_finalizer_fn fn;
+    void             *data;
+} finalizer_t;
+
+struct loam_weak {
+    loam_heap_t      *heap;
+    AO_t              target;      /* read lock-free by loam_weak_get */
+    struct loam_weak *next, *prev;
+};
+
+struct loam_tracer {
+    struct gc_state *gc;
+};
+
+#define GC_PAUSE_RING 1024
+
+typedef struct gc_state {
+    loam_heap_t    *heap;
+    pthread_mutex_t lock;          /* threads, roots, finalizers, weak refs, the stop */
+    pthread_cond_t  parked_cv;     /* a thread stopped (or left) */
+    pthread_cond_t  resume_cv;     /* the world restarts */
+    AO_t            stop;          /* 1 while a collection wants or holds the world stopped */
+    bool            collecting;
+    gc_thread_t    *threads;
+
+    /* roots */
+    void         ***slots;
+    size_t          nslots, cap_slots;
+    struct root_range { char *start, *end; } *ranges;
+    size_t          nranges, cap_ranges;
+
+    /* finalizers (registration order) and weak references */
+    finalizer_t    *fins;
+    size_t          nfins, cap_fins;
+    finalizer_t    *ready;         /* found unreachable, to run after the stop */
+    size_t          nready, cap_ready;
+    loam_weak_t    *weaks;
+
+    /* marking */
+    mark_entry_t   *stack;
+    size_t          sp, cap;
+    bool            overflow;      /* a push was dropped: rescan marked blocks */
+    size_t          marked_bytes;
+    struct loam_tracer tracer;
+
+    /* pacing */
+    AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */
+    size_t          live_after;
+
+    /* statistics */
+    size_t          collections, bytes_swept, finalizers_run, weak_cleared;
+    uint64_t        pause_total_ns, pause_max_ns;
+    uint64_t        pauses[GC_PAUSE_RING];
+    size_t          npauses;
+} gc_state_t;
+
+/* ---- hooks the runtime calls ---------------------------------------------------- */
+/* Slow path of every allocation from a heap with gc state: safepoint, implicit
+ * attach, and a collection when pacing says so. */
+LOAM_INTERNAL void gc_alloc_slow_hook(loam_heap_t *h);
+LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
+LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
+LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
+LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);
+LOAM_INTERNAL void gc_thread_exit(void);
+LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
+LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */
+LOAM_INTERNAL void gc_fill_stats(loam_heap_t *h, loam_stats_t *s);
+
+/* ---- inside gc/ ----------------------------------------------------------------- */
+LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on first use */
+LOAM_INTERNAL void        gc_collect(loam_heap_t *h);
+/* threads.c */
+LOAM_INTERNAL gc_thread_t *gc_self(gc_state_t *gc);               /* NULL: not attached */
+LOAM_INTERNAL gc_thread_t *gc_attach(gc_state_t *gc);
+LOAM_INTERNAL void        gc_park(gc_state_t *gc);                 /* if a stop is requested */
+LOAM_INTERNAL bool        gc_stop_world(gc_state_t *gc);           /* lock held; false: another collects */
+LOAM_INTERNAL void        gc_restart_world(gc_state_t *gc);        /* lock held */
+LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
+/* mark.c */
+LOAM_INTERNAL void  gc_mark_word(gc_state_t *gc, uintptr_t w);     /* conservative, interior ok */
+LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);
+LOAM_INTERNAL void  gc_mark_drain(gc_state_t *gc);
+LOAM_INTERNAL bool  gc_is_marked(gc_state_t *gc, const void *obj);
+LOAM_INTERNAL void  gc_mark_stack_release(gc_state_t *gc);
+/* Visit every block of the heap that is allocated (not free). */
+typedef void (*gc_block_fn)(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg);
+LOAM_INTERNAL void  gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg);
+/* roots.c */
+LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
+/* finalize.c */
+LOAM_INTERNAL void  gc_clear_dead_weaks(gc_state_t *gc);
+LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
+LOAM_INTERNAL void  gc_run_ready_finalizers(gc_state_t *gc);
+/* collect.c */
+LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc);
+LOAM_INTERNAL uint64_t gc_now_ns(void);
+
+#endif

@@ -1,0 +1,212 @@
+/* gc/mark.c — marking.
+ *
+ * A mark bit per block start lives in its segment's side bitmap (a bit per
+ * 16-byte granule) or, for a large block, in its header's `upper` word. Grey
+ * blocks wait on an explicit mark stack, so marking depth never touches the C
+ * stack: a ten-million-cell list is a loop, not a recursion.
+ *
+ * Invariant kept here: a block is pushed at most once per collection (its bit
+ * is set when pushed), and only allocated blocks are marked — a block whose
+ * second word carries the free key is free (in a free list or a thread cache)
+ * and is never pushed, so a trace callback never sees a free block.
+ */
+#include "gc/gc.h"
+
+#include <sys/mman.h>
+
+/* ---- mark bits ------------------------------------------------------------------ */
+
+static inline bool bit_test_and_set(uint64_t *bits, size_t i)
+{
+    uint64_t m = (uint64_t)1 << (i & 63);
+    uint64_t old = bits[i >> 6];
+    bits[i >> 6] = old | m;
+    return (old & m) != 0;
+}
+
+static inline bool bit_test(const uint64_t *bits, size_t i)
+{
+    return (bits[i >> 6] >> (i & 63)) & 1;
+}
+
+static inline size_t granule_of(segment_t *seg, const char *block)
+{
+    return (size_t)(block - (char *)seg) / BLOCK_ALIGN;
+}
+
+/* ---- the mark stack ----------------------------------------------------------------- */
+
+static bool stack_grow(gc_state_t *gc)
+{
+    size_t cap = gc->cap ? gc->cap * 2 : 4096;
+    mark_entry_t *s = os_reserve_aligned(cap * sizeof *s, OS_PAGE);
+    if (!s)
+        return false;
+    if (gc->stack) {
+        memcpy(s, gc->stack, gc->sp * sizeof *s);
+        os_release(gc->stack, gc->cap * sizeof *s);
+    }
+    gc->stack = s;
+    gc->cap = cap;
+    return true;
+}
+
+void gc_mark_stack_release(gc_state_t *gc)
+{
+    if (gc->stack)
+        os_release(gc->stack, gc->cap * sizeof *gc->stack);
+    gc->stack = NULL;
+    gc->cap = gc->sp = 0;
+}
+
+static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
+{
+    gc->marked_bytes += size;
+    if (kind == LOAM_ATOMIC)
+        return;                         /* black at once: nothing inside to follow */
+    if (LOAM_UNLIKELY(gc->sp == gc->cap) && !stack_grow(gc)) {
+        gc->overflow = true;            /* marked but not scanned: found again by the rescan */
+        return;
+    }
+    gc->stack[gc->sp++] = (mark_entry_t){ obj, size, kind };
+}
+
+/* ---- finding the block behind a candidate pointer ---------------------------------- */
+
+/* Mark the block of this heap that contains w (interior: any address inside
+ * it; else only its start). */
+static void mark_candidate(gc_state_t *gc, uintptr_t w, bool interior)
+{
+    void *base = segmap_lookup(w);
+    if (!base)
+        return;
+    if (*(uint8_t *)base == SEGMENT_LARGE) {
+        large_t *l = base;
+        uintptr_t b = (uintptr_t)l->block;
+        if (l->arena->owner != gc->heap || w < b || w >= b + l->size || (!interior && w != b))
+            return;
+        if (l->upper & 1)
+            return;
+        l->upper |= 1;
+        push(gc, l->block, l->size, l->tag);
+        return;
+    }
+    segment_t *seg = base;
+    if (seg->arena->owner != gc->heap)
+        return;
+    slab_t *s = segment_slab_at(seg, w);
+    if (s->state != RUN_SLAB)
+        return;
+    size_t idx = slab_block_index(s, w);
+    if (idx >= s->bumped)
+        return;
+    char *block = s->start + idx * s->block_size;
+    if (!interior && (uintptr_t)block != w)
+        return;
+    if (((free_block_t *)block)->freed_key == loam_free_key)
+        return;                         /* a free block: nothing lives there */
+    if (bit_test_and_set(segment_side_bits(seg), granule_of(seg, block)))
+        return;
+    push(gc, block, s->block_size, s->tag);
+}
+
+void gc_mark_word(gc_state_t *gc, uintptr_t w)
+{
+    mark_candidate(gc, w, true);
+}
+
+/* Conservative: every aligned word of [start, end). Stacks and registers are
+ * read here, including bytes sanitizers consider out of bounds. */
+__attribute__((no_sanitize("address"))) __attribute__((no_sanitize("thread")))
+void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
+{
+    uintptr_t a = ((uintptr_t)start + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1);
+    for (; a + sizeof(void *) <= (uintptr_t)end; a += sizeof(void *))
+        mark_candidate(gc, *(const uintptr_t *)a, true);
+}
+
+void loam_mark(loam_tracer_t *t, void *p)
+{
+    if (t && p)
+        mark_candidate(t->gc, (uintptr_t)p, true);
+}
+
+bool gc_is_marked(gc_state_t *gc, const void *obj)
+{
+    addr_info_t ai;
+    addr_classify(obj, &ai);
+    if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
+        return false;
+    if (ai.large)
+        return ai.large->upper & 1;
+    return bit_test(segment_side_bits(ai.segment), granule_of(ai.segment, ai.block));
+}
+
+/* ---- scanning grey blocks ------------------------------------------------------------ */
+
+static void scan(gc_state_t *gc, const mark_entry_t *e)
+{
+    if (e->kind == LOAM_TRACED) {
+        loam_heap_t *h = gc->heap;
+        if (h->cfg.trace)
+            h->cfg.trace(e->obj, &gc->tracer, h->cfg.user);
+    } else {
+        gc_mark_range(gc, e->obj, e->obj + e->size);
+    }
+}
+
+static void rescan_marked(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg)
+{
+    (void)arg;
+    if (marked && kind != LOAM_ATOMIC) {
+        mark_entry_t e = { block, size, kind };
+        scan(gc, &e);
+        while (gc->sp) {
+            mark_entry_t top = gc->stack[--gc->sp];
+            scan(gc, &top);
+        }
+    }
+}
+
+void gc_mark_drain(gc_state_t *gc)
+{
+    for (;;) {
+        while (gc->sp) {
+            mark_entry_t e = gc->stack[--gc->sp];
+            scan(gc, &e);
+        }
+        if (!gc->overflow)
+            return;
+        /* Pushes were dropped: every marked block is scanned again, which
+         * finds the unmarked children of those that were never scanned. */
+        gc->overflow = false;
+        gc_for_each_block(gc, rescan_marked, NULL);
+    }
+}
+
+/* ---- walking the heap ------------------------------------------------------------------ */
+
+void gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
+        for (segment_t *seg = a->segments; seg; seg = seg->next) {
+            uint64_t *bits = segment_side_bits(seg);
+            for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
+                slab_t *s = &seg->slabs[seg->page_head[p]];
+                unsigned next = s->page_index + s->pages;
+                if (s->state == RUN_SLAB) {
+                    for (uint32_t k = 0; k < s->bumped; k++) {
+                        char *b = s->start + (size_t)k * s->block_size;
+                        if (((free_block_t *)b)->freed_key == loam_free_key)
+                            continue;
+                        fn(gc, b, s->block_size, s->tag, bit_test(bits, granule_of(seg, b)), arg);
+                    }
+                }
+                p = next > p ? next : p + 1;
+            }
+        }
+        for (large_t *l = a->large; l; l = l->next)
+            fn(gc, l->block, l->size, l->tag, l->upper & 1, arg);
+    }
+}
