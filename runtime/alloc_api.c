@@ -164,14 +164,18 @@ void alloc_free_slow(void *p)
     tcache_t *tc = loam_tls_cache[s->owner_slot];
     if (tc->owner != h)
         tc = heap_thread_cache(h, s->tag);
+    /* After arena_free_block the slab, and even its segment, may be gone:
+     * what is needed afterwards is read now. */
+    arena_t *a = s->arena;
+    unsigned cls = s->cls;
     if (tc && slab_is_draining(s)) {
         /* The slab is draining: the block goes straight back, and so does
          * the cache's stock of the class, which would otherwise keep other
          * draining slabs from emptying. */
-        arena_lock(s->arena);
-        arena_free_block(s->arena, s, b);
-        arena_unlock(s->arena);
-        tcache_flush(tc, s->cls, 0);
+        arena_lock(a);
+        arena_free_block(a, s, b);
+        arena_unlock(a);
+        tcache_flush(tc, cls, 0);
         return;
     }
     if (tc) {
@@ -183,9 +187,9 @@ void alloc_free_slow(void *p)
                 return;
         }
     }
-    arena_lock(s->arena);
-    arena_free_block(s->arena, s, b);
-    arena_unlock(s->arena);
+    arena_lock(a);
+    arena_free_block(a, s, b);
+    arena_unlock(a);
 }
 
 /* ---- sizes and realloc ----------------------------------------------------- */
