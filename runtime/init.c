@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 uintptr_t loam_free_key;
-int loam_initialized;
+unsigned loam_initialized;
 struct loam_heap loam_default_heap = { .alloc_slot = 0, .slot = 0, .is_default = true };
 
 static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -87,7 +87,7 @@ void loam_init_slow(void)
     loam_heaps = &loam_default_heap;
     heaps_unlock();
     heap_thread_key_init();
-    __atomic_store_n(&loam_initialized, 1, __ATOMIC_RELEASE);
+    AO_int_store_release(&loam_initialized, 1);
     pthread_mutex_unlock(&init_mutex);
     pthread_atfork(fork_prepare, fork_release, fork_release);
     if (loam_opts.verbose)

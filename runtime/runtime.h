@@ -56,11 +56,11 @@ struct loam_heap {
 
 /* ---- process ------------------------------------------------------------- */
 extern LOAM_INTERNAL struct loam_heap loam_default_heap;
-extern LOAM_INTERNAL int loam_initialized;
+extern LOAM_INTERNAL unsigned loam_initialized;
 LOAM_INTERNAL void loam_init_slow(void);
 static inline void loam_ensure_init(void)
 {
-    if (LOAM_UNLIKELY(!loam_initialized))
+    if (LOAM_UNLIKELY(!AO_int_load_acquire(&loam_initialized)))
         loam_init_slow();
 }
 /* Guards the heap list, slot table and the cache lists of every heap against
