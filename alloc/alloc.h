@@ -260,6 +260,7 @@ typedef struct arena {
     large_t   *large;
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
+    size_t     slab_pages;              /* pages in slabs, all segments */
     bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
     arena_counters_t c;
@@ -280,6 +281,9 @@ LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
+/* The same; keep_empty: an emptied slab stays on its partial list (stamped;
+ * purge releases it after decay_ms) instead of going back to its segment. */
+LOAM_INTERNAL void     arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_empty);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
@@ -367,7 +371,8 @@ LOAM_INTERNAL void   os_release(void *p, size_t size);
 LOAM_INTERNAL void   os_decommit(void *p, size_t size);
 LOAM_INTERNAL size_t os_resident(void *p, size_t size);
 LOAM_INTERNAL uint64_t os_now_ms(void);
-LOAM_INTERNAL uintptr_t os_random(void);
+LOAM_INTERNAL uintptr_t os_random(void);        /* fast, seeded once from the kernel */
+LOAM_INTERNAL uintptr_t os_random_seed(void);   /* from the kernel (getrandom) */
 extern LOAM_INTERNAL AO_t os_reserved_bytes;    /* process-wide, all loam mappings */
 extern LOAM_INTERNAL AO_t os_committed_bytes;
 
@@ -379,7 +384,8 @@ LOAM_INTERNAL void  meta_free(void *p, size_t size);
 typedef struct alloc_tuning {
     size_t   mmap_threshold;
     uint64_t decay_ms;
-    size_t   retain_max;      /* committed free-run bytes an arena may keep past a free */
+    size_t   retain_max;      /* committed free-run bytes an arena may keep past a free,
+                                 or as much as it has in slabs if that is more */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
 

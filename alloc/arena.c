@@ -194,6 +194,11 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
 
 void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
 {
+    arena_free_block_keep(a, s, b, false);
+}
+
+void arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_empty)
+{
     arena_bin_t *bin = &a->bins[s->cls];
     bool was_full = s->used == s->capacity;
     slab_put(s, b);
@@ -202,10 +207,12 @@ void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
     if (was_full)
         partial_push_tail(bin, s);
     if (s->used == 0) {
-        /* Keep the class's last one-page slab: a free/malloc cycle at the
-         * edge of a slab must not map and unmap it each time. Purge releases
-         * it once it has stayed empty past decay_ms, trim at once. */
-        if (bin->partial == s && s->next == NULL && s->pages == 1) {
+        /* Keep an emptied slab on its partial list when asked (a sweep: the
+         * heap refills soon), and the class's last one-page slab always: a
+         * free/malloc cycle at the edge of a slab must not map and unmap it
+         * each time. Purge releases kept slabs that stay empty past
+         * decay_ms, trim at once. */
+        if (keep_empty || (bin->partial == s && s->next == NULL && s->pages == 1)) {
             s->freed_at_ms = os_now_ms();
             return;
         }
@@ -220,13 +227,15 @@ void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
 void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        slab_t *s = a->bins[c].partial;
-        if (s && s->used == 0 && s->next == NULL &&
-            (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
-            partial_remove(&a->bins[c], s);
-            slab_fini(s);
-            a->c.slabs_released++;
-            run_free(a, s);
+        slab_t *next;
+        for (slab_t *s = a->bins[c].partial; s; s = next) {
+            next = s->next;
+            if (s->used == 0 && (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
+                partial_remove(&a->bins[c], s);
+                slab_fini(s);
+                a->c.slabs_released++;
+                run_free(a, s);
+            }
         }
     }
 }

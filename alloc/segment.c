@@ -172,6 +172,7 @@ static void segment_release(arena_t *a, segment_t *seg)
 void segment_release_all(arena_t *a)
 {
     a->retained_bytes = 0;
+    a->slab_pages = 0;
     while (a->segments) {
         segment_t *seg = a->segments;
         a->segments = seg->next;
@@ -218,8 +219,11 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
     }
     seg->committed_mask |= run_mask(first, pages);
     seg->used_pages += pages;
+    a->slab_pages += pages;
     return run_make(seg, first, pages, RUN_SLAB);
 }
+
+static void retained_trim_to(arena_t *a, size_t budget);
 
 /* The run of a released slab becomes free and coalesces with free neighbours. */
 void run_free(arena_t *a, slab_t *r)
@@ -227,6 +231,7 @@ void run_free(arena_t *a, slab_t *r)
     segment_t *seg = segment_of(r);
     unsigned first = r->page_index, pages = r->pages;
     seg->used_pages -= pages;
+    a->slab_pages -= pages;
     a->retained_bytes += (size_t)pages * PAGE_SIZE;
     unsigned next = first + pages;
     if (next < PAGES_PER_SEGMENT && seg->slabs[next].state == RUN_FREE) {
@@ -248,9 +253,30 @@ void run_free(arena_t *a, slab_t *r)
     if (seg->used_pages == 0)
         seg->empty_since_ms = now;
     /* Past the retained budget the run goes back at once: a burst of frees
-     * must not leave the peak committed until some later event. */
-    if (a->retained_bytes > alloc_tuning.retain_max)
+     * must not leave the peak committed until some later event. The budget
+     * grows with the arena, so a heap that frees and refills a share of
+     * itself each cycle (a collected heap does) does not refault it. */
+    size_t budget = a->slab_pages * PAGE_SIZE;
+    if (budget < alloc_tuning.retain_max)
+        budget = alloc_tuning.retain_max;
+    if (a->retained_bytes > budget) {
         segment_decommit_pages(seg, run_mask(first, pages));
+        if (a->retained_bytes > budget)
+            retained_trim_to(a, budget);
+    }
+}
+
+/* Decommit free runs until the arena retains at most `budget` bytes: as
+ * slabs empty, the budget shrinks with them, and runs kept earlier go too. */
+static void retained_trim_to(arena_t *a, size_t budget)
+{
+    for (segment_t *seg = a->segments; seg && a->retained_bytes > budget; seg = seg->next)
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT && a->retained_bytes > budget;) {
+            slab_t *r = &seg->slabs[p];
+            if (r->state == RUN_FREE)
+                segment_decommit_pages(seg, run_mask(p, r->pages));
+            p += r->pages;
+        }
 }
 
 void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);

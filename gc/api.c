@@ -121,6 +121,21 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         return 0;
     if (m == LOAM_GC) {
         gc_state_t *gc = gc_state_get(h);
+        /* Frees of a heap with collector state take the slow path (it drops
+         * finalizers and weak references of the block): slabs made from now
+         * on, and those that exist, carry the no-cache slot. */
+        for (unsigned k = 0; k < HEAP_KINDS; k++)
+            h->kinds[k].arenas.slot = TC_SLOT_NONE;
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+            arena_lock(a);
+            a->owner_slot = TC_SLOT_NONE;
+            for (segment_t *seg = a->segments; seg; seg = seg->next)
+                for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
+                    if (seg->slabs[p].state == RUN_SLAB)
+                        seg->slabs[p].owner_slot = TC_SLOT_NONE;
+            arena_unlock(a);
+        }
         /* Caches made while manual belong to threads that may not be
          * attached: disown them, so each thread makes a new one (and
          * attaches) on its next allocation. */
@@ -152,8 +167,10 @@ void gc_heap_destroy(loam_heap_t *h)
         t->heap = NULL;
     }
     gc->threads = NULL;
-    for (loam_weak_t *w = gc->weaks; w; w = w->next)
-        AO_store(&w->target, 0);     /* still owned by the embedder: loam_weak_free them */
+    for (loam_weak_t *w = gc->weaks; w; w = w->next) {
+        AO_store(&w->target, 0);     /* the handles stay the embedder's: loam_weak_free works */
+        w->heap = NULL;
+    }
     pthread_mutex_unlock(&gc->lock);
     if (gc->slots)
         meta_free(gc->slots, gc->cap_slots * sizeof *gc->slots);

@@ -55,10 +55,11 @@ static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
         dead_list = b;
         freed += size;
     }
+    /* Blocks go back with their free key (the tag that tells free blocks). */
     while (dead_list) {
         char *b = dead_list;
         dead_list = *(char **)b;
-        arena_free_block(a, s, (free_block_t *)b);
+        arena_free_block_keep(a, s, (free_block_t *)b, true);   /* the heap refills soon */
     }
     if (requested)
         AO_fetch_and_add(&gc->heap->requested, (AO_t)0 - requested);

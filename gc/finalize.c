@@ -27,7 +27,7 @@ static bool grow_fins(finalizer_t **array, size_t *cap)
 
 int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data)
 {
-    if (!h || !obj || loam_heap_of(obj) != h) {
+    if (!h || !obj || h->mode != LOAM_GC || loam_heap_of(obj) != h) {
         errno = EINVAL;
         return -1;
     }
@@ -151,6 +151,10 @@ void loam_weak_free(loam_weak_t *w)
 {
     if (!w)
         return;
+    if (!w->heap) {                    /* its heap was destroyed: only the handle is left */
+        meta_free(w, sizeof *w);
+        return;
+    }
     gc_state_t *gc = w->heap->gc;
     pthread_mutex_lock(&gc->lock);
     if (w->prev)
@@ -161,4 +165,23 @@ void loam_weak_free(loam_weak_t *w)
         w->next->prev = w->prev;
     pthread_mutex_unlock(&gc->lock);
     meta_free(w, sizeof *w);
+}
+
+/* loam_free of a block of a heap with collector state: its finalizer is
+ * dropped and weak references to it are cleared, so neither can reach the
+ * next block at that address. */
+void gc_forget_block(loam_heap_t *h, void *block)
+{
+    gc_state_t *gc = h->gc;
+    pthread_mutex_lock(&gc->lock);
+    for (size_t i = 0; i < gc->nfins; i++)
+        if (gc->fins[i].obj == block) {
+            memmove(&gc->fins[i], &gc->fins[i + 1], (gc->nfins - i - 1) * sizeof *gc->fins);
+            gc->nfins--;
+            break;
+        }
+    for (loam_weak_t *w = gc->weaks; w; w = w->next)
+        if ((void *)AO_load(&w->target) == block)
+            AO_store_release(&w->target, 0);
+    pthread_mutex_unlock(&gc->lock);
 }

@@ -110,6 +110,7 @@ LOAM_INTERNAL void gc_thread_exit(void);
 LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
 LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */
 LOAM_INTERNAL void gc_fill_stats(loam_heap_t *h, loam_stats_t *s);
+LOAM_INTERNAL void gc_forget_block(loam_heap_t *h, void *block);  /* loam_free of a block */
 
 /* ---- inside gc/ ----------------------------------------------------------------- */
 LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on first use */
@@ -123,6 +124,7 @@ LOAM_INTERNAL void        gc_restart_world(gc_state_t *gc);        /* lock held 
 LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
 /* mark.c */
 LOAM_INTERNAL void  gc_mark_word(gc_state_t *gc, uintptr_t w);     /* conservative, interior ok */
+LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedder's: a live object */
 LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);
 LOAM_INTERNAL void  gc_mark_drain(gc_state_t *gc);
 LOAM_INTERNAL bool  gc_is_marked(gc_state_t *gc, const void *obj);

@@ -74,8 +74,12 @@ static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
 /* ---- finding the block behind a candidate pointer ---------------------------------- */
 
 /* Mark the block of this heap that contains w (interior: any address inside
- * it; else only its start). */
-static void mark_candidate(gc_state_t *gc, uintptr_t w, bool interior)
+ * it; else only its start). A precise candidate comes from the embedder (a
+ * trace or roots callback, a root slot), who vouches that it names a live
+ * object: the free-key check, which would touch the object's memory before
+ * its scan does, is for conservative words only. */
+static inline __attribute__((always_inline)) void
+mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
 {
     void *base = segmap_lookup(w);
     if (!base)
@@ -103,7 +107,7 @@ static void mark_candidate(gc_state_t *gc, uintptr_t w, bool interior)
     char *block = s->start + idx * s->block_size;
     if (!interior && (uintptr_t)block != w)
         return;
-    if (((free_block_t *)block)->freed_key == loam_free_key)
+    if (!precise && ((free_block_t *)block)->freed_key == loam_free_key)
         return;                         /* a free block: nothing lives there */
     if (bit_test_and_set(segment_side_bits(seg), granule_of(seg, block)))
         return;
@@ -112,7 +116,12 @@ static void mark_candidate(gc_state_t *gc, uintptr_t w, bool interior)
 
 void gc_mark_word(gc_state_t *gc, uintptr_t w)
 {
-    mark_candidate(gc, w, true);
+    mark_candidate(gc, w, true, false);
+}
+
+void gc_mark_precise(gc_state_t *gc, uintptr_t w)
+{
+    mark_candidate(gc, w, true, true);
 }
 
 /* Conservative: every aligned word of [start, end). Stacks and registers are
@@ -122,13 +131,13 @@ void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
 {
     uintptr_t a = ((uintptr_t)start + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1);
     for (; a + sizeof(void *) <= (uintptr_t)end; a += sizeof(void *))
-        mark_candidate(gc, *(const uintptr_t *)a, true);
+        mark_candidate(gc, *(const uintptr_t *)a, true, false);
 }
 
 void loam_mark(loam_tracer_t *t, void *p)
 {
     if (t && p)
-        mark_candidate(t->gc, (uintptr_t)p, true);
+        mark_candidate(t->gc, (uintptr_t)p, true, true);
 }
 
 bool gc_is_marked(gc_state_t *gc, const void *obj)
@@ -168,13 +177,32 @@ static void rescan_marked(gc_state_t *gc, char *block, size_t size, unsigned kin
     }
 }
 
+/* Pop grey blocks through a small ring: each is prefetched when it enters
+ * and scanned PREFETCH_DEPTH pops later, when its memory has arrived. A plain
+ * depth-first pop would scan a block the moment after pushing it. */
+#define PREFETCH_DEPTH 8
+
+static void drain_stack(gc_state_t *gc)
+{
+    mark_entry_t ring[PREFETCH_DEPTH];
+    unsigned head = 0, n = 0;
+    while (gc->sp || n) {
+        while (n < PREFETCH_DEPTH && gc->sp) {
+            mark_entry_t e = gc->stack[--gc->sp];
+            __builtin_prefetch(e.obj);
+            ring[(head + n++) % PREFETCH_DEPTH] = e;
+        }
+        mark_entry_t e = ring[head];
+        head = (head + 1) % PREFETCH_DEPTH;
+        n--;
+        scan(gc, &e);
+    }
+}
+
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
-        while (gc->sp) {
-            mark_entry_t e = gc->stack[--gc->sp];
-            scan(gc, &e);
-        }
+        drain_stack(gc);
         if (!gc->overflow)
             return;
         /* Pushes were dropped: every marked block is scanned again, which

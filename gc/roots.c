@@ -79,7 +79,7 @@ void gc_mark_roots(gc_state_t *gc)
         h->cfg.roots(&gc->tracer, h->cfg.user);
     for (size_t i = 0; i < gc->nslots; i++)
         if (*gc->slots[i])
-            gc_mark_word(gc, (uintptr_t)*gc->slots[i]);
+            gc_mark_precise(gc, (uintptr_t)*gc->slots[i]);
     for (size_t i = 0; i < gc->nranges; i++)
         gc_mark_range(gc, gc->ranges[i].start, gc->ranges[i].end);
     gc_scan_thread_stacks(gc);

@@ -147,13 +147,15 @@ void alloc_free_slow(void *p)
         break;
     }
     loam_heap_t *h = block_heap(&ai);
-    if (ai.large) {
-        large_free(ai.large);
+    free_block_t *b = p;
+    if (!ai.large && b->freed_key == loam_free_key) {
+        loam_fault(h, "double free", p, ai.size);
         return;
     }
-    free_block_t *b = p;
-    if (b->freed_key == loam_free_key) {
-        loam_fault(h, "double free", p, ai.size);
+    if (h->gc)
+        gc_forget_block(h, p);
+    if (ai.large) {
+        large_free(ai.large);
         return;
     }
     slab_t *s = ai.slab;

@@ -81,7 +81,7 @@ heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind)
                     break;
                 }
             /* arenas are made after this, so their slabs see the slot */
-            hk->arenas.slot = hk->slot;
+            hk->arenas.slot = h->mode == LOAM_GC ? TC_SLOT_NONE : hk->slot;   /* see gc_set_mode */
             __atomic_store_n(&hk->ready, true, __ATOMIC_RELEASE);
         }
         heaps_unlock();

@@ -75,7 +75,7 @@ void loam_init_slow(void)
     }
     init_started = 1;
     sizeclass_init();
-    loam_free_key = os_random();
+    loam_free_key = os_random_seed();
     error_install_core_hook();
     options_defaults();
     options_from_env();
