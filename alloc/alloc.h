@@ -130,6 +130,7 @@ enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
 typedef struct segment {
     uint8_t       kind;          /* enum segment_kind: shared prefix with large_t */
     struct arena *arena;
+    void         *owner;         /* the arena's owner, one load away for lookups */
     struct segment *next, *prev; /* the arena's segments */
     uint32_t      used_pages;    /* pages in slabs */
     uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
@@ -284,6 +285,9 @@ LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
 /* The same; keep_empty: an emptied slab stays on its partial list (stamped;
  * purge releases it after decay_ms) instead of going back to its segment. */
 LOAM_INTERNAL void     arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_empty);
+/* Return n blocks of slab s at once, chained through their first word
+ * (lock held); an emptied slab is kept as with keep_empty. */
+LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);

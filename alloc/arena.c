@@ -221,6 +221,30 @@ void arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_emp
     }
 }
 
+void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)
+{
+    if (!n)
+        return;
+    arena_bin_t *bin = &a->bins[s->cls];
+    bool was_full = s->used == s->capacity;
+    free_block_t *head = s->free;
+    while (chain) {
+        free_block_t *b = (free_block_t *)chain;
+        chain = *(char **)chain;
+        b->next_enc = freelist_encode(head, s->key);
+        b->freed_key = loam_free_key;
+        head = b;
+    }
+    s->free = head;
+    AO_int_store(&s->used, s->used - n);
+    a->c.out_bytes -= (size_t)n * s->block_size;
+    a->c.out_blocks -= n;
+    if (was_full)
+        partial_push_tail(bin, s);
+    if (s->used == 0)
+        s->freed_at_ms = os_now_ms();
+}
+
 /* Release the empty slabs kept by arena_free_block: all (force) or those
  * empty for decay_ms. */
 void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);

@@ -112,6 +112,7 @@ static segment_t *segment_new(arena_t *a)
     AO_fetch_and_add(&os_committed_bytes, SEGMENT_HEADER_COMMIT);
     seg->kind = SEGMENT_SLABS;
     seg->arena = a;
+    seg->owner = a->owner;
     run_make(seg, 0, 1, RUN_HEADER);
     slab_t *r = run_make(seg, 1, PAGES_PER_SEGMENT - 1, RUN_FREE);
     r->freed_at_ms = os_now_ms();

@@ -37,6 +37,7 @@ static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
     uint32_t bumped = s->bumped;
     size_t size = s->block_size, freed = 0, requested = 0;
     char *dead_list = NULL;
+    uint32_t dead = 0;
     for (uint32_t k = 0; k < bumped; k++) {
         size_t g = first + (size_t)k * step;
         uint64_t m = (uint64_t)1 << (g & 63);
@@ -49,18 +50,13 @@ static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
             continue;
         if (s->waste)
             requested += slab_get_requested(s, k);
-        /* chain the dead through their first word; freed after the walk,
-         * since the last free may release the slab itself */
-        *(char **)b = dead_list;
+        *(char **)b = dead_list;          /* chained through the first word */
         dead_list = b;
-        freed += size;
+        dead++;
     }
-    /* Blocks go back with their free key (the tag that tells free blocks). */
-    while (dead_list) {
-        char *b = dead_list;
-        dead_list = *(char **)b;
-        arena_free_block_keep(a, s, (free_block_t *)b, true);   /* the heap refills soon */
-    }
+    freed = (size_t)dead * size;
+    /* All at once: an emptied slab stays on its partial list, the heap refills soon. */
+    arena_free_chain(a, s, dead_list, dead);
     if (requested)
         AO_fetch_and_add(&gc->heap->requested, (AO_t)0 - requested);
     return freed;

@@ -81,9 +81,14 @@ static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
 static inline __attribute__((always_inline)) void
 mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
 {
-    void *base = segmap_lookup(w);
-    if (!base)
-        return;
+    void *base;
+    if (LOAM_LIKELY(segkind_is_slabs(w))) {
+        base = (void *)(w & ~(uintptr_t)SEGMENT_MASK);   /* one load: the kind map */
+    } else {
+        base = segmap_lookup(w);
+        if (!base || *(uint8_t *)base != SEGMENT_LARGE)
+            return;
+    }
     if (*(uint8_t *)base == SEGMENT_LARGE) {
         large_t *l = base;
         uintptr_t b = (uintptr_t)l->block;
@@ -96,7 +101,7 @@ mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
         return;
     }
     segment_t *seg = base;
-    if (seg->arena->owner != gc->heap)
+    if (seg->owner != gc->heap)
         return;
     slab_t *s = segment_slab_at(seg, w);
     if (s->state != RUN_SLAB)
