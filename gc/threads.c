@@ -195,14 +195,18 @@ void loam_thread_attach(loam_heap_t *h)
         gc_attach(gc_state_get(h));
 }
 
+/* The calling thread's attachment to h, or NULL (no collector, not attached). */
+static gc_thread_t *attached_self(loam_heap_t *h)
+{
+    return h && h->gc ? gc_self(h->gc) : NULL;
+}
+
 void loam_thread_detach(loam_heap_t *h)
 {
-    if (!h || !h->gc)
-        return;
-    gc_state_t *gc = h->gc;
-    gc_thread_t *t = gc_self(gc);
+    gc_thread_t *t = attached_self(h);
     if (!t)
         return;
+    gc_state_t *gc = h->gc;
     pthread_mutex_lock(&gc->lock);
     /* Leaving during a stop would let the collector scan a stack that is
      * about to change: wait it out, counted as stopped. */
@@ -222,12 +226,10 @@ void loam_safepoint(loam_heap_t *h)
 
 void loam_enter_blocking(loam_heap_t *h)
 {
-    if (!h || !h->gc)
-        return;
-    gc_state_t *gc = h->gc;
-    gc_thread_t *t = gc_self(gc);
+    gc_thread_t *t = attached_self(h);
     if (!t)
         return;
+    gc_state_t *gc = h->gc;
     pthread_mutex_lock(&gc->lock);
     if (t->blocking_depth++ == 0) {
         save_context(t);
@@ -239,12 +241,10 @@ void loam_enter_blocking(loam_heap_t *h)
 
 void loam_leave_blocking(loam_heap_t *h)
 {
-    if (!h || !h->gc)
-        return;
-    gc_state_t *gc = h->gc;
-    gc_thread_t *t = gc_self(gc);
+    gc_thread_t *t = attached_self(h);
     if (!t || t->blocking_depth == 0)
         return;
+    gc_state_t *gc = h->gc;
     pthread_mutex_lock(&gc->lock);
     if (--t->blocking_depth == 0) {
         while (AO_load(&gc->stop))
