@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # loam benchmarks: build the workloads, run them against loam and the peer
-# allocators, print a Markdown report (also bench/results/latest.md).
+# allocators, and the collector workloads (bench/gc) on loam's collected heap,
+# Boehm's collector and malloc/free; print a Markdown report (also
+# bench/results/latest.md).
 #
 #   bash bench/run.sh [BUILD_DIR]        (make bench does this)
 #
@@ -19,6 +21,12 @@
 #   BENCH_SEED=N          seed of the random workloads
 #   BENCH_TIMEOUT=S       seconds before one run counts as failed (120 x scale)
 #   LOAM_MALLOC_LIB=path  the loam library to preload, instead of BUILD_DIR's
+#   BENCH_GC=0            skip the "Collected heap" section (bench/gc)
+#   BENCH_GC_COLUMNS=a,b  its columns, of loam,loam-cons,loam-precise,boehm,mimalloc
+#                         (default loam,loam-cons,boehm,mimalloc)
+#   BENCH_GC_DEPTH=N      depth of the bigger binary-trees run (default 19)
+#   BENCH_LISP=path       the Lisp example's executable (default: found in BUILD_DIR)
+#   BENCH_LISP_SCRIPT=f   the program it runs (default examples/lisp/demo.lisp)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,6 +72,58 @@ if [ -z "$bin" ]; then
 fi
 [ -x "$bin" ] || { say "no $bin after the build"; exit 1; }
 
+# ---- the collector benchmarks (bench/gc) ----------------------------------------
+# loam-gcbench-{loam,boehm,malloc}: each built on its own, so one that does not
+# build (no libgc-dev; a collector that does not link) only loses its column.
+# In the project's tree they are built there (the loam one links the project's
+# loam_static); elsewhere, or if that fails, standalone (no loam variant).
+gc_args=()
+if [ "${BENCH_GC:-1}" != 0 ]; then
+    sa="$build/bench-standalone"
+    sa_ready=""
+    if [ "$home" = "$here_p" ]; then sa="$build"; sa_ready=1; fi
+    for v in malloc boehm loam; do
+        exe=""
+        if [ "$home" = "$root_p" ] &&
+           cmake --build "$build" --target "loam-gcbench-$v" -j "$jobs" >>"$log" 2>&1; then
+            exe="$build/bench/loam-gcbench-$v"
+        elif [ "$v" != loam ]; then
+            if [ -z "$sa_ready" ] &&
+               cmake -S "$here" -B "$sa" -DCMAKE_BUILD_TYPE=Release >>"$log" 2>&1; then
+                sa_ready=1
+            fi
+            if [ -n "$sa_ready" ] &&
+               cmake --build "$sa" --target "loam-gcbench-$v" -j "$jobs" >>"$log" 2>&1; then
+                exe="$sa/loam-gcbench-$v"
+            fi
+        fi
+        if [ -n "$exe" ] && [ -x "$exe" ]; then
+            gc_args+=(--gc-bin-$v "$exe")
+        elif [ "$v" = loam ] && [ "$home" != "$root_p" ]; then
+            gc_args+=(--gc-note "loam=needs the project's build tree (BUILD_DIR is not one)")
+        elif [ "$v" = boehm ] && [ ! -e /usr/include/gc.h ]; then
+            gc_args+=(--gc-note "boehm=no /usr/include/gc.h (apt-get install libgc-dev)")
+        else
+            gc_args+=(--gc-note "$v=loam-gcbench-$v does not build (see $log)")
+        fi
+    done
+    if [ "$home" = "$root_p" ]; then
+        bt=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+        gc_args+=(--gc-loam-build "CMAKE_BUILD_TYPE=${bt:-none}")
+    fi
+    # the Lisp example (examples/lisp): only its loam column
+    lisp=${BENCH_LISP:-}
+    if [ -z "$lisp" ] && [ "$home" = "$root_p" ]; then
+        cmake --build "$build" --target lisp -j "$jobs" >>"$log" 2>&1 || true
+        for f in "$build/examples/lisp/lisp" "$build/examples/lisp" \
+                 "$build/examples/lisp/loam-lisp" "$build/examples/loam-lisp"; do
+            if [ -f "$f" ] && [ -x "$f" ]; then lisp=$f; break; fi
+        done
+    fi
+    gc_args+=(--lisp "$lisp" --lisp-script "${BENCH_LISP_SCRIPT:-$root/examples/lisp/demo.lisp}")
+    [ -n "$lisp" ] || gc_args+=(--lisp-note "no Lisp example executable in $build/examples (not written or not built yet)")
+fi
+
 # ---- loam's drop-in malloc ---------------------------------------------------
 loam_note=""
 if [ -n "${LOAM_MALLOC_LIB:-}" ]; then
@@ -97,4 +157,8 @@ exec python3 "$here/runner.py" \
     --allocators "${BENCH_ALLOCATORS:-}" \
     --callgrind "${BENCH_CALLGRIND:-1}" \
     --timeout "${BENCH_TIMEOUT:-0}" \
+    --gc "${BENCH_GC:-1}" \
+    --gc-columns "${BENCH_GC_COLUMNS:-}" \
+    --gc-big-depth "${BENCH_GC_DEPTH:-19}" \
+    "${gc_args[@]}" \
     --out "$here/results"

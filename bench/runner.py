@@ -3,8 +3,9 @@
 
 Runs every workload of loam-bench against each allocator (glibc as is, the
 others by LD_PRELOAD), several times with the allocators interleaved, then
-counts instructions per malloc+free pair under callgrind, and prints a
-Markdown report (also written to bench/results/latest.md, with the raw
+counts instructions per malloc+free pair under callgrind, runs the collector
+workloads of bench/gc (the "Collected heap" section, gc/gcrunner.py), and
+prints a Markdown report (also written to bench/results/latest.md, with the raw
 numbers in latest.json).
 """
 
@@ -20,6 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
+import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
@@ -398,7 +403,8 @@ def time_section(L, args, names, results, notes):
         spread_table(L, names, results)
 
 
-def report(args, allocs, skipped, results, per_pair, cg_note, info, versions):
+def report(args, allocs, skipped, results, per_pair, cg_note, info, versions,
+           gc=None):
     names = [a for a, _ in allocs]
     L = []
     L.append("# loam benchmarks")
@@ -421,6 +427,9 @@ def report(args, allocs, skipped, results, per_pair, cg_note, info, versions):
     notes = []
     if results:
         time_section(L, args, names, results, notes)
+    if gc is not None:
+        gcrunner.section(L, args, gc["workloads"], gc["columns"], gc["skipped"],
+                         gc["results"], notes)
     # callgrind
     L.append("## Instructions per malloc+free pair (callgrind)")
     L.append("")
@@ -480,6 +489,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=0,
                     help="seconds per run (default 120 x scale)")
     ap.add_argument("--out", default="", help="directory for latest.md / latest.json")
+    gcrunner.add_arguments(ap)
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -498,29 +508,40 @@ def main():
             allocs.append((name, lib))
     for n, why in skipped:
         log("note: %s skipped: %s" % (n, why))
-    if not allocs:
-        log("no allocator to run")
-        return 2
     known = [w for w, _ in WORKLOADS]
     only = [w for w in args.only.split(",") if w]
     for w in only:
-        if w not in known and w not in ("callgrind",):
-            log("unknown workload %s (known: %s)" % (w, ", ".join(known)))
+        if w not in known and w not in ("callgrind", gcrunner.GROUP) and \
+           w not in gcrunner.NAMES:
+            log("unknown workload %s (known: %s, callgrind, %s: %s)" % (
+                w, ", ".join(known), gcrunner.GROUP, ", ".join(gcrunner.NAMES)))
             return 2
     workloads = [w for w in known if not only or w in only]
     timeout = args.timeout or 120.0 * max(1.0, args.scale)
+    gc_wls, gc_cols, gc_skipped = gcrunner.plan(args, only)
+    for n, why in gc_skipped:
+        log("note: collected heap: %s skipped: %s" % (n, why))
+    want_cg = args.callgrind and (not only or "callgrind" in only)
+    if not allocs and (workloads or want_cg):
+        log("no allocator to run")
+        return 2
 
     started = time.monotonic()
     results = run_timed(args.bin, allocs, workloads, args.runs, args.scale,
-                        args.seed, timeout)
+                        args.seed, timeout) if allocs else {}
+    gc = None
+    if gc_wls:
+        gc = {"workloads": gc_wls, "columns": gc_cols, "skipped": gc_skipped,
+              "results": gcrunner.run(args, gc_wls, gc_cols, timeout)}
     per_pair, cg_note = ({}, None)
-    if args.callgrind and (not only or "callgrind" in only):
+    if want_cg:
         per_pair, cg_note = run_callgrind(args.bin, allocs, args.cg_n)
     log("total %.0f s" % (time.monotonic() - started))
 
     info = machine_info()
     versions = package_versions([p for _, _, p in PEERS])
-    md = report(args, allocs, skipped, results, per_pair, cg_note, info, versions)
+    md = report(args, allocs, skipped, results, per_pair, cg_note, info, versions,
+                gc)
     print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -533,11 +554,17 @@ def main():
             "skipped": dict(skipped),
             "timed": results,
             "callgrind_per_pair": per_pair,
+            "collected": None if gc is None else {
+                "columns": {n: [b] + x + ([p] if p else []) for n, b, x, p in gc["columns"]},
+                "skipped": dict(gc["skipped"]), "results": gc["results"]},
         }
         with open(os.path.join(args.out, "latest.json"), "w") as f:
             json.dump(raw, f, indent=1)
         log("written %s/latest.md and latest.json" % args.out)
     failed = any(c["error"] for w in results.values() for c in w.values())
+    if gc is not None:
+        failed = failed or any(c["error"] for w in gc["results"].values()
+                               for c in w.values())
     return 1 if failed else 0
 
 

@@ -1,0 +1,182 @@
+/* The gc shim's three back ends (see gcshim.h): set-up, statistics and the
+ * result line. Compiled once per variant with GCB_LOAM, GCB_BOEHM or
+ * GCB_MALLOC defined. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "gcshim.h"
+#include "../workloads/bench.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+void **gcs_shadow[GCS_SHADOW_MAX];
+size_t gcs_shadow_top;
+int gcs_precise;
+static int ptr_fields;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#if defined(GCB_LOAM)
+/* ---- loam ---------------------------------------------------------------- */
+loam_heap_t *gcs_heap;
+loam_kind_t gcs_kind = LOAM_TRACED;
+static const char *variant = "loam";
+
+/* Every traced object starts with ptr_fields pointer fields (NULL or a
+ * block start: what loam_mark takes). */
+static void trace_obj(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    void **f = (void **)obj;
+    for (int i = 0; i < ptr_fields; i++)
+        if (f[i])
+            loam_mark(t, f[i]);
+}
+
+/* --no-stack-scan: the shadow stack is the only root set. */
+static void shadow_roots(loam_tracer_t *t, void *user)
+{
+    (void)user;
+    for (size_t i = 0; i < gcs_shadow_top; i++)
+        if (*gcs_shadow[i])
+            loam_mark(t, *gcs_shadow[i]);
+}
+
+int gcs_init(const gcs_opts_t *o, int fields)
+{
+    ptr_fields = fields;
+    loam_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.mode = LOAM_GC;
+    cfg.trace = trace_obj;
+    if (o->conservative) {
+        gcs_kind = LOAM_CONSERVATIVE;
+        variant = "loam-cons";
+    }
+    if (o->no_stack_scan) {
+        cfg.flags |= LOAM_NO_STACK_SCAN;
+        cfg.roots = shadow_roots;
+        gcs_precise = 1;
+        variant = o->conservative ? "loam-cons-precise" : "loam-precise";
+    }
+    gcs_heap = loam_heap_new(&cfg);
+    if (!gcs_heap) {
+        fprintf(stderr, "loam-gcbench: loam_heap_new failed\n");
+        return -1;
+    }
+    return 0;
+}
+
+const char *gcs_variant(void) { return variant; }
+
+void gcs_stats(gcs_stats_t *out)
+{
+    loam_stats_t s;
+    memset(&s, 0, sizeof s);
+    loam_heap_stats(gcs_heap, &s);
+    out->collections = (long)s.gc_collections;
+    out->pause_max_ns = s.gc_pause_max_ns;
+    out->pause_total_ns = s.gc_pause_total_ns;
+}
+
+void gcs_finish(void)
+{
+    loam_heap_destroy(gcs_heap);
+    gcs_heap = NULL;
+}
+
+#elif defined(GCB_BOEHM)
+/* ---- Boehm ----------------------------------------------------------------
+ * Collections: GC_get_gc_no() (minus any made during GC_INIT). Pauses: the
+ * collection event callback, from GC_EVENT_START to GC_EVENT_END; in this
+ * single-threaded program the mutator waits for all of it (Boehm sweeps
+ * lazily, at allocations, so the sweep is outside these pauses, as it is
+ * outside loam's if loam sweeps lazily too). */
+static GC_word gc_no_start;
+static uint64_t pause_start, pause_max, pause_total;
+static int in_collection;
+
+static void GC_CALLBACK on_event(GC_EventType e)
+{
+    if (e == GC_EVENT_START) {
+        in_collection = 1;
+        pause_start = now_ns();
+    } else if (e == GC_EVENT_END && in_collection) {
+        uint64_t d = now_ns() - pause_start;
+        in_collection = 0;
+        pause_total += d;
+        if (d > pause_max)
+            pause_max = d;
+    }
+}
+
+int gcs_init(const gcs_opts_t *o, int fields)
+{
+    (void)o;
+    ptr_fields = fields;
+    GC_INIT();
+    GC_set_on_collection_event(on_event);
+    gc_no_start = GC_get_gc_no();
+    return 0;
+}
+
+const char *gcs_variant(void) { return "boehm"; }
+
+void gcs_stats(gcs_stats_t *out)
+{
+    out->collections = (long)(GC_get_gc_no() - gc_no_start);
+    out->pause_max_ns = pause_max;
+    out->pause_total_ns = pause_total;
+}
+
+void gcs_finish(void) {}
+
+#else
+/* ---- malloc/free ---------------------------------------------------------- */
+int gcs_init(const gcs_opts_t *o, int fields)
+{
+    (void)o;
+    ptr_fields = fields;
+    (void)now_ns;
+    return 0;
+}
+
+const char *gcs_variant(void) { return "malloc"; }
+
+void gcs_stats(gcs_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+}
+
+void gcs_finish(void) {}
+#endif
+
+int gcs_report(const char *workload, const gcs_opts_t *o, double seconds,
+               uint64_t checksum, long bad)
+{
+    gcs_stats_t st;
+    gcs_stats(&st);
+    bench_opts_t bo = { .scale = o->scale, .seed = 0, .n = 0 };
+    bench_begin(workload, &bo);
+    bench_kv_str("variant", gcs_variant());
+    bench_kv_long("depth", o->depth);
+    bench_kv_double("time_s", seconds);
+    bench_kv_long("collections", st.collections);
+    bench_kv_double("max_pause_ms", (double)st.pause_max_ns / 1e6);
+    bench_kv_double("total_pause_ms", (double)st.pause_total_ns / 1e6);
+#if defined(GCB_BOEHM)
+    struct GC_prof_stats_s ps;
+    memset(&ps, 0, sizeof ps);
+    GC_get_prof_stats(&ps, sizeof ps);
+    bench_kv_long("gc_markers", (long long)ps.markers_m1 + 1);
+#endif
+    /* checksum, bad, peak_rss_kb (VmHWM), final_rss_kb, malloc_from, ok */
+    return bench_end(checksum, bad);
+}
