@@ -45,7 +45,7 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
         got[i]->freed_key = loam_free_key;
         bin->head = got[i];
     }
-    bin->count += n - 1;
+    AO_int_store(&bin->count, bin->count + n - 1);
     got[0]->freed_key = 0;
     return got[0];
 }
@@ -57,7 +57,7 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     while (bin->count > keep) {
         free_block_t *b = bin->head;
         bin->head = freelist_decode(b->next_enc, tc->key);
-        bin->count--;
+        AO_int_store(&bin->count, bin->count - 1);
         segment_t *seg = (segment_t *)((uintptr_t)b & ~SEGMENT_MASK);
         slab_t *s = segment_slab_at(seg, (uintptr_t)b);
         if (s->arena != held) {
@@ -86,7 +86,7 @@ void tcache_abandon(tcache_t *tc)
      * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         tc->bins[c].head = NULL;
-        tc->bins[c].count = 0;
+        AO_int_store(&tc->bins[c].count, 0);
         tc->bins[c].max = 0;
     }
     tc->owner = NULL;

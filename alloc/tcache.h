@@ -13,7 +13,7 @@
 
 typedef struct tcache_bin {
     free_block_t *head;
-    uint32_t      count;
+    unsigned      count;       /* written by the owner only, read by statistics (AO_int) */
     uint32_t      max;         /* flush past this */
 } tcache_bin_t;
 
@@ -46,7 +46,7 @@ static inline void *tcache_pop(tcache_t *tc, unsigned cls)
     if (LOAM_UNLIKELY(b == NULL))
         return NULL;
     bin->head = freelist_decode(b->next_enc, tc->key);
-    bin->count--;
+    AO_int_store(&bin->count, bin->count - 1);   /* statistics read it from other threads */
     b->freed_key = 0;
     return b;
 }
@@ -61,7 +61,7 @@ static inline bool tcache_push(tcache_t *tc, unsigned cls, void *p)
     b->next_enc = freelist_encode(bin->head, tc->key);
     b->freed_key = loam_free_key;
     bin->head = b;
-    bin->count++;
+    AO_int_store(&bin->count, bin->count + 1);
     return true;
 }
 

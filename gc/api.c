@@ -146,8 +146,9 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         }
         h->caches = NULL;
         heaps_unlock();
+        (void)gc;
+        /* No thread is attached by this: "creating a heap attaches no thread". */
         __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
-        gc_attach(gc);
     } else {
         __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
     }
@@ -178,6 +179,8 @@ void gc_heap_destroy(loam_heap_t *h)
         meta_free(gc->ranges, gc->cap_ranges * sizeof *gc->ranges);
     if (gc->fins)
         meta_free(gc->fins, gc->cap_fins * sizeof *gc->fins);
+    objmap_release(&gc->fin_map);
+    objmap_release(&gc->weak_map);
     if (gc->ready)
         meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
     gc_mark_stack_release(gc);
@@ -264,17 +267,21 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
     if (!h)
         return 0;
     gc_state_t *gc = gc_state_get(h);
+    bool visiting = gc_self(gc) == NULL;       /* its stack is a root for this check only */
     gc_attach(gc);
     pthread_mutex_lock(&gc->lock);
     if (!gc_stop_world(gc)) {
         pthread_mutex_unlock(&gc->lock);
+        if (visiting)
+            loam_thread_detach(h);
         return 0;
     }
     gc->marked_bytes = 0;
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);
     for (size_t i = 0; i < gc->nfins; i++)
-        gc_mark_word(gc, (uintptr_t)gc->fins[i].obj);
+        if (gc->fins[i].obj)
+            gc_mark_word(gc, (uintptr_t)gc->fins[i].obj);
     gc_mark_drain(gc);
     /* The heap is manual: the caller keeps other threads off it meanwhile
      * (attached ones are stopped). The callback may use loam, even this heap. */
@@ -283,5 +290,7 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
     gc_for_each_block(gc, clear_marks, NULL);
     gc_restart_world(gc);
     pthread_mutex_unlock(&gc->lock);
+    if (visiting)
+        loam_thread_detach(h);
     return lw.count;
 }

@@ -117,10 +117,15 @@ static void note_pause(gc_state_t *gc, uint64_t ns)
 void gc_collect(loam_heap_t *h)
 {
     gc_state_t *gc = gc_state_get(h);
-    gc_attach(gc);                       /* whoever collects is using the heap */
+    /* The collecting thread's stack is a root. A thread that is not attached
+     * is attached for this collection only: collecting attaches no thread. */
+    bool visiting = gc_self(gc) == NULL;
+    gc_attach(gc);
     pthread_mutex_lock(&gc->lock);
     if (!gc_stop_world(gc)) {            /* another thread's collection served */
         pthread_mutex_unlock(&gc->lock);
+        if (visiting)
+            loam_thread_detach(h);
         gc_run_ready_finalizers(gc);
         return;
     }
@@ -139,6 +144,8 @@ void gc_collect(loam_heap_t *h)
     note_pause(gc, gc_now_ns() - t0);
     gc_restart_world(gc);
     pthread_mutex_unlock(&gc->lock);
+    if (visiting)
+        loam_thread_detach(h);
 
     gc_run_ready_finalizers(gc);
 }

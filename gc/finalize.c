@@ -40,19 +40,18 @@ int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *da
     gc_state_t *gc = gc_state_get(h);
     int rc = 0;
     pthread_mutex_lock(&gc->lock);
-    size_t i = 0;
-    while (i < gc->nfins && gc->fins[i].obj != obj)
-        i++;
-    if (i < gc->nfins) {
+    size_t at = objmap_get(&gc->fin_map, (uintptr_t)obj);     /* index + 1, or 0 */
+    if (at) {
         if (fn) {
-            gc->fins[i].fn = fn;
-            gc->fins[i].data = data;
-        } else {                                   /* removal keeps the order of the rest */
-            memmove(&gc->fins[i], &gc->fins[i + 1], (gc->nfins - i - 1) * sizeof *gc->fins);
-            gc->nfins--;
+            gc->fins[at - 1].fn = fn;
+            gc->fins[at - 1].data = data;
+        } else {                     /* a hole keeps the order of the rest; compacted at collection */
+            gc->fins[at - 1].obj = NULL;
+            objmap_del(&gc->fin_map, (uintptr_t)obj);
         }
     } else if (fn) {
-        if (gc->nfins == gc->cap_fins && !grow_fins(&gc->fins, &gc->cap_fins)) {
+        if ((gc->nfins == gc->cap_fins && !grow_fins(&gc->fins, &gc->cap_fins)) ||
+            !objmap_put(&gc->fin_map, (uintptr_t)obj, gc->nfins + 1)) {
             errno = ENOMEM;
             rc = -1;
         } else {
@@ -69,27 +68,33 @@ void gc_clear_dead_weaks(gc_state_t *gc)
     for (loam_weak_t *w = gc->weaks; w; w = w->next) {
         void *target = (void *)AO_load(&w->target);
         if (target && !gc_is_marked(gc, target)) {
+            objmap_del(&gc->weak_map, (uintptr_t)target);   /* every weak to it is cleared now */
             AO_store_release(&w->target, 0);
+            w->next_same = NULL;
             gc->weak_cleared++;
         }
     }
 }
 
+/* The table is compacted (holes dropped, registration order kept) and its
+ * map rebuilt as it goes. */
 void gc_find_ready_finalizers(gc_state_t *gc)
 {
     size_t kept = 0;
+    objmap_clear(&gc->fin_map);
     for (size_t i = 0; i < gc->nfins; i++) {
         finalizer_t f = gc->fins[i];
-        if (gc_is_marked(gc, f.obj)) {
-            gc->fins[kept++] = f;
+        if (!f.obj)
             continue;
-        }
-        if (gc->nready == gc->cap_ready && !grow_fins(&gc->ready, &gc->cap_ready)) {
-            gc->fins[kept++] = f;              /* try again next time; keep it alive now */
-        } else {
+        bool ready = !gc_is_marked(gc, f.obj);
+        if (ready && (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready))) {
             gc->ready[gc->nready++] = f;
+        } else {
+            gc->fins[kept++] = f;           /* reachable, or no room to queue it: next time */
+            objmap_put(&gc->fin_map, (uintptr_t)f.obj, kept);
         }
-        gc_mark_word(gc, (uintptr_t)f.obj);     /* it and all it reaches survive until it ran */
+        if (ready)
+            gc_mark_word(gc, (uintptr_t)f.obj);   /* it and all it reaches survive until it ran */
     }
     gc->nfins = kept;
     gc_mark_drain(gc);
@@ -133,6 +138,15 @@ loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)
     w->heap = h;
     AO_store(&w->target, (AO_t)target);
     pthread_mutex_lock(&gc->lock);
+    if (target) {
+        w->next_same = (loam_weak_t *)objmap_get(&gc->weak_map, (uintptr_t)target);
+        if (!objmap_put(&gc->weak_map, (uintptr_t)target, (uintptr_t)w)) {
+            pthread_mutex_unlock(&gc->lock);
+            meta_free(w, sizeof *w);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
     w->prev = NULL;
     w->next = gc->weaks;
     if (gc->weaks)
@@ -157,6 +171,22 @@ void loam_weak_free(loam_weak_t *w)
     }
     gc_state_t *gc = w->heap->gc;
     pthread_mutex_lock(&gc->lock);
+    uintptr_t target = AO_load(&w->target);
+    if (target) {                      /* off its target's chain */
+        loam_weak_t *first = (loam_weak_t *)objmap_get(&gc->weak_map, target);
+        if (first == w) {
+            if (w->next_same)
+                objmap_put(&gc->weak_map, target, (uintptr_t)w->next_same);
+            else
+                objmap_del(&gc->weak_map, target);
+        } else {
+            for (loam_weak_t *o = first; o; o = o->next_same)
+                if (o->next_same == w) {
+                    o->next_same = w->next_same;
+                    break;
+                }
+        }
+    }
     if (w->prev)
         w->prev->next = w->next;
     else
@@ -174,14 +204,20 @@ void gc_forget_block(loam_heap_t *h, void *block)
 {
     gc_state_t *gc = h->gc;
     pthread_mutex_lock(&gc->lock);
-    for (size_t i = 0; i < gc->nfins; i++)
-        if (gc->fins[i].obj == block) {
-            memmove(&gc->fins[i], &gc->fins[i + 1], (gc->nfins - i - 1) * sizeof *gc->fins);
-            gc->nfins--;
-            break;
-        }
-    for (loam_weak_t *w = gc->weaks; w; w = w->next)
-        if ((void *)AO_load(&w->target) == block)
+    size_t at = objmap_get(&gc->fin_map, (uintptr_t)block);
+    if (at) {
+        gc->fins[at - 1].obj = NULL;
+        objmap_del(&gc->fin_map, (uintptr_t)block);
+    }
+    loam_weak_t *w = (loam_weak_t *)objmap_get(&gc->weak_map, (uintptr_t)block);
+    if (w) {
+        objmap_del(&gc->weak_map, (uintptr_t)block);
+        while (w) {
+            loam_weak_t *next = w->next_same;
             AO_store_release(&w->target, 0);
+            w->next_same = NULL;
+            w = next;
+        }
+    }
     pthread_mutex_unlock(&gc->lock);
 }

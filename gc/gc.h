@@ -40,6 +40,20 @@ typedef struct mark_entry {
     unsigned kind;
 } mark_entry_t;
 
+/* objmap.c: object address -> word (0: absent); caller holds gc->lock. */
+typedef struct objmap_entry {
+    uintptr_t key, value;
+} objmap_entry_t;
+typedef struct objmap {
+    objmap_entry_t *e;
+    size_t          cap, n;
+} objmap_t;
+LOAM_INTERNAL uintptr_t objmap_get(const objmap_t *m, uintptr_t key);
+LOAM_INTERNAL bool      objmap_put(objmap_t *m, uintptr_t key, uintptr_t value);
+LOAM_INTERNAL void      objmap_del(objmap_t *m, uintptr_t key);
+LOAM_INTERNAL void      objmap_clear(objmap_t *m);
+LOAM_INTERNAL void      objmap_release(objmap_t *m);
+
 typedef struct finalizer {
     void             *obj;
     loam_finalizer_fn fn;
@@ -49,7 +63,8 @@ typedef struct finalizer {
 struct loam_weak {
     loam_heap_t      *heap;
     AO_t              target;      /* read lock-free by loam_weak_get */
-    struct loam_weak *next, *prev;
+    struct loam_weak *next, *prev; /* all of the heap's weak references */
+    struct loam_weak *next_same;   /* the others with the same target (gc->weak_map) */
 };
 
 struct loam_tracer {
@@ -73,9 +88,11 @@ typedef struct gc_state {
     struct root_range { char *start, *end; } *ranges;
     size_t          nranges, cap_ranges;
 
-    /* finalizers (registration order) and weak references */
+    /* finalizers (registration order; obj NULL: removed) and weak references */
     finalizer_t    *fins;
     size_t          nfins, cap_fins;
+    objmap_t        fin_map;       /* object -> index in fins + 1 */
+    objmap_t        weak_map;      /* target -> first weak reference to it */
     finalizer_t    *ready;         /* found unreachable, to run after the stop */
     size_t          nready, cap_ready;
     loam_weak_t    *weaks;

@@ -1,0 +1,924 @@
+/* tests/test_gc.c — the collector: reachability, roots, kinds, pacing, stats.
+ *
+ *  - cycles (traced, conservative, mixed, self-loops, a 1000-ring) survive
+ *    while rooted and are all reclaimed once not;
+ *  - 10-million-cell linked lists (conservative and traced) collect without
+ *    deep recursion, survive intact while rooted (walked after a collection)
+ *    and are reclaimed when dropped;
+ *  - interior pointers held only on the stack keep their objects alive on a
+ *    stack-scanning heap (small and large blocks), while unreferenced objects
+ *    of the same heap are reclaimed;
+ *  - root ranges (interior pointers too) and root slots (read at collection
+ *    time) keep objects alive until removed; the roots callback gets the
+ *    user pointer at every collection;
+ *  - kinds: an atomic block's words are never followed; a conservative block's
+ *    words are (interior pointers too); a traced block's only through the trace
+ *    callback; CONSERVATIVE and TRACED blocks are zero-filled also on reuse;
+ *  - loam_free of collected blocks reclaims at once; loam_malloc / calloc /
+ *    realloc on a collected heap give conservative blocks;
+ *  - pacing: garbage-allocating loops trigger collections by themselves and
+ *    live/committed memory stays bounded;
+ *  - statistics: gc_* fields plausible and exact where they can be, and the
+ *    printed report mentions collections.
+ * Heaps with LOAM_NO_STACK_SCAN give exact live counts: only the test's roots
+ * keep anything alive. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gc_util.h"
+
+/* Objects of these tests: word 0 a tag, word 1 a child count, then children. */
+#define NODE_TAG 0xB0D1E5000000A11Dull
+typedef struct node {
+    uintptr_t    tag;
+    uintptr_t    n;
+    struct node *kid[];
+} node_t;
+
+static size_t trace_calls;
+
+/* Trace callback: reports the children of a node; a traced block with tag 0
+ * (fresh) has none. Cells of the traced list are marked by tag CELL_TAG. */
+#define CELL_TAG 0xCE11CE11000000C1ull
+typedef struct cell {
+    struct cell *next;
+    uintptr_t    value;
+} cell_t;
+
+static void trace_node(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    trace_calls++;
+    node_t *o = obj;
+    if (o->tag == NODE_TAG) {
+        for (uintptr_t i = 0; i < o->n; i++)
+            loam_mark(t, o->kid[i]);
+    }
+}
+
+static void trace_cell(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    loam_mark(t, ((cell_t *)obj)->next);
+}
+
+static loam_heap_t *gc_heap(unsigned flags, loam_trace_fn trace, loam_roots_fn roots, void *user)
+{
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_GC;
+    cfg.flags = flags;
+    cfg.trace = trace;
+    cfg.roots = roots;
+    cfg.user = user;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h, "loam_heap_new(LOAM_GC) failed (errno %d)", errno);
+    return h;
+}
+
+static node_t *new_node(loam_heap_t *h, loam_kind_t kind, size_t nkids)
+{
+    node_t *o = loam_gc_alloc(h, sizeof(node_t) + nkids * sizeof(node_t *), kind);
+    cr_assert_not_null(o);
+    o->tag = NODE_TAG;
+    o->n = nkids;
+    return o;
+}
+
+static void expect_live(loam_heap_t *h, size_t blocks, const char *what)
+{
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.live_blocks, blocks, "%s: %zu live blocks, expected %zu", what, st.live_blocks, blocks);
+    if (blocks == 0)
+        cr_assert_eq(st.live_bytes, 0, "%s: %zu live bytes left", what, st.live_bytes);
+}
+
+/* ---- cycles --------------------------------------------------------------------- */
+
+Test(gc, cycles_are_collected)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, 6);
+    root = holder;
+
+    /* a 2-cycle of traced nodes */
+    node_t *a = new_node(h, LOAM_TRACED, 1);
+    holder->kid[0] = a;
+    node_t *b = new_node(h, LOAM_TRACED, 1);
+    a->kid[0] = b;
+    b->kid[0] = a;
+    /* a 3-cycle of conservative nodes through interior pointers */
+    node_t *c = new_node(h, LOAM_CONSERVATIVE, 1);
+    holder->kid[1] = c;
+    node_t *d = new_node(h, LOAM_CONSERVATIVE, 1);
+    c->kid[0] = (node_t *)((char *)d + 8);
+    node_t *e = new_node(h, LOAM_CONSERVATIVE, 1);
+    d->kid[0] = (node_t *)((char *)e + 16);
+    e->kid[0] = c;
+    /* self-loops */
+    node_t *f = new_node(h, LOAM_TRACED, 1);
+    f->kid[0] = f;
+    holder->kid[2] = f;
+    node_t *g = new_node(h, LOAM_CONSERVATIVE, 1);
+    g->kid[0] = g;
+    holder->kid[3] = g;
+    /* a mixed cycle: traced -> conservative -> traced */
+    node_t *m1 = new_node(h, LOAM_TRACED, 1);
+    holder->kid[4] = m1;
+    node_t *m2 = new_node(h, LOAM_CONSERVATIVE, 1);
+    m1->kid[0] = m2;
+    m2->kid[0] = m1;
+    /* a ring of 1000 traced nodes */
+    enum { RING = 1000 };
+    node_t *first = new_node(h, LOAM_TRACED, 1);
+    holder->kid[5] = first;
+    node_t *prev = first;
+    for (int i = 1; i < RING; i++) {
+        node_t *x = new_node(h, LOAM_TRACED, 1);
+        prev->kid[0] = x;
+        prev = x;
+    }
+    prev->kid[0] = first;
+    size_t total = 1 + 2 + 3 + 2 + 2 + RING;
+
+    loam_gc_collect(h);
+    expect_live(h, total, "all cycles rooted");
+    cr_assert(a->kid[0] == b && b->kid[0] == a && a->tag == NODE_TAG && b->tag == NODE_TAG);
+    cr_assert(c->kid[0] == (node_t *)((char *)d + 8) && e->kid[0] == c && d->tag == NODE_TAG);
+    cr_assert(f->kid[0] == f && g->kid[0] == g && m2->kid[0] == m1 && m1->kid[0] == m2);
+    node_t *x = first;
+    for (int i = 0; i < RING; i++) {
+        cr_assert_eq(x->tag, NODE_TAG, "ring node %d damaged", i);
+        x = x->kid[0];
+    }
+    cr_assert_eq(x, first);
+
+    /* cut one cycle loose at a time */
+    holder->kid[0] = NULL;
+    loam_gc_collect(h);
+    expect_live(h, total - 2, "traced 2-cycle cut");
+    holder->kid[5] = NULL;
+    loam_gc_collect(h);
+    expect_live(h, total - 2 - RING, "ring cut");
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    cr_assert_gt(gc_stats(h).gc_bytes_swept, 0);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* ---- long lists -------------------------------------------------------------------- */
+
+#define LIST_CELLS ((size_t)10 * 1000 * 1000)
+
+static void long_list(loam_kind_t kind)
+{
+    size_t n = LIST_CELLS / GC_SAN_DIVISOR;
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_cell, NULL, NULL);
+    static void *head;
+    head = NULL;
+    loam_root_add(h, &head);
+    for (size_t i = 0; i < n; i++) {
+        cell_t *c = loam_gc_alloc(h, sizeof(cell_t), kind);
+        cr_assert_not_null(c, "cell %zu", i);
+        c->next = head;
+        c->value = i ^ 0x5A5A5A5A00000000ull;
+        head = c;
+    }
+    size_t auto_collections = gc_stats(h).gc_collections;
+    loam_gc_collect(h);
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.live_blocks, n, "%zu of %zu cells alive after a collection", st.live_blocks, n);
+    cr_assert_geq(st.gc_bytes_marked, n * sizeof(cell_t));
+    size_t i = n;
+    for (cell_t *c = head; c; c = c->next) {
+        cr_assert_gt(i, 0, "the list is longer than built");
+        i--;
+        cr_assert_eq(c->value, i ^ 0x5A5A5A5A00000000ull, "cell %zu holds a wrong value", i);
+    }
+    cr_assert_eq(i, 0, "the list ends early: %zu cells missing", i);
+    fprintf(stderr, "long list (%s): %zu automatic collections while building %zu cells\n",
+            kind == LOAM_TRACED ? "traced" : "conservative", auto_collections, n);
+    cr_assert_gt(auto_collections, 0, "no automatic collection while allocating %zu cells", n);
+    head = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "list dropped");
+    loam_root_remove(h, &head);
+    loam_heap_destroy(h);
+}
+
+Test(gc, ten_million_cell_list_conservative, .timeout = 300) { long_list(LOAM_CONSERVATIVE); }
+Test(gc, ten_million_cell_list_traced, .timeout = 300) { long_list(LOAM_TRACED); }
+
+/* A wide and deep tree too: a 2-million-node binary "comb" (each node's left
+ * child is a leaf, its right child the rest) with traced nodes. */
+Test(gc, deep_comb_traced, .timeout = 300)
+{
+    size_t n = 2 * 1000 * 1000 / GC_SAN_DIVISOR;
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    root = NULL;
+    loam_root_add(h, &root);
+    for (size_t i = 0; i < n; i++) {
+        node_t *x = new_node(h, LOAM_TRACED, 2);
+        x->kid[1] = root;
+        root = x;
+        node_t *leaf = new_node(h, LOAM_TRACED, 0);
+        x->kid[0] = leaf;
+    }
+    loam_gc_collect(h);
+    expect_live(h, 2 * n, "comb rooted");
+    size_t k = 0;
+    for (node_t *x = root; x; x = x->kid[1], k++)
+        cr_assert(x->tag == NODE_TAG && x->n == 2 && x->kid[0]->tag == NODE_TAG && x->kid[0]->n == 0);
+    cr_assert_eq(k, n);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "comb dropped");
+    loam_heap_destroy(h);
+}
+
+/* ---- the stack ------------------------------------------------------------------------ */
+
+#define NKEEP 24
+#define NDROP 200
+static uintptr_t hidden_base[NKEEP];      /* base ^ HIDE: not a pointer for the scanner */
+static size_t keep_size[NKEEP];
+#define HIDE 0xFFFF000000000000ull
+
+/* Make an object, fill it, and return only an interior pointer into it. */
+static GC_NOINLINE void *make_interior(loam_heap_t *h, int i)
+{
+    size_t size = i == 0 ? 300 * KiB : i == 1 ? 20 * KiB : 16 + (size_t)i * 40;
+    loam_kind_t kind = i % 2 ? LOAM_ATOMIC : LOAM_CONSERVATIVE;
+    unsigned char *p = loam_gc_alloc(h, size, kind);
+    cr_assert_not_null(p);
+    gc_fill(p, 0, size, 1000 + (uint64_t)i);
+    hidden_base[i] = (uintptr_t)p ^ HIDE;
+    keep_size[i] = size;
+    size_t off = i % 3 == 0 ? size - 1 : i % 3 == 1 ? size / 2 : 8;
+    return p + off;
+}
+
+static GC_NOINLINE void make_garbage(loam_heap_t *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char *p = loam_gc_alloc(h, 64 + (i % 7) * 16, i % 2 ? LOAM_ATOMIC : LOAM_CONSERVATIVE);
+        cr_assert_not_null(p);
+        gc_fill(p, 0, 64, 77);
+    }
+}
+
+static GC_NOINLINE void fill_keep(loam_heap_t *h, void *volatile *keep)
+{
+    for (int i = 0; i < NKEEP; i++)
+        keep[i] = make_interior(h, i);
+    make_garbage(h, NDROP);
+}
+
+Test(gc, interior_pointers_on_the_stack_keep_objects)
+{
+    loam_heap_t *h = gc_heap(0, NULL, NULL, NULL);   /* conservative stack scanning (the default) */
+    void *volatile keep[NKEEP];
+    fill_keep(h, keep);
+    gc_scrub_stack();
+    loam_gc_collect(h);
+    loam_stats_t st = gc_stats(h);
+    cr_assert_geq(st.live_blocks, NKEEP, "objects held by interior pointers on the stack were reclaimed");
+    cr_assert_leq(st.live_blocks, NKEEP + NDROP / 10,
+                  "%zu blocks live: most of the %d unreferenced objects should have been reclaimed", st.live_blocks,
+                  NDROP);
+    for (int i = 0; i < NKEEP; i++) {
+        unsigned char *base = (unsigned char *)(hidden_base[i] ^ HIDE);
+        cr_assert_eq(loam_heap_of(base), h, "object %d no longer a block of the heap", i);
+        cr_assert(loam_usable_size(base) >= keep_size[i]);
+        size_t bad = gc_check(base, 0, keep_size[i], 1000 + (uint64_t)i);
+        cr_assert_eq(bad, (size_t)-1, "object %d (held by an interior pointer) corrupt at byte %zu", i, bad);
+    }
+    /* New allocations must not land on the kept objects. */
+    for (int r = 0; r < 2000; r++) {
+        unsigned char *p = loam_gc_alloc(h, 16 + (size_t)(r % NKEEP) * 40, LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        for (int i = 0; i < NKEEP; i++) {
+            uintptr_t b = hidden_base[i] ^ HIDE;
+            cr_assert((uintptr_t)p + 16 <= b || (uintptr_t)p >= b + keep_size[i],
+                      "a new block %p overlaps kept object %d", (void *)p, i);
+        }
+    }
+    for (int i = 0; i < NKEEP; i++)
+        cr_assert_not_null(keep[i]);
+    loam_heap_destroy(h);
+}
+
+/* ---- root ranges and slots --------------------------------------------------------------- */
+
+Test(gc, root_range_keeps_objects_until_removed)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    uintptr_t *range = calloc(16, sizeof *range);     /* glibc memory */
+    cr_assert_not_null(range);
+    loam_root_add_range(h, range, range + 16);
+    unsigned char *a = loam_gc_alloc(h, 200, LOAM_ATOMIC);
+    range[5] = (uintptr_t)a + 24;                     /* interior */
+    gc_fill(a, 0, 200, 5);
+    node_t *b = new_node(h, LOAM_TRACED, 1);
+    range[11] = (uintptr_t)b;
+    unsigned char *c = loam_gc_alloc(h, 300 * KiB, LOAM_ATOMIC);   /* large, interior */
+    range[15] = (uintptr_t)c + 200 * KiB;
+    gc_fill(c, 0, 300 * KiB, 6);
+    node_t *kid = new_node(h, LOAM_TRACED, 0);                     /* reached through b */
+    b->kid[0] = kid;
+    range[0] = 12345;                                              /* junk words */
+    range[1] = (uintptr_t)-1;
+    loam_gc_collect(h);
+    expect_live(h, 4, "range rooted");
+    cr_assert_eq(gc_check(a, 0, 200, 5), (size_t)-1);
+    cr_assert_eq(gc_check(c, 0, 300 * KiB, 6), (size_t)-1);
+    cr_assert(b->tag == NODE_TAG && b->kid[0] == kid && kid->tag == NODE_TAG);
+    /* A second range on the stack, removed before the frame ends. */
+    uintptr_t local[4] = { 0, (uintptr_t)a + 199, 0, 0 };
+    loam_root_add_range(h, local, local + 4);
+    loam_root_remove_range(h, range);
+    loam_gc_collect(h);
+    expect_live(h, 1, "only the stack range (holding a) registered");
+    cr_assert_eq(gc_check(a, 0, 200, 5), (size_t)-1);
+    loam_root_remove_range(h, local);
+    loam_gc_collect(h);
+    expect_live(h, 0, "every range removed");
+    free(range);
+    loam_heap_destroy(h);
+}
+
+static void *slot_a, *slot_b;
+
+Test(gc, root_slots_add_and_remove)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    slot_a = slot_b = NULL;
+    loam_root_add(h, &slot_a);                         /* registered while NULL */
+    loam_root_add(h, &slot_b);
+    node_t *x = new_node(h, LOAM_TRACED, 1);
+    slot_a = x;                                        /* read at collection time */
+    x->kid[0] = new_node(h, LOAM_CONSERVATIVE, 0);
+    unsigned char *y = loam_gc_alloc(h, 1000, LOAM_ATOMIC);
+    gc_fill(y, 0, 1000, 9);
+    slot_b = y;
+    loam_gc_collect(h);
+    expect_live(h, 3, "both slots set");
+    cr_assert(x->tag == NODE_TAG && x->kid[0]->tag == NODE_TAG);
+    cr_assert_eq(gc_check(y, 0, 1000, 9), (size_t)-1);
+    loam_root_remove(h, &slot_b);                      /* unregistered but still holding y */
+    loam_gc_collect(h);
+    expect_live(h, 2, "slot_b removed");
+    cr_assert_eq(slot_b, y, "the collector must not write the slot");
+    node_t *z = new_node(h, LOAM_TRACED, 0);
+    slot_a = z;                                        /* x and its kid lose their root */
+    loam_gc_collect(h);
+    expect_live(h, 1, "slot_a moved to z");
+    cr_assert_eq(z->tag, NODE_TAG);
+    loam_root_remove(h, &slot_a);
+    loam_gc_collect(h);
+    expect_live(h, 0, "both slots removed");
+    loam_heap_destroy(h);
+}
+
+typedef struct {
+    void  *objs[8];
+    size_t calls;
+    bool   wrong_user;
+} cb_roots_t;
+
+static void roots_cb(loam_tracer_t *t, void *user)
+{
+    cb_roots_t *r = user;
+    r->calls++;
+    for (int i = 0; i < 8; i++)
+        loam_mark(t, r->objs[i]);                     /* NULL entries too */
+}
+
+Test(gc, roots_callback_each_collection)
+{
+    static cb_roots_t r;
+    memset(&r, 0, sizeof r);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, roots_cb, &r);
+    for (int i = 0; i < 8; i += 2) {
+        r.objs[i] = new_node(h, i % 4 ? LOAM_TRACED : LOAM_CONSERVATIVE, 0);
+    }
+    for (int i = 0; i < 5; i++)
+        (void)new_node(h, LOAM_TRACED, 0);
+    size_t before = r.calls;
+    loam_gc_collect(h);
+    cr_assert_eq(r.calls, before + 1, "the roots callback must be called once per collection");
+    expect_live(h, 4, "4 roots from the callback");
+    r.objs[0] = NULL;
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    cr_assert_eq(r.calls, before + 3);
+    expect_live(h, 3, "one callback root cleared");
+    memset(r.objs, 0, sizeof r.objs);
+    loam_gc_collect(h);
+    expect_live(h, 0, "no callback roots");
+    loam_heap_destroy(h);
+}
+
+/* ---- kinds ------------------------------------------------------------------------------- */
+
+Test(gc, kinds_decide_what_is_followed)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+
+    /* atomic words are never followed */
+    uintptr_t *at = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    root = at;
+    node_t *t1 = new_node(h, LOAM_TRACED, 0);
+    at[0] = (uintptr_t)t1;
+    at[1] = (uintptr_t)t1 + 8;
+    loam_gc_collect(h);
+    expect_live(h, 1, "only the atomic block: its words are not pointers");
+    cr_assert_eq(at[0], (uintptr_t)t1, "atomic payload changed");
+
+    /* conservative words are, interior ones too */
+    uintptr_t *co = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    root = co;
+    node_t *t2 = new_node(h, LOAM_TRACED, 0);
+    node_t *t3 = new_node(h, LOAM_TRACED, 0);
+    co[3] = (uintptr_t)t2;
+    co[7] = (uintptr_t)t3 + sizeof(node_t) - 1;      /* last byte of t3 */
+    loam_gc_collect(h);
+    expect_live(h, 3, "conservative block and both targets");
+    cr_assert(t2->tag == NODE_TAG && t3->tag == NODE_TAG);
+
+    /* traced: only what the trace callback reports */
+    node_t *tr = new_node(h, LOAM_TRACED, 1);
+    root = tr;
+    node_t *t4 = new_node(h, LOAM_TRACED, 0);
+    node_t *t5 = new_node(h, LOAM_TRACED, 0);
+    tr->kid[0] = t4;
+    tr->n = 1;
+    /* a word beyond the reported fields: the block was made for 1 kid, but
+     * store t5 after the node in a bigger block */
+    node_t *tr2 = loam_gc_alloc(h, sizeof(node_t) + 4 * sizeof(void *), LOAM_TRACED);
+    tr2->tag = NODE_TAG;
+    tr2->n = 1;
+    tr2->kid[0] = NULL;
+    tr2->kid[2] = t5;                                 /* not reported */
+    tr->kid[0] = t4;
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, 2);
+    holder->kid[0] = tr;
+    holder->kid[1] = tr2;
+    root = holder;
+    loam_gc_collect(h);
+    expect_live(h, 4, "holder, tr, tr2, t4 (t5 not reported by the trace callback)");
+    cr_assert(tr->kid[0] == t4 && t4->tag == NODE_TAG);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc, conservative_and_traced_blocks_are_zero_filled_on_reuse)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static const size_t sizes[] = { 16, 48, 100, 512, 4000, 40000, 200000 };
+    for (int round = 0; round < 3; round++) {
+        for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+            for (int k = 0; k < 3; k++) {
+                loam_kind_t kind = k == 0 ? LOAM_ATOMIC : k == 1 ? LOAM_CONSERVATIVE : LOAM_TRACED;
+                for (int j = 0; j < 20; j++) {
+                    unsigned char *p = loam_gc_alloc(h, sizes[s], kind);
+                    cr_assert_not_null(p);
+                    if (kind != LOAM_ATOMIC)
+                        for (size_t i = 0; i < sizes[s]; i++)
+                            cr_assert_eq(p[i], 0, "%s block of %zu bytes not zero at %zu (round %d)",
+                                         kind == LOAM_TRACED ? "traced" : "conservative", sizes[s], i, round);
+                    /* dirty it for the next round; traced: a tag that is no node */
+                    memset(p, 0xC3, sizes[s]);
+                    if (j % 2)
+                        loam_free(p);
+                }
+            }
+        }
+        loam_gc_collect(h);
+        expect_live(h, 0, "all garbage");
+    }
+    loam_heap_destroy(h);
+}
+
+/* ---- loam_free and loam_malloc on a collected heap ------------------------------------------------ */
+
+Test(gc, loam_free_of_collected_blocks)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *keep = new_node(h, LOAM_TRACED, 0);
+    root = keep;
+    loam_stats_t s0 = gc_stats(h);
+    size_t c0 = s0.gc_collections;
+    void *a = loam_gc_alloc(h, 1000, LOAM_CONSERVATIVE);
+    void *b = new_node(h, LOAM_TRACED, 3);
+    void *c = loam_gc_alloc(h, 33, LOAM_ATOMIC);
+    void *d = loam_gc_alloc(h, 400 * KiB, LOAM_ATOMIC);      /* large */
+    void *m = loam_malloc(h, 77);
+    loam_stats_t s1 = gc_stats(h);
+    cr_assert_eq(s1.live_blocks, s0.live_blocks + 5);
+    loam_free(a);
+    loam_free(b);
+    loam_free(c);
+    loam_free(d);
+    loam_free(m);
+    loam_stats_t s2 = gc_stats(h);
+    cr_assert_eq(s2.live_blocks, s0.live_blocks, "loam_free must reclaim collected blocks at once");
+    cr_assert_eq(s2.live_bytes, s0.live_bytes);
+    cr_assert_eq(s2.gc_collections, c0, "no collection was needed");
+    /* the heap goes on: reuse, collect, keep */
+    for (int i = 0; i < 1000; i++) {
+        node_t *x = new_node(h, LOAM_TRACED, 0);
+        if (i % 3 == 0)
+            loam_free(x);
+    }
+    loam_gc_collect(h);
+    expect_live(h, 1, "only the rooted node");
+    cr_assert_eq(keep->tag, NODE_TAG);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    loam_heap_destroy(h);
+}
+
+Test(gc, malloc_on_collected_heap_is_conservative)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    uintptr_t *m = loam_malloc(h, 64);
+    cr_assert_not_null(m);
+    memset(m, 0, 64);
+    root = m;
+    unsigned char *a = loam_gc_alloc(h, 100, LOAM_ATOMIC);
+    gc_fill(a, 0, 100, 11);
+    m[2] = (uintptr_t)a + 50;                          /* interior, from a malloc'd block */
+    uintptr_t *cz = loam_calloc(h, 4, 16);
+    cr_assert_not_null(cz);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(cz[i], 0);
+    m[3] = (uintptr_t)cz;
+    node_t *t = new_node(h, LOAM_TRACED, 0);
+    cz[1] = (uintptr_t)t;                               /* calloc'd blocks are scanned too */
+    void *garbage = loam_malloc(h, 64);
+    cr_assert_not_null(garbage);
+    loam_gc_collect(h);
+    expect_live(h, 4, "malloc'd root, atomic, calloc'd, traced (the unreferenced malloc'd block reclaimed)");
+    cr_assert_eq(gc_check(a, 0, 100, 11), (size_t)-1);
+    cr_assert_eq(t->tag, NODE_TAG);
+    /* realloc keeps the contents and the block stays conservative */
+    uintptr_t *m2 = loam_realloc(h, m, 8192);
+    cr_assert_not_null(m2);
+    root = m2;
+    cr_assert(m2[2] == (uintptr_t)a + 50 && m2[3] == (uintptr_t)cz);
+    loam_gc_collect(h);
+    expect_live(h, 4, "after realloc");
+    cr_assert_eq(gc_check(a, 0, 100, 11), (size_t)-1);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    loam_heap_destroy(h);
+}
+
+/* ---- pacing ---------------------------------------------------------------------------------- */
+
+Test(gc, pacing_collects_garbage_automatically, .timeout = 300)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    enum { KEEP = 256 };
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, KEEP);
+    root = holder;
+    for (int i = 0; i < KEEP; i++) {
+        unsigned char *p = loam_gc_alloc(h, 1024, LOAM_ATOMIC);
+        gc_fill(p, 0, 1024, 300 + (uint64_t)i);
+        holder->kid[i] = (node_t *)p;
+    }
+    size_t total = 0, max_live = 0, max_committed = 0;
+    size_t goal = 256 * MiB / GC_SAN_DIVISOR;
+    for (size_t i = 0; total < goal; i++) {
+        size_t n = i % 500 == 0 ? 200 * KiB : 32 + (i % 13) * 16;
+        void *p;
+        if (i % 3 == 0)
+            p = loam_malloc(h, n);
+        else
+            p = loam_gc_alloc(h, n, i % 3 == 1 ? LOAM_TRACED : LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        memset(p, 0x11, n < 64 ? n : 64);
+        total += n;
+        if (i % 4096 == 0) {
+            loam_stats_t st = gc_stats(h);
+            if (st.live_bytes > max_live)
+                max_live = st.live_bytes;
+            if (st.committed_bytes > max_committed)
+                max_committed = st.committed_bytes;
+        }
+    }
+    loam_stats_t st = gc_stats(h);
+    fprintf(stderr, "pacing: %zu MiB of garbage, %zu collections, live at most %zu KiB, committed at most %zu KiB\n",
+            total / MiB, st.gc_collections, max_live / KiB, max_committed / KiB);
+    long min_bytes = loam_option_get("gc_min_bytes");
+    cr_assert_geq(st.gc_collections, total / (size_t)min_bytes / 4,
+                  "%zu collections for %zu MiB of garbage (gc_min_bytes %ld)", st.gc_collections, total / MiB, min_bytes);
+    cr_assert_leq(max_live, 4 * (size_t)min_bytes + 2 * MiB, "live bytes reached %zu while allocating only garbage",
+                  max_live);
+    cr_assert_leq(max_committed, 16 * (size_t)min_bytes + 16 * MiB, "committed bytes reached %zu", max_committed);
+    for (int i = 0; i < KEEP; i++)
+        cr_assert_eq(gc_check(holder->kid[i], 0, 1024, 300 + (uint64_t)i), (size_t)-1, "kept block %d damaged", i);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    loam_heap_destroy(h);
+}
+
+Test(gc, pacing_follows_gc_min_bytes)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", (long)(1 * MiB)), 0);
+    cr_assert_eq(loam_option_set("gc_growth", 100), 0);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, NULL, NULL, NULL);
+    size_t max_live = 0;
+    for (size_t i = 0; i < 64 * MiB / 256; i++) {
+        void *p = loam_gc_alloc(h, 256, LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        if (i % 1024 == 0) {
+            size_t l = gc_stats(h).live_bytes;
+            if (l > max_live)
+                max_live = l;
+        }
+    }
+    loam_stats_t st = gc_stats(h);
+    cr_assert_geq(st.gc_collections, 16, "64 MiB of garbage with gc_min_bytes = 1 MiB: %zu collections",
+                  st.gc_collections);
+    cr_assert_leq(max_live, 4 * MiB, "live reached %zu with gc_min_bytes = 1 MiB", max_live);
+    loam_heap_destroy(h);
+}
+
+/* ---- statistics ------------------------------------------------------------------------------- */
+
+static int fin_count;
+static void count_fin(void *obj, void *data)
+{
+    (void)obj;
+    (void)data;
+    fin_count++;
+}
+
+Test(gc, statistics)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    loam_stats_t s0 = gc_stats(h);
+    cr_assert_eq(s0.gc_collections, 0);
+    cr_assert_eq(s0.gc_pause_total_ns, 0);
+    cr_assert_eq(s0.gc_pause_max_ns, 0);
+    cr_assert_eq(s0.gc_bytes_swept, 0);
+    cr_assert_eq(s0.gc_finalizers_run, 0);
+    cr_assert_eq(s0.gc_weak_cleared, 0);
+
+    static void *root;
+    loam_root_add(h, &root);
+    enum { N = 1000 };
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, N / 2);
+    root = holder;
+    size_t kept_usable = loam_usable_size(holder), garbage_usable = 0;
+    for (int i = 0; i < N; i++) {
+        void *p = loam_gc_alloc(h, 100, LOAM_ATOMIC);
+        if (i % 2) {
+            holder->kid[i / 2] = p;
+            kept_usable += loam_usable_size(p);
+        } else {
+            garbage_usable += loam_usable_size(p);
+        }
+    }
+    loam_gc_collect(h);
+    loam_stats_t s1 = gc_stats(h);
+    cr_assert_eq(s1.gc_collections, 1);
+    cr_assert_geq(s1.gc_bytes_swept, garbage_usable, "swept %zu, %zu bytes of garbage", s1.gc_bytes_swept,
+                  garbage_usable);
+    cr_assert_geq(s1.gc_bytes_marked, kept_usable - loam_usable_size(holder));
+    cr_assert_eq(s1.gc_live_after, s1.live_bytes, "gc_live_after %zu, live_bytes %zu", s1.gc_live_after,
+                 s1.live_bytes);
+    cr_assert_eq(s1.live_bytes, kept_usable);
+
+    for (int i = 0; i < 4; i++)
+        loam_gc_collect(h);
+    /* finalizers and weak references */
+    fin_count = 0;
+    for (int i = 0; i < 3; i++) {
+        void *p = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+        cr_assert_eq(loam_finalizer_set(h, p, count_fin, NULL), 0);
+    }
+    loam_weak_t *w[4];
+    for (int i = 0; i < 4; i++)
+        w[i] = loam_weak_new(h, loam_gc_alloc(h, 48, LOAM_ATOMIC));
+    loam_weak_t *wk = loam_weak_new(h, holder);
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    loam_stats_t s2 = gc_stats(h);
+    cr_assert_eq(s2.gc_collections, 7);
+    cr_assert_eq(fin_count, 3);
+    cr_assert_eq(s2.gc_finalizers_run, 3);
+    cr_assert_eq(s2.gc_weak_cleared, 4, "gc_weak_cleared %zu, 4 targets died", s2.gc_weak_cleared);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_null(loam_weak_get(w[i]));
+        loam_weak_free(w[i]);
+    }
+    cr_assert_eq(loam_weak_get(wk), holder);
+    loam_weak_free(wk);
+
+    cr_assert_gt(s2.gc_pause_total_ns, 0);
+    cr_assert_geq(s2.gc_pause_total_ns, s2.gc_pause_max_ns);
+    cr_assert_leq(s2.gc_pause_total_ns, 7 * s2.gc_pause_max_ns);
+    cr_assert_gt(s2.gc_pause_max_ns, 0);
+    cr_assert_lt(s2.gc_pause_max_ns, 10ull * 1000 * 1000 * 1000, "a pause of %llu ns",
+                 (unsigned long long)s2.gc_pause_max_ns);
+    cr_assert_gt(s2.gc_pause_p50_ns, 0);
+    cr_assert_leq(s2.gc_pause_p50_ns, s2.gc_pause_p99_ns);
+    cr_assert_leq(s2.gc_pause_p99_ns, s2.gc_pause_max_ns);
+    cr_assert_geq(s2.gc_bytes_swept, s1.gc_bytes_swept);
+
+    /* the text report mentions collections; the JSON one has the counters */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    loam_heap_print_stats(h, f, LOAM_STATS_TEXT);
+    fclose(f);
+    for (char *q = buf; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    cr_assert_not_null(strstr(buf, "collect"), "the text report does not mention collections:\n%s", buf);
+    cr_assert_not_null(strstr(buf, "7"), "the text report does not show the 7 collections:\n%s", buf);
+    free(buf);
+    f = open_memstream(&buf, &len);
+    loam_heap_print_stats(h, f, LOAM_STATS_JSON);
+    fclose(f);
+    cr_assert_not_null(strstr(buf, "\"gc_collections\":7"), "JSON: %s", buf);
+    free(buf);
+    root = NULL;
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* ---- stale and foreign pointers ------------------------------------------------------------------ */
+
+/* Conservative words that point at free blocks (freed with loam_free, or
+ * reclaimed by a collection) must not bring them back: the blocks are handed
+ * out again exactly once, and live counts stay exact. */
+Test(gc, stale_pointers_to_free_blocks_are_harmless)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    enum { N = 1000 };
+    uintptr_t *stale = calloc(N, sizeof *stale);
+    uintptr_t *keep = calloc(2 * N, sizeof *keep);
+    cr_assert(stale && keep);
+    loam_root_add_range(h, stale, stale + N);
+    loam_root_add_range(h, keep, keep + 2 * N);
+    for (int i = 0; i < N; i++) {
+        void *p = loam_gc_alloc(h, 48, i % 2 ? LOAM_CONSERVATIVE : LOAM_ATOMIC);
+        stale[i] = (uintptr_t)p + (i % 3) * 8;
+    }
+    for (int i = 0; i < N; i += 2)                        /* half freed explicitly */
+        loam_free((void *)(stale[i] - (i % 3) * 8));
+    for (int i = 1; i < N; i += 2)                        /* the other half: unreferenced ... */
+        stale[i] ^= HIDE;
+    loam_gc_collect(h);                                   /* ... and reclaimed */
+    expect_live(h, 0, "all freed or unreferenced");
+    for (int i = 1; i < N; i += 2)
+        stale[i] ^= HIDE;                                  /* now stale pointers to reclaimed blocks */
+    for (int r = 0; r < 3; r++) {
+        loam_gc_collect(h);
+        expect_live(h, 0, "stale pointers revived free blocks");
+    }
+    for (int i = 0; i < 2 * N; i++) {
+        unsigned char *p = loam_gc_alloc(h, 48, LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        gc_fill(p, 0, 48, 7000 + (uint64_t)i);
+        keep[i] = (uintptr_t)p;
+    }
+    loam_gc_collect(h);
+    expect_live(h, 2 * N, "every new block kept");
+    for (int i = 0; i < 2 * N; i++)
+        cr_assert_eq(gc_check((void *)keep[i], 0, 48, 7000 + (uint64_t)i), (size_t)-1,
+                     "block %d overwritten: handed out twice?", i);
+    /* all distinct */
+    for (int i = 1; i < 2 * N; i++)
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(keep[i], keep[j]);
+    loam_root_remove_range(h, stale);
+    loam_root_remove_range(h, keep);
+    loam_gc_collect(h);
+    expect_live(h, 0, "ranges removed");
+    free(stale);
+    free(keep);
+    loam_heap_destroy(h);
+}
+
+/* Pointers from one collected heap into another are not followed, and
+ * collecting one heap does not touch the other's blocks. */
+Test(gc, pointers_into_another_heap_are_ignored)
+{
+    loam_heap_t *a = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    loam_heap_t *b = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *ra, *rb;
+    loam_root_add(a, &ra);
+    loam_root_add(b, &rb);
+    node_t *na = new_node(a, LOAM_CONSERVATIVE, 4);
+    ra = na;
+    node_t *nb = new_node(b, LOAM_TRACED, 1);
+    rb = nb;
+    node_t *b_only_from_a = new_node(b, LOAM_TRACED, 0);
+    na->kid[0] = b_only_from_a;                 /* a -> b: must not keep it */
+    na->kid[1] = nb;
+    node_t *a_only_from_b = new_node(a, LOAM_TRACED, 0);
+    nb->kid[0] = a_only_from_b;                 /* b -> a via the trace callback */
+    loam_gc_collect(a);
+    expect_live(a, 1, "heap a: only its own root");
+    expect_live(b, 2, "heap b untouched by a's collection");
+    loam_gc_collect(b);
+    expect_live(b, 1, "heap b: only its own root");
+    cr_assert(nb->tag == NODE_TAG && na->tag == NODE_TAG);
+    loam_heap_destroy(a);
+    loam_heap_destroy(b);
+}
+
+/* ---- other allocation calls on a collected heap --------------------------------------------------- */
+
+Test(gc, aligned_and_zero_size_blocks_are_collected_blocks)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *slot;
+    loam_root_add(h, &slot);
+    uintptr_t *range = calloc(8, sizeof *range);
+    loam_root_add_range(h, range, range + 8);
+    static const size_t aligns[] = { 16, 64, 256, 4096, 65536, 1 << 20 };
+    enum { NA = sizeof aligns / sizeof *aligns };
+    void *p[NA];
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, NA);
+    slot = holder;
+    for (int i = 0; i < NA; i++) {
+        p[i] = loam_aligned_alloc(h, aligns[i], 100 + (size_t)i);
+        cr_assert_not_null(p[i]);
+        cr_assert_eq((uintptr_t)p[i] % aligns[i], 0);
+        gc_fill(p[i], 0, 100 + (size_t)i, 600 + (uint64_t)i);
+        if (i % 2)
+            holder->kid[i] = p[i];                       /* from a conservative block */
+        else
+            range[i / 2] = (uintptr_t)p[i] + 50;         /* interior, from a range */
+    }
+    void *z = loam_malloc(h, 0);
+    cr_assert_not_null(z);
+    range[5] = (uintptr_t)z;
+    void *gone = loam_aligned_alloc(h, 4096, 100);       /* unreferenced */
+    cr_assert_not_null(gone);
+    gone = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 1 + NA + 1, "holder, the aligned blocks and the zero-size block");
+    for (int i = 0; i < NA; i++)
+        cr_assert_eq(gc_check(p[i], 0, 100 + (size_t)i, 600 + (uint64_t)i), (size_t)-1,
+                     "aligned block %d (align %zu) damaged", i, aligns[i]);
+    slot = NULL;
+    memset(range, 0, 8 * sizeof *range);
+    loam_gc_collect(h);
+    expect_live(h, 0, "nothing rooted");
+    loam_root_remove_range(h, range);
+    free(range);
+    loam_heap_destroy(h);
+}
+
+/* Memory reclaimed by collections can go back to the OS. */
+Test(gc, collected_memory_can_be_trimmed)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    enum { N = 64 * 1024 };
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, N);
+    root = holder;
+    for (int i = 0; i < N; i++)
+        holder->kid[i] = loam_gc_alloc(h, 1000, LOAM_ATOMIC);   /* ~64 MiB live */
+    size_t peak = gc_stats(h).committed_bytes;
+    cr_assert_geq(peak, (size_t)N * 1000);
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "all dropped");
+    loam_heap_trim(h);
+    size_t after = gc_stats(h).committed_bytes;
+    cr_assert_leq(after, 8 * MiB, "committed %zu after collecting and trimming (peak %zu)", after, peak);
+    loam_heap_destroy(h);
+}

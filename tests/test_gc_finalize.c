@@ -1,0 +1,673 @@
+/* tests/test_gc_finalize.c — finalizers and weak references.
+ *
+ * Finalizers:
+ *  - run exactly once, with the object and the data pointer, in the thread
+ *    that collected, before loam_gc_collect returns; the object is freed by a
+ *    later collection if still unreachable;
+ *  - the finalizers of the objects one collection finds unreachable run in the
+ *    order they were set (not allocation or address order);
+ *  - everything a finalizable object reaches stays alive and intact until its
+ *    finalizer ran (also other finalizable objects);
+ *  - resurrection: the finalizer stores the object in a root; it stays usable
+ *    with what it reaches, and is never finalized again;
+ *  - loam_finalizer_set refuses blocks that are not of the collected heap;
+ *    fn NULL removes the finalizer;
+ *  - automatic collections run finalizers at the allocation that triggered
+ *    them; a finalizer may allocate.
+ * Weak references: kept while the target lives, cleared when it dies and
+ * before its finalizer runs, never dangling (also after the memory is
+ * reused), gc_weak_cleared counts them. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gc_util.h"
+
+#define NODE_TAG 0xF1A11F1A000000E1ull
+typedef struct node {
+    uintptr_t    tag;
+    uintptr_t    n;
+    struct node *kid[];
+} node_t;
+
+static void trace_node(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    node_t *o = obj;
+    if (o->tag == NODE_TAG)
+        for (uintptr_t i = 0; i < o->n; i++)
+            loam_mark(t, o->kid[i]);
+}
+
+static loam_heap_t *gc_heap(void)
+{
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_GC;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    cfg.trace = trace_node;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+static node_t *new_node(loam_heap_t *h, loam_kind_t kind, size_t nkids)
+{
+    node_t *o = loam_gc_alloc(h, sizeof(node_t) + nkids * sizeof(node_t *), kind);
+    cr_assert_not_null(o);
+    o->tag = NODE_TAG;
+    o->n = nkids;
+    return o;
+}
+
+static size_t live_blocks(loam_heap_t *h) { return gc_stats(h).live_blocks; }
+
+/* ---- a log of finalizer calls ---------------------------------------------------------- */
+
+#define LOG_MAX 100000
+static struct {
+    void     *obj;
+    void     *data;
+    pthread_t thread;
+} fin_log[LOG_MAX];
+static size_t fin_n;
+static bool   in_collect;          /* set around loam_gc_collect by the tests */
+
+static void log_fin(void *obj, void *data)
+{
+    cr_assert_lt(fin_n, LOG_MAX);
+    fin_log[fin_n].obj = obj;
+    fin_log[fin_n].data = data;
+    fin_log[fin_n].thread = pthread_self();
+    fin_n++;
+}
+
+static size_t fin_calls_for(void *obj)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < fin_n; i++)
+        k += fin_log[i].obj == obj;
+    return k;
+}
+
+static void collect(loam_heap_t *h)
+{
+    in_collect = true;
+    loam_gc_collect(h);
+    in_collect = false;
+}
+
+/* ---- exactly once ------------------------------------------------------------------------- */
+
+static loam_heap_t *check_heap;
+static size_t check_size;
+
+static void checking_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    cr_assert(in_collect, "the finalizer did not run before loam_gc_collect returned");
+    cr_assert_eq(loam_heap_of(obj), check_heap, "the object was freed before its finalizer ran");
+    cr_assert_eq(gc_check(obj, 0, check_size, 42), (size_t)-1, "the object is damaged in its finalizer");
+}
+
+Test(finalizer, runs_exactly_once)
+{
+    loam_heap_t *h = gc_heap();
+    check_heap = h;
+    check_size = 500;
+    static int data;
+    void *p = loam_gc_alloc(h, 500, LOAM_ATOMIC);
+    gc_fill(p, 0, 500, 42);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, p, checking_fin, &data), 0);
+    pthread_t me = pthread_self();
+    collect(h);
+    cr_assert_eq(fin_n, 1, "the finalizer ran %zu times after the collection that found the object dead", fin_n);
+    cr_assert_eq(fin_log[0].obj, p);
+    cr_assert_eq(fin_log[0].data, &data);
+    cr_assert(pthread_equal(fin_log[0].thread, me), "the finalizer ran in another thread");
+    for (int i = 0; i < 4; i++)
+        collect(h);
+    cr_assert_eq(fin_n, 1, "the finalizer ran %zu times", fin_n);
+    cr_assert_eq(live_blocks(h), 0, "the finalized object was not freed by the next collections");
+    cr_assert_eq(gc_stats(h).gc_finalizers_run, 1);
+    loam_heap_destroy(h);
+}
+
+Test(finalizer, rooted_object_is_not_finalized)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    fin_n = 0;
+    root = new_node(h, LOAM_TRACED, 0);
+    cr_assert_eq(loam_finalizer_set(h, root, log_fin, NULL), 0);
+    for (int i = 0; i < 3; i++)
+        collect(h);
+    cr_assert_eq(fin_n, 0, "a reachable object was finalized");
+    cr_assert_eq(live_blocks(h), 1);
+    void *was = root;
+    root = NULL;
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_eq(fin_log[0].obj, was);
+    loam_heap_destroy(h);
+}
+
+/* ---- order ------------------------------------------------------------------------------------ */
+
+Test(finalizer, registration_order_within_a_collection)
+{
+    loam_heap_t *h = gc_heap();
+    enum { N = 64 };
+    void *obj[N];
+    int idx[N];
+    static const size_t sizes[] = { 16, 700, 48, 200 * KiB, 96, 3000, 32, 160 };
+    for (int i = 0; i < N; i++) {
+        obj[i] = loam_gc_alloc(h, sizes[i % 8], i % 3 == 0 ? LOAM_ATOMIC : LOAM_CONSERVATIVE);
+        cr_assert_not_null(obj[i]);
+        idx[i] = i;
+    }
+    /* a fixed shuffle: neither allocation nor address order */
+    gc_rng_t r = { 12345 };
+    for (int i = N - 1; i > 0; i--) {
+        int j = (int)gc_rng_below(&r, (size_t)i + 1);
+        int t = idx[i];
+        idx[i] = idx[j];
+        idx[j] = t;
+    }
+    fin_n = 0;
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(loam_finalizer_set(h, obj[idx[i]], log_fin, (void *)(intptr_t)i), 0);
+    collect(h);
+    cr_assert_eq(fin_n, N, "%zu of %d finalizers ran", fin_n, N);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(fin_log[i].obj, obj[idx[i]],
+                     "finalizer #%d ran for the object registered #%ld (registration order expected)", i,
+                     (long)(intptr_t)fin_log[i].data);
+        cr_assert_eq((intptr_t)fin_log[i].data, i);
+    }
+    collect(h);
+    cr_assert_eq(fin_n, N);
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}
+
+/* Setting a finalizer again replaces it: the place in the order is that of
+ * the first setting or the last, but it runs once. */
+Test(finalizer, set_twice_runs_once)
+{
+    loam_heap_t *h = gc_heap();
+    void *p = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, p, log_fin, (void *)1), 0);
+    cr_assert_eq(loam_finalizer_set(h, p, log_fin, (void *)2), 0);
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_n, 1, "a finalizer set twice ran %zu times", fin_n);
+    cr_assert_eq(fin_log[0].data, (void *)2, "the second setting replaces the first");
+    loam_heap_destroy(h);
+}
+
+/* ---- what a finalizable object reaches stays alive ---------------------------------------- */
+
+static struct {
+    node_t        *f;          /* the finalizable conservative node */
+    unsigned char *atom;       /* its atomic child, 5000 bytes */
+    node_t        *chain;      /* a chain of 100 traced nodes from f */
+    loam_weak_t   *weak_f;
+    bool           ok, weak_was_null;
+} reach;
+
+static void reach_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    node_t *f = obj;
+    reach.ok = f == reach.f && f->tag == NODE_TAG && f->kid[0] == (node_t *)(reach.atom + 100) &&
+               f->kid[1] == reach.chain && gc_check(reach.atom, 0, 5000, 7) == (size_t)-1;
+    size_t k = 0;
+    for (node_t *x = f->kid[1]; x; x = x->n ? x->kid[0] : NULL, k++)
+        reach.ok = reach.ok && x->tag == NODE_TAG;
+    reach.ok = reach.ok && k == 100;
+    reach.weak_was_null = loam_weak_get(reach.weak_f) == NULL;
+}
+
+Test(finalizer, reachable_from_finalizable_stays_alive)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *f = new_node(h, LOAM_CONSERVATIVE, 2);
+    root = f;
+    reach.f = f;
+    reach.atom = loam_gc_alloc(h, 5000, LOAM_ATOMIC);
+    gc_fill(reach.atom, 0, 5000, 7);
+    f->kid[0] = (node_t *)(reach.atom + 100);          /* interior */
+    node_t *prev = NULL;
+    for (int i = 0; i < 100; i++) {
+        node_t *x = new_node(h, LOAM_TRACED, prev ? 1 : 0);
+        if (prev)
+            x->kid[0] = prev;
+        prev = x;
+        f->kid[1] = x;                                  /* keep the chain reachable while building */
+    }
+    reach.chain = prev;
+    reach.weak_f = loam_weak_new(h, f);
+    cr_assert_not_null(reach.weak_f);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, f, reach_fin, NULL), 0);
+    collect(h);
+    cr_assert_eq(fin_n, 0);
+    size_t all = live_blocks(h);
+    root = NULL;
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert(reach.ok, "what the finalizable object reaches was freed or damaged before its finalizer ran");
+    cr_assert(reach.weak_was_null, "a weak reference to the object was not cleared before its finalizer ran");
+    cr_assert_null(loam_weak_get(reach.weak_f));
+    cr_assert_leq(live_blocks(h), all);
+    loam_weak_free(reach.weak_f);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_eq(live_blocks(h), 0, "%zu blocks left after the finalized object became garbage", live_blocks(h));
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* Two finalizable objects, one reaching the other: whichever finalizer runs
+ * first, the other object is intact in it; each runs once; both end freed. */
+static node_t *pair_a, *pair_b;
+static bool pair_ok = true;
+
+static void pair_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    if (obj == pair_a)
+        pair_ok = pair_ok && pair_a->tag == NODE_TAG && pair_a->kid[0] == pair_b && pair_b->tag == NODE_TAG &&
+                  pair_b->n == 0;
+    else
+        pair_ok = pair_ok && obj == pair_b && pair_b->tag == NODE_TAG;
+}
+
+Test(finalizer, finalizable_reaching_finalizable)
+{
+    loam_heap_t *h = gc_heap();
+    pair_a = new_node(h, LOAM_TRACED, 1);
+    pair_b = new_node(h, LOAM_TRACED, 0);
+    pair_a->kid[0] = pair_b;
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, pair_b, pair_fin, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, pair_a, pair_fin, NULL), 0);
+    for (int i = 0; i < 4; i++)
+        collect(h);
+    cr_assert_eq(fin_calls_for(pair_a), 1);
+    cr_assert_eq(fin_calls_for(pair_b), 1);
+    cr_assert(pair_ok, "an object was damaged before a finalizer that reaches it ran");
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}
+
+/* ---- resurrection -------------------------------------------------------------------------- */
+
+static void *resurrect_slot;
+
+static void resurrect_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    resurrect_slot = obj;
+}
+
+Test(finalizer, resurrection)
+{
+    loam_heap_t *h = gc_heap();
+    resurrect_slot = NULL;
+    loam_root_add(h, &resurrect_slot);
+    node_t *o = new_node(h, LOAM_CONSERVATIVE, 1);
+    unsigned char *payload = loam_gc_alloc(h, 3000, LOAM_ATOMIC);
+    gc_fill(payload, 0, 3000, 99);
+    o->kid[0] = (node_t *)payload;
+    loam_weak_t *w = loam_weak_new(h, o);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, o, resurrect_fin, NULL), 0);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_eq(resurrect_slot, o);
+    cr_assert_null(loam_weak_get(w), "the weak reference was not cleared when the target was found dead");
+    loam_weak_free(w);
+    for (int i = 0; i < 4; i++) {
+        collect(h);
+        cr_assert_eq(fin_n, 1, "a resurrected object was finalized again");
+        cr_assert_eq(live_blocks(h), 2, "the resurrected object or its payload was freed");
+        cr_assert(o->tag == NODE_TAG && o->n == 1 && o->kid[0] == (node_t *)payload);
+        cr_assert_eq(gc_check(payload, 0, 3000, 99), (size_t)-1);
+    }
+    /* allocations don't land on it */
+    for (int i = 0; i < 1000; i++) {
+        void *p = loam_gc_alloc(h, sizeof(node_t) + sizeof(void *), LOAM_CONSERVATIVE);
+        cr_assert(p != (void *)o);
+    }
+    cr_assert_eq(o->tag, NODE_TAG);
+    resurrect_slot = NULL;
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_eq(live_blocks(h), 0, "the resurrected object was not freed once unreachable again");
+    loam_heap_destroy(h);
+}
+
+/* ---- loam_finalizer_set arguments ----------------------------------------------------------- */
+
+Test(finalizer, set_refuses_foreign_blocks_and_null_removes)
+{
+    loam_heap_t *h = gc_heap();
+    loam_heap_t *other = gc_heap();
+    loam_heap_t *manual = loam_heap_new(NULL);
+    void *mine = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    void *theirs = loam_gc_alloc(other, 64, LOAM_CONSERVATIVE);
+    void *man = loam_malloc(manual, 64);
+    void *libc = malloc(64);
+    int local;
+    cr_assert_eq(loam_finalizer_set(h, theirs, log_fin, NULL), -1, "a block of another heap accepted");
+    cr_assert_eq(loam_finalizer_set(h, man, log_fin, NULL), -1, "a block of a manual heap accepted");
+    cr_assert_eq(loam_finalizer_set(manual, man, log_fin, NULL), -1, "a manual heap accepted a finalizer");
+    cr_assert_eq(loam_finalizer_set(h, libc, log_fin, NULL), -1, "a glibc block accepted");
+    cr_assert_eq(loam_finalizer_set(h, &local, log_fin, NULL), -1, "a stack address accepted");
+    cr_assert_eq(loam_finalizer_set(h, NULL, log_fin, NULL), -1, "NULL accepted");
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, mine, log_fin, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, mine, NULL, NULL), 0);      /* removed */
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_n, 0, "a removed finalizer ran");
+    cr_assert_eq(live_blocks(h), 0);
+    free(libc);
+    loam_free(man);
+    loam_heap_destroy(manual);
+    loam_heap_destroy(other);
+    loam_heap_destroy(h);
+}
+
+/* ---- automatic collections, allocation inside a finalizer ------------------------------------ */
+
+static unsigned char *seen_fin;
+static size_t seen_twice;
+
+static void index_fin(void *obj, void *data)
+{
+    (void)obj;
+    size_t i = (size_t)(uintptr_t)data;
+    if (seen_fin[i])
+        seen_twice++;
+    seen_fin[i] = 1;
+    fin_n++;
+}
+
+Test(finalizer, automatic_collections_run_finalizers, .timeout = 120)
+{
+    loam_heap_t *h = gc_heap();
+    size_t n = 300000 / GC_SAN_DIVISOR;
+    seen_fin = calloc(n, 1);
+    seen_twice = 0;
+    fin_n = 0;
+    for (size_t i = 0; i < n; i++) {
+        void *p = loam_gc_alloc(h, 64, i % 2 ? LOAM_ATOMIC : LOAM_CONSERVATIVE);
+        cr_assert_not_null(p);
+        cr_assert_eq(loam_finalizer_set(h, p, index_fin, (void *)(uintptr_t)i), 0);
+    }
+    size_t during = fin_n;
+    cr_assert_gt(gc_stats(h).gc_collections, 0, "no automatic collection for %zu KiB of garbage", n * 64 / KiB);
+    cr_assert_gt(during, 0, "automatic collections ran no finalizer");
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    cr_assert_eq(seen_twice, 0, "%zu objects finalized twice", seen_twice);
+    cr_assert_eq(fin_n, n, "%zu of %zu finalizers ran", fin_n, n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(seen_fin[i], "object %zu never finalized", i);
+    cr_assert_eq(gc_stats(h).gc_finalizers_run, n);
+    cr_assert_eq(live_blocks(h), 0);
+    free(seen_fin);
+    loam_heap_destroy(h);
+}
+
+static loam_heap_t *alloc_heap;
+static void *alloc_slot;
+
+static void allocating_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    node_t *x = loam_gc_alloc(alloc_heap, sizeof(node_t) + sizeof(void *), LOAM_TRACED);
+    cr_assert_not_null(x, "allocation inside a finalizer failed");
+    x->tag = NODE_TAG;
+    x->n = 0;
+    alloc_slot = x;
+}
+
+Test(finalizer, finalizer_may_allocate)
+{
+    loam_heap_t *h = gc_heap();
+    alloc_heap = h;
+    alloc_slot = NULL;
+    loam_root_add(h, &alloc_slot);
+    fin_n = 0;
+    void *p = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert_eq(loam_finalizer_set(h, p, allocating_fin, NULL), 0);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_not_null(alloc_slot);
+    collect(h);
+    cr_assert_eq(live_blocks(h), 1, "the block made in the finalizer (rooted) must be the only one left");
+    cr_assert_eq(((node_t *)alloc_slot)->tag, NODE_TAG);
+    loam_heap_destroy(h);
+}
+
+/* ---- weak references ------------------------------------------------------------------------- */
+
+Test(weak, kept_while_target_lives_cleared_when_it_dies)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *t = new_node(h, LOAM_TRACED, 0);
+    root = t;
+    loam_weak_t *w = loam_weak_new(h, t);
+    cr_assert_not_null(w);
+    cr_assert_eq(loam_weak_get(w), t);
+    for (int i = 0; i < 3; i++) {
+        collect(h);
+        cr_assert_eq(loam_weak_get(w), t, "weak reference lost while the target is alive");
+        cr_assert_eq(t->tag, NODE_TAG);
+    }
+    cr_assert_eq(gc_stats(h).gc_weak_cleared, 0);
+    root = NULL;
+    collect(h);
+    cr_assert_null(loam_weak_get(w), "weak reference not cleared after its target died");
+    cr_assert_eq(gc_stats(h).gc_weak_cleared, 1);
+    collect(h);
+    cr_assert_null(loam_weak_get(w));
+    cr_assert_eq(gc_stats(h).gc_weak_cleared, 1, "a cleared weak reference counted again");
+    loam_weak_free(w);
+    collect(h);
+    cr_assert_eq(live_blocks(h), 0, "a weak reference kept its target alive");
+    loam_heap_destroy(h);
+}
+
+Test(weak, never_dangle)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    enum { N = 600 };
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, N);
+    root = holder;
+    void *target[N];
+    loam_weak_t *w[N];
+    size_t kept = 0;
+    for (int i = 0; i < N; i++) {
+        size_t size = i % 50 == 0 ? 150 * KiB : 16 + (size_t)(i % 20) * 24;
+        loam_kind_t kind = (loam_kind_t)(i % 3);
+        target[i] = loam_gc_alloc(h, size, kind);
+        cr_assert_not_null(target[i]);
+        if (kind == LOAM_TRACED) {
+            ((node_t *)target[i])->tag = NODE_TAG;
+            ((node_t *)target[i])->n = 0;
+        }
+        if (i % 3 == 1) {
+            holder->kid[i] = target[i];
+            kept++;
+        }
+        w[i] = loam_weak_new(h, target[i]);
+        cr_assert_not_null(w[i]);
+    }
+    /* weak references to the same target */
+    loam_weak_t *dup = loam_weak_new(h, target[0]);
+    loam_weak_t *dup_kept = loam_weak_new(h, target[1]);
+    collect(h);
+    for (int i = 0; i < N; i++) {
+        void *g = loam_weak_get(w[i]);
+        if (i % 3 == 1)
+            cr_assert_eq(g, target[i], "weak ref %d to a live target changed to %p", i, g);
+        else
+            cr_assert_null(g, "weak ref %d to a dead target still gives %p", i, g);
+    }
+    cr_assert_null(loam_weak_get(dup));
+    cr_assert_eq(loam_weak_get(dup_kept), target[1]);
+    size_t cleared = gc_stats(h).gc_weak_cleared;
+    cr_assert(cleared == N - kept || cleared == N - kept + 1, "gc_weak_cleared %zu, %zu targets (%zu references) died",
+              cleared, N - kept, N - kept + 1);
+    /* reuse the dead targets' memory: the cleared references stay NULL */
+    for (int i = 0; i < 4 * N; i++) {
+        size_t size = i % 50 == 0 ? 150 * KiB : 16 + (size_t)(i % 20) * 24;
+        void *p = loam_gc_alloc(h, size, (loam_kind_t)(i % 3));
+        cr_assert_not_null(p);
+    }
+    for (int i = 0; i < N; i++)
+        if (i % 3 != 1)
+            cr_assert_null(loam_weak_get(w[i]), "cleared weak ref %d came back", i);
+    /* drop the rest, free some references before their target dies */
+    for (int i = 0; i < N; i += 7) {
+        loam_weak_free(w[i]);
+        w[i] = NULL;
+    }
+    root = NULL;
+    collect(h);
+    for (int i = 0; i < N; i++)
+        if (w[i]) {
+            cr_assert_null(loam_weak_get(w[i]));
+            loam_weak_free(w[i]);
+        }
+    cr_assert_null(loam_weak_get(dup_kept));
+    loam_weak_free(dup);
+    loam_weak_free(dup_kept);
+    loam_heap_destroy(h);
+}
+
+/* ---- loam_free, realloc, heap destroy ------------------------------------------------------------- */
+
+Test(finalizer, loam_free_drops_finalizer_and_clears_weak)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    fin_n = 0;
+    void *p = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    root = p;
+    cr_assert_eq(loam_finalizer_set(h, p, log_fin, NULL), 0);
+    loam_weak_t *w = loam_weak_new(h, p);
+    root = NULL;
+    loam_free(p);
+    cr_assert_null(loam_weak_get(w), "a weak reference to a freed block still points at it");
+    /* the next block at that address is someone else */
+    void *q[64];
+    for (int i = 0; i < 64; i++)
+        q[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert_null(loam_weak_get(w));
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_n, 0, "the finalizer of a freed block ran (for the block now at its address?)");
+    cr_assert_null(loam_weak_get(w));
+    loam_weak_free(w);
+    (void)q;
+    loam_heap_destroy(h);
+}
+
+Test(finalizer, realloc_never_leaves_finalizer_or_weak_on_the_old_address)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    fin_n = 0;
+    void *p = loam_malloc(h, 64);
+    root = p;
+    cr_assert_eq(loam_finalizer_set(h, p, log_fin, NULL), 0);
+    loam_weak_t *w = loam_weak_new(h, p);
+    void *p2 = loam_realloc(h, p, 64 * KiB);             /* moves */
+    cr_assert_not_null(p2);
+    root = p2;
+    cr_assert_neq(p2, p);
+    void *g = loam_weak_get(w);
+    cr_assert(g == NULL || g == p2, "after realloc a weak reference gives %p (old block %p, new %p)", g, p, p2);
+    /* other blocks take the old address, and die */
+    for (int i = 0; i < 64; i++) {
+        void *other = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+        cr_assert_not_null(other);
+    }
+    collect(h);
+    collect(h);
+    for (size_t i = 0; i < fin_n; i++)
+        cr_assert_eq(fin_log[i].obj, p2, "a finalizer ran for %p, an unrelated block at the realloc'ed block's old address",
+                     fin_log[i].obj);
+    g = loam_weak_get(w);
+    cr_assert(g == NULL || g == p2, "a weak reference gives %p (old block %p, new %p)", g, p, p2);
+    loam_weak_free(w);
+    loam_heap_destroy(h);
+}
+
+Test(weak, outlive_their_heap)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    root = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    loam_weak_t *w = loam_weak_new(h, root);
+    cr_assert_eq(loam_weak_get(w), root);
+    loam_heap_destroy(h);
+    cr_assert_null(loam_weak_get(w), "a weak reference into a destroyed heap dangles");
+    loam_weak_free(w);
+}
+
+/* A finalizer may collect (the same heap); nothing deadlocks, nothing runs twice. */
+static loam_heap_t *recollect_heap;
+static int recollect_depth;
+
+static void collecting_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    if (recollect_depth++ < 3) {
+        void *p = loam_gc_alloc(recollect_heap, 32, LOAM_ATOMIC);
+        cr_assert_eq(loam_finalizer_set(recollect_heap, p, collecting_fin, (void *)2), 0);
+        loam_gc_collect(recollect_heap);
+    }
+}
+
+Test(finalizer, finalizer_may_collect, .timeout = 60)
+{
+    loam_heap_t *h = gc_heap();
+    recollect_heap = h;
+    recollect_depth = 0;
+    fin_n = 0;
+    void *p = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+    cr_assert_eq(loam_finalizer_set(h, p, collecting_fin, (void *)1), 0);
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    cr_assert_eq(fin_n, 4, "%zu finalizers ran (1 + 3 set inside finalizers)", fin_n);
+    for (size_t i = 0; i < fin_n; i++)
+        cr_assert_eq(fin_calls_for(fin_log[i].obj), 1);
+    loam_gc_collect(h);
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}

@@ -1,0 +1,397 @@
+/* tests/test_gc_modes.c — manual and collected modes of one heap, the heap
+ * limit on a collected heap, and the leak check of manual heaps.
+ *
+ *  - manual -> collected with live data: blocks from loam_malloc that nothing
+ *    reaches are reclaimed by the next collection, reached ones (also those
+ *    reached only through other manual blocks, interior pointers too) intact;
+ *  - collected -> manual: no more collections (neither automatic nor by
+ *    loam_gc_collect), unreferenced blocks stay until loam_free; and back;
+ *  - limit on a collected heap: garbage never makes an allocation fail (the
+ *    heap collects first), committed bytes never pass the limit; when live
+ *    data fills it: a collection, then the oom callback with the request,
+ *    then NULL with ENOMEM; dropping the data makes room again;
+ *  - loam_leak_check on a manual heap reports exactly the blocks that are
+ *    unreachable from the roots and were never freed (count, addresses and
+ *    sizes through the callback), and frees nothing. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gc_util.h"
+
+static loam_heap_t *heap_with(loam_mode_t mode, size_t limit, loam_oom_fn oom, loam_roots_fn roots, void *user)
+{
+    loam_config_t cfg = { 0 };
+    cfg.mode = mode;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    cfg.limit = limit;
+    cfg.oom = oom;
+    cfg.roots = roots;
+    cfg.user = user;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h, "loam_heap_new failed (errno %d)", errno);
+    return h;
+}
+
+/* ---- manual -> collected ------------------------------------------------------------- */
+
+Test(modes, manual_to_collected_with_live_data)
+{
+    loam_heap_t *h = heap_with(LOAM_MANUAL, 0, NULL, NULL, NULL);
+    enum { N = 200 };
+    unsigned char *b[N];
+    size_t size[N];
+    uintptr_t *holder = calloc(N, sizeof *holder);      /* a root range (glibc memory) */
+    cr_assert_not_null(holder);
+    loam_root_add_range(h, holder, holder + N);
+    for (int i = 0; i < N; i++) {
+        size[i] = i == 7 || i == 8 ? 300 * KiB : 16 + (size_t)(i * 37 % 4000);
+        b[i] = loam_malloc(h, size[i]);
+        cr_assert_not_null(b[i]);
+        gc_fill(b[i], 0, size[i], 500 + (uint64_t)i);
+    }
+    /* b[i] with i % 4 == 0: in the range; i % 4 == 1: reached from b[i-1]
+     * through an interior pointer stored in its first word; the rest: unreachable. */
+    size_t kept = 0, kept_usable = 0;
+    bool keep[N] = { 0 };
+    for (int i = 0; i < N; i += 4) {
+        holder[i] = (uintptr_t)b[i] + (i % 8 ? 0 : size[i] / 2);
+        keep[i] = true;
+        if (i + 1 < N && size[i] >= 8) {
+            uintptr_t v = (uintptr_t)b[i + 1] + 3;
+            memcpy(b[i], &v, sizeof v);
+            keep[i + 1] = true;
+        }
+    }
+    for (int i = 0; i < N; i++)
+        if (keep[i]) {
+            kept++;
+            kept_usable += loam_usable_size(b[i]);
+        }
+    loam_stats_t before = gc_stats(h);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0, "set_mode(LOAM_GC) failed");
+    loam_stats_t after_switch = gc_stats(h);
+    cr_assert_eq(after_switch.live_blocks, before.live_blocks, "switching modes alone freed blocks");
+    loam_gc_collect(h);
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.live_blocks, kept, "%zu blocks live after the first collection, %zu reachable", st.live_blocks,
+                 kept);
+    cr_assert_eq(st.live_bytes, kept_usable);
+    for (int i = 0; i < N; i++) {
+        if (!keep[i])
+            continue;
+        size_t from = i % 4 == 0 ? 8 : 0;
+        cr_assert_eq(gc_check(b[i], from, size[i], 500 + (uint64_t)i), (size_t)-1, "kept block %d damaged", i);
+    }
+    /* a collected heap now: gc_alloc and automatic collections work */
+    for (int i = 0; i < 100000; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 100, LOAM_ATOMIC));
+    cr_assert_gt(gc_stats(h).gc_collections, 1);
+    loam_root_remove_range(h, holder);
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    free(holder);
+    loam_heap_destroy(h);
+}
+
+/* ---- collected -> manual ------------------------------------------------------------- */
+
+Test(modes, collected_to_manual_and_back)
+{
+    loam_heap_t *h = heap_with(LOAM_GC, 0, NULL, NULL, NULL);
+    enum { NG = 100 };
+    void *g[NG];
+    for (int i = 0; i < NG; i++) {
+        g[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);     /* unreachable at once */
+        cr_assert_not_null(g[i]);
+        gc_fill(g[i], 0, 64, 900 + (uint64_t)i);
+    }
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0, "set_mode(LOAM_MANUAL) failed");
+    size_t c0 = gc_stats(h).gc_collections;
+    /* 4 x gc_min_bytes of unreferenced manual blocks */
+    size_t n = 4 * (size_t)loam_option_get("gc_min_bytes") / 1024;
+    void **m = malloc(n * sizeof *m);
+    cr_assert_not_null(m);
+    for (size_t i = 0; i < n; i++) {
+        m[i] = loam_malloc(h, 1024);
+        cr_assert_not_null(m[i]);
+        gc_fill(m[i], 0, 64, i);
+    }
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.gc_collections, c0, "a manual heap collected by itself");
+    cr_assert_eq(st.live_blocks, NG + n);
+    loam_gc_collect(h);                                 /* on a manual heap: frees nothing */
+    st = gc_stats(h);
+    cr_assert_eq(st.live_blocks, NG + n, "loam_gc_collect on a manual heap freed %zu blocks",
+                 NG + n - st.live_blocks);
+    for (int i = 0; i < NG; i++)
+        cr_assert_eq(gc_check(g[i], 0, 64, 900 + (uint64_t)i), (size_t)-1, "block %d damaged", i);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(gc_check(m[i], 0, 64, i), (size_t)-1, "block %zu damaged", i);
+    for (size_t i = 0; i < n; i++)
+        loam_free(m[i]);
+    for (int i = 0; i < NG; i += 2)
+        loam_free(g[i]);
+    cr_assert_eq(gc_stats(h).live_blocks, NG / 2);
+    /* and back: the rest is garbage */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    cr_assert_gt(gc_stats(h).gc_collections, c0);
+    free(m);
+    loam_heap_destroy(h);
+}
+
+Test(modes, set_mode_rejects_bad_modes)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_neq(loam_heap_set_mode(h, (loam_mode_t)7), 0);
+    cr_assert_neq(loam_heap_set_mode(NULL, LOAM_GC), 0);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0, "setting the current mode again");
+    loam_heap_destroy(h);
+}
+
+/* ---- limit and oom on a collected heap ------------------------------------------------ */
+
+typedef struct {
+    size_t calls, request;
+    loam_heap_t *heap;
+    void *user_seen;
+} oom_rec_t;
+
+static void rec_oom(loam_heap_t *h, size_t request, void *user)
+{
+    oom_rec_t *r = user;
+    r->calls++;
+    r->request = request;
+    r->heap = h;
+    r->user_seen = user;
+}
+
+#define LIMIT (24 * MiB)
+
+static void garbage_never_fails(size_t block)
+{
+    static oom_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    loam_heap_t *h = heap_with(LOAM_GC, LIMIT, rec_oom, NULL, &rec);
+    size_t total = 0, max_committed = 0;
+    for (size_t i = 0; total < 20 * LIMIT / GC_SAN_DIVISOR; i++) {
+        void *p = loam_gc_alloc(h, block, i % 2 ? LOAM_ATOMIC : LOAM_CONSERVATIVE);
+        cr_assert_not_null(p, "allocation %zu of %zu bytes failed with only garbage in the heap (oom calls %zu)", i,
+                           block, rec.calls);
+        total += block;
+        if (block < 64 * KiB && i % 16 != 0)
+            continue;
+        loam_stats_t st = gc_stats(h);
+        if (st.committed_bytes > max_committed)
+            max_committed = st.committed_bytes;
+        cr_assert_leq(st.committed_bytes, LIMIT, "committed %zu over the limit", st.committed_bytes);
+    }
+    cr_assert_eq(rec.calls, 0, "the oom callback was called although collecting made room");
+    cr_assert_gt(gc_stats(h).gc_collections, 0);
+    loam_heap_destroy(h);
+}
+
+Test(limit, garbage_never_fails_small, .timeout = 120) { garbage_never_fails(4000); }
+Test(limit, garbage_never_fails_large, .timeout = 120) { garbage_never_fails(256 * KiB); }
+
+/* Pacing out of the way (gc_min_bytes far above the limit): only the limit
+ * makes the heap collect. */
+Test(limit, collects_at_the_limit_before_failing, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", 1L << 34), 0);
+    static oom_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    loam_heap_t *h = heap_with(LOAM_GC, LIMIT, rec_oom, NULL, &rec);
+    for (size_t i = 0; i < 10 * LIMIT / 8000; i++) {
+        void *p = loam_gc_alloc(h, 8000, LOAM_ATOMIC);
+        cr_assert_not_null(p, "allocation %zu failed, with only garbage in the heap", i);
+        if (i % 8 == 0)
+            cr_assert_leq(gc_stats(h).committed_bytes, LIMIT);
+    }
+    cr_assert_eq(rec.calls, 0);
+    cr_assert_gt(gc_stats(h).gc_collections, 0, "the heap never collected at its limit");
+    loam_heap_destroy(h);
+}
+
+static void fill_live(size_t block)
+{
+    static oom_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    loam_heap_t *h = heap_with(LOAM_GC, LIMIT, rec_oom, NULL, &rec);
+    size_t max = 2 * LIMIT / block + 16;
+    uintptr_t *keep = calloc(max, sizeof *keep);
+    cr_assert_not_null(keep);
+    loam_root_add_range(h, keep, keep + max);
+    size_t k = 0, live_at_failure = 0;
+    for (;; k++) {
+        cr_assert_lt(k, max, "the heap held more than twice its limit");
+        loam_stats_t s0 = gc_stats(h);
+        errno = 0;
+        void *p = loam_gc_alloc(h, block, LOAM_ATOMIC);
+        loam_stats_t s1 = gc_stats(h);
+        cr_assert_leq(s1.committed_bytes, LIMIT, "committed %zu over the limit", s1.committed_bytes);
+        if (!p) {
+            cr_assert_eq(errno, ENOMEM, "a refusal must set ENOMEM (errno %d)", errno);
+            cr_assert_geq(rec.calls, 1, "NULL without calling the oom callback");
+            cr_assert_eq(rec.request, block, "the oom callback got request %zu, expected %zu", rec.request, block);
+            cr_assert_eq(rec.heap, h);
+            cr_assert_eq(rec.user_seen, &rec);
+            cr_assert_gt(s1.gc_collections, s0.gc_collections, "refused without collecting first");
+            live_at_failure = s0.live_bytes;
+            break;
+        }
+        cr_assert_eq(rec.calls, 0, "the oom callback was called although the allocation succeeded");
+        gc_fill(p, 0, 64, k);
+        keep[k] = (uintptr_t)p;
+    }
+    cr_assert_geq(live_at_failure, LIMIT / 2, "refused with only %zu bytes live under a limit of %zu",
+                  live_at_failure, (size_t)LIMIT);
+    for (size_t i = 0; i < k; i++)
+        cr_assert_eq(gc_check((void *)keep[i], 0, 64, i), (size_t)-1, "live block %zu damaged", i);
+    /* drop half: the next allocations succeed (after a collection), no oom */
+    size_t calls = rec.calls;
+    for (size_t i = 0; i < k; i += 2)
+        keep[i] = 0;
+    for (size_t i = 0; i < k / 4; i++) {
+        void *p = loam_gc_alloc(h, block, LOAM_ATOMIC);
+        cr_assert_not_null(p, "no room after dropping half of the live data (%zu)", i);
+        keep[2 * i] = (uintptr_t)p;
+    }
+    cr_assert_eq(rec.calls, calls);
+    loam_root_remove_range(h, keep);
+    free(keep);
+    loam_heap_destroy(h);
+}
+
+Test(limit, live_data_fills_it_then_oom_then_null, .timeout = 120) { fill_live(16 * KiB); }
+Test(limit, live_large_blocks_fill_it, .timeout = 120) { fill_live(300 * KiB); }
+
+/* ---- leak check ------------------------------------------------------------------------ */
+
+typedef struct {
+    void  *block[64];
+    size_t size[64];
+    size_t n;
+    bool   bad_user;
+} leak_rec_t;
+
+static leak_rec_t *leak_expect_user;
+
+static void rec_leak(void *block, size_t size, void *user)
+{
+    leak_rec_t *r = user;
+    if (user != leak_expect_user)
+        r->bad_user = true;
+    if (r->n < 64) {
+        r->block[r->n] = block;
+        r->size[r->n] = size;
+    }
+    r->n++;
+}
+
+static void *leak_cb_root;
+static void leak_roots(loam_tracer_t *t, void *user)
+{
+    (void)user;
+    loam_mark(t, leak_cb_root);
+}
+
+static void *leak_slot;
+
+Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
+{
+    loam_heap_t *h = heap_with(LOAM_MANUAL, 0, NULL, leak_roots, NULL);
+    uintptr_t *range = calloc(8, sizeof *range);
+    cr_assert_not_null(range);
+    loam_root_add(h, &leak_slot);
+    loam_root_add_range(h, range, range + 8);
+
+    enum { NR = 6, NF = 5, NL = 7 };
+    /* reachable: r0 via the slot, r1 via the range (interior), r2 via the
+     * roots callback; c0 only from r0, c1 only from r1 (interior), c2 only from c0 */
+    void *r[NR];
+    size_t rsize[NR] = { 64, 256, 48, 32, 4000, 100 };
+    for (int i = 0; i < NR; i++) {
+        r[i] = loam_calloc(h, 1, rsize[i]);
+        cr_assert_not_null(r[i]);
+    }
+    leak_slot = r[0];
+    range[3] = (uintptr_t)r[1] + 100;
+    leak_cb_root = r[2];
+    ((void **)r[0])[1] = r[3];                           /* c0 */
+    ((uintptr_t *)r[1])[5] = (uintptr_t)r[4] + 2000;      /* c1, interior */
+    ((void **)r[3])[0] = r[5];                           /* c2 */
+    /* freed: never reported */
+    for (int i = 0; i < NF; i++)
+        loam_free(loam_malloc(h, 24 + (size_t)i * 100));
+    /* leaked: l1 -> l2 chain, l3 points at r0 (reachable, not reported), one large */
+    void *l[NL];
+    size_t lsize[NL] = { 16, 80, 80, 512, 300 * KiB, 7, 2000 };
+    for (int i = 0; i < NL; i++) {
+        l[i] = loam_calloc(h, 1, lsize[i]);
+        cr_assert_not_null(l[i]);
+        if (lsize[i] >= 16)
+            gc_fill(l[i], 8, lsize[i], 40 + (uint64_t)i);
+    }
+    ((void **)l[1])[0] = l[2];
+    ((void **)l[3])[0] = r[0];
+    /* one that was freed after a pointer to it was stored: the stale pointer
+     * in r2 points at a free block, which must not be reported */
+    void *gone = loam_malloc(h, 64);
+    ((void **)r[2])[0] = gone;
+    loam_free(gone);
+
+    loam_stats_t s0 = gc_stats(h);
+    static leak_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    leak_expect_user = &rec;
+    size_t count = loam_leak_check(h, rec_leak, &rec);
+    cr_assert_eq(count, NL, "loam_leak_check counted %zu leaks, %d expected", count, NL);
+    cr_assert_eq(rec.n, NL, "the callback was called %zu times, %d leaks", rec.n, NL);
+    cr_assert(!rec.bad_user, "the callback did not get the user pointer");
+    for (int i = 0; i < NL; i++) {
+        int found = 0;
+        for (size_t j = 0; j < rec.n && j < 64; j++)
+            if (rec.block[j] == l[i]) {
+                found++;
+                cr_assert(rec.size[j] >= lsize[i] && rec.size[j] <= loam_usable_size(l[i]),
+                          "leak %d reported with size %zu (requested %zu, usable %zu)", i, rec.size[j], lsize[i],
+                          loam_usable_size(l[i]));
+            }
+        cr_assert_eq(found, 1, "leaked block %d (%p, %zu bytes) reported %d times", i, l[i], lsize[i], found);
+    }
+    /* nothing freed, nothing changed */
+    loam_stats_t s1 = gc_stats(h);
+    cr_assert_eq(s1.live_blocks, s0.live_blocks, "leak check freed blocks");
+    cr_assert_eq(s1.live_bytes, s0.live_bytes);
+    for (int i = 0; i < NL; i++)
+        if (lsize[i] >= 16)
+            cr_assert_eq(gc_check(l[i], 8, lsize[i], 40 + (uint64_t)i), (size_t)-1, "leaked block %d damaged", i);
+    cr_assert_eq(((void **)r[0])[1], r[3]);
+    /* the same answer again */
+    memset(&rec, 0, sizeof rec);
+    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), NL);
+    /* free the leaks: none left; then drop r0's root: r0, c0, c2 leak (and l3? freed) */
+    for (int i = 0; i < NL; i++)
+        loam_free(l[i]);
+    memset(&rec, 0, sizeof rec);
+    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), 0, "leaks reported after freeing them all");
+    cr_assert_eq(rec.n, 0);
+    leak_slot = NULL;
+    memset(&rec, 0, sizeof rec);
+    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), 3, "r0 and what only it reaches leak once its root is cleared");
+    for (int i = 0; i < NR; i++)
+        loam_free(r[i]);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    loam_root_remove(h, &leak_slot);
+    loam_root_remove_range(h, range);
+    free(range);
+    loam_heap_destroy(h);
+}

@@ -1,0 +1,861 @@
+/* tests/test_gc_threads.c — the collector with several threads.
+ *
+ *  - shared structure: four threads allocate objects of all three kinds,
+ *    link them into a shared, rooted table (root slots and a root range)
+ *    under a mutex (bracketed by loam_enter_blocking/loam_leave_blocking),
+ *    verify random entries and what they reach, while two of them call
+ *    loam_gc_collect now and then and automatic collections happen. Fresh
+ *    objects are held only on the threads' stacks (stack-scanning heap), or
+ *    in per-thread root slots registered from each thread (LOAM_NO_STACK_SCAN
+ *    heap: then live blocks are exact and return to zero at the end).
+ *    Seeded (LOAM_TEST_SEED, printed), LOAM_TEST_SCALE multiplies the work;
+ *  - a thread waiting in a blocking section keeps what its stack references;
+ *  - threads that exit without loam_thread_detach do not stall collections;
+ *  - two heaps collecting independently in two threads: a collection of one
+ *    heap does not wait for a thread attached only to the other, and each
+ *    heap counts only its own collections.
+ * Builds as a plain program with -DLOAM_TEST_STANDALONE (ThreadSanitizer). */
+#define _GNU_SOURCE
+#ifdef LOAM_TEST_STANDALONE
+#include "standalone_shim.h"
+#else
+#include <criterion/criterion.h>
+#endif
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gc_util.h"
+
+#define TNODE_TAG 0x7A0DE7A0000000D1ull
+#define TABLE     256                  /* 0..127: loam_root_add slots, 128..255: a root range */
+#define MAX_DEPTH 8
+#define NTHREADS  4
+
+typedef struct tnode {
+    uintptr_t     tag;
+    struct tnode *link;                /* an older node, or NULL */
+    void         *atom;                /* ATOMIC payload, pattern(serial) */
+    void         *cons;                /* CONSERVATIVE: [0] interior pointer to atom2, [1] serial, pattern */
+    uint64_t      serial;
+    uint32_t      atom_size, depth;
+} tnode_t;
+
+#define CONS_SIZE  64
+#define ATOM2_SIZE 32
+
+static void trace_tnode(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    tnode_t *n = obj;
+    if (n->tag != TNODE_TAG)
+        return;                        /* fresh, zero-filled */
+    loam_mark(t, n->link);
+    loam_mark(t, n->atom);
+    loam_mark(t, n->cons);
+}
+
+static loam_heap_t *new_gc_heap(unsigned flags)
+{
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_GC;
+    cfg.flags = flags;
+    cfg.trace = trace_tnode;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+/* Check a node and the nodes it links to; returns false on damage. */
+static bool node_ok(const tnode_t *n)
+{
+    for (int d = 0; n; d++) {
+        if (d > MAX_DEPTH + 1 || n->tag != TNODE_TAG || n->depth > MAX_DEPTH)
+            return false;
+        if (gc_check(n->atom, 0, n->atom_size, n->serial) != (size_t)-1)
+            return false;
+        const uintptr_t *c = n->cons;
+        if (c[1] != n->serial || gc_check(c, 16, CONS_SIZE, n->serial ^ 1) != (size_t)-1)
+            return false;
+        if (gc_check((void *)(c[0] - 5), 0, ATOM2_SIZE, n->serial ^ 2) != (size_t)-1)
+            return false;
+        if (n->link && n->link->depth + 1 != n->depth)
+            return false;
+        n = n->link;
+    }
+    return true;
+}
+
+/* ---- the shared table -------------------------------------------------------------------- */
+
+typedef struct {
+    loam_heap_t    *h;
+    bool            exact;             /* LOAM_NO_STACK_SCAN: fresh objects in per-thread root slots */
+    uint64_t        seed;
+    size_t          iters;
+    pthread_mutex_t lock;
+    atomic_size_t   collects, verified, damaged;
+    uintptr_t      *range;             /* table entries 128..255 (glibc memory) */
+} shared_t;
+
+static void *table_slots[TABLE / 2];
+
+static void **table_entry(shared_t *S, size_t i)
+{
+    return i < TABLE / 2 ? &table_slots[i] : (void **)&S->range[i - TABLE / 2];
+}
+
+typedef struct {
+    shared_t *S;
+    int       index;
+} worker_arg_t;
+
+static void lock_shared(shared_t *S)
+{
+    loam_enter_blocking(S->h);
+    pthread_mutex_lock(&S->lock);
+    loam_leave_blocking(S->h);
+}
+
+static GC_NOINLINE void worker_body(shared_t *S, int index, void *volatile *fresh)
+{
+    gc_rng_t rng = { S->seed + (uint64_t)index * 0x1000193u };
+    for (size_t it = 0; it < S->iters; it++) {
+        uint64_t serial = ((uint64_t)(index + 1) << 48) | (it * 0x9E3779B1u);
+        size_t asz = gc_rng_below(&rng, 400) == 0 ? 150 * KiB : 16 + gc_rng_below(&rng, 2000);
+        /* each fresh object sits only in fresh[] until linked: on the stack
+         * (stack-scanning heap) or in this thread's registered root slots */
+        fresh[0] = loam_gc_alloc(S->h, asz, LOAM_ATOMIC);
+        cr_assert_not_null(fresh[0]);
+        gc_fill(fresh[0], 0, asz, serial);
+        fresh[1] = loam_gc_alloc(S->h, ATOM2_SIZE, LOAM_ATOMIC);
+        cr_assert_not_null(fresh[1]);
+        gc_fill(fresh[1], 0, ATOM2_SIZE, serial ^ 2);
+        fresh[2] = loam_gc_alloc(S->h, CONS_SIZE, LOAM_CONSERVATIVE);
+        cr_assert_not_null(fresh[2]);
+        uintptr_t *c = fresh[2];
+        c[0] = (uintptr_t)fresh[1] + 5;
+        c[1] = serial;
+        gc_fill(c, 16, CONS_SIZE, serial ^ 1);
+        fresh[1] = NULL;                                   /* now reached only through cons */
+        fresh[3] = loam_gc_alloc(S->h, sizeof(tnode_t), LOAM_TRACED);
+        cr_assert_not_null(fresh[3]);
+        tnode_t *n = fresh[3];
+        n->atom = fresh[0];
+        n->cons = fresh[2];
+        n->atom_size = (uint32_t)asz;
+        n->serial = serial;
+        n->tag = TNODE_TAG;
+        fresh[0] = fresh[2] = NULL;                        /* reached through the node */
+        if (!node_ok(n))
+            atomic_fetch_add(&S->damaged, 1);
+
+        lock_shared(S);
+        size_t slot = gc_rng_below(&rng, TABLE);
+        tnode_t *other = *table_entry(S, gc_rng_below(&rng, TABLE));
+        if (other && other->depth < MAX_DEPTH && gc_rng_below(&rng, 2)) {
+            n->link = other;
+            n->depth = other->depth + 1;
+        }
+        *table_entry(S, slot) = n;
+        fresh[3] = NULL;
+        for (int k = 0; k < 2; k++) {
+            tnode_t *v = *table_entry(S, gc_rng_below(&rng, TABLE));
+            if (v) {
+                atomic_fetch_add(&S->verified, 1);
+                if (!node_ok(v))
+                    atomic_fetch_add(&S->damaged, 1);
+            }
+        }
+        pthread_mutex_unlock(&S->lock);
+
+        if (index < 2 && it % 250 == 249) {
+            loam_gc_collect(S->h);
+            atomic_fetch_add(&S->collects, 1);
+        } else if (it % 64 == 0) {
+            loam_safepoint(S->h);
+        }
+    }
+}
+
+static void *worker(void *p)
+{
+    worker_arg_t *a = p;
+    shared_t *S = a->S;
+    void *volatile fresh[4] = { 0 };
+    if (S->exact)
+        for (int i = 0; i < 4; i++)
+            loam_root_add(S->h, (void **)&fresh[i]);
+    worker_body(S, a->index, fresh);
+    if (S->exact)
+        for (int i = 0; i < 4; i++)
+            loam_root_remove(S->h, (void **)&fresh[i]);
+    loam_thread_detach(S->h);
+    return NULL;
+}
+
+static void shared_structure(unsigned flags, const char *name)
+{
+    static shared_t S;
+    memset(&S, 0, sizeof S);
+    S.seed = gc_test_seed(name);
+    S.exact = (flags & LOAM_NO_STACK_SCAN) != 0;
+    S.iters = 20000 * gc_test_scale() / GC_SAN_DIVISOR;
+    S.h = new_gc_heap(flags);
+    pthread_mutex_init(&S.lock, NULL);
+    S.range = calloc(TABLE / 2, sizeof *S.range);
+    cr_assert_not_null(S.range);
+    memset(table_slots, 0, sizeof table_slots);
+    for (int i = 0; i < TABLE / 2; i++)
+        loam_root_add(S.h, &table_slots[i]);
+    loam_root_add_range(S.h, S.range, S.range + TABLE / 2);
+
+    loam_thread_attach(S.h);           /* main takes part: it joins while blocking */
+    pthread_t th[NTHREADS];
+    worker_arg_t args[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (worker_arg_t){ &S, i };
+        cr_assert_eq(pthread_create(&th[i], NULL, worker, &args[i]), 0);
+    }
+    loam_enter_blocking(S.h);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(th[i], NULL);
+    loam_leave_blocking(S.h);
+
+    cr_assert_eq(atomic_load(&S.damaged), 0, "seed %llu: %zu damaged objects seen by the threads",
+                 (unsigned long long)S.seed, atomic_load(&S.damaged));
+    cr_assert(atomic_load(&S.verified) > 0);
+    loam_gc_collect(S.h);
+    size_t entries = 0;
+    for (size_t i = 0; i < TABLE; i++) {
+        tnode_t *v = *table_entry(&S, i);
+        if (v) {
+            entries++;
+            cr_assert(node_ok(v), "seed %llu: table entry %zu damaged after the threads ended",
+                      (unsigned long long)S.seed, i);
+        }
+    }
+    cr_assert(entries > TABLE / 2);
+    loam_stats_t st = gc_stats(S.h);
+    /* Concurrent loam_gc_collect calls may share one collection, but each
+     * thread's calls follow one another: at least one collection apiece. */
+    cr_assert_geq(st.gc_collections, atomic_load(&S.collects) / 2 + 1);
+    fprintf(stderr, "%s: %zu collections (%zu explicit by the threads), %zu verifications\n", name,
+            st.gc_collections, atomic_load(&S.collects), atomic_load(&S.verified));
+
+    for (size_t i = 0; i < TABLE; i++)
+        *table_entry(&S, i) = NULL;
+    gc_scrub_stack();
+    loam_gc_collect(S.h);
+    st = gc_stats(S.h);
+    if (S.exact)
+        cr_assert_eq(st.live_blocks, 0, "seed %llu: %zu blocks live with an empty table",
+                     (unsigned long long)S.seed, st.live_blocks);
+    else
+        cr_assert_leq(st.live_blocks, 120, "seed %llu: %zu blocks live with an empty table",
+                      (unsigned long long)S.seed, st.live_blocks);
+    loam_thread_detach(S.h);
+    for (int i = 0; i < TABLE / 2; i++)
+        loam_root_remove(S.h, &table_slots[i]);
+    loam_root_remove_range(S.h, S.range);
+    free(S.range);
+    loam_heap_destroy(S.h);
+}
+
+Test(gc_threads, shared_structure_stack_scanning, .timeout = 600)
+{
+    shared_structure(0, "gc_threads/shared_structure_stack_scanning");
+}
+
+Test(gc_threads, shared_structure_root_slots, .timeout = 600)
+{
+    shared_structure(LOAM_NO_STACK_SCAN, "gc_threads/shared_structure_root_slots");
+}
+
+/* ---- a blocked thread's stack ------------------------------------------------------------------ */
+
+typedef struct {
+    loam_heap_t    *h;
+    pthread_mutex_t m;
+    pthread_cond_t  c;
+    int             stage;             /* 1: blocked and waiting, 2: go on */
+    bool            ok;
+} blocked_t;
+
+static GC_NOINLINE bool hold_and_wait(blocked_t *B)
+{
+    tnode_t *volatile keep[8];
+    for (int i = 0; i < 8; i++) {
+        tnode_t *n = loam_gc_alloc(B->h, sizeof(tnode_t), LOAM_TRACED);
+        n->atom = loam_gc_alloc(B->h, 100 + (size_t)i, LOAM_ATOMIC);
+        gc_fill(n->atom, 0, 100 + (size_t)i, 70 + (uint64_t)i);
+        n->cons = loam_gc_alloc(B->h, CONS_SIZE, LOAM_CONSERVATIVE);
+        uintptr_t *c = n->cons;
+        void *a2 = loam_gc_alloc(B->h, ATOM2_SIZE, LOAM_ATOMIC);
+        gc_fill(a2, 0, ATOM2_SIZE, (70 + (uint64_t)i) ^ 2);
+        c[0] = (uintptr_t)a2 + 5;
+        c[1] = 70 + (uint64_t)i;
+        gc_fill(c, 16, CONS_SIZE, (70 + (uint64_t)i) ^ 1);
+        n->atom_size = 100 + (uint32_t)i;
+        n->serial = 70 + (uint64_t)i;
+        n->tag = TNODE_TAG;
+        keep[i] = n;
+    }
+    loam_enter_blocking(B->h);
+    pthread_mutex_lock(&B->m);
+    B->stage = 1;
+    pthread_cond_broadcast(&B->c);
+    while (B->stage != 2)
+        pthread_cond_wait(&B->c, &B->m);
+    pthread_mutex_unlock(&B->m);
+    loam_leave_blocking(B->h);
+    bool ok = true;
+    for (int i = 0; i < 8; i++)
+        ok = ok && node_ok(keep[i]);
+    return ok;
+}
+
+static void *blocked_thread(void *p)
+{
+    blocked_t *B = p;
+    B->ok = hold_and_wait(B);
+    loam_thread_detach(B->h);
+    return NULL;
+}
+
+Test(gc_threads, blocked_thread_stack_is_scanned, .timeout = 120)
+{
+    static blocked_t B;
+    memset(&B, 0, sizeof B);
+    B.h = new_gc_heap(0);
+    pthread_mutex_init(&B.m, NULL);
+    pthread_cond_init(&B.c, NULL);
+    loam_thread_attach(B.h);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, blocked_thread, &B), 0);
+    loam_enter_blocking(B.h);
+    pthread_mutex_lock(&B.m);
+    while (B.stage != 1)
+        pthread_cond_wait(&B.c, &B.m);
+    pthread_mutex_unlock(&B.m);
+    loam_leave_blocking(B.h);
+    /* collect and churn while the other thread waits with its objects on its stack */
+    for (int r = 0; r < 5; r++) {
+        loam_gc_collect(B.h);
+        for (int i = 0; i < 20000; i++) {
+            void *p = loam_gc_alloc(B.h, 100 + (size_t)(i % 8), LOAM_ATOMIC);
+            cr_assert_not_null(p);
+            memset(p, 0xEE, 100);
+        }
+    }
+    pthread_mutex_lock(&B.m);
+    B.stage = 2;
+    pthread_cond_broadcast(&B.c);
+    pthread_mutex_unlock(&B.m);
+    loam_enter_blocking(B.h);
+    pthread_join(t, NULL);
+    loam_leave_blocking(B.h);
+    cr_assert(B.ok, "objects referenced only from a blocked thread's stack were freed or overwritten");
+    loam_thread_detach(B.h);
+    loam_heap_destroy(B.h);
+}
+
+/* ---- threads exiting attached --------------------------------------------------------------- */
+
+static void *alloc_and_exit(void *p)
+{
+    loam_heap_t *h = p;
+    for (int i = 0; i < 1000; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+    return NULL;                       /* no loam_thread_detach */
+}
+
+Test(gc_threads, threads_exiting_attached_do_not_stall_collections, .timeout = 60)
+{
+    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN);
+    loam_thread_attach(h);
+    for (int round = 0; round < 3; round++) {
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++)
+            cr_assert_eq(pthread_create(&t[i], NULL, alloc_and_exit, h), 0);
+        loam_enter_blocking(h);
+        for (int i = 0; i < 4; i++)
+            pthread_join(t[i], NULL);
+        loam_leave_blocking(h);
+        loam_gc_collect(h);            /* hangs if the exited threads still count as running */
+        for (int i = 0; i < 100000; i++)
+            cr_assert_not_null(loam_gc_alloc(h, 128, LOAM_ATOMIC));
+    }
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    loam_thread_detach(h);
+    loam_heap_destroy(h);
+}
+
+/* ---- two heaps, two threads ---------------------------------------------------------------- */
+
+typedef struct cell {
+    struct cell *next;
+    uint64_t     value;
+} cell_t;
+
+typedef struct {
+    loam_heap_t    *h;
+    void           *head;              /* registered root slot */
+    int             index;
+    uint64_t        seed;
+    size_t          rounds, explicit_collects;
+    bool            ok;
+} solo_t;
+
+/* handshake: the other thread is attached to its own heap and waits without
+ * a blocking bracket while this one collects its heap */
+static pthread_mutex_t hs_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t  hs_c = PTHREAD_COND_INITIALIZER;
+static int             hs_turn;        /* 0: thread 0 collects, 1: thread 1, 2: done */
+static int             hs_waiting;     /* the waiting thread is parked */
+static bool            hs_other_changed;  /* a collection of one heap counted in the other */
+static pthread_barrier_t solo_barrier;
+static solo_t          solos[2];
+
+static void handshake(solo_t *me)
+{
+    int other = 1 - me->index;
+    pthread_mutex_lock(&hs_m);
+    if (hs_turn == me->index) {
+        while (!hs_waiting)
+            pthread_cond_wait(&hs_c, &hs_m);
+        pthread_mutex_unlock(&hs_m);
+        /* the other thread is parked, attached to its heap, not blocking-bracketed */
+        size_t before = gc_stats(solos[other].h).gc_collections;
+        for (int i = 0; i < 3; i++) {
+            loam_gc_collect(me->h);
+            me->explicit_collects++;
+        }
+        if (gc_stats(solos[other].h).gc_collections != before)
+            hs_other_changed = true;
+        pthread_mutex_lock(&hs_m);
+        hs_turn = hs_turn == 0 ? 1 : 2;
+        hs_waiting = 0;
+        pthread_cond_broadcast(&hs_c);
+        pthread_mutex_unlock(&hs_m);
+        return;
+    }
+    hs_waiting = 1;
+    pthread_cond_broadcast(&hs_c);
+    int t = hs_turn;
+    while (hs_turn == t)
+        pthread_cond_wait(&hs_c, &hs_m);
+    pthread_mutex_unlock(&hs_m);
+}
+
+static void *solo_thread(void *p)
+{
+    solo_t *me = p;
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_GC;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    me->h = loam_heap_new(&cfg);
+    me->ok = me->h != NULL;
+    if (!me->ok)
+        return NULL;
+    loam_root_add(me->h, &me->head);
+    gc_rng_t rng = { me->seed + (uint64_t)me->index };
+    size_t len = 0;
+    /* first attach (by allocating), then the handshakes */
+    me->head = loam_gc_alloc(me->h, sizeof(cell_t), LOAM_CONSERVATIVE);
+    ((cell_t *)me->head)->value = 0;
+    len = 1;
+    pthread_barrier_wait(&solo_barrier);
+    handshake(me);
+    handshake(me);
+    for (size_t r = 0; r < me->rounds && me->ok; r++) {
+        size_t add = 1000 + gc_rng_below(&rng, 20000);
+        for (size_t i = 0; i < add; i++) {
+            cell_t *c = loam_gc_alloc(me->h, sizeof(cell_t), LOAM_CONSERVATIVE);
+            if (!c) {
+                me->ok = false;
+                break;
+            }
+            c->next = me->head;
+            c->value = len++;
+            me->head = c;
+            void *g = loam_gc_alloc(me->h, 48, LOAM_ATOMIC);   /* garbage */
+            memset(g, 0xAB, 48);
+        }
+        if (r % 3 == 0) {
+            loam_gc_collect(me->h);
+            me->explicit_collects++;
+        }
+        /* verify, then drop the older half */
+        size_t k = len;
+        cell_t *c = me->head, *mid = NULL;
+        for (; c; c = c->next) {
+            k--;
+            if (c->value != k)
+                me->ok = false;
+            if (k == len / 2)
+                mid = c;
+        }
+        if (k != 0)
+            me->ok = false;
+        if (mid && gc_rng_below(&rng, 2)) {
+            /* keep values len/2 .. len-1: renumber by cutting after mid */
+            mid->next = NULL;
+            size_t shift = len / 2;
+            for (c = me->head; c; c = c->next)
+                c->value -= shift;
+            len -= shift;
+        }
+    }
+    loam_gc_collect(me->h);
+    me->explicit_collects++;
+    loam_stats_t st = gc_stats(me->h);
+    if (st.live_blocks != len || st.gc_collections < me->explicit_collects)
+        me->ok = false;
+    me->head = NULL;
+    loam_gc_collect(me->h);
+    if (gc_stats(me->h).live_blocks != 0)
+        me->ok = false;
+    loam_root_remove(me->h, &me->head);
+    loam_thread_detach(me->h);
+    return NULL;
+}
+
+Test(gc_threads, two_heaps_collect_independently, .timeout = 300)
+{
+    uint64_t seed = gc_test_seed("gc_threads/two_heaps_collect_independently");
+    pthread_barrier_init(&solo_barrier, NULL, 2);
+    hs_turn = 0;
+    hs_waiting = 0;
+    hs_other_changed = false;
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        solos[i] = (solo_t){ .index = i, .seed = seed, .rounds = 30 * gc_test_scale() / GC_SAN_DIVISOR };
+        cr_assert_eq(pthread_create(&t[i], NULL, solo_thread, &solos[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(hs_turn, 2, "the handshakes did not complete");
+    cr_assert(!hs_other_changed, "collecting one heap changed the other's collection count");
+    for (int i = 0; i < 2; i++) {
+        cr_assert(solos[i].ok, "seed %llu: thread %d found its list damaged or its counts wrong",
+                  (unsigned long long)seed, i);
+        loam_heap_destroy(solos[i].h);
+    }
+}
+
+/* ---- finalizers and weak references from several threads ------------------------------------ */
+
+#define FIN_PER_THREAD 40000
+static atomic_uchar fin_seen[NTHREADS * FIN_PER_THREAD];
+static atomic_size_t fin_twice, fin_total;
+
+static void mt_fin(void *obj, void *data)
+{
+    (void)obj;
+    size_t i = (size_t)(uintptr_t)data;
+    if (atomic_fetch_add(&fin_seen[i], 1) != 0)
+        atomic_fetch_add(&fin_twice, 1);
+    atomic_fetch_add(&fin_total, 1);
+}
+
+typedef struct {
+    loam_heap_t  *h;
+    int           index;
+    size_t        n;
+    atomic_size_t *weak_bad;
+} mtfin_arg_t;
+
+static void *mtfin_thread(void *p)
+{
+    mtfin_arg_t *a = p;
+    void *volatile kept[16] = { 0 };
+    loam_weak_t *w[16] = { 0 };
+    for (int k = 0; k < 16; k++)
+        loam_root_add(a->h, (void **)&kept[k]);
+    for (size_t i = 0; i < a->n; i++) {
+        size_t id = (size_t)a->index * FIN_PER_THREAD + i;
+        void *o = loam_gc_alloc(a->h, 32 + (i % 5) * 16, i % 2 ? LOAM_ATOMIC : LOAM_CONSERVATIVE);
+        cr_assert_not_null(o);
+        cr_assert_eq(loam_finalizer_set(a->h, o, mt_fin, (void *)(uintptr_t)id), 0);
+        if (i % 1000 == 0) {
+            /* hold one for a while with a weak reference to it; it must stay */
+            int k = (int)(i / 1000 % 16);
+            if (w[k]) {
+                if (loam_weak_get(w[k]) != kept[k])
+                    atomic_fetch_add(a->weak_bad, 1);
+                loam_weak_free(w[k]);
+            }
+            kept[k] = o;
+            w[k] = loam_weak_new(a->h, o);
+        }
+        if (a->index == 0 && i % 5000 == 4999)
+            loam_gc_collect(a->h);
+    }
+    for (int k = 0; k < 16; k++) {
+        if (w[k] && loam_weak_get(w[k]) != kept[k])
+            atomic_fetch_add(a->weak_bad, 1);
+        loam_weak_free(w[k]);
+        loam_root_remove(a->h, (void **)&kept[k]);
+    }
+    loam_thread_detach(a->h);
+    return NULL;
+}
+
+Test(gc_threads, finalizers_and_weak_refs_from_threads, .timeout = 300)
+{
+    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN);
+    size_t n = FIN_PER_THREAD / GC_SAN_DIVISOR;
+    for (size_t i = 0; i < NTHREADS * FIN_PER_THREAD; i++)
+        atomic_store(&fin_seen[i], 0);
+    atomic_store(&fin_twice, 0);
+    atomic_store(&fin_total, 0);
+    static atomic_size_t weak_bad;
+    atomic_store(&weak_bad, 0);
+    pthread_t t[NTHREADS];
+    mtfin_arg_t args[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (mtfin_arg_t){ h, i, n, &weak_bad };
+        cr_assert_eq(pthread_create(&t[i], NULL, mtfin_thread, &args[i]), 0);
+    }
+    loam_thread_attach(h);                        /* (creating the heap should not attach: see below) */
+    loam_enter_blocking(h);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    loam_leave_blocking(h);
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    cr_assert_eq(atomic_load(&weak_bad), 0, "a weak reference to a rooted object changed");
+    cr_assert_eq(atomic_load(&fin_twice), 0, "%zu objects finalized twice", atomic_load(&fin_twice));
+    cr_assert_eq(atomic_load(&fin_total), NTHREADS * n, "%zu of %zu finalizers ran", atomic_load(&fin_total),
+                 NTHREADS * n);
+    for (int th = 0; th < NTHREADS; th++)
+        for (size_t i = 0; i < n; i++)
+            cr_assert_eq(atomic_load(&fin_seen[(size_t)th * FIN_PER_THREAD + i]), 1, "object %d/%zu", th, i);
+    cr_assert_eq(gc_stats(h).gc_finalizers_run, NTHREADS * n);
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    loam_thread_detach(h);
+    loam_heap_destroy(h);
+}
+
+/* ---- creating a heap attaches no thread ---------------------------------------------------------- */
+
+static void *alloc_and_collect(void *p)
+{
+    loam_heap_t *h = p;
+    for (int i = 0; i < 100; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    loam_gc_collect(h);
+    loam_thread_detach(h);
+    return NULL;
+}
+
+/* Join with a deadline: false if the thread did not end in time. */
+static bool join_within(pthread_t t, int seconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += seconds;
+    return pthread_timedjoin_np(t, NULL, &ts) == 0;
+}
+
+/* "Creating a heap attaches no thread": so the creating thread may wait
+ * (here: join) without a blocking bracket while another thread collects. */
+Test(gc_threads, creating_a_collected_heap_attaches_no_thread, .timeout = 60)
+{
+    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, alloc_and_collect, h), 0);
+    cr_assert(join_within(t, 20), "a collection in another thread waits for the thread that created the heap "
+                                  "(loam_heap_new attached it)");
+    loam_heap_destroy(h);
+}
+
+/* Neither does switching a heap to collected (attaching is by allocation,
+ * or explicit). */
+Test(gc_threads, set_mode_attaches_no_thread, .timeout = 60)
+{
+    loam_config_t cfg = { 0 };
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, alloc_and_collect, h), 0);
+    cr_assert(join_within(t, 20), "a collection in another thread waits for the thread that switched the heap "
+                                  "to LOAM_GC (loam_heap_set_mode attached it)");
+    loam_heap_destroy(h);
+}
+
+/* ---- a manual heap switched to collected while another thread holds a cache of it ------------ */
+
+#define SW_N 1000
+typedef struct {
+    loam_heap_t    *h;
+    pthread_mutex_t m;
+    pthread_cond_t  c;
+    int             stage;            /* 1: first batch done, 2: go on, 3: second batch done */
+    uintptr_t      *first;            /* SW_N blocks made while manual (odd ones freed) */
+    uintptr_t      *second;           /* SW_N blocks made after the switch */
+} switch_t;
+
+static void sw_wait(switch_t *S, int stage)
+{
+    pthread_mutex_lock(&S->m);
+    while (S->stage < stage)
+        pthread_cond_wait(&S->c, &S->m);
+    pthread_mutex_unlock(&S->m);
+}
+
+static void sw_set(switch_t *S, int stage)
+{
+    pthread_mutex_lock(&S->m);
+    S->stage = stage;
+    pthread_cond_broadcast(&S->c);
+    pthread_mutex_unlock(&S->m);
+}
+
+static void *switch_thread(void *p)
+{
+    switch_t *S = p;
+    for (int i = 0; i < SW_N; i++) {
+        void *b = loam_malloc(S->h, 64);
+        cr_assert_not_null(b);
+        gc_fill(b, 0, 64, 10000 + (uint64_t)i);
+        S->first[i] = (uintptr_t)b;
+    }
+    for (int i = 1; i < SW_N; i += 2) {      /* into this thread's cache */
+        loam_free((void *)S->first[i]);
+        S->first[i] = 0;
+    }
+    sw_set(S, 1);
+    sw_wait(S, 2);                            /* the heap is collected now */
+    for (int i = 0; i < SW_N; i++) {
+        void *b = loam_malloc(S->h, 64);
+        cr_assert_not_null(b);
+        gc_fill(b, 0, 64, 20000 + (uint64_t)i);
+        S->second[i] = (uintptr_t)b;         /* rooted range */
+    }
+    loam_thread_detach(S->h);
+    sw_set(S, 3);
+    return NULL;
+}
+
+Test(gc_threads, switch_to_collected_while_another_thread_caches_blocks, .timeout = 120)
+{
+    static switch_t S;
+    memset(&S, 0, sizeof S);
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_MANUAL;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    S.h = loam_heap_new(&cfg);
+    cr_assert_not_null(S.h);
+    pthread_mutex_init(&S.m, NULL);
+    pthread_cond_init(&S.c, NULL);
+    S.first = calloc(SW_N, sizeof *S.first);
+    S.second = calloc(SW_N, sizeof *S.second);
+    uintptr_t *mine = calloc(4 * SW_N, sizeof *mine);
+    cr_assert(S.first && S.second && mine);
+    loam_root_add_range(S.h, S.first, S.first + SW_N);
+    loam_root_add_range(S.h, S.second, S.second + SW_N);
+    loam_root_add_range(S.h, mine, mine + 4 * SW_N);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, switch_thread, &S), 0);
+    sw_wait(&S, 1);
+    cr_assert_eq(loam_heap_set_mode(S.h, LOAM_GC), 0);
+    loam_gc_collect(S.h);
+    cr_assert_eq(gc_stats(S.h).live_blocks, SW_N / 2);
+    for (int i = 0; i < 4 * SW_N; i++) {
+        void *b = loam_gc_alloc(S.h, 64, LOAM_ATOMIC);
+        cr_assert_not_null(b);
+        gc_fill(b, 0, 64, 30000 + (uint64_t)i);
+        mine[i] = (uintptr_t)b;
+    }
+    loam_gc_collect(S.h);
+    sw_set(&S, 2);
+    loam_enter_blocking(S.h);                 /* main is attached (it allocated) */
+    sw_wait(&S, 3);
+    pthread_join(t, NULL);
+    loam_leave_blocking(S.h);
+    loam_gc_collect(S.h);
+    size_t expect = SW_N / 2 + SW_N + 4 * SW_N;
+    cr_assert_eq(gc_stats(S.h).live_blocks, expect, "%zu live blocks, %zu expected", gc_stats(S.h).live_blocks,
+                 expect);
+    /* every block intact and distinct */
+    uintptr_t *all = malloc(expect * sizeof *all);
+    size_t k = 0;
+    for (int i = 0; i < SW_N; i += 2) {
+        cr_assert_eq(gc_check((void *)S.first[i], 0, 64, 10000 + (uint64_t)i), (size_t)-1, "first[%d] damaged", i);
+        all[k++] = S.first[i];
+    }
+    for (int i = 0; i < SW_N; i++) {
+        cr_assert_eq(gc_check((void *)S.second[i], 0, 64, 20000 + (uint64_t)i), (size_t)-1, "second[%d] damaged", i);
+        all[k++] = S.second[i];
+    }
+    for (int i = 0; i < 4 * SW_N; i++) {
+        cr_assert_eq(gc_check((void *)mine[i], 0, 64, 30000 + (uint64_t)i), (size_t)-1, "mine[%d] damaged", i);
+        all[k++] = mine[i];
+    }
+    for (size_t i = 1; i < k; i++)
+        for (size_t j = 0; j < i; j++)
+            cr_assert(all[i] != all[j], "block %p handed out twice", (void *)all[i]);
+    free(all);
+    loam_root_remove_range(S.h, S.first);
+    loam_root_remove_range(S.h, S.second);
+    loam_root_remove_range(S.h, mine);
+    loam_gc_collect(S.h);
+    cr_assert_eq(gc_stats(S.h).live_blocks, 0);
+    loam_heap_destroy(S.h);
+}
+
+/* ---- a detached thread runs freely while others collect --------------------------------------- */
+
+static atomic_int detached_stop, detached_ready;
+
+static void *detach_and_spin(void *p)
+{
+    loam_heap_t *h = p;
+    void *b = loam_gc_alloc(h, 64, LOAM_ATOMIC);   /* attaches */
+    cr_assert_not_null(b);
+    loam_thread_detach(h);
+    atomic_store(&detached_ready, 1);
+    while (!atomic_load(&detached_stop))
+        ;                                           /* no safepoint, no blocking bracket */
+    void *c = loam_gc_alloc(h, 64, LOAM_ATOMIC);   /* attaches again */
+    cr_assert_not_null(c);
+    loam_thread_detach(h);
+    return NULL;
+}
+
+Test(gc_threads, detached_thread_does_not_stall_collections, .timeout = 60)
+{
+    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN);
+    atomic_store(&detached_stop, 0);
+    atomic_store(&detached_ready, 0);
+    loam_thread_attach(h);                         /* main brackets its join below */
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, detach_and_spin, h), 0);
+    loam_enter_blocking(h);
+    while (!atomic_load(&detached_ready))          /* it attached, allocated, detached */
+        sched_yield();
+    loam_leave_blocking(h);
+    for (int i = 0; i < 3; i++)
+        loam_gc_collect(h);
+    for (int i = 0; i < 50000; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
+    atomic_store(&detached_stop, 1);
+    loam_enter_blocking(h);
+    pthread_join(t, NULL);
+    loam_leave_blocking(h);
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    loam_heap_destroy(h);
+}
