@@ -42,7 +42,7 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
     size_t clear = n;
     if (LOAM_LIKELY(n <= SMALL_MAX && !h->track_requested)) {
         unsigned cls = sizeclass_small[(n + 15) >> 4];
-        p = tcache_pop(loam_tls_cache[h->kinds[kind].slot], cls);
+        p = tcache_pop(loam_tls_cache[AO_char_load((volatile unsigned char *)&h->kinds[kind].slot)], cls);
         clear = sizeclass_size[cls];
     }
     if (!p) {

@@ -77,7 +77,8 @@ heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind)
             for (unsigned s = 1; s < TC_SLOT_NONE; s++)
                 if (!slot_holder[s]) {
                     slot_holder[s] = h;
-                    hk->slot = (uint8_t)s;
+                    /* read lock-free by loam_gc_alloc's fast path */
+                    AO_char_store((volatile unsigned char *)&hk->slot, (unsigned char)s);
                     break;
                 }
             /* arenas are made after this, so their slabs see the slot */
