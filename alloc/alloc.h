@@ -122,7 +122,9 @@ typedef struct slab {
     struct slab  *next, *prev;   /* arena's partial list of the class, or a free-run bin */
     uint16_t    *waste;          /* per block: block_size - requested (track_requested), see slab_set_waste */
     uint64_t     freed_at_ms;    /* a free run: when it became free; a slab: when it last emptied */
-    void        *upper;          /* side data of the layer above (e.g. mark bits) */
+    struct slab *pending_next;   /* the arena's pending list of the class */
+    bool         pending;        /* the layer above must visit it before its blocks are used
+                                    (a lazy sweep); pinned: never released meanwhile */
 } __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
 
 enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
@@ -262,6 +264,8 @@ typedef struct arena {
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
     size_t     slab_pages;              /* pages in slabs, all segments */
+    slab_t    *pending[NUM_CLASSES];    /* slabs the layer above visits before use */
+    size_t     pending_count;
     bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
     arena_counters_t c;
@@ -348,6 +352,15 @@ LOAM_INTERNAL arena_t *arena_set_first(arena_set_t *set);      /* created on fir
 /* Lock `preferred` if free, else another free arena, else a new one (up to
  * max), else wait for `preferred`. Returns the locked arena (NULL: no memory). */
 LOAM_INTERNAL arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred);
+
+/* Pending slabs: the layer above (the collector's lazy sweep) marks a slab
+ * pending; the arena calls alloc_pending_hook(a, s) (lock held) before it
+ * takes any block from it, and keeps it from being released meanwhile. The
+ * hook must call arena_pending_done. */
+LOAM_INTERNAL void arena_pending_add(arena_t *a, slab_t *s);        /* lock held */
+LOAM_INTERNAL void arena_pending_done(arena_t *a, slab_t *s);       /* lock held */
+LOAM_INTERNAL void arena_pending_visit_all(arena_t *a);            /* lock held */
+extern LOAM_INTERNAL void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 
 /* Set by the runtime: reports heap corruption found inside the core (then the core traps). */
 extern LOAM_INTERNAL void (*alloc_fault_hook)(const char *what, void *addr);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 alloc_tuning_t alloc_tuning = { 128 * 1024, 1000, 4 * 1024 * 1024 };
+void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
@@ -175,6 +176,14 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
         arena_purge(a, false);
     while (got < n) {
         slab_t *s = bin->partial;
+        if (s && s->pending) {
+            alloc_pending_hook(a, s);       /* visit before any block of it is used */
+            continue;
+        }
+        if (!s && a->pending[cls]) {
+            alloc_pending_hook(a, a->pending[cls]);   /* may free blocks: a partial slab */
+            continue;
+        }
         if (!s) {
             s = slab_new(a, cls);
             if (!s)
@@ -212,7 +221,7 @@ void arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_emp
          * free/malloc cycle at the edge of a slab must not map and unmap it
          * each time. Purge releases kept slabs that stay empty past
          * decay_ms, trim at once. */
-        if (keep_empty || (bin->partial == s && s->next == NULL && s->pages == 1)) {
+        if (keep_empty || s->pending || (bin->partial == s && s->next == NULL && s->pages == 1)) {
             s->freed_at_ms = os_now_ms();
             return;
         }
@@ -245,6 +254,37 @@ void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)
         s->freed_at_ms = os_now_ms();
 }
 
+void arena_pending_add(arena_t *a, slab_t *s)
+{
+    if (s->pending)
+        return;
+    s->pending = true;
+    s->pending_next = a->pending[s->cls];
+    a->pending[s->cls] = s;
+    a->pending_count++;
+}
+
+void arena_pending_done(arena_t *a, slab_t *s)
+{
+    if (!s->pending)
+        return;
+    slab_t **pp = &a->pending[s->cls];
+    while (*pp && *pp != s)
+        pp = &(*pp)->pending_next;
+    if (*pp)
+        *pp = s->pending_next;
+    s->pending = false;
+    s->pending_next = NULL;
+    a->pending_count--;
+}
+
+void arena_pending_visit_all(arena_t *a)
+{
+    for (unsigned c = 0; c < NUM_CLASSES && a->pending_count; c++)
+        while (a->pending[c])
+            alloc_pending_hook(a, a->pending[c]);
+}
+
 /* Release the empty slabs kept by arena_free_block: all (force) or those
  * empty for decay_ms. */
 void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
@@ -254,7 +294,7 @@ void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
         slab_t *next;
         for (slab_t *s = a->bins[c].partial; s; s = next) {
             next = s->next;
-            if (s->used == 0 && (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
+            if (s->used == 0 && !s->pending && (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
                 partial_remove(&a->bins[c], s);
                 slab_fini(s);
                 a->c.slabs_released++;

@@ -36,6 +36,8 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->owner_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
     s->arena = a;
     s->tag = a->tag;
+    s->pending = false;
+    s->pending_next = NULL;
     s->waste = NULL;
     if (a->track_requested)
         s->waste = meta_alloc((size_t)s->capacity * slab_waste_width(s));

@@ -150,6 +150,8 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         /* No thread is attached by this: "creating a heap attaches no thread". */
         __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
     } else {
+        if (h->gc)
+            gc_finish_sweep(h);      /* no collection will finish it later */
         __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
     }
     return 0;
@@ -206,10 +208,10 @@ void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
         return;
     pthread_mutex_lock(&gc->lock);
     s->gc_collections = gc->collections;
+    s->gc_bytes_swept = __atomic_load_n(&gc->bytes_swept, __ATOMIC_RELAXED);
     s->gc_pause_total_ns = gc->pause_total_ns;
     s->gc_pause_max_ns = gc->pause_max_ns;
     s->gc_bytes_marked = gc->marked_bytes;
-    s->gc_bytes_swept = gc->bytes_swept;
     s->gc_live_after = gc->live_after;
     s->gc_finalizers_run = __atomic_load_n(&gc->finalizers_run, __ATOMIC_RELAXED);
     s->gc_weak_cleared = gc->weak_cleared;
@@ -277,6 +279,7 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
         return 0;
     }
     gc->marked_bytes = 0;
+    gc_finish_sweep(h);
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);
     for (size_t i = 0; i < gc->nfins; i++)

@@ -4,10 +4,17 @@
  *   2. mark from the roots (roots.c): callback, slots, ranges, thread stacks
  *   3. clear weak references to unmarked targets (finalize.c)
  *   4. keep finalizable unmarked objects alive, queue their finalizers
- *   5. sweep: every allocated, unmarked block goes back to its slab, and the
- *      marks are cleared for the next cycle; empty slabs return to their
- *      segments and, like any free run, to the OS
+ *   5. sweep, lazily: unmarked large blocks are unmapped now; every slab that
+ *      holds blocks becomes *pending* in its arena, which sweeps it (under
+ *      its lock, world running) before it hands out any of its blocks: the
+ *      allocated, unmarked blocks go back to the slab, the marks are cleared
  *   6. restart the world, then run the queued finalizers in this thread
+ *
+ * Before marking, the previous cycle's pending slabs are swept (their marks
+ * must not mix with the new ones) and every thread cache of the heap is
+ * emptied into its slabs: a block that is free now must not be handed out
+ * from a cache while its slab still waits for the sweep, or the sweep would
+ * take it for dead.
  *
  * Free blocks are told apart from allocated ones by the free key in their
  * second word (alloc.h): a block sitting in a thread cache or a free list is
@@ -28,7 +35,9 @@ uint64_t gc_now_ns(void)
 /* ---- sweeping ------------------------------------------------------------------------------ */
 
 /* The slab's allocated, unmarked blocks go back to it (arena lock held).
- * Returns the bytes freed; clears the slab's marks. */
+ * Returns the bytes freed; clears the slab's marks. Safe with the world
+ * running: a marked block is skipped before its memory is read, and nobody
+ * else touches an unmarked allocated block (it is unreachable). */
 static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
 {
     uint64_t *bits = segment_side_bits(seg);
@@ -62,6 +71,44 @@ static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
     return freed;
 }
 
+/* The arena's hook for a pending slab (lock held). */
+static void sweep_pending(arena_t *a, slab_t *s)
+{
+    loam_heap_t *h = a->owner;
+    segment_t *seg = (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
+    size_t freed = sweep_slab(h->gc, a, seg, s);
+    arena_pending_done(a, s);
+    if (freed)
+        __atomic_fetch_add(&h->gc->bytes_swept, freed, __ATOMIC_RELAXED);
+}
+
+/* At process start (runtime/init.c), before any heap exists. */
+void gc_install_hooks(void)
+{
+    alloc_pending_hook = sweep_pending;
+}
+
+void gc_finish_sweep(loam_heap_t *h)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+        arena_lock(a);
+        arena_pending_visit_all(a);
+        arena_unlock(a);
+    }
+}
+
+/* World stopped: every thread cache of the heap goes back to its slabs (their
+ * threads are stopped, or the caches are disowned). */
+static void empty_thread_caches(loam_heap_t *h)
+{
+    heaps_lock();
+    for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
+        tcache_flush_all(tc);
+    heaps_unlock();
+}
+
+/* World stopped. Large blocks are unmapped now; slabs become pending. */
 size_t gc_sweep(gc_state_t *gc)
 {
     size_t freed = 0;
@@ -69,18 +116,10 @@ size_t gc_sweep(gc_state_t *gc)
     large_t *dead_large = NULL;
     for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
         arena_lock(a);
-        a->sweeping = true;              /* no purge while we walk the segments */
-        for (segment_t *seg = a->segments; seg; seg = seg->next) {
-            for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
-                slab_t *s = &seg->slabs[seg->page_head[p]];
-                if (s->state == RUN_SLAB && s->page_index == p)
-                    freed += sweep_slab(gc, a, seg, s);
-                /* the run may have merged with neighbours: continue past it */
-                slab_t *r = &seg->slabs[seg->page_head[p]];
-                unsigned next = r->page_index + r->pages;
-                p = next > p ? next : p + 1;
-            }
-        }
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
+                if (seg->slabs[p].state == RUN_SLAB && seg->slabs[p].used)
+                    arena_pending_add(a, &seg->slabs[p]);
         for (large_t *l = a->large, *next; l; l = next) {
             next = l->next;
             if (l->upper & 1) {
@@ -91,8 +130,6 @@ size_t gc_sweep(gc_state_t *gc)
                 freed += l->size;
             }
         }
-        a->sweeping = false;
-        arena_purge(a, false);
         arena_unlock(a);
     }
     while (dead_large) {
@@ -132,12 +169,14 @@ void gc_collect(loam_heap_t *h)
     uint64_t t0 = gc_now_ns();
     gc->marked_bytes = 0;
 
+    empty_thread_caches(h);
+    gc_finish_sweep(h);
     gc_mark_roots(gc);
     gc_mark_drain(gc);
     gc_clear_dead_weaks(gc);
     gc_find_ready_finalizers(gc);
     size_t live = gc->marked_bytes;
-    gc->bytes_swept += gc_sweep(gc);
+    __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc), __ATOMIC_RELAXED);
 
     gc->live_after = live;
     AO_store(&gc->alloc_since, 0);

@@ -128,6 +128,7 @@ LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
 LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */
 LOAM_INTERNAL void gc_fill_stats(loam_heap_t *h, loam_stats_t *s);
 LOAM_INTERNAL void gc_forget_block(loam_heap_t *h, void *block);  /* loam_free of a block */
+LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at process start */
 
 /* ---- inside gc/ ----------------------------------------------------------------- */
 LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on first use */
@@ -157,6 +158,8 @@ LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL void  gc_run_ready_finalizers(gc_state_t *gc);
 /* collect.c */
 LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc);
+/* Sweep every pending slab of h now (world running or not). */
+LOAM_INTERNAL void   gc_finish_sweep(loam_heap_t *h);
 LOAM_INTERNAL uint64_t gc_now_ns(void);
 
 #endif

@@ -6,6 +6,7 @@
  * nested call during init (atfork or atexit registration allocating through
  * us) sees the tables ready and goes on. */
 #include "runtime/runtime.h"
+#include "gc/gc.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -77,6 +78,7 @@ void loam_init_slow(void)
     sizeclass_init();
     loam_free_key = os_random_seed();
     error_install_core_hook();
+    gc_install_hooks();
     options_defaults();
     options_from_env();
     heap_init_fields(&loam_default_heap, NULL, true);

@@ -18,6 +18,9 @@ typedef struct heap_report {
 static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
 {
     memset(r, 0, sizeof *r);
+    /* Dead blocks of slabs still waiting for the lazy sweep are not live. */
+    if (h->gc)
+        gc_finish_sweep(h);
     size_t out_bytes = 0, out_blocks = 0, peak = 0, large_req = 0;
     arena_t *a;
     for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
