@@ -24,6 +24,7 @@ import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
+from benchproc import child_env, log, parse_line, run_checked  # noqa: E402,F401
 import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -59,22 +60,6 @@ CALLGRIND = [
 ]
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def parse_line(text):
-    """The last line of key=value pairs that loam-bench printed."""
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("workload="):
-            out = {}
-            for item in line.split():
-                key, _, value = item.partition("=")
-                out[key] = value
-            return out
-    return None
-
-
 def expected_provider(lib):
     return None if lib is None else os.path.basename(lib)
 
@@ -86,32 +71,12 @@ def provider_ok(result, lib):
     return got == os.path.basename(lib)
 
 
-def child_env(lib):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if lib is not None:
-        env["LD_PRELOAD"] = lib
-    return env
-
-
 def run_once(binary, workload, lib, scale, seed, timeout):
     """One process. Returns (result dict or None, error string or None)."""
     cmd = [binary, workload, "--scale", str(scale), "--seed", str(seed)]
-    try:
-        p = subprocess.run(cmd, env=child_env(lib), capture_output=True,
-                           text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, "timeout (%.0f s)" % timeout
-    res = parse_line(p.stdout)
-    tail = " ".join(p.stderr.strip().splitlines()[-2:])
-    if p.returncode != 0:
-        why = "exit %d" % p.returncode if p.returncode > 0 else \
-              "signal %d" % -p.returncode
-        if res is not None and res.get("ok") == "0":
-            why = "verification failed (bad=%s)" % res.get("bad")
-        return None, why + (": " + tail if tail else "")
-    if res is None or res.get("ok") != "1":
-        return None, "no result line" + (": " + tail if tail else "")
+    res, err = run_checked(cmd, lib, timeout)
+    if err:
+        return None, err
     if not provider_ok(res, lib):
         return None, "malloc came from %s, not %s (preload did not take)" % (
             res.get("malloc_from"), expected_provider(lib) or "libc")

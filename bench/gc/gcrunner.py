@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 
+from benchproc import child_env, log, parse_line, run_checked  # noqa: F401  (bench/benchproc.py)
+
 MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
 # column name -> (binary key, extra arguments, preload, label)
@@ -66,18 +68,6 @@ def add_arguments(ap):
     ap.add_argument("--lisp-note", default="", help="why the Lisp example is missing")
 
 
-def log(msg):
-    import sys
-    print(msg, file=sys.stderr, flush=True)
-
-
-def parse_line(text):
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("workload="):
-            return dict(item.partition("=")[::2] for item in line.split())
-    return None
-
-
 def fnum(res, key):
     try:
         return float(res[key])
@@ -91,33 +81,13 @@ def median_of(runs, key):
     return statistics.median(vals) if vals else None
 
 
-def child_env(preload):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if preload:
-        env["LD_PRELOAD"] = preload
-    return env
-
-
 # ---- running ---------------------------------------------------------------------
 
 def run_gcbench(binary, argv, preload, scale, timeout):
     cmd = [binary] + argv + ["--scale", str(scale)]
-    try:
-        p = subprocess.run(cmd, env=child_env(preload), capture_output=True,
-                           text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, "timeout (%.0f s)" % timeout
-    res = parse_line(p.stdout)
-    tail = " ".join(p.stderr.strip().splitlines()[-2:])
-    if p.returncode != 0:
-        why = "exit %d" % p.returncode if p.returncode > 0 else \
-              "signal %d" % -p.returncode
-        if res is not None and res.get("ok") == "0":
-            why = "verification failed (bad=%s)" % res.get("bad")
-        return None, why + (": " + tail if tail else "")
-    if res is None or res.get("ok") != "1":
-        return None, "no result line" + (": " + tail if tail else "")
+    res, err = run_checked(cmd, preload, timeout)
+    if err:
+        return None, err
     if preload and res.get("malloc_from") != os.path.basename(preload):
         return None, "malloc came from %s, not %s (preload did not take)" % (
             res.get("malloc_from"), os.path.basename(preload))

@@ -1,0 +1,48 @@
+"""Running one benchmark process and reading its result line: shared by
+bench/runner.py and bench/gc/gcrunner.py."""
+
+import os
+import subprocess
+import sys
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_line(text):
+    """The last line of key=value pairs that a workload printed."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("workload="):
+            return dict(item.partition("=")[::2] for item in line.split())
+    return None
+
+
+def child_env(preload):
+    """The environment for a run, with LD_PRELOAD set to preload (or unset)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return env
+
+
+def run_checked(cmd, preload, timeout):
+    """Run cmd; return (result dict, None), or (None, why it failed): a
+    timeout, a non-zero exit, a failed self-check, no result line."""
+    try:
+        p = subprocess.run(cmd, env=child_env(preload), capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "timeout (%.0f s)" % timeout
+    res = parse_line(p.stdout)
+    tail = " ".join(p.stderr.strip().splitlines()[-2:])
+    if p.returncode != 0:
+        why = "exit %d" % p.returncode if p.returncode > 0 else \
+              "signal %d" % -p.returncode
+        if res is not None and res.get("ok") == "0":
+            why = "verification failed (bad=%s)" % res.get("bad")
+        return None, why + (": " + tail if tail else "")
+    if res is None or res.get("ok") != "1":
+        return None, "no result line" + (": " + tail if tail else "")
+    return res, None
