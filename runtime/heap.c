@@ -264,7 +264,8 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
 /* Runs at thread exit (pthread key destructor): every cache goes back. */
 void heap_thread_exit(void)
 {
-    gc_thread_exit();
+    /* Caches are flushed while the thread is still attached to its collected
+     * heaps (ordinary mutator work); it detaches after. */
     heaps_lock();
     tcache_t *tc = thread_caches;
     thread_caches = NULL;
@@ -288,6 +289,7 @@ void heap_thread_exit(void)
     for (unsigned s = 0; s < TC_SLOTS; s++)
         loam_tls_cache[s] = &loam_empty_tcache;
     heaps_unlock();
+    gc_thread_exit();
 }
 
 /* ---- limits ------------------------------------------------------------------ */
