@@ -20,6 +20,10 @@ else
   missing="$missing libatomic-ops-dev libcriterion-dev"
 fi
 need_cmd valgrind valgrind
+# the LD_PRELOAD test runs these real programs (tests/preload/run.sh)
+need_file /usr/bin/python3 python3
+need_file /usr/bin/sqlite3 sqlite3
+need_file /usr/bin/xz xz-utils
 if [ "$1" = bench ]; then
   lib=/usr/lib/x86_64-linux-gnu
   [ -d "$lib" ] || lib=/usr/lib/$(gcc -print-multiarch 2>/dev/null)
@@ -27,9 +31,6 @@ if [ "$1" = bench ]; then
   need_file "$lib/libmimalloc.so.2" libmimalloc2.0
   need_file "$lib/libtcmalloc_minimal.so.4" libtcmalloc-minimal4
   need_file /usr/include/gc.h libgc-dev
-  need_cmd valgrind valgrind
-  need_cmd python3 python3
-  need_cmd sqlite3 sqlite3
 fi
 
 [ -z "$missing" ] && exit 0
