@@ -286,11 +286,8 @@ LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
-/* The same; keep_empty: an emptied slab stays on its partial list (stamped;
- * purge releases it after decay_ms) instead of going back to its segment. */
-LOAM_INTERNAL void     arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_empty);
 /* Return n blocks of slab s at once, chained through their first word
- * (lock held); an emptied slab is kept as with keep_empty. */
+ * (lock held); an emptied slab stays on its partial list, stamped for decay. */
 LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted. */
@@ -377,7 +374,7 @@ typedef struct arena_stats {
 LOAM_INTERNAL void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident);
 
 /* ---- large blocks ------------------------------------------------------ */
-LOAM_INTERNAL void  *large_alloc(arena_t *a, size_t n, size_t align, bool zero);
+LOAM_INTERNAL void  *large_alloc(arena_t *a, size_t n, size_t align);   /* zero-filled */
 LOAM_INTERNAL void   large_free(large_t *l);
 /* Resize in place or by moving the pages (mremap); NULL on failure (block intact). */
 LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
@@ -410,5 +407,6 @@ extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
  * runtime takes it around fork. */
 LOAM_INTERNAL void alloc_prefork(void);
 LOAM_INTERNAL void alloc_postfork(void);
+extern LOAM_INTERNAL pthread_mutex_t segmap_lock;   /* segment.c */
 
 #endif

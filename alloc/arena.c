@@ -203,11 +203,6 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
 
 void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
 {
-    arena_free_block_keep(a, s, b, false);
-}
-
-void arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_empty)
-{
     arena_bin_t *bin = &a->bins[s->cls];
     bool was_full = s->used == s->capacity;
     slab_put(s, b);
@@ -216,12 +211,11 @@ void arena_free_block_keep(arena_t *a, slab_t *s, free_block_t *b, bool keep_emp
     if (was_full)
         partial_push_tail(bin, s);
     if (s->used == 0) {
-        /* Keep an emptied slab on its partial list when asked (a sweep: the
-         * heap refills soon), and the class's last one-page slab always: a
-         * free/malloc cycle at the edge of a slab must not map and unmap it
-         * each time. Purge releases kept slabs that stay empty past
-         * decay_ms, trim at once. */
-        if (keep_empty || s->pending || (bin->partial == s && s->next == NULL && s->pages == 1)) {
+        /* Keep a pending slab (the layer above has not visited it yet), and
+         * the class's last one-page slab: a free/malloc cycle at the edge of
+         * a slab must not map and unmap it each time. Purge releases kept
+         * slabs that stay empty past decay_ms, trim at once. */
+        if (s->pending || (bin->partial == s && s->next == NULL && s->pages == 1)) {
             s->freed_at_ms = os_now_ms();
             return;
         }

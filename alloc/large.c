@@ -47,9 +47,8 @@ static void large_unlink_locked(arena_t *a, large_t *l)
     a->c.large_requested -= l->requested;
 }
 
-void *large_alloc(arena_t *a, size_t n, size_t align, bool zero)
+void *large_alloc(arena_t *a, size_t n, size_t align)
 {
-    (void)zero;                       /* fresh mappings are zero-filled */
     size_t offset = align > OS_PAGE ? align : OS_PAGE;
     if (n > ((size_t)1 << 46) || offset > ((size_t)1 << 40)) {
         errno = ENOMEM;

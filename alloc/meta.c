@@ -69,10 +69,6 @@ void meta_free(void *p, size_t size)
     pthread_mutex_unlock(&meta_lock);
 }
 
-void alloc_prefork(void);
-void alloc_postfork(void);
-extern pthread_mutex_t segmap_lock;
-
 void alloc_prefork(void)
 {
     pthread_mutex_lock(&segmap_lock);

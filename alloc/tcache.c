@@ -18,7 +18,6 @@ void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->key = os_random();
     tc->arenas = arenas;
     tc->arena = NULL;
-    tc->refills = tc->flushes = 0;
 }
 
 void *tcache_refill_pop(tcache_t *tc, unsigned cls)
@@ -38,7 +37,6 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     arena_unlock(a);
     if (n == 0)
         return NULL;
-    tc->refills++;
     /* Push in reverse so the lowest addresses come out first. */
     for (unsigned i = n; i-- > 1;) {
         got[i]->next_enc = freelist_encode(bin->head, tc->key);
@@ -70,7 +68,6 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     }
     if (held)
         arena_unlock(held);
-    tc->flushes++;
 }
 
 void tcache_flush_all(tcache_t *tc)

@@ -26,7 +26,6 @@ typedef struct tcache {
     struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
     struct tcache *thread_next;               /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
-    uint64_t      refills, flushes;
 } tcache_t;
 
 /* Blocks kept per class: tcache_max, at most 64 KiB worth, at least 1. */

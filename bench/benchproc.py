@@ -2,6 +2,7 @@
 bench/runner.py and bench/gc/gcrunner.py."""
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -46,3 +47,16 @@ def run_checked(cmd, preload, timeout):
     if res is None or res.get("ok") != "1":
         return None, "no result line" + (": " + tail if tail else "")
     return res, None
+
+
+def spread_cell(runs):
+    """(max - min) / median of the runs' time_s, as a table cell."""
+    ts = []
+    for r in runs:
+        try:
+            ts.append(float(r["time_s"]))
+        except (KeyError, ValueError, TypeError):
+            pass
+    if len(ts) >= 2 and statistics.median(ts) > 0:
+        return "%.0f%%" % (100 * (max(ts) - min(ts)) / statistics.median(ts))
+    return "–"

@@ -24,7 +24,7 @@ import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
-from benchproc import child_env, log, parse_line, run_checked  # noqa: E402,F401
+from benchproc import child_env, log, parse_line, run_checked, spread_cell  # noqa: E402,F401
 import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -284,12 +284,7 @@ def spread_table(L, names, results):
             continue
         cells = []
         for n in names:
-            ts = [fnum(r, "time_s") for r in results[w][n]["runs"]]
-            ts = [t for t in ts if t is not None]
-            if len(ts) >= 2 and statistics.median(ts) > 0:
-                cells.append("%.0f%%" % (100 * (max(ts) - min(ts)) / statistics.median(ts)))
-            else:
-                cells.append("–")
+            cells.append(spread_cell(results[w][n]["runs"]))
         L.append("| %s | %s |" % (label, " | ".join(cells)))
     L.append("")
     L.append("</details>")

@@ -120,7 +120,7 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
     if (m == h->mode)
         return 0;
     if (m == LOAM_GC) {
-        gc_state_t *gc = gc_state_get(h);
+        gc_state_get(h);
         /* Frees of a heap with collector state take the slow path (it drops
          * finalizers and weak references of the block): slabs made from now
          * on, and those that exist, carry the no-cache slot. */
@@ -146,7 +146,6 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         }
         h->caches = NULL;
         heaps_unlock();
-        (void)gc;
         /* No thread is attached by this: "creating a heap attaches no thread". */
         __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
     } else {

@@ -48,7 +48,7 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
 static void *alloc_large_block(loam_heap_t *h, size_t n, size_t align, unsigned kind)
 {
     arena_t *a = arena_set_first(&heap_kind(h, kind)->arenas);
-    void *p = a ? large_alloc(a, n, align, true) : NULL;
+    void *p = a ? large_alloc(a, n, align) : NULL;
     if (p && h->gc)
         gc_note_alloc(h, n);
     return p;

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from benchproc import child_env, log, parse_line, run_checked  # noqa: F401  (bench/benchproc.py)
+from benchproc import child_env, log, parse_line, run_checked, spread_cell  # noqa: F401  (bench/benchproc.py)
 
 MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -395,12 +395,7 @@ def spread(L, wls, names, results):
         cells = []
         for n in names:
             c = results.get(w, {}).get(n)
-            ts = [fnum(r, "time_s") for r in (c["runs"] if c else [])]
-            ts = [t for t in ts if t is not None]
-            if len(ts) >= 2 and statistics.median(ts) > 0:
-                cells.append("%.0f%%" % (100 * (max(ts) - min(ts)) / statistics.median(ts)))
-            else:
-                cells.append("–")
+            cells.append(spread_cell(c["runs"] if c else []))
         L.append("| %s | %s |" % (label, " | ".join(cells)))
     L.append("")
     L.append("</details>")
