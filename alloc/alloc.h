@@ -268,6 +268,7 @@ typedef struct arena {
     size_t     pending_count;
     bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
+    bool       decay_left;              /* the last purge left memory still waiting for decay */
     arena_counters_t c;
 } arena_t;
 
@@ -290,8 +291,20 @@ LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
  * (lock held); an emptied slab stays on its partial list, stamped for decay. */
 LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
- * force: all of them now. Returns bytes decommitted. */
+ * force: all of them now. Returns bytes decommitted; sets a->decay_left. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
+/* Release the empty slabs kept for reuse: all (force) or those empty for
+ * decay_ms (lock held). true: some are still kept. */
+LOAM_INTERNAL bool     arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
+/* Set (never cleared here) whenever an arena starts keeping memory that only
+ * decay will give back: a free run, an emptied segment, an empty slab kept.
+ * The runtime's background purge clears it and looks (runtime/purge.c). */
+extern LOAM_INTERNAL AO_t alloc_decay_due;
+static inline void alloc_note_decay_due(void)
+{
+    if (!AO_load(&alloc_decay_due))        /* no store (and no line bouncing) when set */
+        AO_store(&alloc_decay_due, 1);
+}
 /* Page runs (segment.c; lock held). */
 LOAM_INTERNAL slab_t  *run_alloc(arena_t *a, unsigned pages);
 LOAM_INTERNAL void     run_free(arena_t *a, slab_t *r);

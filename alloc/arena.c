@@ -10,7 +10,8 @@
 
 #include <string.h>
 
-alloc_tuning_t alloc_tuning = { 128 * 1024, 1000, 4 * 1024 * 1024 };
+alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024 };
+AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
@@ -217,6 +218,7 @@ void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
          * slabs that stay empty past decay_ms, trim at once. */
         if (s->pending || (bin->partial == s && s->next == NULL && s->pages == 1)) {
             s->freed_at_ms = os_now_ms();
+            alloc_note_decay_due();
             return;
         }
         partial_remove(bin, s);
@@ -244,8 +246,10 @@ void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)
     a->c.out_blocks -= n;
     if (was_full)
         partial_push_tail(bin, s);
-    if (s->used == 0)
+    if (s->used == 0) {
         s->freed_at_ms = os_now_ms();
+        alloc_note_decay_due();
+    }
 }
 
 void arena_pending_add(arena_t *a, slab_t *s)
@@ -279,29 +283,41 @@ void arena_pending_visit_all(arena_t *a)
             alloc_pending_hook(a, a->pending[c]);
 }
 
-/* Release the empty slabs kept by arena_free_block: all (force) or those
- * empty for decay_ms. */
-void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
-void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
+bool arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
 {
+    bool left = false;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         slab_t *next;
         for (slab_t *s = a->bins[c].partial; s; s = next) {
             next = s->next;
-            if (s->used == 0 && !s->pending && (force || now - s->freed_at_ms >= alloc_tuning.decay_ms)) {
+            if (s->used != 0 || s->pending)
+                continue;
+            if (force || now - s->freed_at_ms >= alloc_tuning.decay_ms) {
                 partial_remove(&a->bins[c], s);
                 slab_fini(s);
                 a->c.slabs_released++;
                 run_free(a, s);
+            } else {
+                left = true;
             }
         }
     }
+    return left;
 }
+
+size_t slab_shrink_tail(slab_t *s);
 
 size_t arena_trim(arena_t *a)
 {
     arena_release_kept_slabs(a, true, 0);
-    return arena_purge(a, true);
+    size_t bytes = arena_purge(a, true);
+    /* Sparse slabs give back their free tails (a dense one has little to
+     * give, and walking its list would cost more). */
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        for (slab_t *s = a->bins[c].partial; s; s = s->next)
+            if (!s->pending && s->used <= s->capacity / 8)
+                bytes += slab_shrink_tail(s);
+    return bytes;
 }
 
 /* ---- statistics --------------------------------------------------------- */

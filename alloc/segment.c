@@ -253,6 +253,7 @@ void run_free(arena_t *a, slab_t *r)
     run_bin_insert(a, merged);
     if (seg->used_pages == 0)
         seg->empty_since_ms = now;
+    alloc_note_decay_due();
     /* Past the retained budget the run goes back at once: a burst of frees
      * must not leave the peak committed until some later event. The budget
      * grows with the arena, so a heap that frees and refills a share of
@@ -280,16 +281,16 @@ static void retained_trim_to(arena_t *a, size_t budget)
         }
 }
 
-void arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
 
 size_t arena_purge(arena_t *a, bool force)
 {
     uint64_t now = os_now_ms();
     uint64_t decay = alloc_tuning.decay_ms;
     size_t bytes = 0;
+    bool left = false;
     /* Slabs kept empty for reuse are released first, so their runs decay too. */
     if (!force)
-        arena_release_kept_slabs(a, false, now);
+        left = arena_release_kept_slabs(a, false, now);
     segment_t *next;
     for (segment_t *seg = a->segments; seg; seg = next) {
         next = seg->next;
@@ -299,16 +300,23 @@ size_t arena_purge(arena_t *a, bool force)
                 bytes += (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE
                          + SEGMENT_HEADER_COMMIT;
                 segment_release(a, seg);
+            } else {
+                left = true;
             }
             continue;
         }
         for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
             slab_t *r = &seg->slabs[p];
-            if (r->state == RUN_FREE && (force || now - r->freed_at_ms >= decay))
-                bytes += segment_decommit_pages(seg, run_mask(p, r->pages));
+            if (r->state == RUN_FREE && (seg->committed_mask & run_mask(p, r->pages))) {
+                if (force || now - r->freed_at_ms >= decay)
+                    bytes += segment_decommit_pages(seg, run_mask(p, r->pages));
+                else
+                    left = true;
+            }
             p += r->pages;
         }
     }
+    a->decay_left = left;
     a->next_purge_ms = now + (decay / 4 ? decay / 4 : 1);
     return bytes;
 }

@@ -83,3 +83,45 @@ void slab_put(slab_t *s, free_block_t *b)
     s->free = b;
     AO_int_store(&s->used, s->used - 1);
 }
+
+/* Give back the pages past the slab's last allocated block (lock held, the
+ * slab not pending). A slab that keeps a few long-lived blocks stays resident
+ * in full after a peak filled it; here its free tail becomes untouched again:
+ * the bump line moves down to just past the last allocated block, the free
+ * blocks beyond it leave the list, and the OS pages wholly past it are
+ * decommitted (they read as zero, and bumping hands them out as fresh).
+ * Returns the bytes decommitted. */
+size_t slab_shrink_tail(slab_t *s);
+size_t slab_shrink_tail(slab_t *s)
+{
+    enum { MAX_BLOCKS = (int)(PAGE_SIZE / BLOCK_ALIGN) };
+    uint32_t bumped = s->bumped;
+    if (s->capacity > MAX_BLOCKS || s->used == bumped)
+        return 0;
+    uint64_t freed[MAX_BLOCKS / 64] = { 0 };
+    for (free_block_t *b = s->free; b; b = freelist_decode(b->next_enc, s->key)) {
+        size_t i = slab_block_index(s, (uintptr_t)b);
+        freed[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+    uint32_t keep = bumped;
+    while (keep > 0 && (freed[(keep - 1) / 64] >> ((keep - 1) % 64) & 1))
+        keep--;
+    uintptr_t cut = ((uintptr_t)s->start + (uintptr_t)keep * s->block_size + OS_PAGE - 1)
+                    & ~(uintptr_t)(OS_PAGE - 1);
+    uintptr_t end = (uintptr_t)s->start + (uintptr_t)bumped * s->block_size;
+    if (end <= cut)
+        return 0;
+    /* Rebuild the list in address order from the blocks below the line. */
+    free_block_t *head = NULL;
+    for (uint32_t i = keep; i-- > 0;)
+        if (freed[i / 64] >> (i % 64) & 1) {
+            free_block_t *b = (free_block_t *)(s->start + (size_t)i * s->block_size);
+            b->next_enc = freelist_encode(head, s->key);
+            head = b;
+        }
+    s->free = head;
+    AO_int_store(&s->bumped, keep);
+    end = (end + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1);
+    os_decommit((void *)cut, end - cut);
+    return end - cut;
+}

@@ -14,7 +14,7 @@
 typedef struct tcache_bin {
     free_block_t *head;
     unsigned      count;       /* written by the owner only, read by statistics (AO_int) */
-    uint32_t      max;         /* flush past this */
+    uint32_t      max;         /* flush past this; 0 while a flush is requested (AO_int) */
 } tcache_bin_t;
 
 typedef struct tcache {
@@ -26,6 +26,17 @@ typedef struct tcache {
     struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
     struct tcache *thread_next;               /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
+    unsigned      limit;                       /* tcache_max it was made with */
+    /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
+     * has not taken a slow path for decay_ms gets every bin's max set to 0
+     * and flush_req set, so the owner's next free misses the cache and the
+     * slow path empties it. Both are changed under the list lock of the
+     * cache's owner; slow_events is the owner's count of refills and
+     * flushes, read by the purger to tell an idle cache. */
+    AO_t          flush_req;
+    unsigned      slow_events;
+    unsigned      purge_seen;                  /* the purger's own: slow_events last seen, */
+    uint64_t      purge_seen_ms;               /* and when */
 } tcache_t;
 
 /* Blocks kept per class: tcache_max, at most 64 KiB worth, at least 1. */
@@ -37,6 +48,15 @@ LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
 LOAM_INTERNAL void  tcache_flush_all(tcache_t *tc);
 /* Forget every block without touching it (its heap is gone). */
 LOAM_INTERNAL void  tcache_abandon(tcache_t *tc);
+/* Another thread asks the owner to give its blocks back (caller holds the
+ * lock of the cache's owner list): the owner's next free misses the cache. */
+LOAM_INTERNAL void  tcache_request_flush(tcache_t *tc);
+/* The owner's answer (same lock held): every block goes back, limits return. */
+LOAM_INTERNAL void  tcache_answer_flush(tcache_t *tc);
+static inline bool tcache_flush_requested(tcache_t *tc)
+{
+    return LOAM_UNLIKELY(AO_load(&tc->flush_req) != 0);
+}
 
 static inline void *tcache_pop(tcache_t *tc, unsigned cls)
 {
@@ -54,7 +74,7 @@ static inline void *tcache_pop(tcache_t *tc, unsigned cls)
 static inline bool tcache_push(tcache_t *tc, unsigned cls, void *p)
 {
     tcache_bin_t *bin = &tc->bins[cls];
-    if (LOAM_UNLIKELY(bin->count >= bin->max))
+    if (LOAM_UNLIKELY(bin->count >= AO_int_load(&bin->max)))
         return false;
     free_block_t *b = p;
     b->next_enc = freelist_encode(bin->head, tc->key);

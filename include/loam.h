@@ -173,7 +173,10 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
 /* Keys (also settable by the environment: LOAM_OPTIONS="key=value,..."):
  *   mmap_threshold  bytes; blocks above get their own mapping (default 131072, max 524288)
  *   arena_max       arenas per heap (default 8 x CPUs)
- *   decay_ms        ms a free page run stays committed before it is returned (default 1000)
+ *   decay_ms        ms a free page run stays committed before it is returned (default 250)
+ *   purge_thread    1: a background thread returns decayed memory and asks idle thread
+ *                   caches to give their blocks back (default 1); 0: no thread, decay
+ *                   runs on allocation slow paths only
  *   retain_max      bytes of free page runs an arena keeps committed at most; past it a
  *                   freed run goes back to the OS at once (default 4 MiB)
  *   verbose         1: print each heap's statistics at exit and warnings on stderr

@@ -28,7 +28,10 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
         void *p = tcache_pop(tc, cls);
         if (p)
             return p;
+        if (tcache_flush_requested(tc))
+            purge_answer(tc);
         p = tcache_refill_pop(tc, cls);
+        purge_poke();
         if (p && h->gc)
             gc_note_refill(h, tc, cls);
         return p;
@@ -170,6 +173,10 @@ void alloc_free_slow(void *p)
      * what is needed afterwards is read now. */
     arena_t *a = s->arena;
     unsigned cls = s->cls;
+    if (tc && tcache_flush_requested(tc)) {
+        purge_answer(tc);
+        tc = NULL;      /* this block too goes straight to its slab */
+    }
     if (tc && slab_is_draining(s)) {
         /* The slab is draining: the block goes straight back, and so does
          * the cache's stock of the class, which would otherwise keep other
@@ -178,20 +185,24 @@ void alloc_free_slow(void *p)
         arena_free_block(a, s, b);
         arena_unlock(a);
         tcache_flush(tc, cls, 0);
+        purge_poke();
         return;
     }
     if (tc) {
-        if (tcache_push(tc, s->cls, p))
+        if (tcache_push(tc, cls, p))
             return;
-        if (tc->bins[s->cls].max) {
-            tcache_flush(tc, s->cls, tc->bins[s->cls].max / 2);
-            if (tcache_push(tc, s->cls, p))
+        uint32_t max = AO_int_load(&tc->bins[cls].max);
+        if (max) {
+            tcache_flush(tc, cls, max / 2);
+            purge_poke();
+            if (tcache_push(tc, cls, p))
                 return;
         }
     }
     arena_lock(a);
     arena_free_block(a, s, b);
     arena_unlock(a);
+    purge_poke();
 }
 
 /* ---- sizes and realloc ----------------------------------------------------- */

@@ -52,6 +52,12 @@ static void fork_release(void)
     heaps_unlock();
 }
 
+static void fork_release_child(void)
+{
+    fork_release();
+    purge_after_fork_child();
+}
+
 /* Programs often close stderr before exit (sort, ls, ...): the report goes
  * to a copy of it taken at start. */
 static int report_fd = -1;
@@ -91,7 +97,7 @@ void loam_init_slow(void)
     heap_thread_key_init();
     AO_int_store_release(&loam_initialized, 1);
     pthread_mutex_unlock(&init_mutex);
-    pthread_atfork(fork_prepare, fork_release, fork_release);
+    pthread_atfork(fork_prepare, fork_release, fork_release_child);
     if (loam_opts.verbose)
         report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
     atexit(exit_report);

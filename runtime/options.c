@@ -21,7 +21,7 @@ static option_def_t option_table[] = {
       "bytes; larger blocks get their own mapping" },
     { "arena_max",       &loam_opts.arena_max,       1, ARENA_SET_MAX, 0 /* 8 x CPUs */,
       "arenas per heap" },
-    { "decay_ms",        &loam_opts.decay_ms,        0, 3600 * 1000, 1000,
+    { "decay_ms",        &loam_opts.decay_ms,        0, 3600 * 1000, 250,
       "ms a free page run stays committed before it goes back to the OS" },
     { "retain_max",      &loam_opts.retain_max,      0, 1L << 40, 4L * 1024 * 1024,
       "bytes of free page runs an arena keeps committed (the rest goes back at once)" },
@@ -35,6 +35,8 @@ static option_def_t option_table[] = {
       "keep exact requested bytes (heaps from loam_heap_new; the default heap only if set)" },
     { "tcache_max",      &loam_opts.tcache_max,      0, 1024, 128,
       "most blocks per size class in a thread cache (0: no caches)" },
+    { "purge_thread",    &loam_opts.purge_thread,    0, 1, 1,
+      "1: a background thread returns decayed memory and idle caches' blocks" },
 };
 #define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
 

@@ -69,9 +69,24 @@ LOAM_INTERNAL void heaps_lock(void);
 LOAM_INTERNAL void heaps_unlock(void);
 extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 
+/* ---- background purge (runtime/purge.c) ------------------------------------ */
+extern LOAM_INTERNAL AO_t purge_asleep;
+LOAM_INTERNAL void purge_poke_slow(void);
+/* After a slow path, with no lock held: wake the purge thread (or start it)
+ * if some arena began keeping memory for decay while it slept. */
+static inline void purge_poke(void)
+{
+    if (LOAM_UNLIKELY(AO_load(&alloc_decay_due)))
+        purge_poke_slow();
+}
+/* The owner of tc answers a flush request (runtime/purge.c). */
+LOAM_INTERNAL void purge_answer(tcache_t *tc);
+LOAM_INTERNAL void purge_after_fork_child(void);
+
 /* ---- options --------------------------------------------------------------- */
 typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
+    long purge_thread;
     long gc_growth, gc_min_bytes;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;

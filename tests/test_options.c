@@ -23,7 +23,7 @@
 extern char **environ;
 
 static const char *const keys[] = { "mmap_threshold", "arena_max", "decay_ms", "verbose",
-                                    "track_requested", "tcache_max", "retain_max" };
+                                    "track_requested", "tcache_max", "retain_max", "purge_thread" };
 #define NKEYS (sizeof keys / sizeof *keys)
 
 /* Capture what is written to fd 2 (by stdio or write(2)) between
@@ -68,7 +68,8 @@ Test(options, documented_defaults)
     if (!defaults_untouched())
         cr_skip_test("LOAM_OPTIONS is set; defaults are not observable");
     cr_assert_eq(loam_option_get("mmap_threshold"), 131072);
-    cr_assert_eq(loam_option_get("decay_ms"), 1000);
+    cr_assert_eq(loam_option_get("decay_ms"), 250);
+    cr_assert_eq(loam_option_get("purge_thread"), 1);
     cr_assert_eq(loam_option_get("verbose"), 0);
     cr_assert_eq(loam_option_get("tcache_max"), 128);
     cr_assert_eq(loam_option_get("retain_max"), 4L * 1024 * 1024);

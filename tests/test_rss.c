@@ -6,10 +6,12 @@
  * the bookkeeping arrays are allocated and touched before the start is read. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "loam.h"
@@ -285,4 +287,112 @@ Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
     assert_back_near(start, rss_bytes(), peak, "after five 200 MiB peaks, each trimmed");
     loam_heap_destroy(h);
     free(ptrs);
+}
+
+/* ---- the background purge (runtime/purge.c) ------------------------------ */
+
+/* Free a peak of small blocks from a heap whose thread cache serves it, then
+ * run a tiny loop that never leaves the cache (one 64-byte block every 20 ms),
+ * as an idle program would. Returns the heap's statistics at the end. */
+static void peak_then_quiet_loop(loam_stats_t *st)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);    /* so the heap has caches */
+    const size_t cap = 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t n = alloc_touched(h, ptrs, cap, 128 * MiB, 16, 2048);
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    for (int k = 0; k < 25; k++) {
+        sleep_ms(20);
+        void *p = loam_malloc(h, 64);
+        cr_assert_not_null(p);
+        memset(p, 1, 64);
+        loam_free(p);
+    }
+    loam_heap_stats(h, st);
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* With the purge thread, the idle cache is asked to flush and the heap goes
+ * back to almost nothing, with no slow path of the program's own. */
+Test(rss, purge_thread_returns_an_idle_heap, .timeout = 60)
+{
+    loam_stats_t st;
+    peak_then_quiet_loop(&st);
+    cr_assert_leq(st.resident_bytes, 1 * MiB,
+                  "500 ms after freeing 128 MiB: %zu KiB resident (slabs %zu KiB, free runs %zu KiB, "
+                  "cached %zu KiB)", st.resident_bytes / KiB, st.slab_bytes / KiB,
+                  st.free_run_bytes / KiB, st.cached_bytes / KiB);
+    cr_assert_leq(st.cached_bytes, 64 * KiB, "the cache kept %zu KiB", st.cached_bytes / KiB);
+    cr_assert_eq(st.free_run_bytes, 0, "%zu KiB of free runs never decayed", st.free_run_bytes / KiB);
+}
+
+/* The control: without the thread, nothing runs decay or empties the cache
+ * in that loop, so the peak's retained runs and cache-pinned slabs stay. */
+Test(rss, without_purge_thread_an_idle_heap_keeps_memory, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("purge_thread", 0), 0);
+    loam_stats_t st;
+    peak_then_quiet_loop(&st);
+    cr_assert_geq(st.resident_bytes, 2 * MiB,
+                  "only %zu KiB resident: something else returned the memory", st.resident_bytes / KiB);
+}
+
+/* Trim shrinks a sparse slab to just past its last allocated block: the
+ * pages beyond are no longer resident, the blocks there are handed out again
+ * (fresh), and a second free of one of them is still a fault. */
+static int trim_faults;
+static void count_fault(loam_heap_t *h, const char *msg, void *addr, void *user)
+{
+    (void)h, (void)msg, (void)addr, (void)user;
+    trim_faults++;
+}
+
+static bool page_resident(const void *p)
+{
+    unsigned char v = 0;
+    uintptr_t page = (uintptr_t)p & ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
+    cr_assert_eq(mincore((void *)page, 1, &v), 0);
+    return v & 1;
+}
+
+Test(rss, trim_shrinks_a_sparse_slab, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);
+    loam_config_t cfg = { 0 };
+    cfg.error = count_fault;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    enum { N = 1024 };                  /* 64 KiB of 64-byte blocks: one whole slab */
+    static unsigned char *b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = loam_malloc(h, 64);
+        cr_assert_not_null(b[i]);
+        memset(b[i], 0xA5, 64);
+    }
+    /* the slab's first blocks stay; all others are freed */
+    unsigned char *last = b[N - 1];
+    cr_assert(page_resident(last));
+    for (int i = 4; i < N; i++)
+        loam_free(b[i]);
+    cr_assert_gt(loam_heap_trim(h), 0);
+    cr_assert(!page_resident(last), "the slab's free tail is still resident after trim");
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 64; k++)
+            cr_assert_eq(b[i][k], 0xA5, "a live block changed under trim");
+    /* a freed block past the new line: its second free is reported */
+    loam_free(last);
+    cr_assert_eq(trim_faults, 1, "a second free past the shrunk line was not reported");
+    /* the tail is handed out again, zeroed by the OS, and works */
+    for (int i = 4; i < N; i++) {
+        b[i] = loam_malloc(h, 64);
+        cr_assert_not_null(b[i]);
+        memset(b[i], 0x5A, 64);
+    }
+    for (int i = 0; i < N; i++)
+        loam_free(b[i]);
+    cr_assert_eq(trim_faults, 1);
+    loam_heap_destroy(h);
 }

@@ -1,0 +1,220 @@
+/* runtime/purge.c — the background purge: memory goes back to the OS after a
+ * peak even when the program stops calling into loam's slow paths.
+ *
+ * Decay (free page runs, empty segments and kept empty slabs that stay
+ * unused for decay_ms go back to the OS) is otherwise checked only on slow
+ * paths: refills, flushes, slab releases. A program that frees a large heap
+ * and then runs quietly from its thread cache (or not at all) would keep the
+ * peak committed for ever. So one thread, started on first need and asleep
+ * whenever nothing waits for decay, does two things every decay_ms / 4:
+ *
+ *   - purges every arena of every manual heap (trylock: a busy arena is
+ *     being used, and purges itself on its own slow paths);
+ *   - asks each thread cache that has taken no slow path for decay_ms and
+ *     still holds blocks to flush (tcache_request_flush). The owner's next
+ *     free misses the cache, and its slow path gives every cached block back
+ *     and trims its heap (purge_answer), so the slabs they pinned empty and
+ *     go back at once. The fast paths are unchanged: a request only sets
+ *     the bins' limits to 0.
+ *
+ * Collected heaps are left alone: a collection reads segment headers
+ * without arena locks, so no other thread may unmap one under it. They
+ * return memory through their own slow paths and collections.
+ *
+ * The thread starts when the library is loaded (see purge_start_at_load).
+ * Waking: the alloc layer sets alloc_decay_due whenever it starts keeping
+ * memory for decay; slow paths call purge_poke() after their locks are
+ * released, which wakes the thread only if it sleeps. The thread sets
+ * purge_asleep, then looks at alloc_decay_due once more before it sleeps,
+ * and a poke stores alloc_decay_due before it looks at purge_asleep, each
+ * with a full fence between: one of the two always sees the other.
+ *
+ * The option purge_thread=0 turns it off (decay then waits for slow paths). */
+#define _GNU_SOURCE 1     /* pthread_setname_np */
+#include "runtime/runtime.h"
+
+#include <signal.h>
+#include <time.h>
+
+AO_t purge_asleep = 1;           /* also "not started": a poke must look */
+
+static pthread_mutex_t purge_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t purge_cond;
+static int purge_woken;          /* under purge_mutex */
+enum { PURGE_NONE, PURGE_STARTING, PURGE_RUNNING, PURGE_FAILED };
+static AO_t purge_state;         /* until RUNNING, purge_cond may not be initialised */
+
+/* ---- one pass ------------------------------------------------------------ */
+
+static bool cache_holds_blocks(tcache_t *tc)
+{
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        if (AO_int_load(&tc->bins[c].count))
+            return true;
+    return false;
+}
+
+/* true: something still waits (memory not yet decayed, a busy arena, a cache
+ * not yet idle for long enough), so look again soon. */
+static bool purge_pass(void)
+{
+    uint64_t now = os_now_ms();
+    uint64_t decay = alloc_tuning.decay_ms;
+    bool left = false;
+    heaps_lock();
+    for (loam_heap_t *h = loam_heaps; h; h = h->next) {
+        if (__atomic_load_n(&h->gc, __ATOMIC_ACQUIRE))
+            continue;
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+            if (!arena_trylock(a)) {
+                left = true;
+                continue;
+            }
+            arena_purge(a, false);
+            left |= a->decay_left;
+            arena_unlock(a);
+        }
+        for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
+            if (AO_load(&tc->flush_req) || !cache_holds_blocks(tc))
+                continue;
+            unsigned events = AO_int_load(&tc->slow_events);
+            if (tc->purge_seen_ms == 0 || events != tc->purge_seen) {
+                tc->purge_seen = events;
+                tc->purge_seen_ms = now;
+                left = true;
+            } else if (now - tc->purge_seen_ms >= decay) {
+                tcache_request_flush(tc);
+            } else {
+                left = true;
+            }
+        }
+    }
+    heaps_unlock();
+    return left;
+}
+
+/* ---- the thread ----------------------------------------------------------- */
+
+static void *purge_main(void *unused)
+{
+    (void)unused;
+    AO_store(&purge_asleep, 0);     /* pokes until now only found the thread starting */
+    for (;;) {
+        AO_store(&alloc_decay_due, 0);
+        AO_nop_full();
+        bool left = loam_opts.purge_thread && purge_pass();
+        pthread_mutex_lock(&purge_mutex);
+        if (left) {
+            uint64_t ms = alloc_tuning.decay_ms / 4;
+            ms = ms < 10 ? 10 : ms > 1000 ? 1000 : ms;
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += (time_t)(ms / 1000);
+            until.tv_nsec += (long)(ms % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            while (!purge_woken && pthread_cond_timedwait(&purge_cond, &purge_mutex, &until) == 0)
+                ;
+        } else {
+            AO_store(&purge_asleep, 1);
+            AO_nop_full();
+            while (!purge_woken && !AO_load(&alloc_decay_due))
+                pthread_cond_wait(&purge_cond, &purge_mutex);
+            AO_store(&purge_asleep, 0);
+        }
+        purge_woken = 0;
+        pthread_mutex_unlock(&purge_mutex);
+    }
+    return NULL;
+}
+
+static void purge_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&purge_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    /* The thread takes no signal of the program's, and a small stack. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t t;
+    /* pthread_create allocates (through loam when it is the malloc): no
+     * lock of ours is held here, and a nested poke finds the thread started. */
+    int err = pthread_create(&t, &attr, purge_main, NULL);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        AO_store(&purge_state, PURGE_FAILED);
+        loam_warn("cannot start the background purge thread (error %d): memory goes back "
+                  "to the OS on allocation slow paths only", err);
+        return;
+    }
+    pthread_setname_np(t, "loam-purge");
+    AO_store_release(&purge_state, PURGE_RUNNING);
+}
+
+void purge_poke_slow(void)
+{
+    AO_nop_full();
+    if (!AO_load(&purge_asleep))
+        return;
+    if (!loam_opts.purge_thread) {
+        AO_store(&alloc_decay_due, 0);      /* nobody will look: stop asking */
+        return;
+    }
+    AO_t state = AO_load_acquire(&purge_state);
+    if (state != PURGE_RUNNING) {
+        if (state == PURGE_NONE && AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
+            purge_start();
+        return;
+    }
+    pthread_mutex_lock(&purge_mutex);
+    purge_woken = 1;
+    pthread_cond_signal(&purge_cond);
+    pthread_mutex_unlock(&purge_mutex);
+}
+
+/* The owner has run from its cache alone for decay_ms: it is idle, or in a
+ * steady state that a refill every decay_ms does not slow. Its blocks go
+ * back, and so does everything its heap keeps for reuse (kept slabs, free
+ * runs, empty segments), so that what the thread allocates next comes from
+ * fresh pages instead of keeping the peak's resident ones alive. */
+/* The thread starts when the library is loaded (our constructor runs after
+ * libc's, so creating a thread is safe), while the heap is small: the few
+ * blocks pthread_create allocates then sit among the program's first ones,
+ * not in the slabs of some later peak that they would keep resident. It
+ * sleeps until an arena keeps memory for decay. */
+__attribute__((constructor)) static void purge_start_at_load(void)
+{
+    loam_ensure_init();
+    if (loam_opts.purge_thread && AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
+        purge_start();
+}
+
+void purge_answer(tcache_t *tc)
+{
+    heaps_lock();
+    loam_heap_t *h = tc->owner;
+    tcache_answer_flush(tc);
+    heaps_unlock();
+    if (h)
+        loam_heap_trim(h);
+}
+
+void purge_after_fork_child(void)
+{
+    /* The thread does not exist in the child; it starts again on need. */
+    pthread_mutex_init(&purge_mutex, NULL);
+    purge_woken = 0;
+    AO_store(&purge_state, PURGE_NONE);
+    AO_store(&purge_asleep, 1);
+}
