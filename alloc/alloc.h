@@ -339,8 +339,10 @@ static inline bool slab_is_draining(slab_t *s)
     return AO_int_load(&s->used) <= AO_int_load(&s->drain_below);
 }
 
-/* Release kept empty slabs and decommit every free run now (lock held). */
-LOAM_INTERNAL size_t   arena_trim(arena_t *a);
+/* Release kept empty slabs and decommit every free run now (lock held).
+ * Sparse slabs also give back their free tails, walking their free lists:
+ * at most *walk blocks in all (decremented). */
+LOAM_INTERNAL size_t   arena_trim(arena_t *a, size_t *walk);
 
 /* A heap's arenas: at most `max`, created on contention. */
 #define ARENA_SET_MAX 256

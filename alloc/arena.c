@@ -307,16 +307,19 @@ bool arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
 
 size_t slab_shrink_tail(slab_t *s);
 
-size_t arena_trim(arena_t *a)
+size_t arena_trim(arena_t *a, size_t *walk)
 {
     arena_release_kept_slabs(a, true, 0);
     size_t bytes = arena_purge(a, true);
     /* Sparse slabs give back their free tails (a dense one has little to
      * give, and walking its list would cost more). */
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        for (slab_t *s = a->bins[c].partial; s; s = s->next)
-            if (!s->pending && s->used <= s->capacity / 8)
+        for (slab_t *s = a->bins[c].partial; s && *walk; s = s->next)
+            if (!s->pending && s->used <= s->capacity / 8) {
+                size_t n = s->bumped - s->used;
+                *walk = *walk > n ? *walk - n : 0;
                 bytes += slab_shrink_tail(s);
+            }
     return bytes;
 }
 

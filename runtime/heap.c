@@ -183,6 +183,11 @@ int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
 
 size_t loam_heap_trim(loam_heap_t *h)
 {
+    return heap_trim(h, SIZE_MAX);
+}
+
+size_t heap_trim(loam_heap_t *h, size_t walk)
+{
     if (!h)
         return 0;
     /* The calling thread's cached blocks go back first so their slabs can empty. */
@@ -195,7 +200,7 @@ size_t loam_heap_trim(loam_heap_t *h)
     arena_t *a;
     for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
         arena_lock(a);
-        bytes += arena_trim(a);
+        bytes += arena_trim(a, &walk);
         arena_unlock(a);
     }
     return bytes;

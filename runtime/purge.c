@@ -183,6 +183,11 @@ void purge_poke_slow(void)
     pthread_mutex_unlock(&purge_mutex);
 }
 
+/* Free blocks the answer's trim may walk to shrink sparse slabs: about a
+ * millisecond, so a thread waking from a long idle spell does not stall on a
+ * large fragmented heap (loam_heap_trim has no bound). */
+#define PURGE_SHRINK_WALK ((size_t)1 << 16)
+
 /* The owner has run from its cache alone for decay_ms: it is idle, or in a
  * steady state that a refill every decay_ms does not slow. Its blocks go
  * back, and so does everything its heap keeps for reuse (kept slabs, free
@@ -207,7 +212,7 @@ void purge_answer(tcache_t *tc)
     tcache_answer_flush(tc);
     heaps_unlock();
     if (h)
-        loam_heap_trim(h);
+        heap_trim(h, PURGE_SHRINK_WALK);
 }
 
 void purge_after_fork_child(void)

@@ -907,3 +907,80 @@ Test(threads, more_heaps_than_cache_slots, .timeout = 300)
     for (int h = 0; h < MH_HEAPS; h++)
         loam_heap_destroy(mh_heaps[h]);
 }
+
+/* ---- the background purge against running threads -------------------------------
+ * decay_ms=5: the purge thread asks caches to flush while their owners are
+ * between bursts (sleeping, or running from the cache alone), and trims their
+ * heaps; the owners answer from their free slow paths while other threads
+ * allocate, free across threads and trim. Contents are checked at each free;
+ * at the end nothing is live and, after the owners' last answers, nothing is
+ * cached. */
+#define PG_THREADS 4
+#define PG_ROUNDS 40
+static loam_heap_t *pg_heap;
+
+static void *purge_guest_thread(void *arg)
+{
+    rng_t r = { (uint64_t)(uintptr_t)arg * 0x9E3779B97F4A7C15ull + 1 };
+    enum { N = 1500 };
+    unsigned char **b = malloc(N * sizeof *b);
+    size_t *len = malloc(N * sizeof *len);
+    if (!b || !len)
+        return (void *)1;
+    for (int round = 0; round < PG_ROUNDS; round++) {
+        for (int i = 0; i < N; i++) {
+            len[i] = 16 + rng_next(&r) % 3000;
+            b[i] = loam_malloc(pg_heap, len[i]);
+            if (!b[i])
+                return (void *)2;
+            memset(b[i], (int)((uintptr_t)b[i] >> 4), len[i]);
+        }
+        for (int i = 0; i < N; i++) {
+            for (size_t k = 0; k < len[i]; k += 61)
+                if (b[i][k] != (unsigned char)((uintptr_t)b[i] >> 4))
+                    return (void *)3;
+            loam_free(b[i]);
+        }
+        /* a quiet spell served by the cache alone: long enough to be asked */
+        for (int k = 0; k < 4; k++) {
+            void *p = loam_malloc(pg_heap, 64);
+            if (!p)
+                return (void *)4;
+            memset(p, 7, 64);
+            loam_free(p);
+            struct timespec ts = { 0, 3 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+        if (round % 10 == 9)
+            loam_heap_trim(pg_heap);
+    }
+    free(b);
+    free(len);
+    return NULL;
+}
+
+Test(threads, purge_requests_while_threads_run, .timeout = 300)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 5), 0);
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);     /* caches on */
+    pg_heap = loam_heap_new(NULL);
+    cr_assert_not_null(pg_heap);
+    pthread_t th[PG_THREADS];
+    for (intptr_t i = 0; i < PG_THREADS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, purge_guest_thread, (void *)(i + 1)), 0);
+    for (int i = 0; i < PG_THREADS; i++) {
+        void *ret = (void *)9;
+        pthread_join(th[i], &ret);
+        cr_expect_null(ret, "thread %d failed (%p)", i, ret);
+    }
+    loam_stats_t st;
+    loam_heap_stats(pg_heap, &st);
+    cr_expect_eq(st.live_blocks, 0, "live_blocks %zu", st.live_blocks);
+    cr_expect_eq(st.cached_bytes, 0, "cached_bytes %zu after every thread exited", st.cached_bytes);
+    /* the heap went back to (almost) nothing with nobody calling trim */
+    struct timespec ts = { 0, 100 * 1000 * 1000 };
+    nanosleep(&ts, NULL);
+    loam_heap_stats(pg_heap, &st);
+    cr_expect_eq(st.free_run_bytes, 0, "free runs never decayed: %zu bytes", st.free_run_bytes);
+    loam_heap_destroy(pg_heap);
+}
