@@ -41,7 +41,7 @@ AO_t purge_asleep = 1;           /* also "not started": a poke must look */
 static pthread_mutex_t purge_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t purge_cond;
 static int purge_woken;          /* under purge_mutex */
-enum { PURGE_NONE, PURGE_STARTING, PURGE_RUNNING, PURGE_FAILED };
+enum { PURGE_NONE, PURGE_STARTING, PURGE_RUNNING, PURGE_FAILED, PURGE_NOT_IN_CHILD };
 static AO_t purge_state;         /* until RUNNING, purge_cond may not be initialised */
 
 /* ---- one pass ------------------------------------------------------------ */
@@ -164,17 +164,20 @@ static void purge_start(void)
 
 void purge_poke_slow(void)
 {
+    AO_t state = AO_load_acquire(&purge_state);
+    if (state != PURGE_RUNNING) {
+        if (state == PURGE_NONE && loam_opts.purge_thread &&
+            AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
+            purge_start();
+        else if (state != PURGE_STARTING)
+            AO_store(&alloc_decay_due, 0);      /* no thread will look: stop asking */
+        return;
+    }
     AO_nop_full();
     if (!AO_load(&purge_asleep))
         return;
     if (!loam_opts.purge_thread) {
-        AO_store(&alloc_decay_due, 0);      /* nobody will look: stop asking */
-        return;
-    }
-    AO_t state = AO_load_acquire(&purge_state);
-    if (state != PURGE_RUNNING) {
-        if (state == PURGE_NONE && AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
-            purge_start();
+        AO_store(&alloc_decay_due, 0);
         return;
     }
     pthread_mutex_lock(&purge_mutex);
@@ -183,16 +186,6 @@ void purge_poke_slow(void)
     pthread_mutex_unlock(&purge_mutex);
 }
 
-/* Free blocks the answer's trim may walk to shrink sparse slabs: about a
- * millisecond, so a thread waking from a long idle spell does not stall on a
- * large fragmented heap (loam_heap_trim has no bound). */
-#define PURGE_SHRINK_WALK ((size_t)1 << 16)
-
-/* The owner has run from its cache alone for decay_ms: it is idle, or in a
- * steady state that a refill every decay_ms does not slow. Its blocks go
- * back, and so does everything its heap keeps for reuse (kept slabs, free
- * runs, empty segments), so that what the thread allocates next comes from
- * fresh pages instead of keeping the peak's resident ones alive. */
 /* The thread starts when the library is loaded (our constructor runs after
  * libc's, so creating a thread is safe), while the heap is small: the few
  * blocks pthread_create allocates then sit among the program's first ones,
@@ -205,6 +198,16 @@ __attribute__((constructor)) static void purge_start_at_load(void)
         purge_start();
 }
 
+/* Free blocks the answer's trim may walk to shrink sparse slabs: about a
+ * millisecond, so a thread waking from a long idle spell does not stall on a
+ * large fragmented heap (loam_heap_trim has no bound). */
+#define PURGE_SHRINK_WALK ((size_t)1 << 16)
+
+/* The owner has run from its cache alone for decay_ms: it is idle, or in a
+ * steady state that a refill every decay_ms does not slow. Its blocks go
+ * back, and so does everything its heap keeps for reuse (kept slabs, free
+ * runs, empty segments), so that what the thread allocates next comes from
+ * fresh pages instead of keeping the peak's resident ones alive. */
 void purge_answer(tcache_t *tc)
 {
     heaps_lock();
@@ -215,11 +218,12 @@ void purge_answer(tcache_t *tc)
         heap_trim(h, PURGE_SHRINK_WALK);
 }
 
+/* A child of fork has no purge thread, and gets none: until it execs, a child
+ * of a multi-threaded process may only make async-signal-safe calls, and loam
+ * starts no thread behind its back there. Decay runs on its slow paths. */
 void purge_after_fork_child(void)
 {
-    /* The thread does not exist in the child; it starts again on need. */
     pthread_mutex_init(&purge_mutex, NULL);
     purge_woken = 0;
-    AO_store(&purge_state, PURGE_NONE);
-    AO_store(&purge_asleep, 1);
+    AO_store(&purge_state, PURGE_NOT_IN_CHILD);
 }

@@ -814,6 +814,9 @@ Test(gc_threads, switch_to_collected_while_another_thread_caches_blocks, .timeou
     loam_gc_collect(S.h);
     cr_assert_eq(gc_stats(S.h).live_blocks, 0);
     loam_heap_destroy(S.h);
+    free(S.first);
+    free(S.second);
+    free(mine);
 }
 
 /* ---- a detached thread runs freely while others collect --------------------------------------- */
