@@ -163,6 +163,9 @@ typedef struct large {
     size_t        map_size;      /* bytes mapped from the mapping's base */
     size_t        requested;     /* bytes asked for */
     uint8_t       tag;           /* the arena's tag */
+    bool          cached;        /* freed, kept for reuse: no block (size 0) */
+    bool          reused;        /* served from the cache: its bytes are not zero */
+    uint64_t      freed_at_ms;   /* when it was cached */
     uintptr_t     upper;         /* word of the layer above (e.g. the mark bit) */
 } large_t;
 
@@ -261,6 +264,8 @@ typedef struct arena {
     slab_t    *free_runs[PAGES_PER_SEGMENT];   /* by run length; committed and not */
     segment_t *segments;
     large_t   *large;
+    large_t   *large_cache;             /* freed mappings kept for reuse, newest first */
+    size_t     large_cache_bytes, large_cache_count;
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
     size_t     slab_pages;              /* pages in slabs, all segments */
@@ -390,7 +395,18 @@ LOAM_INTERNAL void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resid
 
 /* ---- large blocks ------------------------------------------------------ */
 LOAM_INTERNAL void  *large_alloc(arena_t *a, size_t n, size_t align);   /* zero-filled */
+/* Free a large block: its mapping is kept for reuse (decay_ms at most) when
+ * the arena's cache has room, else unmapped. */
 LOAM_INTERNAL void   large_free(large_t *l);
+/* Unmap a cached mapping, or a live block's, now (no cache). */
+LOAM_INTERNAL void   large_release(large_t *l);
+/* Unmap the cached mappings idle for decay_ms (all: force); lock held.
+ * Returns the bytes unmapped; *left: some stay cached. */
+LOAM_INTERNAL size_t large_cache_purge(arena_t *a, bool force, uint64_t now, bool *left);
+/* The last few large blocks freed by the program: their mappings are gone,
+ * so a second free of one would otherwise look like a foreign pointer. */
+LOAM_INTERNAL void   large_remember_freed(const void *block);
+LOAM_INTERNAL bool   large_was_freed(const void *p);
 /* Resize in place or by moving the pages (mremap); NULL on failure (block intact). */
 LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
 

@@ -69,10 +69,10 @@ void arena_destroy(arena_t *a)
         for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
             if (seg->slabs[p].state == RUN_SLAB)
                 slab_fini(&seg->slabs[p]);
-    while (a->large) {
-        large_t *l = a->large;
-        large_free(l);          /* unlinks itself */
-    }
+    while (a->large)
+        large_release(a->large);        /* unlinks itself */
+    while (a->large_cache)
+        large_release(a->large_cache);
     segment_release_all(a);
     pthread_mutex_destroy(&a->lock);
     meta_free(a, sizeof *a);
@@ -356,6 +356,14 @@ void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident)
     for (large_t *l = a->large; l; l = l->next) {
         st->reserved_bytes += l->map_size;
         st->committed_bytes += l->map_size;
+        if (resident)
+            st->resident_bytes += os_resident((char *)l, l->map_size);
+    }
+    /* Cached mappings count as free runs: committed, awaiting reuse or decay. */
+    for (large_t *l = a->large_cache; l; l = l->next) {
+        st->reserved_bytes += l->map_size;
+        st->committed_bytes += l->map_size;
+        st->free_run_bytes += l->map_size;
         if (resident)
             st->resident_bytes += os_resident((char *)l, l->map_size);
     }

@@ -2,9 +2,21 @@
  *
  * The mapping starts at a 4 MiB boundary (so the segment map can find it)
  * with a one-page header, and the block follows at the first multiple of its
- * alignment past the header. Freeing unmaps it: the memory is back at once.
- * Growing tries mremap in place, then moves the pages (no copy) into a fresh
- * aligned reservation. */
+ * alignment past the header. Growing tries mremap in place, then moves the
+ * pages (no copy) into a fresh aligned reservation.
+ *
+ * Freeing keeps the mapping for reuse when the arena's cache has room, else
+ * unmaps it. A program that frees and allocates big blocks in turn would
+ * otherwise pay a fresh mapping and a page fault for every page of every
+ * block, the pages of the last one having just been given back. The cache
+ * holds at most LARGE_CACHE_MAX mappings of at most 32 MiB, and at most
+ * max(retain_max, min(8 x the live large bytes, 512 MiB)); a reused mapping
+ * grows or shrinks in place (mremap) to the new block's size when it does
+ * not fit well. A mapping idle for decay_ms is unmapped by the next purge
+ * (the background thread's, or a slow path's), trim unmaps them all. A cached
+ * mapping stays in the segment map with no block in it (size 0): a free of
+ * its old address is reported as a double free, and a conservative pointer
+ * into it marks nothing. */
 #define _GNU_SOURCE
 #include "alloc/alloc.h"
 
@@ -47,6 +59,120 @@ static void large_unlink_locked(arena_t *a, large_t *l)
     a->c.large_requested -= l->requested;
 }
 
+#define LARGE_CACHE_MAX 24
+#define LARGE_CACHE_MAP_MAX ((size_t)32 << 20)    /* bigger mappings are never kept */
+#define LARGE_CACHE_BYTES_MAX ((size_t)512 << 20)
+
+/* The cache grows only when an allocation finds nothing that fits (a block
+ * freed, another allocated, leaves it as it was), so what bounds it in
+ * practice is the count; the bytes are bounded by a multiple of the live
+ * large bytes, so that a program that frees its large blocks gives the
+ * mappings back at once beyond retain_max. */
+static size_t large_cache_budget(arena_t *a)
+{
+    size_t b = a->c.large_bytes * 8;
+    if (b > LARGE_CACHE_BYTES_MAX)
+        b = LARGE_CACHE_BYTES_MAX;
+    return b > alloc_tuning.retain_max ? b : alloc_tuning.retain_max;
+}
+
+static void cache_unlink_locked(arena_t *a, large_t *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        a->large_cache = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    l->next = l->prev = NULL;
+    a->large_cache_bytes -= l->map_size;
+    a->large_cache_count--;
+}
+
+/* The cached mapping to serve `map` bytes from (lock held), taken out of
+ * the cache: the smallest that holds it, else the largest if it has three
+ * quarters of it (it grows: only the growth is new pages), else none (a new
+ * mapping is made, and the cache gains a size it lacked). */
+static large_t *cache_take_locked(arena_t *a, size_t map)
+{
+    large_t *fit = NULL, *largest = NULL;
+    for (large_t *c = a->large_cache; c; c = c->next) {
+        if (c->map_size >= map && (!fit || c->map_size < fit->map_size))
+            fit = c;
+        if (!largest || c->map_size > largest->map_size)
+            largest = c;
+    }
+    large_t *got = fit ? fit : largest && largest->map_size >= map / 4 * 3 ? largest : NULL;
+    if (got)
+        cache_unlink_locked(a, got);
+    return got;
+}
+
+static void large_unmap(large_t *l)
+{
+    arena_t *a = l->arena;
+    size_t map = l->map_size;
+    segmap_set((uintptr_t)l, map, NULL);
+    budget_release(a->budget, map);
+    AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - map);
+    os_release(l, map);
+}
+
+/* Resize l's mapping to `map` bytes, keeping its pages: shrink by unmapping
+ * the tail, grow by mremap in place or by moving the pages (no copy) into a
+ * fresh 4 MiB-aligned reservation. The segment map, the budget and the OS
+ * counters follow; the block fields, the arena's lists and counters are the
+ * caller's (the mapping may have moved: use the result). NULL: no memory
+ * (l unchanged). */
+static large_t *mapping_resize(large_t *l, size_t map)
+{
+    arena_t *a = l->arena;
+    size_t old_map = l->map_size;
+    if (map == old_map)
+        return l;
+    if (map > old_map && !budget_charge(a->budget, map - old_map))
+        return NULL;
+    large_t *moved = l;
+    if (map < old_map) {
+        munmap((char *)l + map, old_map - map);
+    } else if (mremap(l, old_map, map, 0) == MAP_FAILED) {
+        void *dest = os_reserve_aligned(map, SEGMENT_SIZE);
+        void *r = dest ? mremap(l, old_map, map, MREMAP_MAYMOVE | MREMAP_FIXED, dest) : MAP_FAILED;
+        if (r == MAP_FAILED) {
+            if (dest)
+                os_release(dest, map);
+            budget_release(a->budget, map - old_map);
+            return NULL;
+        }
+        /* The reservation counted `map`; the old range is gone. */
+        AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - map);
+        moved = r;
+    }
+    /* The map changes under the segmap lock; lookups see old or new, both valid until now. */
+    if (moved != l) {
+        segmap_set((uintptr_t)moved, map, moved);
+        segmap_set((uintptr_t)l, old_map, NULL);
+    } else if (map > old_map) {
+        segmap_set((uintptr_t)l, map, l);
+    } else {
+        /* Granules wholly past the new end are no longer ours. */
+        uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
+        uintptr_t end = (uintptr_t)l + old_map;
+        if (end > keep)
+            segmap_set(keep, end - keep, NULL);
+    }
+    moved->map_size = map;
+    if (map < old_map) {
+        budget_release(a->budget, old_map - map);
+        AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - (old_map - map));
+        AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - (old_map - map));
+    } else {
+        AO_fetch_and_add(&os_reserved_bytes, map - old_map);
+        AO_fetch_and_add(&os_committed_bytes, map - old_map);
+    }
+    return moved;
+}
+
 void *large_alloc(arena_t *a, size_t n, size_t align)
 {
     size_t offset = align > OS_PAGE ? align : OS_PAGE;
@@ -55,24 +181,49 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
         return NULL;
     }
     size_t map = round_page(offset + (n ? n : 1));     /* a zero-size block still has an address */
-    if (!budget_charge(a->budget, map)) {
-        errno = ENOMEM;
-        return NULL;
+    large_t *l = NULL;
+    if (a->large_cache) {                 /* read unlocked: a hint, taken under the lock */
+        arena_lock(a);
+        l = cache_take_locked(a, map);
+        arena_unlock(a);
     }
-    large_t *l = os_reserve_aligned(map, SEGMENT_SIZE);
+    if (l) {
+        /* Grown, or shrunk when 7/8 or more would be left over (those pages
+         * are resident: the last block's). */
+        large_t *r = l;
+        if (l->map_size < map || l->map_size - map >= l->map_size / 8 * 7)
+            r = mapping_resize(l, map);
+        if (r) {
+            l = r;
+            l->cached = false;
+            l->reused = true;
+        } else {
+            large_unmap(l);                 /* could not grow: a fresh mapping instead */
+            l = NULL;
+        }
+    }
     if (!l) {
-        budget_release(a->budget, map);
-        return NULL;
+        if (!budget_charge(a->budget, map)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        l = os_reserve_aligned(map, SEGMENT_SIZE);
+        if (!l) {
+            budget_release(a->budget, map);
+            return NULL;
+        }
+        AO_fetch_and_add(&os_committed_bytes, map);
+        l->kind = SEGMENT_LARGE;
+        l->arena = a;
+        l->map_size = map;
+        l->reused = false;
+        segmap_set((uintptr_t)l, map, l);
     }
-    AO_fetch_and_add(&os_committed_bytes, map);
-    l->kind = SEGMENT_LARGE;
-    l->arena = a;
+    l->upper = 0;
     l->block = (char *)l + offset;
-    l->size = map - offset;
-    l->map_size = map;
+    l->size = l->map_size - offset;
     l->requested = n;
     l->tag = a->tag;
-    segmap_set((uintptr_t)l, map, l);
     large_link(a, l);
     return l->block;
 }
@@ -80,14 +231,92 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
 void large_free(large_t *l)
 {
     arena_t *a = l->arena;
-    size_t map = l->map_size;
+    large_t *evicted = NULL;
     arena_lock(a);
     large_unlink_locked(a, l);
+    size_t budget = large_cache_budget(a);
+    bool keep = l->map_size <= budget && l->map_size <= LARGE_CACHE_MAP_MAX;
+    if (keep) {
+        l->cached = true;
+        l->size = 0;
+        l->freed_at_ms = os_now_ms();
+        l->prev = NULL;
+        l->next = a->large_cache;
+        if (a->large_cache)
+            a->large_cache->prev = l;
+        a->large_cache = l;
+        a->large_cache_bytes += l->map_size;
+        a->large_cache_count++;
+    }
+    /* Oldest out first, past the count or the budget (which shrinks with the
+     * live bytes, so freeing everything empties the cache down to retain_max). */
+    while (a->large_cache && (a->large_cache_bytes > budget || a->large_cache_count > LARGE_CACHE_MAX)) {
+        large_t *old = a->large_cache;
+        while (old->next)
+            old = old->next;
+        cache_unlink_locked(a, old);
+        old->next = evicted;
+        evicted = old;
+    }
     arena_unlock(a);
-    segmap_set((uintptr_t)l, map, NULL);
-    budget_release(a->budget, map);
-    AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - map);
-    os_release(l, map);
+    while (evicted) {
+        large_t *e = evicted;
+        evicted = e->next;
+        large_unmap(e);
+    }
+    if (keep)
+        alloc_note_decay_due();     /* l may be reused or unmapped by now: not read */
+    else
+        large_unmap(l);
+}
+
+void large_release(large_t *l)
+{
+    arena_t *a = l->arena;
+    arena_lock(a);
+    if (l->cached)
+        cache_unlink_locked(a, l);
+    else
+        large_unlink_locked(a, l);
+    arena_unlock(a);
+    large_unmap(l);
+}
+
+size_t large_cache_purge(arena_t *a, bool force, uint64_t now, bool *left)
+{
+    size_t bytes = 0;
+    large_t *next;
+    for (large_t *c = a->large_cache; c; c = next) {
+        next = c->next;
+        if (force || now - c->freed_at_ms >= alloc_tuning.decay_ms) {
+            cache_unlink_locked(a, c);
+            bytes += c->map_size;
+            large_unmap(c);
+        } else {
+            *left = true;
+        }
+    }
+    return bytes;
+}
+
+/* A ring of recently freed block addresses, written lock-free (a lost or
+ * torn update costs only a less precise fault message). */
+#define FREED_RING 64
+static AO_t freed_ring[FREED_RING];
+static AO_t freed_next;
+
+void large_remember_freed(const void *block)
+{
+    AO_t i = AO_fetch_and_add1(&freed_next);
+    AO_store(&freed_ring[i % FREED_RING], (AO_t)block);
+}
+
+bool large_was_freed(const void *p)
+{
+    for (unsigned i = 0; i < FREED_RING; i++)
+        if (AO_load(&freed_ring[i]) == (AO_t)p)
+            return true;
+    return false;
 }
 
 void *large_realloc(large_t *l, size_t n)
@@ -106,34 +335,14 @@ void *large_realloc(large_t *l, size_t n)
         arena_unlock(a);
         return l->block;
     }
-    if (map > old_map && !budget_charge(a->budget, map - old_map)) {
+    arena_lock(a);                                /* the list and counters see the change atomically */
+    large_t *moved = mapping_resize(l, map);
+    if (!moved) {
+        arena_unlock(a);
         errno = ENOMEM;
         return NULL;
     }
-    arena_lock(a);                                /* the list and counters see the change atomically */
-    large_t *moved = l;
-    if (map < old_map) {
-        munmap((char *)l + map, old_map - map);
-    } else if (mremap(l, old_map, map, 0) == MAP_FAILED) {
-        /* Move the pages into a fresh 4 MiB-aligned reservation. */
-        void *dest = os_reserve_aligned(map, SEGMENT_SIZE);
-        void *r = dest ? mremap(l, old_map, map, MREMAP_MAYMOVE | MREMAP_FIXED, dest) : MAP_FAILED;
-        if (r == MAP_FAILED) {
-            if (dest)
-                os_release(dest, map);
-            arena_unlock(a);
-            budget_release(a->budget, map - old_map);
-            errno = ENOMEM;
-            return NULL;
-        }
-        /* The reservation counted `map`; the old range is gone. */
-        AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - map);
-        moved = r;
-    }
-    /* The map changes under the segmap lock; lookups see old or new, both valid until now. */
     if (moved != l) {
-        segmap_set((uintptr_t)moved, map, moved);
-        segmap_set((uintptr_t)l, old_map, NULL);
         if (moved->prev)
             moved->prev->next = moved;
         else
@@ -141,30 +350,13 @@ void *large_realloc(large_t *l, size_t n)
         if (moved->next)
             moved->next->prev = moved;
         moved->block = (char *)moved + offset;
-    } else if (map > old_map) {
-        segmap_set((uintptr_t)l, map, l);
-    } else {
-        /* Granules wholly past the new end are no longer ours. */
-        uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
-        uintptr_t end = (uintptr_t)l + old_map;
-        if (end > keep)
-            segmap_set(keep, end - keep, NULL);
     }
     a->c.large_bytes += map - old_map;
     a->c.large_usable += (map - offset) - moved->size;
     a->c.large_requested += n - moved->requested;
-    moved->map_size = map;
     moved->size = map - offset;
     moved->requested = n;
     arena_note_peak(a);
     arena_unlock(a);
-    if (map < old_map) {
-        budget_release(a->budget, old_map - map);
-        AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - (old_map - map));
-        AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - (old_map - map));
-    } else {
-        AO_fetch_and_add(&os_reserved_bytes, map - old_map);
-        AO_fetch_and_add(&os_committed_bytes, map - old_map);
-    }
     return moved->block;
 }

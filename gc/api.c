@@ -50,8 +50,13 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
         if (!p)
             return NULL;
         clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
-        if (n > alloc_tuning.mmap_threshold)
-            return p;                   /* a fresh mapping is zero already */
+        if (n > alloc_tuning.mmap_threshold) {
+            addr_info_t ai;
+            addr_classify(p, &ai);
+            if (ai.large && !ai.large->reused)
+                return p;               /* a fresh mapping is zero already */
+            clear = ai.large ? ai.large->size : n;     /* a reused one: all that is scanned */
+        }
     }
     /* Whole block: a conservative scan reads all of it, and stale words
      * would keep dead objects alive. The free list's two words are always

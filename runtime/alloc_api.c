@@ -137,9 +137,16 @@ void alloc_free_slow(void *p)
     addr_classify(p, &ai);
     switch (ai.kind) {
     case ADDR_FOREIGN:
-        loam_fault(NULL, "free of a pointer not allocated by loam", p, 0);
+        if (large_was_freed(p))
+            loam_fault(NULL, "double free (of a large block, already unmapped)", p, 0);
+        else
+            loam_fault(NULL, "free of a pointer not allocated by loam", p, 0);
         return;
     case ADDR_UNALLOCATED:
+        if (ai.large && ai.large->cached && p == ai.large->block) {
+            loam_fault(ai.large->arena->owner, "double free (of a large block)", p, 0);
+            return;
+        }
         loam_fault(ai.large || ai.slab ? (ai.large ? ai.large->arena : ai.slab->arena)->owner : NULL,
                    "free of an address inside a loam heap that is no block (never allocated)", p, 0);
         return;
@@ -158,7 +165,9 @@ void alloc_free_slow(void *p)
     if (h->gc)
         gc_forget_block(h, p);
     if (ai.large) {
+        large_remember_freed(p);
         large_free(ai.large);
+        purge_poke();
         return;
     }
     slab_t *s = ai.slab;
@@ -288,7 +297,7 @@ void *loam_calloc(loam_heap_t *h, size_t count, size_t n)
     if (p && total > alloc_tuning.mmap_threshold) {
         addr_info_t ai;
         addr_classify(p, &ai);
-        if (ai.large)
+        if (ai.large && !ai.large->reused)
             return p;                    /* a fresh mapping is already zero */
     }
     if (p)

@@ -8,8 +8,9 @@
  * peak committed for ever. So one thread, started on first need and asleep
  * whenever nothing waits for decay, does two things every decay_ms / 4:
  *
- *   - purges every arena of every manual heap (trylock: a busy arena is
- *     being used, and purges itself on its own slow paths);
+ *   - purges every arena of every manual heap that has not purged itself
+ *     on a slow path for a period (an arena in use does, and taking its
+ *     lock would only send its threads to another arena);
  *   - asks each thread cache that has taken no slow path for decay_ms and
  *     still holds blocks to flush (tcache_request_flush). The owner's next
  *     free misses the cache, and its slow path gives every cached block back
@@ -60,6 +61,7 @@ static bool purge_pass(void)
 {
     uint64_t now = os_now_ms();
     uint64_t decay = alloc_tuning.decay_ms;
+    uint64_t period = decay / 4 ? decay / 4 : 1;
     bool left = false;
     heaps_lock();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
@@ -67,6 +69,14 @@ static bool purge_pass(void)
             continue;
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+            /* An arena whose slow paths purged it within the last period is
+             * in use and purges itself: holding its lock would only send
+             * its threads to another arena (and grow the heap). */
+            uint64_t due = __atomic_load_n(&a->next_purge_ms, __ATOMIC_RELAXED);
+            if (now < due + period) {
+                left |= __atomic_load_n(&a->decay_left, __ATOMIC_RELAXED);
+                continue;
+            }
             if (!arena_trylock(a)) {
                 left = true;
                 continue;

@@ -246,6 +246,15 @@ static void fault_double_free(void)
     loam_free(p);
 }
 
+static void fault_double_free_large(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, MiB);
+    report_addr(p);
+    loam_free(p);
+    loam_free(p);       /* its mapping is gone: still named a double free */
+}
+
 static void fault_interior(void)
 {
     loam_heap_t *h = loam_heap_new(NULL);
@@ -310,6 +319,12 @@ Test(message, double_free_names_fault_and_address)
 {
     static const char *const words[] = { "double free", "double-free", NULL };
     check_message(fault_double_free, words, "double free");
+}
+
+Test(message, double_free_of_large_block_names_fault_and_address)
+{
+    static const char *const words[] = { "double free", "double-free", NULL };
+    check_message(fault_double_free_large, words, "double free of a large block");
 }
 
 Test(message, interior_pointer_names_fault_and_address)
@@ -417,6 +432,19 @@ Test(callback, double_free_small)
     cr_assert_eq(rec.calls, 0, "a valid free was reported as an error: %s", rec.msg);
     loam_free(p);
     assert_reported(&rec, h, p, "double free", W_DOUBLE);
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
+Test(callback, double_free_large_kept_for_reuse)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *p = loam_malloc(h, MiB);
+    loam_free(p);                       /* its mapping is kept in the heap's cache */
+    cr_assert_eq(rec.calls, 0, "a valid free was reported as an error: %s", rec.msg);
+    loam_free(p);
+    assert_reported(&rec, h, p, "double free of a large block", W_DOUBLE);
     assert_heap_usable(h, 0);
     loam_heap_destroy(h);
 }

@@ -249,6 +249,9 @@ Test(rss, trim_returns_memory_now, .timeout = 120)
 }
 
 /* Large blocks are unmapped on free: no decay involved. */
+/* Large blocks are unmapped on free, but for a small cache of mappings kept
+ * for reuse (at most max(retain_max, half the live large bytes)): freeing
+ * everything leaves at most retain_max, whatever decay_ms says. */
 Test(rss, large_blocks_return_on_free, .timeout = 60)
 {
     cr_assert_eq(loam_option_set("decay_ms", 600000), 0);
@@ -265,6 +268,38 @@ Test(rss, large_blocks_return_on_free, .timeout = 60)
     for (int i = 0; i < 128; i++)
         loam_free(p[i]);
     assert_back_near(start, rss_bytes(), peak, "after freeing 512 MiB of large blocks");
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_leq(st.committed_bytes, 8 * MiB, "%zu KiB still committed", st.committed_bytes / KiB);
+    loam_heap_destroy(h);
+}
+
+/* A freed large block's mapping is reused by the next block that fits: no
+ * new mapping, no page faults. calloc still gets zeros, and the cached
+ * mapping goes back once decay_ms passes with nobody calling in. */
+Test(rss, large_mapping_reused_then_decays, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    unsigned char *p = loam_malloc(h, 2 * MiB);
+    cr_assert_not_null(p);
+    memset(p, 0xEE, 2 * MiB);
+    loam_free(p);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_geq(st.free_run_bytes, 2 * MiB, "the freed mapping was not kept");
+    unsigned char *q = loam_malloc(h, 2 * MiB - 4096);
+    cr_assert_eq(q, p, "the kept mapping was not reused");
+    loam_free(q);
+    unsigned char *z = loam_calloc(h, 1, 2 * MiB);
+    cr_assert_not_null(z);
+    for (size_t i = 0; i < 2 * MiB; i += 509)
+        cr_assert_eq(z[i], 0, "calloc of a reused mapping: byte %zu is %#x", i, z[i]);
+    loam_free(z);
+    sleep_ms(300);                       /* the purge thread unmaps it */
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.free_run_bytes, 0, "%zu bytes still kept after decay", st.free_run_bytes);
+    cr_assert_leq(st.committed_bytes, 256 * KiB);
     loam_heap_destroy(h);
 }
 
