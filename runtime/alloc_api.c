@@ -31,7 +31,7 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
         if (tcache_flush_requested(tc))
             purge_answer(tc);
         p = tcache_refill_pop(tc, cls);
-        purge_poke();
+        purge_poke(h);
         if (p && h->gc)
             gc_note_refill(h, tc, cls);
         return p;
@@ -167,7 +167,7 @@ void alloc_free_slow(void *p)
     if (ai.large) {
         large_remember_freed(p);
         large_free(ai.large);
-        purge_poke();
+        purge_poke(h);
         return;
     }
     slab_t *s = ai.slab;
@@ -194,7 +194,7 @@ void alloc_free_slow(void *p)
         arena_free_block(a, s, b);
         arena_unlock(a);
         tcache_flush(tc, cls, 0);
-        purge_poke();
+        purge_poke(h);
         return;
     }
     if (tc) {
@@ -203,7 +203,7 @@ void alloc_free_slow(void *p)
         uint32_t max = AO_int_load(&tc->bins[cls].max);
         if (max) {
             tcache_flush(tc, cls, max / 2);
-            purge_poke();
+            purge_poke(h);
             if (tcache_push(tc, cls, p))
                 return;
         }
@@ -211,7 +211,7 @@ void alloc_free_slow(void *p)
     arena_lock(a);
     arena_free_block(a, s, b);
     arena_unlock(a);
-    purge_poke();
+    purge_poke(h);
 }
 
 /* ---- sizes and realloc ----------------------------------------------------- */

@@ -72,11 +72,13 @@ extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 /* ---- background purge (runtime/purge.c) ------------------------------------ */
 extern LOAM_INTERNAL AO_t purge_asleep;
 LOAM_INTERNAL void purge_poke_slow(void);
-/* After a slow path, with no lock held: wake the purge thread (or start it)
- * if some arena began keeping memory for decay while it slept. */
-static inline void purge_poke(void)
+/* After a slow path on heap h, with no lock held: wake the purge thread (or
+ * start it) if some arena began keeping memory for decay while it slept.
+ * Collected heaps do not: the thread skips them, and their sweeps keep
+ * stamping slabs, so each of their slow paths would wake it for nothing. */
+static inline void purge_poke(const loam_heap_t *h)
 {
-    if (LOAM_UNLIKELY(AO_load(&alloc_decay_due)))
+    if (LOAM_UNLIKELY(AO_load(&alloc_decay_due)) && !__atomic_load_n(&h->gc, __ATOMIC_RELAXED))
         purge_poke_slow();
 }
 /* The owner of tc answers a flush request (runtime/purge.c). */
