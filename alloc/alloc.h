@@ -288,10 +288,18 @@ LOAM_INTERNAL void     arena_unlock(arena_t *a);
 /* Take up to n blocks of class cls (lock held). Returns how many (0: out of
  * memory or over budget). Blocks keep their freed key (caller clears it). */
 LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n);
+/* The same as a chain from *head to *tail linked with `key` (a thread
+ * cache's), every block carrying the free key: no per-block copy. */
+LOAM_INTERNAL unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key,
+                                         free_block_t **head, free_block_t **tail);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
+/* Return n blocks of slab s at once (lock held): first..last are linked with
+ * the slab's key (last's link is set here) and carry the free key. */
+LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last,
+                                      uint32_t n);
 /* Return n blocks of slab s at once, chained through their first word
  * (lock held); an emptied slab stays on its partial list, stamped for decay. */
 LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);

@@ -16,8 +16,7 @@ void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
-unsigned slab_take(slab_t *s, free_block_t **out, unsigned n);
-void slab_put(slab_t *s, free_block_t *b);
+unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail);
 
 /* ---- budget ------------------------------------------------------------- */
 
@@ -167,10 +166,12 @@ void arena_note_peak(arena_t *a)
         a->c.peak_out_bytes = out;
 }
 
-unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n)
+unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, free_block_t **head,
+                           free_block_t **tail)
 {
     arena_bin_t *bin = &a->bins[cls];
     unsigned got = 0;
+    *head = *tail = NULL;
     /* Refills are the regular slow-path event of a running program: decay is
      * checked here too, not only when a slab empties. */
     if (os_now_ms() >= a->next_purge_ms)
@@ -191,10 +192,12 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
                 break;
             partial_push_tail(bin, s);
         }
-        got += slab_take(s, out + got, n - got);
+        got += slab_take_chain(s, n - got, key, head, tail);
         if (s->used == s->capacity)
             partial_remove(bin, s);
     }
+    if (*tail)
+        (*tail)->next_enc = freelist_encode(NULL, key);
     size_t bytes = (size_t)got * sizeclass_size[cls];
     a->c.out_bytes += bytes;
     a->c.out_blocks += got;
@@ -202,13 +205,26 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsign
     return got;
 }
 
-void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
+unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n)
+{
+    free_block_t *b, *tail;
+    unsigned got = arena_alloc_chain(a, cls, n, 0, &b, &tail);
+    for (unsigned i = 0; i < got; i++) {
+        out[i] = b;
+        b = freelist_decode(b->next_enc, 0);
+    }
+    return got;
+}
+
+void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last, uint32_t n)
 {
     arena_bin_t *bin = &a->bins[s->cls];
     bool was_full = s->used == s->capacity;
-    slab_put(s, b);
-    a->c.out_bytes -= s->block_size;
-    a->c.out_blocks--;
+    last->next_enc = freelist_encode(s->free, s->key);
+    s->free = first;
+    AO_int_store(&s->used, s->used - n);
+    a->c.out_bytes -= (size_t)n * s->block_size;
+    a->c.out_blocks -= n;
     if (was_full)
         partial_push_tail(bin, s);
     if (s->used == 0) {
@@ -224,6 +240,12 @@ void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
         partial_remove(bin, s);
         slab_release(a, s);
     }
+}
+
+void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
+{
+    b->freed_key = loam_free_key;
+    arena_free_run(a, s, b, b, 1);
 }
 
 void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)

@@ -317,8 +317,8 @@ size_t arena_purge(arena_t *a, bool force)
         }
     }
     bytes += large_cache_purge(a, force, now, &left);
-    /* Read without the lock by the background purge (relaxed atomics). */
-    __atomic_store_n(&a->decay_left, left, __ATOMIC_RELAXED);
+    a->decay_left = left;
+    /* Read without the lock by the background purge (a relaxed atomic). */
     __atomic_store_n(&a->next_purge_ms, now + (decay / 4 ? decay / 4 : 1), __ATOMIC_RELAXED);
     return bytes;
 }

@@ -53,35 +53,51 @@ void slab_fini(slab_t *s)
     AO_int_store(&s->bumped, 0);
 }
 
-/* Up to n blocks out of the slab. */
-unsigned slab_take(slab_t *s, free_block_t **out, unsigned n);
-unsigned slab_take(slab_t *s, free_block_t **out, unsigned n)
+/* Up to n blocks out of the slab, appended to the chain ending at *tail
+ * (NULL: empty) and linked with `key` (a thread cache's, or the slab's own
+ * when the caller only walks them). Free-list blocks keep their free key;
+ * bumped ones get it. Each free-list link followed is checked to point at a
+ * block of this slab. Returns how many; *tail is the new last block (its
+ * link is left for the caller). */
+unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail);
+unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail)
 {
+    /* The slab's fields in locals: the stores into blocks could alias them. */
+    const uintptr_t lo = (uintptr_t)s->start, skey = s->key;
+    const uint64_t magic = s->div_magic;
+    const size_t size = s->block_size;
+    const uintptr_t hi = lo + (uintptr_t)s->bumped * size;
     unsigned got = 0;
-    uintptr_t lo = (uintptr_t)s->start, hi = lo + (uintptr_t)s->bumped * s->block_size;
-    while (got < n && s->free) {
-        free_block_t *b = s->free;
-        uintptr_t nx = (uintptr_t)freelist_decode(b->next_enc, s->key);
-        if (nx && (nx < lo || nx >= hi || slab_block_index(s, nx) * s->block_size != nx - lo))
-            slab_fault("free list corrupted (a freed block was written to)", b);
-        s->free = (free_block_t *)nx;
-        out[got++] = b;
+    free_block_t *t = *tail, *f = s->free;
+    /* A dummy link slot for the first block when the chain is empty. */
+    uintptr_t first_link = 0;
+    uintptr_t *link = t ? &t->next_enc : &first_link;
+    while (got < n && f) {
+        uintptr_t nx = (uintptr_t)freelist_decode(f->next_enc, skey);
+        if (nx && (nx < lo || nx >= hi || (((nx - lo) * magic) >> 42) * size != nx - lo))
+            slab_fault("free list corrupted (a freed block was written to)", f);
+        *link = freelist_encode(f, key);
+        link = &f->next_enc;
+        t = f;
+        f = (free_block_t *)nx;
+        got++;
     }
+    s->free = f;
     unsigned bumped = s->bumped;
-    while (got < n && bumped < s->capacity)
-        out[got++] = (free_block_t *)(s->start + (size_t)bumped++ * s->block_size);
+    while (got < n && bumped < s->capacity) {
+        free_block_t *b = (free_block_t *)(lo + (size_t)bumped++ * size);
+        b->freed_key = loam_free_key;
+        *link = freelist_encode(b, key);
+        link = &b->next_enc;
+        t = b;
+        got++;
+    }
+    if (got && !*tail)
+        *head = freelist_decode(first_link, key);
+    *tail = t;
     AO_int_store(&s->bumped, bumped);
     AO_int_store(&s->used, s->used + got);
     return got;
-}
-
-void slab_put(slab_t *s, free_block_t *b);
-void slab_put(slab_t *s, free_block_t *b)
-{
-    b->next_enc = freelist_encode(s->free, s->key);
-    b->freed_key = loam_free_key;
-    s->free = b;
-    AO_int_store(&s->used, s->used - 1);
 }
 
 /* Give back the pages past the slab's last allocated block (lock held, the

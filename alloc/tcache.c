@@ -38,46 +38,60 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
         want = 1;
     if (want > TCACHE_BATCH_MAX)
         want = TCACHE_BATCH_MAX;
-    free_block_t *got[TCACHE_BATCH_MAX];
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     arena_t *a = arena_set_lock_some(tc->arenas, tc->arena);
     if (!a)
         return NULL;
     tc->arena = a;
-    unsigned n = arena_alloc_blocks(a, cls, got, want);
+    free_block_t *head, *tail;
+    unsigned n = arena_alloc_chain(a, cls, want, tc->key, &head, &tail);
     arena_unlock(a);
     if (n == 0)
         return NULL;
-    /* Push in reverse so the lowest addresses come out first. */
-    for (unsigned i = n; i-- > 1;) {
-        got[i]->next_enc = freelist_encode(bin->head, tc->key);
-        got[i]->freed_key = loam_free_key;
-        bin->head = got[i];
-    }
+    /* The chain comes linked with this cache's key: it becomes the bin. */
+    tail->next_enc = freelist_encode(bin->head, tc->key);
+    bin->head = freelist_decode(head->next_enc, tc->key);
     AO_int_store(&bin->count, bin->count + n - 1);
-    got[0]->freed_key = 0;
-    return got[0];
+    head->freed_key = 0;
+    return head;
 }
 
+/* Blocks go back in runs that share a slab (a cache mostly holds runs of
+ * blocks freed together): each run is relinked with its slab's key as it is
+ * walked, then spliced onto the slab's list with one update of its counts. */
 void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
 {
     tcache_bin_t *bin = &tc->bins[cls];
     arena_t *held = NULL;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    while (bin->count > keep) {
-        free_block_t *b = bin->head;
-        bin->head = freelist_decode(b->next_enc, tc->key);
-        AO_int_store(&bin->count, bin->count - 1);
+    uint32_t count = bin->count;
+    free_block_t *b = bin->head;
+    while (count > keep) {
         segment_t *seg = (segment_t *)((uintptr_t)b & ~SEGMENT_MASK);
         slab_t *s = segment_slab_at(seg, (uintptr_t)b);
+        uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
+        free_block_t *first = b, *last = b;
+        uint32_t n = 1;
+        b = freelist_decode(b->next_enc, tc->key);
+        count--;
+        while (count > keep && (uintptr_t)b - lo < span) {
+            free_block_t *next = freelist_decode(b->next_enc, tc->key);
+            last->next_enc = freelist_encode(b, s->key);
+            last = b;
+            n++;
+            b = next;
+            count--;
+        }
         if (s->arena != held) {
             if (held)
                 arena_unlock(held);
             held = s->arena;
             arena_lock(held);
         }
-        arena_free_block(held, s, b);
+        arena_free_run(held, s, first, last, n);
     }
+    bin->head = count ? b : NULL;
+    AO_int_store(&bin->count, count);
     if (held)
         arena_unlock(held);
 }

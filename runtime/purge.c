@@ -74,7 +74,7 @@ static bool purge_pass(void)
              * its threads to another arena (and grow the heap). */
             uint64_t due = __atomic_load_n(&a->next_purge_ms, __ATOMIC_RELAXED);
             if (now < due + period) {
-                left |= __atomic_load_n(&a->decay_left, __ATOMIC_RELAXED);
+                left = true;        /* look again once it has gone quiet */
                 continue;
             }
             if (!arena_trylock(a)) {
