@@ -456,7 +456,12 @@ arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
         if (a != preferred && arena_trylock(a))
             return a;
     }
-    arena_t *fresh = arena_set_grow(set);
+    /* A new arena only while there are fewer than the threads caching from
+     * the set: two threads that meet on a lock now and then (one flushing
+     * what the other allocated) must not spread their slabs over more and
+     * more arenas. Sets without caches (tracked heaps) grow up to max. */
+    AO_t users = AO_load(&set->users);
+    arena_t *fresh = users == 0 || n < users ? arena_set_grow(set) : NULL;
     if (fresh) {
         arena_lock(fresh);
         return fresh;

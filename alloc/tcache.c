@@ -27,6 +27,7 @@ void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->owner = owner;
     tc->key = os_random();
     tc->arenas = arenas;
+    AO_fetch_and_add1(&arenas->users);
     tc->arena = NULL;
 }
 
@@ -113,6 +114,9 @@ void tcache_abandon(tcache_t *tc)
         AO_int_store(&tc->bins[c].max, 0);
     }
     AO_store(&tc->flush_req, 0);
+    if (tc->arenas)
+        AO_fetch_and_sub1(&tc->arenas->users);
+    tc->arenas = NULL;
     tc->owner = NULL;
     tc->arena = NULL;
 }

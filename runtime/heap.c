@@ -287,6 +287,7 @@ void heap_thread_exit(void)
                 tc->owner_next->owner_prev = tc->owner_prev;
             if (loam_tls_cache[tc->slot] == tc)
                 loam_tls_cache[tc->slot] = &loam_empty_tcache;
+            tcache_abandon(tc);         /* (emptied above) unbinds it from its arena set */
         }
         meta_free(tc, sizeof *tc);
         tc = next;
