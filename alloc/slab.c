@@ -6,6 +6,7 @@
  * a stray write into a free block cannot aim the next allocation. Every link
  * followed is checked to point at a block of this slab. */
 #include "alloc/alloc.h"
+#include "alloc/memcheck.h"
 
 #include <string.h>
 
@@ -39,6 +40,7 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->pending = false;
     s->pending_next = NULL;
     s->waste = NULL;
+    mc_fresh(s->start, (size_t)s->pages * PAGE_SIZE);
     if (a->track_requested)
         s->waste = meta_alloc((size_t)s->capacity * slab_waste_width(s));
 }
@@ -139,5 +141,6 @@ size_t slab_shrink_tail(slab_t *s)
     AO_int_store(&s->bumped, keep);
     end = (end + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1);
     os_decommit((void *)cut, end - cut);
+    mc_fresh((void *)cut, end - cut);
     return end - cut;
 }

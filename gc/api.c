@@ -44,6 +44,8 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
         unsigned cls = sizeclass_small[(n + 15) >> 4];
         p = tcache_pop(loam_tls_cache[AO_char_load((volatile unsigned char *)&h->kinds[kind].slot)], cls);
         clear = sizeclass_size[cls];
+        if (p)
+            mc_alloc(h, p, clear, 0);
     }
     if (!p) {
         p = alloc_from_heap(h, n, BLOCK_ALIGN, kind);

@@ -59,6 +59,7 @@ static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
             continue;
         if (s->waste)
             requested += slab_get_requested(s, k);
+        mc_free(gc->heap, b);
         *(char **)b = dead_list;          /* chained through the first word */
         dead_list = b;
         dead++;
@@ -135,6 +136,7 @@ size_t gc_sweep(gc_state_t *gc)
     while (dead_large) {
         large_t *l = dead_large;
         dead_large = (large_t *)l->upper;
+        mc_free(gc->heap, l->block);
         large_free(l);
     }
     return freed;

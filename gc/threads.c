@@ -182,6 +182,8 @@ void gc_scan_thread_stacks(gc_state_t *gc)
     for (gc_thread_t *t = gc->threads; t; t = t->next) {
         if (t->state == GC_RUNNING)
             continue;                      /* cannot happen while stopped */
+        mc_scanning(&t->regs, (char *)&t->regs + sizeof t->regs);
+        mc_scanning(t->stack_sp, t->stack_base);
         gc_mark_range(gc, &t->regs, (char *)&t->regs + sizeof t->regs);
         gc_mark_range(gc, t->stack_sp, t->stack_base);
     }

@@ -81,8 +81,10 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
                 p = alloc_class_block(h, (unsigned)cls, kind);
                 if (p && h->track_requested)
                     track_block(h, p, n);
-                if (p)
+                if (p) {
+                    mc_alloc(h, p, sizeclass_size[cls], 0);
                     return p;
+                }
                 goto failed;
             }
         }
@@ -91,8 +93,14 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
             return NULL;
         }
         p = alloc_large_block(h, n, align, kind);
-        if (p)
+        if (p) {
+#ifdef LOAM_MEMCHECK
+            addr_info_t ai;
+            addr_classify(p, &ai);
+            mc_alloc(h, p, ai.size, ai.large && !ai.large->reused);   /* a fresh mapping is zero */
+#endif
             return p;
+        }
     failed:
         if (!heap_out_of_memory(h, n, attempt)) {
             errno = ENOMEM;
@@ -162,6 +170,7 @@ void alloc_free_slow(void *p)
         loam_fault(h, "double free", p, ai.size);
         return;
     }
+    mc_free(h, p);
     if (h->gc)
         gc_forget_block(h, p);
     if (ai.large) {
@@ -254,8 +263,10 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
     if (ai.large) {
         if (n > alloc_tuning.mmap_threshold) {
             void *q = large_realloc(ai.large, n);
-            if (q)
+            if (q) {
+                mc_moved(owner, p, q, alloc_usable_size(q));
                 return q;
+            }
             /* fall back to allocate-copy-free below */
         }
     } else if (n <= ai.size && (n > ai.size / 2 || ai.size <= 32)) {

@@ -7,6 +7,7 @@
 #include "loam.h"
 #include "alloc/alloc.h"
 #include "alloc/tcache.h"
+#include "alloc/memcheck.h"
 
 #include <errno.h>
 #include <string.h>
@@ -136,8 +137,10 @@ static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t
     if (LOAM_LIKELY(n <= SMALL_MAX)) {
         unsigned cls = sizeclass_small[(n + 15) >> 4];
         void *p = tcache_pop(loam_tls_cache[h->alloc_slot], cls);
-        if (LOAM_LIKELY(p != NULL))
+        if (LOAM_LIKELY(p != NULL)) {
+            mc_alloc(h, p, sizeclass_size[cls], 0);
             return p;
+        }
     }
     return alloc_malloc_slow(h, n);
 }
@@ -151,6 +154,10 @@ static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t
  * pin slabs that could empty. */
 static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 {
+#ifdef LOAM_MEMCHECK
+    alloc_free_slow(p);         /* the block is unregistered only once it passed every check */
+    return;
+#endif
     uintptr_t a = (uintptr_t)p;
     if (LOAM_LIKELY(segkind_is_slabs(a))) {
         segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);

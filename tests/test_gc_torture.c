@@ -435,7 +435,12 @@ static void grow_one(torture_t *T)
             o->child[c] = -1, o->coff[c] = 0;
         w[1] = o->nchild;
         w[2] = o->serial;
-        gc_fill(p, (HDR_WORDS + o->nchild) * sizeof(uintptr_t), size, o->serial);
+        /* The pattern runs to the end of the last word: a word straddling the
+         * object's end, half pattern and half zero padding, could look like a
+         * pointer where mappings sit at low addresses (under valgrind), and a
+         * conservative object would then retain something. */
+        size_t words_end = (size + sizeof(uintptr_t) - 1) & ~(sizeof(uintptr_t) - 1);
+        gc_fill(p, (HDR_WORDS + o->nchild) * sizeof(uintptr_t), words_end, o->serial);
         w[0] = kind == OK_TRACED ? TAG_TRACED : TAG_CONS;
         /* edges to reachable objects (the reach list is current) */
         for (uint32_t c = 0; c < o->nchild; c++)
