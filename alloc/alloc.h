@@ -364,7 +364,7 @@ typedef struct arena_set {
     arena_t  *arenas[ARENA_SET_MAX];
     AO_t      count;
     unsigned  max;
-    AO_t      users;             /* thread caches bound to the set: growth stops there */
+    AO_t      users;             /* caches that allocate from the set: growth stops there */
     void     *owner;
     uint8_t   slot;
     uint8_t   tag;

@@ -456,10 +456,11 @@ arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
         if (a != preferred && arena_trylock(a))
             return a;
     }
-    /* A new arena only while there are fewer than the threads caching from
-     * the set: two threads that meet on a lock now and then (one flushing
-     * what the other allocated) must not spread their slabs over more and
-     * more arenas. Sets without caches (tracked heaps) grow up to max. */
+    /* A new arena only while there are fewer than the threads allocating
+     * through caches from the set: a thread that only frees (flushing what
+     * another allocated) and meets the allocator on a lock now and then must
+     * not spread the heap over more arenas. Sets without caches (tracked
+     * heaps) grow up to max. */
     AO_t users = AO_load(&set->users);
     arena_t *fresh = users == 0 || n < users ? arena_set_grow(set) : NULL;
     if (fresh) {

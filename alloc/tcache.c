@@ -27,7 +27,7 @@ void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->owner = owner;
     tc->key = os_random();
     tc->arenas = arenas;
-    AO_fetch_and_add1(&arenas->users);
+    tc->allocates = false;
     tc->arena = NULL;
 }
 
@@ -40,6 +40,12 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     if (want > TCACHE_BATCH_MAX)
         want = TCACHE_BATCH_MAX;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
+    if (!tc->allocates) {
+        /* An allocating thread: one more that may have an arena of its own
+         * (a thread that only frees does not need one). */
+        tc->allocates = true;
+        AO_fetch_and_add1(&tc->arenas->users);
+    }
     arena_t *a = arena_set_lock_some(tc->arenas, tc->arena);
     if (!a)
         return NULL;
@@ -114,8 +120,9 @@ void tcache_abandon(tcache_t *tc)
         AO_int_store(&tc->bins[c].max, 0);
     }
     AO_store(&tc->flush_req, 0);
-    if (tc->arenas)
+    if (tc->arenas && tc->allocates)
         AO_fetch_and_sub1(&tc->arenas->users);
+    tc->allocates = false;
     tc->arenas = NULL;
     tc->owner = NULL;
     tc->arena = NULL;

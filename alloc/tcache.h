@@ -27,6 +27,7 @@ typedef struct tcache {
     struct tcache *thread_next;               /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
+    bool          allocates;                   /* has refilled: counted in its set's users */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the
