@@ -252,24 +252,6 @@ static void report_unmarked(gc_state_t *gc, char *block, size_t size, unsigned k
     }
 }
 
-static void clear_marks(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg)
-{
-    (void)size;
-    (void)kind;
-    (void)arg;
-    if (!marked)
-        return;
-    addr_info_t ai;
-    addr_classify(block, &ai);
-    if (ai.large) {
-        ai.large->upper &= ~(uintptr_t)1;
-    } else {
-        size_t g = (size_t)(block - (char *)ai.segment) / BLOCK_ALIGN;
-        segment_side_bits(ai.segment)[g >> 6] &= ~((uint64_t)1 << (g & 63));
-    }
-    (void)gc;
-}
-
 size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
 {
     if (!h)
@@ -296,7 +278,7 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
      * (attached ones are stopped). The callback may use loam, even this heap. */
     struct leak_walk lw = { report, user, 0 };
     gc_for_each_block(gc, report_unmarked, &lw);
-    gc_for_each_block(gc, clear_marks, NULL);
+    gc_clear_all_marks(gc);     /* free blocks too: conservative words may have marked some */
     gc_restart_world(gc);
     pthread_mutex_unlock(&gc->lock);
     if (visiting)

@@ -118,9 +118,15 @@ size_t gc_sweep(gc_state_t *gc)
     for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
         arena_lock(a);
         for (segment_t *seg = a->segments; seg; seg = seg->next)
-            for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
-                if (seg->slabs[p].state == RUN_SLAB && seg->slabs[p].used)
-                    arena_pending_add(a, &seg->slabs[p]);
+            for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages) {
+                slab_t *s = &seg->slabs[p];
+                if (s->state != RUN_SLAB)
+                    continue;
+                if (s->used)
+                    arena_pending_add(a, s);        /* its sweep clears its marks */
+                else
+                    gc_clear_slab_marks(seg, s);    /* a free block may have been marked */
+            }
         for (large_t *l = a->large, *next; l; l = next) {
             next = l->next;
             if (l->upper & 1) {

@@ -140,6 +140,9 @@ LOAM_INTERNAL void        gc_park(gc_state_t *gc);                 /* if a stop 
 LOAM_INTERNAL bool        gc_stop_world(gc_state_t *gc);           /* lock held; false: another collects */
 LOAM_INTERNAL void        gc_restart_world(gc_state_t *gc);        /* lock held */
 LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
+/* Clear the mark bits of a slab, or of the whole heap (world stopped). */
+LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
+LOAM_INTERNAL void        gc_clear_all_marks(gc_state_t *gc);
 /* mark.c */
 LOAM_INTERNAL void  gc_mark_word(gc_state_t *gc, uintptr_t w);     /* conservative, interior ok */
 LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedder's: a live object */

@@ -59,6 +59,10 @@ void gc_mark_stack_release(gc_state_t *gc)
     gc->cap = gc->sp = 0;
 }
 
+/* Pushed with a kind: a conservative candidate whose block must be checked
+ * for the free key when it is scanned. */
+#define MARK_VERIFY 4u
+
 static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
 {
     gc->marked_bytes += size;
@@ -112,11 +116,23 @@ mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
     char *block = s->start + idx * s->block_size;
     if (!interior && (uintptr_t)block != w)
         return;
-    if (!precise && ((free_block_t *)block)->freed_key == loam_free_key)
-        return;                         /* a free block: nothing lives there */
+    /* A conservative word may name a free block. Reading its free key now
+     * would touch its memory before the prefetch ring does; for a block that
+     * will be scanned anyway the check waits for the scan (MARK_VERIFY), and a
+     * free block marked meanwhile is harmless: the sweep skips marked blocks
+     * and clears their bits, and a free block is never swept. */
+    unsigned kind = s->tag;
+    if (!precise) {
+        if (kind == LOAM_ATOMIC) {
+            if (((free_block_t *)block)->freed_key == loam_free_key)
+                return;                 /* a free block: nothing lives there */
+        } else {
+            kind |= MARK_VERIFY;
+        }
+    }
     if (bit_test_and_set(segment_side_bits(seg), granule_of(seg, block)))
         return;
-    push(gc, block, s->block_size, s->tag);
+    push(gc, block, s->block_size, kind);
 }
 
 void gc_mark_word(gc_state_t *gc, uintptr_t w)
@@ -160,6 +176,15 @@ bool gc_is_marked(gc_state_t *gc, const void *obj)
 
 static void scan(gc_state_t *gc, const mark_entry_t *e)
 {
+    if (LOAM_UNLIKELY(e->kind & MARK_VERIFY)) {
+        if (((free_block_t *)e->obj)->freed_key == loam_free_key) {
+            gc->marked_bytes -= e->size;    /* a free block: nothing lives there */
+            return;
+        }
+        mark_entry_t checked = { e->obj, e->size, e->kind & ~MARK_VERIFY };
+        scan(gc, &checked);
+        return;
+    }
     if (e->kind == LOAM_TRACED) {
         loam_heap_t *h = gc->heap;
         if (h->cfg.trace)
@@ -214,6 +239,34 @@ void gc_mark_drain(gc_state_t *gc)
          * finds the unmarked children of those that were never scanned. */
         gc->overflow = false;
         gc_for_each_block(gc, rescan_marked, NULL);
+    }
+}
+
+/* ---- clearing marks --------------------------------------------------------------------- */
+
+/* Conservative words may mark free blocks (checked only when scanned): in a
+ * slab with no block out nothing sweeps those marks away, and a block
+ * allocated there later would look marked at the next collection, its
+ * children never traced. A slab's granules are whole words of the bitmap
+ * (its start and length are multiples of 64 granules). */
+void gc_clear_slab_marks(segment_t *seg, slab_t *s)
+{
+    uint64_t *bits = segment_side_bits(seg);
+    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
+    size_t n = (size_t)s->pages * PAGE_SIZE / BLOCK_ALIGN;
+    memset(bits + first / 64, 0, n / 8);
+}
+
+void gc_clear_all_marks(gc_state_t *gc)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
+                if (seg->slabs[p].state == RUN_SLAB)
+                    gc_clear_slab_marks(seg, &seg->slabs[p]);
+        for (large_t *l = a->large; l; l = l->next)
+            l->upper &= ~(uintptr_t)1;
     }
 }
 

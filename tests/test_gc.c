@@ -516,6 +516,44 @@ Test(gc, conservative_and_traced_blocks_are_zero_filled_on_reuse)
     loam_heap_destroy(h);
 }
 
+/* A conservative word naming a free block marks it (the free key is read
+ * only when a block is scanned). That mark must not outlive the collection:
+ * once the block is allocated again, a stale bit would make it look marked
+ * already at the next collection, and what only it reaches would be freed. */
+Test(gc, a_mark_on_a_free_block_does_not_outlive_its_collection)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, NULL, NULL, NULL);
+    static uintptr_t range[1];
+    loam_root_add_range(h, range, range + 1);
+    int reused = 0;
+    for (int round = 0; round < 20; round++) {
+        void *b = loam_gc_alloc(h, 3000, LOAM_CONSERVATIVE);
+        cr_assert_not_null(b);
+        loam_free(b);
+        range[0] = (uintptr_t)b;                /* a stale word: the block is free */
+        loam_gc_collect(h);
+        range[0] = 0;
+        void **c = loam_gc_alloc(h, 3000, LOAM_CONSERVATIVE);
+        cr_assert_not_null(c);
+        reused += (void *)c == b;
+        unsigned char *child = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+        cr_assert_not_null(child);
+        memset(child, 0xA7, 64);
+        c[0] = child;                           /* reachable only through c */
+        range[0] = (uintptr_t)c;
+        loam_gc_collect(h);
+        expect_live(h, 2, "the rooted block and its child");
+        for (int k = 0; k < 64; k++)
+            cr_assert_eq(child[k], 0xA7, "round %d: the child was freed", round);
+        range[0] = 0;
+        loam_gc_collect(h);
+        expect_live(h, 0, "nothing rooted");
+    }
+    cr_assert_gt(reused, 0, "the freed block was never handed out again: the test proved nothing");
+    loam_root_remove_range(h, range);
+    loam_heap_destroy(h);
+}
+
 /* ---- loam_free and loam_malloc on a collected heap ------------------------------------------------ */
 
 Test(gc, loam_free_of_collected_blocks)

@@ -378,6 +378,22 @@ Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
     /* the same answer again */
     memset(&rec, 0, sizeof rec);
     cr_assert_eq(loam_leak_check(h, rec_leak, &rec), NL);
+    /* The stale word in r2 marked the free block `gone`; that mark must not
+     * survive the check: allocated again (the next 64-byte block is `gone`
+     * itself), what it alone reaches is no leak. */
+    void **again = loam_malloc(h, 64);
+    void *kid = loam_malloc(h, 200);
+    cr_assert(again && kid);
+    cr_assert_eq((void *)again, gone, "the freed block was not handed out again: the check proves nothing");
+    again[0] = kid;
+    again[1] = NULL;
+    ((void **)r[2])[0] = again;
+    memset(&rec, 0, sizeof rec);
+    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), NL, "a block reached only through a reused block was "
+                 "reported: the block's mark outlived the previous check");
+    ((void **)r[2])[0] = NULL;
+    loam_free(kid);
+    loam_free(again);
     /* free the leaks: none left; then drop r0's root: r0, c0, c2 leak (and l3? freed) */
     for (int i = 0; i < NL; i++)
         loam_free(l[i]);
