@@ -5,8 +5,9 @@
  * unused for decay_ms go back to the OS) is otherwise checked only on slow
  * paths: refills, flushes, slab releases. A program that frees a large heap
  * and then runs quietly from its thread cache (or not at all) would keep the
- * peak committed for ever. So one thread, started on first need and asleep
- * whenever nothing waits for decay, does two things every decay_ms / 4:
+ * peak committed for ever. So one thread, started when the library loads
+ * and asleep whenever nothing waits for decay, does two things every
+ * decay_ms / 4:
  *
  *   - purges every arena of every manual heap that has not purged itself
  *     on a slow path for a period (an arena in use does, and taking its
@@ -20,7 +21,8 @@
  *
  * Collected heaps are left alone: a collection reads segment headers
  * without arena locks, so no other thread may unmap one under it. They
- * return memory through their own slow paths and collections.
+ * return memory through their own slow paths and collections, and do not
+ * wake the thread (purge_poke).
  *
  * The thread starts when the library is loaded (see purge_start_at_load).
  * Waking: the alloc layer sets alloc_decay_due whenever it starts keeping
