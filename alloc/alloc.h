@@ -310,7 +310,8 @@ LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
  * decay_ms (lock held). true: some are still kept. */
 LOAM_INTERNAL bool     arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
 /* Set (never cleared here) whenever an arena starts keeping memory that only
- * decay will give back: a free run, an emptied segment, an empty slab kept.
+ * decay will give back: a free run, an emptied segment, a cached large
+ * mapping (not the one empty slab a class keeps for its next allocation).
  * The runtime's background purge clears it and looks (runtime/purge.c). */
 extern LOAM_INTERNAL AO_t alloc_decay_due;
 static inline void alloc_note_decay_due(void)

@@ -233,8 +233,11 @@ void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *la
          * a slab must not map and unmap it each time. Purge releases kept
          * slabs that stay empty past decay_ms, trim at once. */
         if (s->pending || (bin->partial == s && s->next == NULL && s->pages == 1)) {
+            /* No wake-up for the purge thread: this slab is the class's
+             * next allocation, often at once (a loop at a slab's edge would
+             * signal the thread on every turn). A purge that runs for other
+             * memory releases it once decay_ms has passed. */
             s->freed_at_ms = os_now_ms();
-            alloc_note_decay_due();
             return;
         }
         partial_remove(bin, s);
