@@ -181,12 +181,9 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
         return NULL;
     }
     size_t map = round_page(offset + (n ? n : 1));     /* a zero-size block still has an address */
-    large_t *l = NULL;
-    if (a->large_cache) {                 /* read unlocked: a hint, taken under the lock */
-        arena_lock(a);
-        l = cache_take_locked(a, map);
-        arena_unlock(a);
-    }
+    arena_lock(a);
+    large_t *l = a->large_cache ? cache_take_locked(a, map) : NULL;
+    arena_unlock(a);
     if (l) {
         /* Grown, or shrunk when 7/8 or more would be left over (those pages
          * are resident: the last block's). */
