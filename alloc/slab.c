@@ -117,8 +117,13 @@ size_t slab_shrink_tail(slab_t *s)
     if (s->capacity > MAX_BLOCKS || s->used == bumped)
         return 0;
     uint64_t freed[MAX_BLOCKS / 64] = { 0 };
+    const uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)bumped * s->block_size;
+    uint32_t walked = 0;
     for (free_block_t *b = s->free; b; b = freelist_decode(b->next_enc, s->key)) {
+        uintptr_t off = (uintptr_t)b - lo;
         size_t i = slab_block_index(s, (uintptr_t)b);
+        if (off >= span || i * s->block_size != off || ++walked > bumped)   /* out, or a cycle */
+            slab_fault("free list corrupted (a freed block was written to)", b);
         freed[i / 64] |= (uint64_t)1 << (i % 64);
     }
     uint32_t keep = bumped;
