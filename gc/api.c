@@ -147,6 +147,9 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
          * attached: disown them, so each thread makes a new one (and
          * attaches) on its next allocation. */
         heaps_lock();
+        /* A purge that began while the heap was manual may unmap empty
+         * segments: it must be over before any collection marks. */
+        heaps_wait_purge(h);
         for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
             tcache_flush_all(tc);
             tcache_abandon(tc);

@@ -21,8 +21,22 @@ static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
 struct loam_heap *loam_heaps;
 static loam_heap_t *slot_holder[TC_SLOTS];    /* slot 0: the default heap */
 
+static pthread_cond_t heaps_purge_done = PTHREAD_COND_INITIALIZER;
+
 void heaps_lock(void) { pthread_mutex_lock(&heaps_mutex); }
 void heaps_unlock(void) { pthread_mutex_unlock(&heaps_mutex); }
+
+void heaps_wait_purge(loam_heap_t *h)
+{
+    while (h->purge_hold)
+        pthread_cond_wait(&heaps_purge_done, &heaps_mutex);
+}
+
+void heaps_release_purge(loam_heap_t *h)
+{
+    h->purge_hold = false;
+    pthread_cond_broadcast(&heaps_purge_done);
+}
 
 static void heap_link(loam_heap_t *h)
 {
@@ -145,6 +159,7 @@ void loam_heap_destroy(loam_heap_t *h)
         return;
     }
     heaps_lock();
+    heaps_wait_purge(h);
     /* Every thread's cache of h is disowned: its blocks are about to vanish. */
     for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
         tcache_abandon(tc);

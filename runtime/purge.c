@@ -69,6 +69,12 @@ static bool purge_pass(void)
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         if (__atomic_load_n(&h->gc, __ATOMIC_ACQUIRE))
             continue;
+        /* The arenas are purged without the heap-list lock (madvise over a
+         * large heap takes a while; a collection elsewhere, or a thread's
+         * first allocation, must not wait for it). The hold keeps h from
+         * being destroyed or made collected meanwhile. */
+        h->purge_hold = true;
+        heaps_unlock();
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
             /* An arena whose slow paths purged it within the last period is
@@ -87,6 +93,8 @@ static bool purge_pass(void)
             left |= a->decay_left;
             arena_unlock(a);
         }
+        heaps_lock();
+        heaps_release_purge(h);
         for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
             if (AO_load(&tc->flush_req) || !cache_holds_blocks(tc))
                 continue;
@@ -235,6 +243,9 @@ void purge_answer(tcache_t *tc)
  * starts no thread behind its back there. Decay runs on its slow paths. */
 void purge_after_fork_child(void)
 {
+    /* A hold the parent's thread had at fork time ends here. */
+    for (loam_heap_t *h = loam_heaps; h; h = h->next)
+        h->purge_hold = false;
     pthread_mutex_init(&purge_mutex, NULL);
     purge_woken = 0;
     AO_store(&purge_state, PURGE_NOT_IN_CHILD);

@@ -53,6 +53,7 @@ struct loam_heap {
     pthread_mutex_t lock;          /* guards caches */
     tcache_t     *caches;          /* every thread's cache of this heap */
     struct loam_heap *next, *prev; /* all heaps (heaps_lock) */
+    bool          purge_hold;      /* the purge thread works on its arenas (heaps_lock) */
 };
 
 /* ---- process ------------------------------------------------------------- */
@@ -68,6 +69,10 @@ static inline void loam_ensure_init(void)
  * heap destruction and thread exit. */
 LOAM_INTERNAL void heaps_lock(void);
 LOAM_INTERNAL void heaps_unlock(void);
+/* heaps_lock held: wait until the purge thread is done with h's arenas (it
+ * works on them without the lock); heaps_release_purge ends such a hold. */
+LOAM_INTERNAL void heaps_wait_purge(loam_heap_t *h);
+LOAM_INTERNAL void heaps_release_purge(loam_heap_t *h);
 extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 
 /* ---- background purge (runtime/purge.c) ------------------------------------ */

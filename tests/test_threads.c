@@ -984,3 +984,31 @@ Test(threads, purge_requests_while_threads_run, .timeout = 300)
     cr_expect_eq(st.free_run_bytes, 0, "free runs never decayed: %zu bytes", st.free_run_bytes);
     loam_heap_destroy(pg_heap);
 }
+
+/* Heaps destroyed while the purge thread works on their arenas (decay_ms=1
+ * keeps it busy): destroy waits for it, and nothing it touches is gone. */
+Test(threads, destroy_heaps_while_the_purge_thread_runs, .timeout = 300)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 1), 0);
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);
+    enum { N = 3000 };
+    static void *b[N];
+    for (int round = 0; round < 60; round++) {
+        loam_heap_t *h = loam_heap_new(NULL);
+        cr_assert_not_null(h);
+        for (int i = 0; i < N; i++) {
+            b[i] = loam_malloc(h, (size_t)(16 + (i * 37 + round) % 3000));
+            cr_assert_not_null(b[i]);
+            memset(b[i], round, 16);
+        }
+        for (int i = 0; i < N; i += 2)
+            loam_free(b[i]);                 /* slabs empty and runs wait for decay */
+        struct timespec ts = { 0, (long)(round % 4) * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        for (int i = 1; i < N; i += 2)
+            cr_assert_eq(((unsigned char *)b[i])[0], (unsigned char)round);
+        if (round % 2)
+            loam_heap_set_mode(h, LOAM_GC);  /* the switch waits for the purge too */
+        loam_heap_destroy(h);
+    }
+}
