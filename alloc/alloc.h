@@ -285,11 +285,10 @@ LOAM_INTERNAL void     arena_lock(arena_t *a);
 LOAM_INTERNAL bool     arena_trylock(arena_t *a);
 LOAM_INTERNAL void     arena_unlock(arena_t *a);
 
-/* Take up to n blocks of class cls (lock held). Returns how many (0: out of
- * memory or over budget). Blocks keep their freed key (caller clears it). */
-LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n);
-/* The same as a chain from *head to *tail linked with `key` (a thread
- * cache's), every block carrying the free key: no per-block copy. */
+/* Take up to n blocks of class cls (lock held), as a chain from *head to
+ * *tail linked with `key` (a thread cache's), every block carrying the free
+ * key (the caller clears it on the one it hands out). Returns how many (0:
+ * out of memory or over budget). */
 LOAM_INTERNAL unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key,
                                          free_block_t **head, free_block_t **tail);
 /* Raise the arena's high-water mark (lock held). */
@@ -300,8 +299,9 @@ LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
  * the slab's key (last's link is set here) and carry the free key. */
 LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last,
                                       uint32_t n);
-/* Return n blocks of slab s at once, chained through their first word
- * (lock held); an emptied slab stays on its partial list, stamped for decay. */
+/* Return n blocks of a pending slab s at once (its sweep), chained through
+ * their first word (lock held); an emptied slab stays on its partial list,
+ * stamped for decay. */
 LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted; sets a->decay_left. */
@@ -317,7 +317,7 @@ extern LOAM_INTERNAL AO_t alloc_decay_due;
 static inline void alloc_note_decay_due(void)
 {
     if (!AO_load(&alloc_decay_due))        /* no store (and no line bouncing) when set */
-        AO_store(&alloc_decay_due, 1);
+        AO_compare_and_swap_full(&alloc_decay_due, 0, 1);   /* seq-cst: before the poke's look (purge.c) */
 }
 /* Page runs (segment.c; lock held). */
 LOAM_INTERNAL slab_t  *run_alloc(arena_t *a, unsigned pages);

@@ -29,8 +29,10 @@
  * memory for decay; slow paths call purge_poke() after their locks are
  * released, which wakes the thread only if it sleeps. The thread sets
  * purge_asleep, then looks at alloc_decay_due once more before it sleeps,
- * and a poke stores alloc_decay_due before it looks at purge_asleep, each
- * with a full fence between: one of the two always sees the other.
+ * and a poke stores alloc_decay_due before it looks at purge_asleep, all
+ * four accesses sequentially consistent read-modify-writes (not fences,
+ * which ThreadSanitizer cannot follow): one of the two always sees the
+ * other.
  *
  * The option purge_thread=0 turns it off (decay then waits for slow paths). */
 #define _GNU_SOURCE 1     /* pthread_setname_np */
@@ -40,6 +42,12 @@
 #include <time.h>
 
 AO_t purge_asleep = 1;           /* also "not started": a poke must look */
+
+/* A sequentially consistent load, as a read-modify-write (see above). */
+static inline AO_t load_seq_cst(volatile AO_t *p)
+{
+    return AO_fetch_and_add_full(p, 0);
+}
 
 static pthread_mutex_t purge_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t purge_cond;
@@ -121,8 +129,7 @@ static void *purge_main(void *unused)
     (void)unused;
     AO_store(&purge_asleep, 0);     /* pokes until now only found the thread starting */
     for (;;) {
-        AO_store(&alloc_decay_due, 0);
-        AO_nop_full();
+        AO_compare_and_swap_full(&alloc_decay_due, 1, 0);
         bool left = loam_opts.purge_thread && purge_pass();
         pthread_mutex_lock(&purge_mutex);
         if (left) {
@@ -139,9 +146,8 @@ static void *purge_main(void *unused)
             while (!purge_woken && pthread_cond_timedwait(&purge_cond, &purge_mutex, &until) == 0)
                 ;
         } else {
-            AO_store(&purge_asleep, 1);
-            AO_nop_full();
-            while (!purge_woken && !AO_load(&alloc_decay_due))
+            AO_compare_and_swap_full(&purge_asleep, 0, 1);
+            while (!purge_woken && !load_seq_cst(&alloc_decay_due))
                 pthread_cond_wait(&purge_cond, &purge_mutex);
             AO_store(&purge_asleep, 0);
         }
@@ -193,8 +199,7 @@ void purge_poke_slow(void)
             AO_store(&alloc_decay_due, 0);      /* no thread will look: stop asking */
         return;
     }
-    AO_nop_full();
-    if (!AO_load(&purge_asleep))
+    if (!load_seq_cst(&purge_asleep))
         return;
     if (!loam_opts.purge_thread) {
         AO_store(&alloc_decay_due, 0);
