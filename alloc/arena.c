@@ -205,17 +205,6 @@ unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, 
     return got;
 }
 
-unsigned arena_alloc_blocks(arena_t *a, unsigned cls, free_block_t **out, unsigned n)
-{
-    free_block_t *b, *tail;
-    unsigned got = arena_alloc_chain(a, cls, n, 0, &b, &tail);
-    for (unsigned i = 0; i < got; i++) {
-        out[i] = b;
-        b = freelist_decode(b->next_enc, 0);
-    }
-    return got;
-}
-
 void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last, uint32_t n)
 {
     arena_bin_t *bin = &a->bins[s->cls];
@@ -255,26 +244,20 @@ void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)
 {
     if (!n)
         return;
-    arena_bin_t *bin = &a->bins[s->cls];
-    bool was_full = s->used == s->capacity;
-    free_block_t *head = s->free;
+    /* Relinked with the slab's key (in reverse: the chain's first block ends
+     * the run), then spliced like any run; the slab is pending (being swept),
+     * so an emptied one stays on its partial list, stamped for decay. */
+    free_block_t *first = NULL, *last = NULL;
     while (chain) {
         free_block_t *b = (free_block_t *)chain;
         chain = *(char **)chain;
-        b->next_enc = freelist_encode(head, s->key);
+        b->next_enc = freelist_encode(first, s->key);
         b->freed_key = loam_free_key;
-        head = b;
+        if (!last)
+            last = b;
+        first = b;
     }
-    s->free = head;
-    AO_int_store(&s->used, s->used - n);
-    a->c.out_bytes -= (size_t)n * s->block_size;
-    a->c.out_blocks -= n;
-    if (was_full)
-        partial_push_tail(bin, s);
-    if (s->used == 0) {
-        s->freed_at_ms = os_now_ms();
-        alloc_note_decay_due();
-    }
+    arena_free_run(a, s, first, last, n);
 }
 
 void arena_pending_add(arena_t *a, slab_t *s)

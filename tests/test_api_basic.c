@@ -12,9 +12,7 @@
 #include <unistd.h>
 
 #include "loam.h"
-#ifdef LOAM_MEMCHECK
-#include <valgrind/valgrind.h>
-#endif
+#include "rss_util.h"
 
 #define KiB ((size_t)1024)
 #define MiB (1024 * KiB)
@@ -50,21 +48,6 @@ static size_t all_zero_upto(const void *p, size_t n)
     return n;
 }
 
-/* Under valgrind the process's RSS is valgrind's (its shadow memory grows
- * with every block memcheck is told about): tests that read it are skipped. */
-static size_t rss_bytes(void)
-{
-#ifdef LOAM_MEMCHECK
-    if (RUNNING_ON_VALGRIND)
-        cr_skip_test("process RSS under valgrind is valgrind's own");
-#endif
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long size = 0, res = 0;
-    cr_assert_not_null(f);
-    cr_assert_eq(fscanf(f, "%lu %lu", &size, &res), 2);
-    fclose(f);
-    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
-}
 
 /* ---- malloc / free ------------------------------------------------------ */
 
