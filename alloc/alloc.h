@@ -125,7 +125,10 @@ typedef struct slab {
     struct slab *pending_next;   /* the arena's pending list of the class */
     bool         pending;        /* the layer above must visit it before its blocks are used
                                     (a lazy sweep); pinned: never released meanwhile */
-} __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
+    uint32_t     visit_cursor;   /* while pending: blocks below it are visited (the layer
+                                    above's; 0 when it becomes pending) */
+} __attribute__((aligned(128))) slab_t;
+_Static_assert(sizeof(slab_t) == 128, "slab descriptors are 128 bytes (segment header layout)");     /* a power of two: descriptor lookup is a shift */
 
 enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
 
@@ -296,13 +299,10 @@ LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
 /* Return n blocks of slab s at once (lock held): first..last are linked with
- * the slab's key (last's link is set here) and carry the free key. */
+ * the slab's key (last's link is set here) and carry the free key. A pending
+ * slab emptied by its sweep stays on its partial list, stamped for decay. */
 LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last,
                                       uint32_t n);
-/* Return n blocks of a pending slab s at once (its sweep), chained through
- * their first word (lock held); an emptied slab stays on its partial list,
- * stamped for decay. */
-LOAM_INTERNAL void     arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted; sets a->decay_left. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
@@ -383,11 +383,21 @@ LOAM_INTERNAL arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
 /* Pending slabs: the layer above (the collector's lazy sweep) marks a slab
  * pending; the arena calls alloc_pending_hook(a, s) (lock held) before it
  * takes any block from it, and keeps it from being released meanwhile. The
- * hook must call arena_pending_done. */
+ * hook must call arena_pending_done.
+ *
+ * alloc_pending_take_hook, when set, is called instead by refills: it visits
+ * the slab only as far as needed to find up to n blocks for the caller, and
+ * appends them to the chain *head..*tail as slab_take_chain does (linked
+ * with `key`, carrying the free key, the last link left to the caller).
+ * Blocks found this way were out of the slab and stay counted as out (now in
+ * a thread cache). It returns fewer than n only once the visit is complete
+ * and it has called arena_pending_done. */
 LOAM_INTERNAL void arena_pending_add(arena_t *a, slab_t *s);        /* lock held */
 LOAM_INTERNAL void arena_pending_done(arena_t *a, slab_t *s);       /* lock held */
 LOAM_INTERNAL void arena_pending_visit_all(arena_t *a);            /* lock held */
 extern LOAM_INTERNAL void (*alloc_pending_hook)(arena_t *a, slab_t *s);
+extern LOAM_INTERNAL unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, uintptr_t key,
+                                                         free_block_t **head, free_block_t **tail);
 
 /* Set by the runtime: reports heap corruption found inside the core (then the core traps). */
 extern LOAM_INTERNAL void (*alloc_fault_hook)(const char *what, void *addr);

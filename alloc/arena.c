@@ -13,6 +13,8 @@
 alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024 };
 AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
+unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, uintptr_t key, free_block_t **head,
+                                    free_block_t **tail);
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
@@ -176,14 +178,20 @@ unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, 
      * checked here too, not only when a slab empties. */
     if (os_now_ms() >= a->next_purge_ms)
         arena_purge(a, false);
+    unsigned still_out = 0;     /* of got: blocks a pending visit found, counted out already */
     while (got < n) {
         slab_t *s = bin->partial;
+        if (!s)
+            s = a->pending[cls];    /* a pending slab off the list (full before its visit) */
         if (s && s->pending) {
-            alloc_pending_hook(a, s);       /* visit before any block of it is used */
-            continue;
-        }
-        if (!s && a->pending[cls]) {
-            alloc_pending_hook(a, a->pending[cls]);   /* may free blocks: a partial slab */
+            /* Visit before any block of it is used. */
+            if (alloc_pending_take_hook) {
+                unsigned k = alloc_pending_take_hook(a, s, n - got, key, head, tail);
+                got += k;
+                still_out += k;
+            } else {
+                alloc_pending_hook(a, s);   /* may free blocks: a partial slab */
+            }
             continue;
         }
         if (!s) {
@@ -198,9 +206,9 @@ unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, 
     }
     if (*tail)
         (*tail)->next_enc = freelist_encode(NULL, key);
-    size_t bytes = (size_t)got * sizeclass_size[cls];
+    size_t bytes = (size_t)(got - still_out) * sizeclass_size[cls];
     a->c.out_bytes += bytes;
-    a->c.out_blocks += got;
+    a->c.out_blocks += got - still_out;
     arena_note_peak(a);
     return got;
 }
@@ -240,31 +248,12 @@ void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
     arena_free_run(a, s, b, b, 1);
 }
 
-void arena_free_chain(arena_t *a, slab_t *s, char *chain, uint32_t n)
-{
-    if (!n)
-        return;
-    /* Relinked with the slab's key (in reverse: the chain's first block ends
-     * the run), then spliced like any run; the slab is pending (being swept),
-     * so an emptied one stays on its partial list, stamped for decay. */
-    free_block_t *first = NULL, *last = NULL;
-    while (chain) {
-        free_block_t *b = (free_block_t *)chain;
-        chain = *(char **)chain;
-        b->next_enc = freelist_encode(first, s->key);
-        b->freed_key = loam_free_key;
-        if (!last)
-            last = b;
-        first = b;
-    }
-    arena_free_run(a, s, first, last, n);
-}
-
 void arena_pending_add(arena_t *a, slab_t *s)
 {
     if (s->pending)
         return;
     s->pending = true;
+    s->visit_cursor = 0;
     s->pending_next = a->pending[s->cls];
     a->pending[s->cls] = s;
     a->pending_count++;

@@ -16,7 +16,8 @@ gc_state_t *gc_state_get(loam_heap_t *h)
         abort();
     }
     fresh->heap = h;
-    fresh->tracer.gc = fresh;
+    fresh->mk.gc = fresh;
+    fresh->mk.tracer.m = &fresh->mk;
     pthread_mutex_init(&fresh->lock, NULL);
     pthread_cond_init(&fresh->parked_cv, NULL);
     pthread_cond_init(&fresh->resume_cv, NULL);
@@ -32,42 +33,67 @@ gc_state_t *gc_state_get(loam_heap_t *h)
 
 /* ---- allocation -------------------------------------------------------------------------------- */
 
-void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
+/* Zero a block of up to 64 bytes with stores in line (a call to memset costs
+ * more than the stores for the small objects interpreters allocate most).
+ * Sizes are multiples of 16. The empty asm keeps the compiler from turning
+ * the loop back into a memset call. */
+static inline void clear_small(void *p, size_t n)
+{
+    uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i += 2) {
+        w[i] = 0;
+        w[i + 1] = 0;
+        __asm__("" : : "r"(w) : "memory");
+    }
+}
+
+/* Everything but a pop from the thread cache: a bad kind, a tracked or big
+ * request, an empty cache (refill, safepoint, pacing). */
+static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, loam_kind_t kind)
 {
     if ((unsigned)kind >= HEAP_KINDS) {
         errno = EINVAL;
         return NULL;
     }
-    void *p = NULL;
-    size_t clear = n;
-    if (LOAM_LIKELY(n <= SMALL_MAX && !h->track_requested)) {
-        unsigned cls = sizeclass_small[(n + 15) >> 4];
-        p = tcache_pop(loam_tls_cache[AO_char_load((volatile unsigned char *)&h->kinds[kind].slot)], cls);
-        clear = sizeclass_size[cls];
-        if (p)
-            mc_alloc(h, p, clear, 0);
+    void *p = alloc_from_heap(h, n, BLOCK_ALIGN, kind);
+    if (!p)
+        return NULL;
+    size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
+    if (n > alloc_tuning.mmap_threshold) {
+        addr_info_t ai;
+        addr_classify(p, &ai);
+        if (ai.large && !ai.large->reused)
+            return p;               /* a fresh mapping is zero already */
+        clear = ai.large ? ai.large->size : n;     /* a reused one: all that is scanned */
     }
-    if (!p) {
-        p = alloc_from_heap(h, n, BLOCK_ALIGN, kind);
-        if (!p)
-            return NULL;
-        clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
-        if (n > alloc_tuning.mmap_threshold) {
-            addr_info_t ai;
-            addr_classify(p, &ai);
-            if (ai.large && !ai.large->reused)
-                return p;               /* a fresh mapping is zero already */
-            clear = ai.large ? ai.large->size : n;     /* a reused one: all that is scanned */
-        }
-    }
-    /* Whole block: a conservative scan reads all of it, and stale words
-     * would keep dead objects alive. The free list's two words are always
-     * overwritten, even for atomic blocks. */
     if (kind != LOAM_ATOMIC)
         memset(p, 0, clear);
     else
         memset(p, 0, 2 * sizeof(uintptr_t));
     return p;
+}
+
+void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
+{
+    if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS && !h->track_requested)) {
+        unsigned cls = sizeclass_small[(n + 15) >> 4];
+        void *p = tcache_pop(loam_tls_cache[AO_char_load((volatile unsigned char *)&h->kinds[kind].slot)], cls);
+        if (LOAM_LIKELY(p != NULL)) {
+            size_t size = sizeclass_size[cls];
+            mc_alloc(h, p, size, 0);
+            /* Whole block: a conservative scan reads all of it, and stale
+             * words would keep dead objects alive. The free list's two words
+             * are always overwritten, even for atomic blocks. */
+            if (kind == LOAM_ATOMIC)
+                clear_small(p, 16);
+            else if (size <= 64)
+                clear_small(p, size);
+            else
+                memset(p, 0, size);
+            return p;
+        }
+    }
+    return gc_alloc_slow(h, n, kind);
 }
 
 void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls)
@@ -220,7 +246,7 @@ void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
     s->gc_bytes_swept = __atomic_load_n(&gc->bytes_swept, __ATOMIC_RELAXED);
     s->gc_pause_total_ns = gc->pause_total_ns;
     s->gc_pause_max_ns = gc->pause_max_ns;
-    s->gc_bytes_marked = gc->marked_bytes;
+    s->gc_bytes_marked = gc->mk.marked_bytes;
     s->gc_live_after = gc->live_after;
     s->gc_finalizers_run = __atomic_load_n(&gc->finalizers_run, __ATOMIC_RELAXED);
     s->gc_weak_cleared = gc->weak_cleared;
@@ -269,7 +295,7 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
             loam_thread_detach(h);
         return 0;
     }
-    gc->marked_bytes = 0;
+    gc_mark_begin(gc);
     gc_finish_sweep(h);
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);

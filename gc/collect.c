@@ -34,59 +34,142 @@ uint64_t gc_now_ns(void)
 
 /* ---- sweeping ------------------------------------------------------------------------------ */
 
-/* The slab's allocated, unmarked blocks go back to it (arena lock held).
- * Returns the bytes freed; clears the slab's marks. Safe with the world
+/* A pending slab is swept from its visit cursor on: every block below the
+ * cursor has been visited, its mark cleared. The sweep is safe with the world
  * running: a marked block is skipped before its memory is read, and nobody
- * else touches an unmarked allocated block (it is unreachable). */
-static size_t sweep_slab(gc_state_t *gc, arena_t *a, segment_t *seg, slab_t *s)
+ * else touches an unmarked allocated block (it is unreachable).
+ *
+ * Each dead block (allocated, unmarked) is linked into a chain with the
+ * caller's key and given the free key, in address order, in one pass: its
+ * memory is written once here and next read when it is handed out. A refill
+ * takes only the blocks it wants (sweep_take), straight into the thread
+ * cache; a full visit (sweep_pending) hands the whole chain to the slab. */
+typedef struct sweep_chain {
+    uintptr_t     key;
+    uintptr_t     first_link;          /* the link slot before the first block */
+    uintptr_t    *link;                /* where the next block's link goes */
+    free_block_t *last;
+    uint32_t      n;
+    size_t        requested;           /* of the dead blocks (tracked heaps) */
+} sweep_chain_t;
+
+static inline void sweep_dead(gc_state_t *gc, slab_t *s, sweep_chain_t *c, uint32_t k)
+{
+    free_block_t *b = (free_block_t *)(s->start + (size_t)k * s->block_size);
+    if (b->freed_key == loam_free_key)
+        return;                           /* free already: on a list */
+    if (s->waste)
+        c->requested += slab_get_requested(s, k);
+    mc_free(gc->heap, b);
+    b->freed_key = loam_free_key;
+    *c->link = freelist_encode(b, c->key);
+    c->link = &b->next_enc;
+    c->last = b;
+    c->n++;
+}
+
+/* Sweep s from its cursor until `want` dead blocks are chained or the end
+ * is reached (then the slab's visit is complete: true). Marks are cleared
+ * for whole words of blocks passed, so a visit stopped in a word keeps the
+ * marks of that word's blocks still ahead of the cursor. */
+static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *c, uint32_t want)
 {
     uint64_t *bits = segment_side_bits(seg);
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
-    uint32_t bumped = s->bumped;
-    size_t size = s->block_size, freed = 0, requested = 0;
-    char *dead_list = NULL;
-    uint32_t dead = 0;
-    for (uint32_t k = 0; k < bumped; k++) {
-        size_t g = first + (size_t)k * step;
-        uint64_t m = (uint64_t)1 << (g & 63);
-        if (bits[g >> 6] & m) {
-            bits[g >> 6] &= ~m;
-            continue;
+    uint32_t bumped = s->bumped, k = s->visit_cursor;
+    if (step == 1) {
+        /* A block per granule: a word of marks is 64 blocks, and only the
+         * unmarked ones are visited. A slab starts on a word (slabs are
+         * whole pages), so block k is bit k % 64 of the slab's word k / 64. */
+        uint64_t *words = bits + first / 64;
+        while (k < bumped && c->n < want) {
+            uint32_t base = k & ~63u;
+            uint64_t dead = ~words[base / 64] & (~(uint64_t)0 << (k - base));
+            if (bumped - base < 64)
+                dead &= ((uint64_t)1 << (bumped - base)) - 1;
+            while (dead && c->n < want) {
+                k = base + (uint32_t)__builtin_ctzll(dead);
+                sweep_dead(gc, s, c, k++);
+                dead &= dead - 1;
+            }
+            if (!dead) {                  /* the word is done */
+                words[base / 64] = 0;
+                k = base + 64;
+            }
         }
-        char *b = s->start + (size_t)k * size;
-        if (((free_block_t *)b)->freed_key == loam_free_key)
-            continue;
-        if (s->waste)
-            requested += slab_get_requested(s, k);
-        mc_free(gc->heap, b);
-        *(char **)b = dead_list;          /* chained through the first word */
-        dead_list = b;
-        dead++;
+    } else {
+        for (; k < bumped && c->n < want; k++) {
+            size_t g = first + (size_t)k * step;
+            uint64_t m = (uint64_t)1 << (g & 63);
+            if (bits[g >> 6] & m) {
+                bits[g >> 6] &= ~m;
+                continue;
+            }
+            sweep_dead(gc, s, c, k);
+        }
     }
-    freed = (size_t)dead * size;
-    /* All at once: an emptied slab stays on its partial list, the heap refills soon. */
-    arena_free_chain(a, s, dead_list, dead);
-    if (requested)
-        AO_fetch_and_add(&gc->heap->requested, (AO_t)0 - requested);
-    return freed;
+    if (k >= bumped) {
+        s->visit_cursor = bumped;
+        return true;
+    }
+    s->visit_cursor = k;
+    return false;
 }
 
-/* The arena's hook for a pending slab (lock held). */
+static void sweep_note(gc_state_t *gc, slab_t *s, const sweep_chain_t *c)
+{
+    if (c->requested)
+        AO_fetch_and_add(&gc->heap->requested, (AO_t)0 - c->requested);
+    if (c->n)
+        __atomic_fetch_add(&gc->bytes_swept, (size_t)c->n * s->block_size, __ATOMIC_RELAXED);
+}
+
+static segment_t *segment_of_slab(slab_t *s)
+{
+    return (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
+}
+
+/* The arena's hook for a pending slab (lock held): the rest of its sweep,
+ * its dead blocks back to it at once (an emptied slab stays on its partial
+ * list: the heap refills soon). */
 static void sweep_pending(arena_t *a, slab_t *s)
 {
-    loam_heap_t *h = a->owner;
-    segment_t *seg = (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
-    size_t freed = sweep_slab(h->gc, a, seg, s);
+    gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
+    sweep_chain_t c = { .key = s->key };
+    c.link = &c.first_link;
+    sweep_chain(gc, segment_of_slab(s), s, &c, UINT32_MAX);
     arena_pending_done(a, s);
-    if (freed)
-        __atomic_fetch_add(&h->gc->bytes_swept, freed, __ATOMIC_RELAXED);
+    if (c.n)
+        arena_free_run(a, s, freelist_decode(c.first_link, s->key), c.last, c.n);
+    sweep_note(gc, s, &c);
+}
+
+/* The arena's hook for a refill (lock held): up to n dead blocks, straight
+ * into the refilling cache's chain. They stay counted as out of the slab. */
+static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, uintptr_t key, free_block_t **head,
+                           free_block_t **tail)
+{
+    gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
+    sweep_chain_t c = { .key = key };
+    c.link = *tail ? &(*tail)->next_enc : &c.first_link;
+    bool done = sweep_chain(gc, segment_of_slab(s), s, &c, n);
+    if (done)
+        arena_pending_done(a, s);
+    if (c.n) {
+        if (!*tail)
+            *head = freelist_decode(c.first_link, key);
+        *tail = c.last;
+    }
+    sweep_note(gc, s, &c);
+    return c.n;
 }
 
 /* At process start (runtime/init.c), before any heap exists. */
 void gc_install_hooks(void)
 {
     alloc_pending_hook = sweep_pending;
+    alloc_pending_take_hook = sweep_take;
 }
 
 void gc_finish_sweep(loam_heap_t *h)
@@ -166,6 +249,7 @@ void gc_collect(loam_heap_t *h)
      * is attached for this collection only: collecting attaches no thread. */
     bool visiting = gc_self(gc) == NULL;
     gc_attach(gc);
+    gc_markers_prepare(h);
     pthread_mutex_lock(&gc->lock);
     if (!gc_stop_world(gc)) {            /* another thread's collection served */
         pthread_mutex_unlock(&gc->lock);
@@ -175,7 +259,7 @@ void gc_collect(loam_heap_t *h)
         return;
     }
     uint64_t t0 = gc_now_ns();
-    gc->marked_bytes = 0;
+    gc_mark_begin(gc);
 
     empty_thread_caches(h);
     gc_finish_sweep(h);
@@ -183,7 +267,7 @@ void gc_collect(loam_heap_t *h)
     gc_mark_drain(gc);
     gc_clear_dead_weaks(gc);
     gc_find_ready_finalizers(gc);
-    size_t live = gc->marked_bytes;
+    size_t live = gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc), __ATOMIC_RELAXED);
 
     gc->live_after = live;

@@ -67,9 +67,31 @@ struct loam_weak {
     struct loam_weak *next_same;   /* the others with the same target (gc->weak_map) */
 };
 
+/* What trace and roots callbacks get: the marker that called them. */
+struct marker;
 struct loam_tracer {
-    struct gc_state *gc;
+    struct marker *m;
 };
+
+/* One marking thread's state: the collecting thread's (gc->mk) and, while
+ * marking runs in parallel, each helper's (mark.c). */
+typedef struct marker {
+    struct gc_state *gc;
+    struct loam_tracer tracer;     /* tracer.m: this marker */
+    struct mark_slab_cache {       /* the slab of the last candidate (mark.c) */
+        uintptr_t   lo, span;      /* its blocks ever handed out: [lo, lo + span) */
+        uint64_t    magic;         /* its div_magic */
+        uint64_t   *bits;          /* its segment's side bits */
+        size_t      first;         /* granule of lo in those bits */
+        uint32_t    size, step;    /* block size, in bytes and in granules */
+        unsigned    tag;
+    } last_slab;
+    mark_entry_t   *stack;
+    size_t          sp, cap;
+    bool            overflow;      /* a push was dropped: rescan marked blocks */
+    bool            shared;        /* other markers run: mark bits are set atomically */
+    size_t          marked_bytes;
+} marker_t;
 
 #define GC_PAUSE_RING 1024
 
@@ -97,12 +119,8 @@ typedef struct gc_state {
     size_t          nready, cap_ready;
     loam_weak_t    *weaks;
 
-    /* marking */
-    mark_entry_t   *stack;
-    size_t          sp, cap;
-    bool            overflow;      /* a push was dropped: rescan marked blocks */
-    size_t          marked_bytes;
-    struct loam_tracer tracer;
+    /* marking: the collecting thread's marker (helpers add their bytes) */
+    marker_t        mk;
 
     /* pacing */
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */
@@ -144,6 +162,10 @@ LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
 LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
 LOAM_INTERNAL void        gc_clear_all_marks(gc_state_t *gc);
 /* mark.c */
+LOAM_INTERNAL void  gc_mark_begin(gc_state_t *gc);                 /* world stopped, before any mark */
+/* Start the marking threads a collection of h will use (no lock held). */
+LOAM_INTERNAL void  gc_markers_prepare(loam_heap_t *h);
+LOAM_INTERNAL void  gc_markers_after_fork_child(void);
 LOAM_INTERNAL void  gc_mark_word(gc_state_t *gc, uintptr_t w);     /* conservative, interior ok */
 LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedder's: a live object */
 LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);

@@ -9,18 +9,40 @@
  * is set when pushed), and only allocated blocks are marked — a block whose
  * second word carries the free key is free (in a free list or a thread cache)
  * and is never pushed, so a trace callback never sees a free block.
+ *
+ * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers): the
+ * roots are marked by the collecting thread alone; the grey blocks they leave
+ * are then drained by it and by helper threads of a process-wide pool, each
+ * with a stack of its own. A marker whose stack holds work while another is
+ * idle gives away the bottom half of its stack (the oldest entries, nearest
+ * the roots: the biggest pieces of the graph) through a shared pool; marking
+ * ends when every marker is idle and the pool is empty. While helpers run,
+ * mark bits are set with an atomic or, so two markers never lose each
+ * other's bits in a shared word, and exactly one of them pushes a block.
  */
+#define _GNU_SOURCE 1     /* pthread_setname_np */
 #include "gc/gc.h"
 
+#include <signal.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* ---- mark bits ------------------------------------------------------------------ */
 
-static inline bool bit_test_and_set(uint64_t *bits, size_t i)
+/* true: the bit was set already. Shared: other markers run, the word is
+ * read and set atomically (a relaxed load first: a block reached twice
+ * costs no locked instruction the second time). */
+static inline bool bit_test_and_set(uint64_t *bits, size_t i, bool shared)
 {
     uint64_t m = (uint64_t)1 << (i & 63);
-    uint64_t old = bits[i >> 6];
-    bits[i >> 6] = old | m;
+    uint64_t *w = &bits[i >> 6];
+    if (shared) {
+        if (__atomic_load_n(w, __ATOMIC_RELAXED) & m)
+            return true;
+        return (__atomic_fetch_or(w, m, __ATOMIC_RELAXED) & m) != 0;
+    }
+    uint64_t old = *w;
+    *w = old | m;
     return (old & m) != 0;
 }
 
@@ -36,46 +58,118 @@ static inline size_t granule_of(segment_t *seg, const char *block)
 
 /* ---- the mark stack ----------------------------------------------------------------- */
 
-static bool stack_grow(gc_state_t *gc)
+static bool stack_grow(marker_t *m)
 {
-    size_t cap = gc->cap ? gc->cap * 2 : 4096;
+    size_t cap = m->cap ? m->cap * 2 : 4096;
     mark_entry_t *s = os_reserve_aligned(cap * sizeof *s, OS_PAGE);
     if (!s)
         return false;
-    if (gc->stack) {
-        memcpy(s, gc->stack, gc->sp * sizeof *s);
-        os_release(gc->stack, gc->cap * sizeof *s);
+    if (m->stack) {
+        memcpy(s, m->stack, m->sp * sizeof *s);
+        os_release(m->stack, m->cap * sizeof *s);
     }
-    gc->stack = s;
-    gc->cap = cap;
+    m->stack = s;
+    m->cap = cap;
     return true;
 }
 
 void gc_mark_stack_release(gc_state_t *gc)
 {
-    if (gc->stack)
-        os_release(gc->stack, gc->cap * sizeof *gc->stack);
-    gc->stack = NULL;
-    gc->cap = gc->sp = 0;
+    if (gc->mk.stack)
+        os_release(gc->mk.stack, gc->mk.cap * sizeof *gc->mk.stack);
+    gc->mk.stack = NULL;
+    gc->mk.cap = gc->mk.sp = 0;
 }
 
 /* Pushed with a kind: a conservative candidate whose block must be checked
  * for the free key when it is scanned. */
 #define MARK_VERIFY 4u
 
-static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
+static inline __attribute__((always_inline)) void
+push(marker_t *m, char *obj, size_t size, unsigned kind)
 {
-    gc->marked_bytes += size;
+    m->marked_bytes += size;
     if (kind == LOAM_ATOMIC)
         return;                         /* black at once: nothing inside to follow */
-    if (LOAM_UNLIKELY(gc->sp == gc->cap) && !stack_grow(gc)) {
-        gc->overflow = true;            /* marked but not scanned: found again by the rescan */
+    if (LOAM_UNLIKELY(m->sp == m->cap) && !stack_grow(m)) {
+        m->overflow = true;             /* marked but not scanned: found again by the rescan */
         return;
     }
-    gc->stack[gc->sp++] = (mark_entry_t){ obj, size, kind };
+    m->stack[m->sp++] = (mark_entry_t){ obj, size, kind };
 }
 
 /* ---- finding the block behind a candidate pointer ---------------------------------- */
+
+/* Consecutive candidates mostly fall in one slab (objects allocated together
+ * point at each other), so each marker keeps the slab of its last one: a hit
+ * costs a subtraction and a compare instead of the walk from the kind map
+ * through the segment header to the slab descriptor. The slabs cannot change
+ * while marking (the world is stopped and marking allocates nothing);
+ * gc_mark_begin forgets the slab before each marking. */
+static void forget_slab(marker_t *m)
+{
+    m->last_slab.lo = 0;
+    m->last_slab.span = 0;
+}
+
+void gc_mark_begin(gc_state_t *gc)
+{
+    gc->mk.marked_bytes = 0;
+    gc->mk.shared = false;
+    forget_slab(&gc->mk);
+}
+
+static void remember_slab(marker_t *m, segment_t *seg, slab_t *s)
+{
+    struct mark_slab_cache *c = &m->last_slab;
+    c->lo = (uintptr_t)s->start;
+    c->span = (uintptr_t)s->bumped * s->block_size;
+    c->magic = s->div_magic;
+    c->bits = segment_side_bits(seg);
+    c->first = granule_of(seg, s->start);
+    c->size = s->block_size;
+    c->step = s->block_size / BLOCK_ALIGN;
+    c->tag = s->tag;
+}
+
+/* A candidate outside the last slab: a large block of this heap is marked
+ * here; a slab block of this heap makes its slab the last one (true). */
+static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool interior)
+{
+    gc_state_t *gc = m->gc;
+    void *base;
+    if (LOAM_LIKELY(segkind_is_slabs(w))) {
+        base = (void *)(w & ~(uintptr_t)SEGMENT_MASK);   /* one load: the kind map */
+    } else {
+        base = segmap_lookup(w);
+        if (!base || *(uint8_t *)base != SEGMENT_LARGE)
+            return false;
+    }
+    if (*(uint8_t *)base == SEGMENT_LARGE) {
+        large_t *l = base;
+        uintptr_t b = (uintptr_t)l->block;
+        if (l->arena->owner != gc->heap || w < b || w >= b + l->size || (!interior && w != b))
+            return false;
+        if (m->shared) {
+            if (__atomic_fetch_or(&l->upper, (uintptr_t)1, __ATOMIC_RELAXED) & 1)
+                return false;
+        } else {
+            if (l->upper & 1)
+                return false;
+            l->upper |= 1;
+        }
+        push(m, l->block, l->size, l->tag);
+        return false;
+    }
+    segment_t *seg = base;
+    if (seg->owner != gc->heap)
+        return false;
+    slab_t *s = segment_slab_at(seg, w);
+    if (s->state != RUN_SLAB)
+        return false;
+    remember_slab(m, seg, s);
+    return true;
+}
 
 /* Mark the block of this heap that contains w (interior: any address inside
  * it; else only its start). A precise candidate comes from the embedder (a
@@ -83,37 +177,18 @@ static void push(gc_state_t *gc, char *obj, size_t size, unsigned kind)
  * object: the free-key check, which would touch the object's memory before
  * its scan does, is for conservative words only. */
 static inline __attribute__((always_inline)) void
-mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
+mark_candidate(marker_t *m, uintptr_t w, bool interior, bool precise)
 {
-    void *base;
-    if (LOAM_LIKELY(segkind_is_slabs(w))) {
-        base = (void *)(w & ~(uintptr_t)SEGMENT_MASK);   /* one load: the kind map */
-    } else {
-        base = segmap_lookup(w);
-        if (!base || *(uint8_t *)base != SEGMENT_LARGE)
+    struct mark_slab_cache *c = &m->last_slab;
+    if (LOAM_UNLIKELY(w - c->lo >= c->span)) {
+        if (!find_slab(m, w, interior))
             return;
+        if (w - c->lo >= c->span)
+            return;                     /* past the slab's bump line: no block there */
     }
-    if (*(uint8_t *)base == SEGMENT_LARGE) {
-        large_t *l = base;
-        uintptr_t b = (uintptr_t)l->block;
-        if (l->arena->owner != gc->heap || w < b || w >= b + l->size || (!interior && w != b))
-            return;
-        if (l->upper & 1)
-            return;
-        l->upper |= 1;
-        push(gc, l->block, l->size, l->tag);
-        return;
-    }
-    segment_t *seg = base;
-    if (seg->owner != gc->heap)
-        return;
-    slab_t *s = segment_slab_at(seg, w);
-    if (s->state != RUN_SLAB)
-        return;
-    size_t idx = slab_block_index(s, w);
-    if (idx >= s->bumped)
-        return;
-    char *block = s->start + idx * s->block_size;
+    uintptr_t off = w - c->lo;
+    size_t idx = (size_t)((off * c->magic) >> 42);
+    char *block = (char *)c->lo + idx * c->size;
     if (!interior && (uintptr_t)block != w)
         return;
     /* A conservative word may name a free block. Reading its free key now
@@ -121,7 +196,7 @@ mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
      * will be scanned anyway the check waits for the scan (MARK_VERIFY), and a
      * free block marked meanwhile is harmless: the sweep skips marked blocks
      * and clears their bits, and a free block is never swept. */
-    unsigned kind = s->tag;
+    unsigned kind = c->tag;
     if (!precise) {
         if (kind == LOAM_ATOMIC) {
             if (((free_block_t *)block)->freed_key == loam_free_key)
@@ -130,35 +205,40 @@ mark_candidate(gc_state_t *gc, uintptr_t w, bool interior, bool precise)
             kind |= MARK_VERIFY;
         }
     }
-    if (bit_test_and_set(segment_side_bits(seg), granule_of(seg, block)))
+    if (bit_test_and_set(c->bits, c->first + idx * c->step, m->shared))
         return;
-    push(gc, block, s->block_size, kind);
+    push(m, block, c->size, kind);
 }
 
 void gc_mark_word(gc_state_t *gc, uintptr_t w)
 {
-    mark_candidate(gc, w, true, false);
+    mark_candidate(&gc->mk, w, true, false);
 }
 
 void gc_mark_precise(gc_state_t *gc, uintptr_t w)
 {
-    mark_candidate(gc, w, true, true);
+    mark_candidate(&gc->mk, w, true, true);
 }
 
 /* Conservative: every aligned word of [start, end). Stacks and registers are
  * read here, including bytes sanitizers consider out of bounds. */
 __attribute__((no_sanitize("address"))) __attribute__((no_sanitize("thread")))
-void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
+static void mark_range(marker_t *m, const void *start, const void *end)
 {
     uintptr_t a = ((uintptr_t)start + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1);
     for (; a + sizeof(void *) <= (uintptr_t)end; a += sizeof(void *))
-        mark_candidate(gc, *(const uintptr_t *)a, true, false);
+        mark_candidate(m, *(const uintptr_t *)a, true, false);
+}
+
+void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
+{
+    mark_range(&gc->mk, start, end);
 }
 
 void loam_mark(loam_tracer_t *t, void *p)
 {
     if (t && p)
-        mark_candidate(t->gc, (uintptr_t)p, true, true);
+        mark_candidate(t->m, (uintptr_t)p, true, true);
 }
 
 bool gc_is_marked(gc_state_t *gc, const void *obj)
@@ -174,70 +254,322 @@ bool gc_is_marked(gc_state_t *gc, const void *obj)
 
 /* ---- scanning grey blocks ------------------------------------------------------------ */
 
-static void scan(gc_state_t *gc, const mark_entry_t *e)
+static void scan(marker_t *m, const mark_entry_t *e)
 {
     if (LOAM_UNLIKELY(e->kind & MARK_VERIFY)) {
         if (((free_block_t *)e->obj)->freed_key == loam_free_key) {
-            gc->marked_bytes -= e->size;    /* a free block: nothing lives there */
+            m->marked_bytes -= e->size;     /* a free block: nothing lives there */
             return;
         }
         mark_entry_t checked = { e->obj, e->size, e->kind & ~MARK_VERIFY };
-        scan(gc, &checked);
+        scan(m, &checked);
         return;
     }
     if (e->kind == LOAM_TRACED) {
-        loam_heap_t *h = gc->heap;
+        loam_heap_t *h = m->gc->heap;
         if (h->cfg.trace)
-            h->cfg.trace(e->obj, &gc->tracer, h->cfg.user);
+            h->cfg.trace(e->obj, &m->tracer, h->cfg.user);
     } else {
-        gc_mark_range(gc, e->obj, e->obj + e->size);
+        mark_range(m, e->obj, e->obj + e->size);
     }
 }
 
 static void rescan_marked(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg)
 {
     (void)arg;
+    marker_t *m = &gc->mk;
     if (marked && kind != LOAM_ATOMIC) {
         mark_entry_t e = { block, size, kind };
-        scan(gc, &e);
-        while (gc->sp) {
-            mark_entry_t top = gc->stack[--gc->sp];
-            scan(gc, &top);
+        scan(m, &e);
+        while (m->sp) {
+            mark_entry_t top = m->stack[--m->sp];
+            scan(m, &top);
         }
+    }
+}
+
+/* ---- parallel marking: the helpers and the shared pool ---------------------------------- */
+
+#define MARKERS_MAX 8
+#define SHARE_TAKE 64          /* entries an idle marker takes from the pool at once */
+
+static struct mark_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t  job_cv;        /* helpers wait here for a job */
+    pthread_cond_t  share_cv;      /* idle markers wait here for work or the end */
+    pthread_cond_t  done_cv;       /* the collecting thread waits here for its helpers */
+    unsigned        helpers;       /* helper threads started */
+    bool            start_failed;
+    bool            busy;          /* a collection's marking uses the pool */
+    gc_state_t     *job;           /* the heap being marked (busy) */
+    unsigned        job_seq;       /* bumped per job: a helper joins each once */
+    unsigned        markers;       /* taking part in the job, the collector included */
+    unsigned        idle;          /* of those, waiting for work */
+    unsigned        joined;        /* helpers that joined the job */
+    unsigned        finished;      /* of those, done with it */
+    bool            ended;         /* every marker idle, the pool empty */
+    AO_t            hungry;        /* idle markers: read lock-free by busy ones */
+    mark_entry_t   *entries;       /* the shared pool */
+    size_t          n, cap;
+    marker_t       *helper[MARKERS_MAX];
+} pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .job_cv = PTHREAD_COND_INITIALIZER,
+           .share_cv = PTHREAD_COND_INITIALIZER, .done_cv = PTHREAD_COND_INITIALIZER };
+
+/* Give the bottom half of m's stack to the pool (another marker is idle). */
+static void share_give(marker_t *m)
+{
+    size_t give = m->sp / 2;
+    pthread_mutex_lock(&pool.lock);
+    if (pool.n + give > pool.cap) {
+        size_t cap = pool.cap ? pool.cap : 1024;
+        while (cap < pool.n + give)
+            cap *= 2;
+        mark_entry_t *e = os_reserve_aligned(cap * sizeof *e, OS_PAGE);
+        if (!e) {
+            pthread_mutex_unlock(&pool.lock);
+            return;                     /* keep the work: it is marked alone */
+        }
+        if (pool.entries) {
+            memcpy(e, pool.entries, pool.n * sizeof *e);
+            os_release(pool.entries, pool.cap * sizeof *e);
+        }
+        pool.entries = e;
+        pool.cap = cap;
+    }
+    memcpy(pool.entries + pool.n, m->stack, give * sizeof *m->stack);
+    pool.n += give;
+    pthread_cond_broadcast(&pool.share_cv);
+    pthread_mutex_unlock(&pool.lock);
+    memmove(m->stack, m->stack + give, (m->sp - give) * sizeof *m->stack);
+    m->sp -= give;
+}
+
+/* m's stack is empty: take work from the pool, or wait for some. false: the
+ * marking is over (every marker idle and the pool empty). */
+static bool share_take(marker_t *m)
+{
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        if (pool.n) {
+            /* Every marker's stack holds 4096 entries at least (made so
+             * before it joins). */
+            size_t take = pool.n < SHARE_TAKE ? pool.n : SHARE_TAKE;
+            pool.n -= take;
+            memcpy(m->stack, pool.entries + pool.n, take * sizeof *m->stack);
+            m->sp = take;
+            pthread_mutex_unlock(&pool.lock);
+            return true;
+        }
+        if (pool.ended) {
+            pthread_mutex_unlock(&pool.lock);
+            return false;
+        }
+        pool.idle++;
+        AO_store(&pool.hungry, pool.idle);
+        if (pool.idle == pool.markers) {
+            pool.ended = true;
+            pthread_cond_broadcast(&pool.share_cv);
+            pthread_mutex_unlock(&pool.lock);
+            return false;
+        }
+        pthread_cond_wait(&pool.share_cv, &pool.lock);
+        pool.idle--;
+        AO_store(&pool.hungry, pool.idle);
     }
 }
 
 /* Pop grey blocks through a small ring: each is prefetched when it enters
  * and scanned PREFETCH_DEPTH pops later, when its memory has arrived. A plain
- * depth-first pop would scan a block the moment after pushing it. */
+ * depth-first pop would scan a block the moment after pushing it. With other
+ * markers running, half the stack goes to the pool whenever one is idle. */
 #define PREFETCH_DEPTH 8
 
-static void drain_stack(gc_state_t *gc)
+static void drain_stack(marker_t *m)
 {
     mark_entry_t ring[PREFETCH_DEPTH];
     unsigned head = 0, n = 0;
-    while (gc->sp || n) {
-        while (n < PREFETCH_DEPTH && gc->sp) {
-            mark_entry_t e = gc->stack[--gc->sp];
+    while (m->sp || n) {
+        if (m->shared && m->sp >= 2 && AO_load(&pool.hungry))
+            share_give(m);
+        while (n < PREFETCH_DEPTH && m->sp) {
+            mark_entry_t e = m->stack[--m->sp];
             __builtin_prefetch(e.obj);
             ring[(head + n++) % PREFETCH_DEPTH] = e;
         }
         mark_entry_t e = ring[head];
         head = (head + 1) % PREFETCH_DEPTH;
         n--;
-        scan(gc, &e);
+        scan(m, &e);
     }
 }
+
+/* A marker's part of a parallel marking: until every marker is idle. */
+static void mark_shared(marker_t *m)
+{
+    do
+        drain_stack(m);
+    while (share_take(m));
+}
+
+/* A helper joins each marking that is still under way when it wakes (one
+ * that ended first has no use for it), and leaves it when share_take says
+ * the marking is over. */
+static void *helper_main(void *arg)
+{
+    marker_t *m = arg;
+    unsigned seen = 0;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.busy || pool.job_seq == seen)
+            pthread_cond_wait(&pool.job_cv, &pool.lock);
+        seen = pool.job_seq;
+        if (pool.ended)
+            continue;
+        pool.markers++;
+        pool.joined++;
+        m->gc = pool.job;
+        pthread_mutex_unlock(&pool.lock);
+        m->shared = true;
+        m->marked_bytes = 0;
+        m->overflow = false;
+        m->sp = 0;
+        forget_slab(m);
+        mark_shared(m);
+        pthread_mutex_lock(&pool.lock);
+        pool.finished++;
+        pthread_cond_signal(&pool.done_cv);
+    }
+    return NULL;
+}
+
+static unsigned markers_wanted(void)
+{
+    long n = loam_opts.gc_markers;
+    if (n <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? cpus : 1;
+    }
+    return n > MARKERS_MAX ? MARKERS_MAX : (unsigned)n;
+}
+
+/* Before the world stops (no lock of ours held: pthread_create may allocate
+ * through loam): start the helpers a parallel marking of h will want. */
+void gc_markers_prepare(loam_heap_t *h)
+{
+    if (!(h->cfg.flags & LOAM_PARALLEL_MARK))
+        return;
+    unsigned want = markers_wanted() - 1;
+    pthread_mutex_lock(&pool.lock);
+    while (pool.helpers < want && !pool.start_failed) {
+        marker_t *m = meta_alloc(sizeof *m);
+        if (!m) {
+            pool.start_failed = true;
+            break;
+        }
+        memset(m, 0, sizeof *m);
+        m->tracer.m = m;
+        if (!stack_grow(m)) {
+            meta_free(m, sizeof *m);
+            pool.start_failed = true;
+            break;
+        }
+        /* The helpers take no signal of the program's. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_t t;
+        int err = pthread_create(&t, &attr, helper_main, m);
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (err) {
+            meta_free(m, sizeof *m);
+            pool.start_failed = true;
+            loam_warn("cannot start a marking thread (error %d): marking runs on fewer threads", err);
+            break;
+        }
+        pthread_setname_np(t, "loam-mark");
+        pool.helper[pool.helpers++] = m;
+    }
+    pthread_mutex_unlock(&pool.lock);
+}
+
+/* The collecting thread's drain with the helpers. false: no helper (none
+ * started, or another heap's collection uses them): drain alone. */
+static bool drain_parallel(gc_state_t *gc)
+{
+    pthread_mutex_lock(&pool.lock);
+    if (pool.busy || pool.helpers == 0) {
+        pthread_mutex_unlock(&pool.lock);
+        return false;
+    }
+    pool.busy = true;
+    pool.job = gc;
+    pool.job_seq++;
+    pool.markers = 1;               /* helpers add themselves as they join */
+    pool.joined = 0;
+    pool.idle = 0;
+    pool.finished = 0;
+    pool.ended = false;
+    pool.n = 0;
+    AO_store(&pool.hungry, 0);
+    gc->mk.shared = true;
+    pthread_cond_broadcast(&pool.job_cv);
+    pthread_mutex_unlock(&pool.lock);
+
+    mark_shared(&gc->mk);
+
+    /* Ended: no helper joins any more; wait for those that did. */
+    pthread_mutex_lock(&pool.lock);
+    while (pool.finished < pool.joined)
+        pthread_cond_wait(&pool.done_cv, &pool.lock);
+    for (unsigned i = 0; i < pool.helpers; i++) {
+        marker_t *m = pool.helper[i];
+        if (m->gc == gc) {
+            gc->mk.marked_bytes += m->marked_bytes;
+            gc->mk.overflow |= m->overflow;
+            m->gc = NULL;
+        }
+    }
+    pool.busy = false;
+    pool.job = NULL;
+    pthread_mutex_unlock(&pool.lock);
+    gc->mk.shared = false;
+    return true;
+}
+
+/* A fork child has no helpers (threads do not survive fork) and may have
+ * forked while a marking held the pool: it starts afresh. */
+void gc_markers_after_fork_child(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.job_cv, NULL);
+    pthread_cond_init(&pool.share_cv, NULL);
+    pthread_cond_init(&pool.done_cv, NULL);
+    pool.helpers = 0;
+    pool.busy = false;
+    pool.job = NULL;
+    pool.n = 0;
+    AO_store(&pool.hungry, 0);
+}
+
+/* Grey blocks at least this many: worth waking the helpers. */
+#define PARALLEL_MIN 2
 
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
-        drain_stack(gc);
-        if (!gc->overflow)
+        bool parallel = (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp >= PARALLEL_MIN &&
+                        drain_parallel(gc);
+        if (!parallel)
+            drain_stack(&gc->mk);
+        if (!gc->mk.overflow)
             return;
         /* Pushes were dropped: every marked block is scanned again, which
          * finds the unmarked children of those that were never scanned. */
-        gc->overflow = false;
+        gc->mk.overflow = false;
         gc_for_each_block(gc, rescan_marked, NULL);
     }
 }

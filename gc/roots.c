@@ -76,7 +76,7 @@ void gc_mark_roots(gc_state_t *gc)
 {
     loam_heap_t *h = gc->heap;
     if (h->cfg.roots)
-        h->cfg.roots(&gc->tracer, h->cfg.user);
+        h->cfg.roots(&gc->mk.tracer, h->cfg.user);
     for (size_t i = 0; i < gc->nslots; i++)
         if (*gc->slots[i])
             gc_mark_precise(gc, (uintptr_t)*gc->slots[i]);

@@ -39,7 +39,14 @@ typedef struct loam_weak   loam_weak_t;     /* opaque weak reference */
 
 typedef enum { LOAM_MANUAL = 0, LOAM_GC = 1 } loam_mode_t;
 typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_kind_t;
-enum { LOAM_NO_STACK_SCAN = 1u << 0 };      /* loam_config_t.flags */
+/* loam_config_t.flags:
+ *   LOAM_NO_STACK_SCAN   thread stacks and registers are not roots;
+ *   LOAM_PARALLEL_MARK   collections mark on several threads (option
+ *                        gc_markers): the trace callback may then run on
+ *                        loam's marking threads, several at once, so it must
+ *                        only read the object and call loam_mark (no
+ *                        unsynchronised writes, no loam calls). */
+enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1 };
 enum { LOAM_STATS_TEXT = 0, LOAM_STATS_JSON = 1 };
 
 typedef void (*loam_trace_fn)(void *obj, loam_tracer_t *t, void *user);
@@ -184,6 +191,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   tcache_max      most blocks per size class in a thread cache (default 128, 0 = no cache)
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
+ *   gc_markers      threads that mark a LOAM_PARALLEL_MARK heap, the collecting one
+ *                   included (default 0: one per CPU, at most 8; 1: no helpers)
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */

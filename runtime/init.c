@@ -56,6 +56,7 @@ static void fork_release_child(void)
 {
     fork_release();
     purge_after_fork_child();
+    gc_markers_after_fork_child();
 }
 
 /* Programs often close stderr before exit (sort, ls, ...): the report goes

@@ -29,6 +29,8 @@ static option_def_t option_table[] = {
       "percent of the live heap allocated between collections (like GOGC)" },
     { "gc_min_bytes",    &loam_opts.gc_min_bytes,    0, 1L << 40, 4L * 1024 * 1024,
       "bytes allocated between collections at least" },
+    { "gc_markers",      &loam_opts.gc_markers,      0, 8, 0,
+      "threads marking a LOAM_PARALLEL_MARK heap (0: one per CPU, at most 8)" },
     { "verbose",         &loam_opts.verbose,         0, 2, 0,
       "1: statistics at exit and warnings" },
     { "track_requested", &loam_opts.track_requested, 0, 1, 1,

@@ -278,6 +278,13 @@ Test(gc_threads, shared_structure_root_slots, .timeout = 600)
     shared_structure(LOAM_NO_STACK_SCAN, "gc_threads/shared_structure_root_slots");
 }
 
+/* The same with marking threads (more than this machine's CPUs). */
+Test(gc_threads, shared_structure_parallel_marking, .timeout = 600)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 4), 0);
+    shared_structure(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_threads/shared_structure_parallel_marking");
+}
+
 /* ---- a blocked thread's stack ------------------------------------------------------------------ */
 
 typedef struct {
@@ -460,7 +467,9 @@ static void *solo_thread(void *p)
     solo_t *me = p;
     loam_config_t cfg = { 0 };
     cfg.mode = LOAM_GC;
-    cfg.flags = LOAM_NO_STACK_SCAN;
+    /* Both heaps want the marking threads: one collection gets them, the
+     * other marks alone meanwhile; neither waits for the other. */
+    cfg.flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK;
     me->h = loam_heap_new(&cfg);
     me->ok = me->h != NULL;
     if (!me->ok)
@@ -530,6 +539,7 @@ static void *solo_thread(void *p)
 
 Test(gc_threads, two_heaps_collect_independently, .timeout = 300)
 {
+    cr_assert_eq(loam_option_set("gc_markers", 3), 0);   /* helpers even on one CPU */
     uint64_t seed = gc_test_seed("gc_threads/two_heaps_collect_independently");
     pthread_barrier_init(&solo_barrier, NULL, 2);
     hs_turn = 0;
@@ -611,7 +621,9 @@ static void *mtfin_thread(void *p)
 
 Test(gc_threads, finalizers_and_weak_refs_from_threads, .timeout = 300)
 {
-    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN);
+    /* Finalizable objects are kept alive by a second marking: in parallel too. */
+    cr_assert_eq(loam_option_set("gc_markers", 3), 0);
+    loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK);
     size_t n = FIN_PER_THREAD / GC_SAN_DIVISOR;
     for (size_t i = 0; i < NTHREADS * FIN_PER_THREAD; i++)
         atomic_store(&fin_seen[i], 0);

@@ -101,12 +101,13 @@ static uintptr_t junk_target;        /* a non-heap address stored as junk in ran
 static void t_trace(void *obj, loam_tracer_t *t, void *user)
 {
     torture_t *T = user;
-    T->trace_calls++;
+    /* Atomic: with LOAM_PARALLEL_MARK this runs on several threads at once. */
+    __atomic_fetch_add(&T->trace_calls, 1, __ATOMIC_RELAXED);
     uintptr_t *w = obj;
     if (w[0] == 0 && w[1] == 0)
         return;                       /* fresh (zero-filled) object */
     if (w[0] != TAG_TRACED || w[1] > MAX_CHILD) {
-        T->trace_bad++;
+        __atomic_fetch_add(&T->trace_bad, 1, __ATOMIC_RELAXED);
         return;
     }
     for (size_t i = 0; i < w[1]; i++)
@@ -688,6 +689,26 @@ Test(gc_torture, exact_no_stack_scan, .timeout = 600)
     cr_assert_geq(st.gc_collections, T.explicit_collections + 1);
     fprintf(stderr, "gc_torture/exact_no_stack_scan: %zu collections (%zu explicit), %zu objects made\n",
             st.gc_collections, T.explicit_collections + 1, (size_t)T.next_serial);
+    torture_teardown(&T);
+}
+
+/* The same on several marking threads (more than this machine's CPUs, so
+ * helpers always exist): every reachable object must still be found. */
+Test(gc_torture, parallel_marking, .timeout = 600)
+{
+    static torture_t T;
+    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
+    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_markers", 4), 0);
+    torture_setup(&T, LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_torture/parallel_marking");
+    torture_rounds(&T);
+    torture_drop_all(&T);
+    loam_gc_collect(T.h);
+    loam_stats_t st = gc_stats(T.h);
+    cr_assert_eq(st.live_bytes, 0, "seed %llu: %zu live bytes (%zu blocks) after dropping every root",
+                 (unsigned long long)T.seed, st.live_bytes, st.live_blocks);
+    cr_assert_eq(T.trace_bad, 0);
+    cr_assert(T.trace_calls > 0, "the trace callback was never called");
     torture_teardown(&T);
 }
 

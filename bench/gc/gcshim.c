@@ -56,6 +56,7 @@ int gcs_init(const gcs_opts_t *o, int fields)
     memset(&cfg, 0, sizeof cfg);
     cfg.mode = LOAM_GC;
     cfg.trace = trace_obj;
+    cfg.flags = LOAM_PARALLEL_MARK;     /* trace_obj only reads the object */
     if (o->conservative) {
         gcs_kind = LOAM_CONSERVATIVE;
         variant = "loam-cons";

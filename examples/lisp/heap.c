@@ -100,7 +100,9 @@ void heap_init(const heap_options_t *opt)
         .roots = roots_cb,
         .oom = on_oom,
         .user = &L,
-        /* .flags = 0: scan thread stacks conservatively (no LOAM_NO_STACK_SCAN) */
+        /* Stacks are scanned conservatively (no LOAM_NO_STACK_SCAN); trace_obj
+         * only reads objects, so marking may run on several threads. */
+        .flags = LOAM_PARALLEL_MARK,
     };
     L.heap = loam_heap_new(&cfg);
     if (!L.heap) {
