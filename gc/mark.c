@@ -382,7 +382,7 @@ static bool share_take(marker_t *m)
  * and scanned PREFETCH_DEPTH pops later, when its memory has arrived. A plain
  * depth-first pop would scan a block the moment after pushing it. With other
  * markers running, half the stack goes to the pool whenever one is idle. */
-#define PREFETCH_DEPTH 8
+#define PREFETCH_DEPTH 16
 
 static void drain_stack(marker_t *m)
 {
