@@ -85,14 +85,25 @@ void gc_mark_stack_release(gc_state_t *gc)
  * for the free key when it is scanned. */
 #define MARK_VERIFY 4u
 
+static void __attribute__((noinline)) push_slow(marker_t *m, char *obj, size_t size, unsigned kind)
+{
+    if (m->sp == m->cap && !stack_grow(m)) {
+        m->overflow = true;             /* marked but not scanned: found again by the rescan */
+        return;
+    }
+    m->stack[m->sp++] = (mark_entry_t){ obj, size, kind };
+}
+
+/* The common push stays small: the growth path is out of line, so the
+ * marking fast path saves no registers. */
 static inline __attribute__((always_inline)) void
 push(marker_t *m, char *obj, size_t size, unsigned kind)
 {
     m->marked_bytes += size;
     if (kind == LOAM_ATOMIC)
         return;                         /* black at once: nothing inside to follow */
-    if (LOAM_UNLIKELY(m->sp == m->cap) && !stack_grow(m)) {
-        m->overflow = true;             /* marked but not scanned: found again by the rescan */
+    if (LOAM_UNLIKELY(m->sp == m->cap)) {
+        push_slow(m, obj, size, kind);
         return;
     }
     m->stack[m->sp++] = (mark_entry_t){ obj, size, kind };
@@ -172,20 +183,15 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
 }
 
 /* Mark the block of this heap that contains w (interior: any address inside
- * it; else only its start). A precise candidate comes from the embedder (a
- * trace or roots callback, a root slot), who vouches that it names a live
- * object: the free-key check, which would touch the object's memory before
- * its scan does, is for conservative words only. */
+ * it; else only its start), w inside the marker's last slab. A precise
+ * candidate comes from the embedder (a trace or roots callback, a root slot),
+ * who vouches that it names a live object: the free-key check, which would
+ * touch the object's memory before its scan does, is for conservative words
+ * only. */
 static inline __attribute__((always_inline)) void
-mark_candidate(marker_t *m, uintptr_t w, bool interior, bool precise)
+mark_in_last_slab(marker_t *m, uintptr_t w, bool interior, bool precise)
 {
     struct mark_slab_cache *c = &m->last_slab;
-    if (LOAM_UNLIKELY(w - c->lo >= c->span)) {
-        if (!find_slab(m, w, interior))
-            return;
-        if (w - c->lo >= c->span)
-            return;                     /* past the slab's bump line: no block there */
-    }
     uintptr_t off = w - c->lo;
     size_t idx = (size_t)((off * c->magic) >> 42);
     char *block = (char *)c->lo + idx * c->size;
@@ -208,6 +214,27 @@ mark_candidate(marker_t *m, uintptr_t w, bool interior, bool precise)
     if (bit_test_and_set(c->bits, c->first + idx * c->step, m->shared))
         return;
     push(m, block, c->size, kind);
+}
+
+/* w outside the last slab: look it up (out of line: the common case stays a
+ * leaf that saves no registers). */
+static void __attribute__((noinline)) mark_elsewhere(marker_t *m, uintptr_t w, bool interior, bool precise)
+{
+    if (!find_slab(m, w, interior))
+        return;
+    if (w - m->last_slab.lo >= m->last_slab.span)
+        return;                         /* past the slab's bump line: no block there */
+    mark_in_last_slab(m, w, interior, precise);
+}
+
+static inline __attribute__((always_inline)) void
+mark_candidate(marker_t *m, uintptr_t w, bool interior, bool precise)
+{
+    if (LOAM_UNLIKELY(w - m->last_slab.lo >= m->last_slab.span)) {
+        mark_elsewhere(m, w, interior, precise);
+        return;
+    }
+    mark_in_last_slab(m, w, interior, precise);
 }
 
 void gc_mark_word(gc_state_t *gc, uintptr_t w)
