@@ -73,19 +73,23 @@ struct loam_tracer {
     struct marker *m;
 };
 
+#define MARK_SLAB_CACHE 256
+
 /* One marking thread's state: the collecting thread's (gc->mk) and, while
  * marking runs in parallel, each helper's (mark.c). */
 typedef struct marker {
     struct gc_state *gc;
     struct loam_tracer tracer;     /* tracer.m: this marker */
-    struct mark_slab_cache {       /* the slab of the last candidate (mark.c) */
+    /* Recently found slabs, by page: candidate w looks in entry
+     * (w >> PAGE_SHIFT) % MARK_SLAB_CACHE (mark.c). */
+    struct mark_slab_cache {
         uintptr_t   lo, span;      /* its blocks ever handed out: [lo, lo + span) */
         uint64_t    magic;         /* its div_magic */
         uint64_t   *bits;          /* its segment's side bits */
         size_t      first;         /* granule of lo in those bits */
         uint32_t    size, step;    /* block size, in bytes and in granules */
         unsigned    tag;
-    } last_slab;
+    } slabs[MARK_SLAB_CACHE];
     mark_entry_t   *stack;
     size_t          sp, cap;
     bool            overflow;      /* a push was dropped: rescan marked blocks */

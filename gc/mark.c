@@ -111,16 +111,25 @@ push(marker_t *m, char *obj, size_t size, unsigned kind)
 
 /* ---- finding the block behind a candidate pointer ---------------------------------- */
 
-/* Consecutive candidates mostly fall in one slab (objects allocated together
- * point at each other), so each marker keeps the slab of its last one: a hit
- * costs a subtraction and a compare instead of the walk from the kind map
- * through the segment header to the slab descriptor. The slabs cannot change
- * while marking (the world is stopped and marking allocates nothing);
- * gc_mark_begin forgets the slab before each marking. */
+/* Candidates mostly fall in slabs found a moment ago (objects allocated
+ * together point at each other), so each marker keeps the slabs it found in
+ * a small direct-mapped cache by page: a hit costs a subtraction and a
+ * compare instead of the walk from the kind map through the segment header
+ * to the slab descriptor (a tree of 16 MiB spans some 300 slabs, visited in
+ * no particular order). The slabs cannot change while marking (the world is
+ * stopped and marking allocates nothing); gc_mark_begin forgets them before
+ * each marking. */
+static inline struct mark_slab_cache *slab_entry(marker_t *m, uintptr_t w)
+{
+    return &m->slabs[(w >> PAGE_SHIFT) % MARK_SLAB_CACHE];
+}
+
 static void forget_slab(marker_t *m)
 {
-    m->last_slab.lo = 0;
-    m->last_slab.span = 0;
+    for (size_t i = 0; i < MARK_SLAB_CACHE; i++) {
+        m->slabs[i].lo = 0;
+        m->slabs[i].span = 0;
+    }
 }
 
 void gc_mark_begin(gc_state_t *gc)
@@ -130,9 +139,8 @@ void gc_mark_begin(gc_state_t *gc)
     forget_slab(&gc->mk);
 }
 
-static void remember_slab(marker_t *m, segment_t *seg, slab_t *s)
+static void remember_slab(struct mark_slab_cache *c, segment_t *seg, slab_t *s)
 {
-    struct mark_slab_cache *c = &m->last_slab;
     c->lo = (uintptr_t)s->start;
     c->span = (uintptr_t)s->bumped * s->block_size;
     c->magic = s->div_magic;
@@ -143,8 +151,8 @@ static void remember_slab(marker_t *m, segment_t *seg, slab_t *s)
     c->tag = s->tag;
 }
 
-/* A candidate outside the last slab: a large block of this heap is marked
- * here; a slab block of this heap makes its slab the last one (true). */
+/* A candidate in no cached slab: a large block of this heap is marked here;
+ * a slab block of this heap has its slab cached in its entry (true). */
 static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool interior)
 {
     gc_state_t *gc = m->gc;
@@ -178,20 +186,19 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
     slab_t *s = segment_slab_at(seg, w);
     if (s->state != RUN_SLAB)
         return false;
-    remember_slab(m, seg, s);
+    remember_slab(slab_entry(m, w), seg, s);
     return true;
 }
 
 /* Mark the block of this heap that contains w (interior: any address inside
- * it; else only its start), w inside the marker's last slab. A precise
+ * it; else only its start), w inside the cached slab c. A precise
  * candidate comes from the embedder (a trace or roots callback, a root slot),
  * who vouches that it names a live object: the free-key check, which would
  * touch the object's memory before its scan does, is for conservative words
  * only. */
 static inline __attribute__((always_inline)) void
-mark_in_last_slab(marker_t *m, uintptr_t w, bool interior, bool precise)
+mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior, bool precise)
 {
-    struct mark_slab_cache *c = &m->last_slab;
     uintptr_t off = w - c->lo;
     size_t idx = (size_t)((off * c->magic) >> 42);
     char *block = (char *)c->lo + idx * c->size;
@@ -216,25 +223,27 @@ mark_in_last_slab(marker_t *m, uintptr_t w, bool interior, bool precise)
     push(m, block, c->size, kind);
 }
 
-/* w outside the last slab: look it up (out of line: the common case stays a
+/* w in no cached slab: look it up (out of line: the common case stays a
  * leaf that saves no registers). */
 static void __attribute__((noinline)) mark_elsewhere(marker_t *m, uintptr_t w, bool interior, bool precise)
 {
     if (!find_slab(m, w, interior))
         return;
-    if (w - m->last_slab.lo >= m->last_slab.span)
+    struct mark_slab_cache *c = slab_entry(m, w);
+    if (w - c->lo >= c->span)
         return;                         /* past the slab's bump line: no block there */
-    mark_in_last_slab(m, w, interior, precise);
+    mark_in_slab(m, c, w, interior, precise);
 }
 
 static inline __attribute__((always_inline)) void
 mark_candidate(marker_t *m, uintptr_t w, bool interior, bool precise)
 {
-    if (LOAM_UNLIKELY(w - m->last_slab.lo >= m->last_slab.span)) {
+    struct mark_slab_cache *c = slab_entry(m, w);
+    if (LOAM_UNLIKELY(w - c->lo >= c->span)) {
         mark_elsewhere(m, w, interior, precise);
         return;
     }
-    mark_in_last_slab(m, w, interior, precise);
+    mark_in_slab(m, c, w, interior, precise);
 }
 
 void gc_mark_word(gc_state_t *gc, uintptr_t w)
