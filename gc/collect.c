@@ -78,24 +78,28 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
     uint32_t bumped = s->bumped, k = s->visit_cursor;
-    if (step == 1) {
-        /* A block per granule: a word of marks is 64 blocks, and only the
-         * unmarked ones are visited. A slab starts on a word (slabs are
-         * whole pages), so block k is bit k % 64 of the slab's word k / 64. */
+    if (step <= 64 && (step & (step - 1)) == 0) {
+        /* Blocks of a power-of-two number of granules never straddle a word
+         * of marks: a word holds 64 / step whole blocks (a slab starts on a
+         * word: slabs are whole pages), its block starts are every step-th
+         * bit, and only the unmarked ones are visited. */
+        uint32_t per_word = (uint32_t)(64 / step), shift = (uint32_t)__builtin_ctzll(step);
+        uint64_t starts = step == 64 ? 1 : ~(uint64_t)0 / (((uint64_t)1 << step) - 1);
         uint64_t *words = bits + first / 64;
         while (k < bumped && c->n < want) {
-            uint32_t base = k & ~63u;
-            uint64_t dead = ~words[base / 64] & (~(uint64_t)0 << (k - base));
-            if (bumped - base < 64)
-                dead &= ((uint64_t)1 << (bumped - base)) - 1;
+            uint32_t base = k - k % per_word;   /* the word's first block */
+            uint64_t *w = &words[base / per_word];
+            uint64_t dead = ~*w & starts & (~(uint64_t)0 << ((k - base) * step));
+            if (bumped - base < per_word)
+                dead &= ((uint64_t)1 << ((bumped - base) * step)) - 1;
             while (dead && c->n < want) {
-                k = base + (uint32_t)__builtin_ctzll(dead);
+                k = base + ((uint32_t)__builtin_ctzll(dead) >> shift);
                 sweep_dead(gc, s, c, k++);
                 dead &= dead - 1;
             }
             if (!dead) {                  /* the word is done */
-                words[base / 64] = 0;
-                k = base + 64;
+                *w = 0;
+                k = base + per_word;
             }
         }
     } else {

@@ -227,6 +227,11 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
  * leaf that saves no registers). */
 static void __attribute__((noinline)) mark_elsewhere(marker_t *m, uintptr_t w, bool interior, bool precise)
 {
+    /* Most conservative words that are not pointers are small numbers or
+     * zero: the kernel maps nothing in the first 64 KiB (mmap_min_addr), so
+     * they stop here. */
+    if (w < 65536)
+        return;
     if (!find_slab(m, w, interior))
         return;
     struct mark_slab_cache *c = slab_entry(m, w);
