@@ -247,6 +247,7 @@ void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
     s->gc_pause_total_ns = gc->pause_total_ns;
     s->gc_pause_max_ns = gc->pause_max_ns;
     s->gc_bytes_marked = gc->mk.marked_bytes;
+    s->gc_bytes_marked_helpers = gc->helper_marked;
     s->gc_live_after = gc->live_after;
     s->gc_finalizers_run = __atomic_load_n(&gc->finalizers_run, __ATOMIC_RELAXED);
     s->gc_weak_cleared = gc->weak_cleared;

@@ -125,6 +125,7 @@ typedef struct gc_state {
 
     /* marking: the collecting thread's marker (helpers add their bytes) */
     marker_t        mk;
+    size_t          helper_marked; /* of mk.marked_bytes: by helpers, this marking */
 
     /* pacing */
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */

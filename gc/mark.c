@@ -10,8 +10,10 @@
  * second word carries the free key is free (in a free list or a thread cache)
  * and is never pushed, so a trace callback never sees a free block.
  *
- * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers): the
- * roots are marked by the collecting thread alone; the grey blocks they leave
+ * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers, once
+ * the last collection found gc_parallel_min live bytes: marking less takes a
+ * fraction of a millisecond, not worth waking threads): the roots are marked
+ * by the collecting thread alone; the grey blocks they leave
  * are then drained by it and by helper threads of a process-wide pool, each
  * with a stack of its own. A marker whose stack holds work while another is
  * idle gives away the bottom half of its stack (the oldest entries, nearest
@@ -135,6 +137,7 @@ static void forget_slab(marker_t *m)
 void gc_mark_begin(gc_state_t *gc)
 {
     gc->mk.marked_bytes = 0;
+    gc->helper_marked = 0;
     gc->mk.shared = false;
     forget_slab(&gc->mk);
 }
@@ -349,7 +352,8 @@ static struct mark_pool {
     unsigned        joined;        /* helpers that joined the job */
     unsigned        finished;      /* of those, done with it */
     bool            ended;         /* every marker idle, the pool empty */
-    AO_t            hungry;        /* idle markers: read lock-free by busy ones */
+    AO_t            hungry;        /* a marker found the pool empty and waits: busy ones
+                                      read it lock-free and give (cleared when fed) */
     mark_entry_t   *entries;       /* the shared pool */
     size_t          n, cap;
     marker_t       *helper[MARKERS_MAX];
@@ -379,6 +383,8 @@ static void share_give(marker_t *m)
     }
     memcpy(pool.entries + pool.n, m->stack, give * sizeof *m->stack);
     pool.n += give;
+    /* Fed: nobody gives more until a marker finds the pool empty again. */
+    AO_store(&pool.hungry, 0);
     pthread_cond_broadcast(&pool.share_cv);
     pthread_mutex_unlock(&pool.lock);
     memmove(m->stack, m->stack + give, (m->sp - give) * sizeof *m->stack);
@@ -415,7 +421,6 @@ static bool share_take(marker_t *m)
         }
         pthread_cond_wait(&pool.share_cv, &pool.lock);
         pool.idle--;
-        AO_store(&pool.hungry, pool.idle);
     }
 }
 
@@ -570,6 +575,7 @@ static bool drain_parallel(gc_state_t *gc)
         marker_t *m = pool.helper[i];
         if (m->gc == gc) {
             gc->mk.marked_bytes += m->marked_bytes;
+            gc->helper_marked += m->marked_bytes;
             gc->mk.overflow |= m->overflow;
             m->gc = NULL;
         }
@@ -596,14 +602,11 @@ void gc_markers_after_fork_child(void)
     AO_store(&pool.hungry, 0);
 }
 
-/* Grey blocks at least this many: worth waking the helpers. */
-#define PARALLEL_MIN 2
-
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
-        bool parallel = (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp >= PARALLEL_MIN &&
-                        drain_parallel(gc);
+        bool parallel = (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
+                        gc->live_after >= (size_t)loam_opts.gc_parallel_min && drain_parallel(gc);
         if (!parallel)
             drain_stack(&gc->mk);
         if (!gc->mk.overflow)

@@ -172,6 +172,7 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t gc_live_after;         /* live bytes after the last collection */
     size_t gc_finalizers_run;
     size_t gc_weak_cleared;
+    size_t gc_bytes_marked_helpers;   /* of gc_bytes_marked: by marking threads (LOAM_PARALLEL_MARK) */
 } loam_stats_t;
 LOAM_API void loam_heap_stats(loam_heap_t *h, loam_stats_t *out);
 LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
@@ -193,6 +194,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
  *   gc_markers      threads that mark a LOAM_PARALLEL_MARK heap, the collecting one
  *                   included (default 0: one per CPU, at most 8; 1: no helpers)
+ *   gc_parallel_min live bytes found by the last collection from which marking runs in
+ *                   parallel (default 1 MiB)
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */

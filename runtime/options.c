@@ -31,6 +31,8 @@ static option_def_t option_table[] = {
       "bytes allocated between collections at least" },
     { "gc_markers",      &loam_opts.gc_markers,      0, 8, 0,
       "threads marking a LOAM_PARALLEL_MARK heap (0: one per CPU, at most 8)" },
+    { "gc_parallel_min", &loam_opts.gc_parallel_min, 0, 1L << 40, 1L << 20,
+      "live bytes (found by the last collection) from which marking runs in parallel" },
     { "verbose",         &loam_opts.verbose,         0, 2, 0,
       "1: statistics at exit and warnings" },
     { "track_requested", &loam_opts.track_requested, 0, 1, 1,

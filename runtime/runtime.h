@@ -95,7 +95,7 @@ LOAM_INTERNAL void purge_after_fork_child(void);
 typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
     long purge_thread;
-    long gc_growth, gc_min_bytes, gc_markers;
+    long gc_growth, gc_min_bytes, gc_markers, gc_parallel_min;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gc_util.h"
 
@@ -958,5 +959,92 @@ Test(gc, collected_memory_can_be_trimmed)
     loam_heap_trim(h);
     size_t after = gc_stats(h).committed_bytes;
     cr_assert_leq(after, 8 * MiB, "committed %zu after collecting and trimming (peak %zu)", after, peak);
+    loam_heap_destroy(h);
+}
+
+/* ---- parallel marking ------------------------------------------------------------ */
+
+/* trace_node without its call counter: with LOAM_PARALLEL_MARK the trace
+ * callback runs on several threads at once. */
+static void trace_node_shared(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    node_t *o = obj;
+    if (o->tag == NODE_TAG) {
+        for (uintptr_t i = 0; i < o->n; i++)
+            loam_mark(t, o->kid[i]);
+    }
+}
+
+/* Top-down, so every node is reachable from the root slot the moment it is
+ * made (the heap scans no stack). */
+static void grow_tree(loam_heap_t *h, node_t *parent, int depth, size_t *count)
+{
+    if (depth == 0)
+        return;
+    for (int i = 0; i < 2; i++) {
+        node_t *kid = new_node(h, LOAM_TRACED, 2);
+        (*count)++;
+        parent->kid[i] = kid;
+        grow_tree(h, kid, depth - 1, count);
+    }
+}
+
+static size_t count_tree(const node_t *n)
+{
+    if (!n)
+        return 0;
+    cr_assert_eq(n->tag, NODE_TAG, "a tree node was freed and reused");
+    return 1 + count_tree(n->kid[0]) + count_tree(n->kid[1]);
+}
+
+Test(gc, parallel_marking_marks_exactly_the_reachable_blocks, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    root = top;
+    size_t n = 1;
+    grow_tree(h, top, 16, &n);                      /* 131071 nodes of 32 bytes */
+    cr_assert_eq(loam_usable_size(top), 32);
+    size_t helpers = 0;
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < 20000; i++)
+            new_node(h, LOAM_TRACED, 2);            /* garbage between collections */
+        loam_gc_collect(h);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_eq(st.gc_bytes_marked, n * 32, "round %d: %zu bytes marked, %zu reachable", round,
+                     st.gc_bytes_marked, n * 32);
+        cr_assert_eq(st.live_blocks, n, "round %d: %zu blocks live, %zu reachable", round, st.live_blocks, n);
+        cr_assert_leq(st.gc_bytes_marked_helpers, st.gc_bytes_marked);
+        helpers += st.gc_bytes_marked_helpers;
+    }
+    cr_assert_eq(count_tree(top), n);
+    fprintf(stderr, "gc/parallel_marking: marking threads marked %.0f%% of the bytes\n",
+            100.0 * (double)helpers / (double)(20 * n * 32));
+    /* With two CPUs the helper joins twenty markings of 4 MiB. */
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+        cr_assert_gt(helpers, 0, "no marking thread took part in 20 collections");
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "tree dropped");
+    loam_heap_destroy(h);
+}
+
+Test(gc, without_the_flag_marking_stays_on_the_collecting_thread)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    root = top;
+    size_t n = 1;
+    grow_tree(h, top, 12, &n);
+    loam_gc_collect(h);
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.gc_bytes_marked, n * 32);
+    cr_assert_eq(st.gc_bytes_marked_helpers, 0, "a heap without LOAM_PARALLEL_MARK was marked by helpers");
     loam_heap_destroy(h);
 }

@@ -282,6 +282,7 @@ Test(gc_threads, shared_structure_root_slots, .timeout = 600)
 Test(gc_threads, shared_structure_parallel_marking, .timeout = 600)
 {
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     shared_structure(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_threads/shared_structure_parallel_marking");
 }
 
@@ -539,7 +540,9 @@ static void *solo_thread(void *p)
 
 Test(gc_threads, two_heaps_collect_independently, .timeout = 300)
 {
-    cr_assert_eq(loam_option_set("gc_markers", 3), 0);   /* helpers even on one CPU */
+    /* helpers even on one CPU, and on small heaps */
+    cr_assert_eq(loam_option_set("gc_markers", 3), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     uint64_t seed = gc_test_seed("gc_threads/two_heaps_collect_independently");
     pthread_barrier_init(&solo_barrier, NULL, 2);
     hs_turn = 0;
@@ -623,6 +626,7 @@ Test(gc_threads, finalizers_and_weak_refs_from_threads, .timeout = 300)
 {
     /* Finalizable objects are kept alive by a second marking: in parallel too. */
     cr_assert_eq(loam_option_set("gc_markers", 3), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     loam_heap_t *h = new_gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK);
     size_t n = FIN_PER_THREAD / GC_SAN_DIVISOR;
     for (size_t i = 0; i < NTHREADS * FIN_PER_THREAD; i++)

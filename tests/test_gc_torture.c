@@ -700,6 +700,7 @@ Test(gc_torture, parallel_marking, .timeout = 600)
     cr_assert_eq(loam_option_set("gc_growth", 5), 0);
     cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     torture_setup(&T, LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_torture/parallel_marking");
     torture_rounds(&T);
     torture_drop_all(&T);
