@@ -126,6 +126,12 @@ typedef struct gc_state {
     /* marking: the collecting thread's marker (helpers add their bytes) */
     marker_t        mk;
     size_t          helper_marked; /* of mk.marked_bytes: by helpers, this marking */
+    /* Parallel marking pays only with idle CPUs (mark.c, choose_parallel):
+     * marking rates of both ways, in bytes per ns, and how long to stay serial. */
+    double          rate_serial, rate_parallel;
+    unsigned        serial_for;    /* eligible markings left to do alone */
+    unsigned        serial_backoff;/* the next such stretch */
+    unsigned        parallel_run;  /* parallel markings since the last serial probe */
 
     /* pacing */
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */

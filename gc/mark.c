@@ -602,13 +602,66 @@ void gc_markers_after_fork_child(void)
     AO_store(&pool.hungry, 0);
 }
 
+/* Parallel marking is a bet on idle CPUs: on a machine with more runnable
+ * threads than CPUs the helpers take CPU time from the collecting thread, or
+ * are preempted with work in their stacks while the others wait. So the
+ * collector measures: the first eligible marking of a heap runs alone, later
+ * ones in parallel, each timed as bytes marked per ns; when parallel is not
+ * 15 % faster than alone, the next 2, 4, ... 64 eligible markings run alone
+ * (and refresh the serial rate), and every 16th parallel marking is followed
+ * by one alone, so a machine that gets busy or idle is noticed. */
+static bool choose_parallel(gc_state_t *gc)
+{
+    if (!(gc->heap->cfg.flags & LOAM_PARALLEL_MARK) || gc->mk.sp == 0 ||
+        gc->live_after < (size_t)loam_opts.gc_parallel_min)
+        return false;
+    if (gc->rate_serial == 0 || gc->serial_for > 0) {
+        if (gc->serial_for > 0)
+            gc->serial_for--;
+        return false;
+    }
+    return true;
+}
+
+static void note_rate(double *rate, size_t bytes, uint64_t ns)
+{
+    double r = (double)bytes / (double)(ns ? ns : 1);
+    *rate = *rate == 0 ? r : 0.75 * *rate + 0.25 * r;
+}
+
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
-        bool parallel = (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
-                        gc->live_after >= (size_t)loam_opts.gc_parallel_min && drain_parallel(gc);
+        bool eligible_parallel = choose_parallel(gc);
+        bool eligible = eligible_parallel || ((gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
+                                              gc->live_after >= (size_t)loam_opts.gc_parallel_min);
+        size_t before = gc->mk.marked_bytes;
+        uint64_t t0 = eligible ? gc_now_ns() : 0;
+        bool parallel = eligible_parallel && drain_parallel(gc);
         if (!parallel)
             drain_stack(&gc->mk);
+        if (eligible) {
+            uint64_t ns = gc_now_ns() - t0;
+            size_t bytes = gc->mk.marked_bytes - before;
+            if (!parallel) {
+                note_rate(&gc->rate_serial, bytes, ns);
+            } else {
+                note_rate(&gc->rate_parallel, bytes, ns);
+                if (gc->rate_parallel < 1.15 * gc->rate_serial) {
+                    gc->serial_backoff = gc->serial_backoff ? gc->serial_backoff * 2 : 2;
+                    if (gc->serial_backoff > 64)
+                        gc->serial_backoff = 64;
+                    gc->serial_for = gc->serial_backoff;
+                    gc->parallel_run = 0;
+                } else {
+                    gc->serial_backoff = 0;
+                    if (++gc->parallel_run == 16) {
+                        gc->parallel_run = 0;
+                        gc->serial_for = 1;     /* probe: is alone still slower? */
+                    }
+                }
+            }
+        }
         if (!gc->mk.overflow)
             return;
         /* Pushes were dropped: every marked block is scanned again, which
