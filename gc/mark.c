@@ -349,6 +349,7 @@ static struct mark_pool {
     unsigned        job_seq;       /* bumped per job: a helper joins each once */
     unsigned        markers;       /* taking part in the job, the collector included */
     unsigned        idle;          /* of those, waiting for work */
+    unsigned        job_helpers;   /* helpers the job may use (gc_markers - 1, at most helpers) */
     unsigned        joined;        /* helpers that joined the job */
     unsigned        finished;      /* of those, done with it */
     bool            ended;         /* every marker idle, the pool empty */
@@ -469,8 +470,8 @@ static void *helper_main(void *arg)
         while (!pool.busy || pool.job_seq == seen)
             pthread_cond_wait(&pool.job_cv, &pool.lock);
         seen = pool.job_seq;
-        if (pool.ended)
-            continue;
+        if (pool.ended || pool.joined >= pool.job_helpers)
+            continue;                   /* over already, or enough helpers (gc_markers) */
         pool.markers++;
         pool.joined++;
         m->gc = pool.job;
@@ -488,12 +489,18 @@ static void *helper_main(void *arg)
     return NULL;
 }
 
+/* Markers a marking uses now, the collecting thread included: the option
+ * (read each time: it may change), by default one per CPU (counted once). */
 static unsigned markers_wanted(void)
 {
+    static long cpus;
     long n = loam_opts.gc_markers;
     if (n <= 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus > 0 ? cpus : 1;
+        if (!__atomic_load_n(&cpus, __ATOMIC_RELAXED)) {
+            long c = sysconf(_SC_NPROCESSORS_ONLN);
+            __atomic_store_n(&cpus, c > 0 ? c : 1, __ATOMIC_RELAXED);
+        }
+        n = __atomic_load_n(&cpus, __ATOMIC_RELAXED);
     }
     return n > MARKERS_MAX ? MARKERS_MAX : (unsigned)n;
 }
@@ -546,11 +553,13 @@ void gc_markers_prepare(loam_heap_t *h)
  * started, or another heap's collection uses them): drain alone. */
 static bool drain_parallel(gc_state_t *gc)
 {
+    unsigned want = markers_wanted() - 1;
     pthread_mutex_lock(&pool.lock);
-    if (pool.busy || pool.helpers == 0) {
+    if (pool.busy || pool.helpers == 0 || want == 0) {
         pthread_mutex_unlock(&pool.lock);
         return false;
     }
+    pool.job_helpers = want < pool.helpers ? want : pool.helpers;
     pool.busy = true;
     pool.job = gc;
     pool.job_seq++;

@@ -1027,6 +1027,14 @@ Test(gc, parallel_marking_marks_exactly_the_reachable_blocks, .timeout = 120)
     /* With two CPUs the helper joins twenty markings of 4 MiB. */
     if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
         cr_assert_gt(helpers, 0, "no marking thread took part in 20 collections");
+    /* The option is read at each marking: back to one marker, no helper marks. */
+    cr_assert_eq(loam_option_set("gc_markers", 1), 0);
+    for (int round = 0; round < 3; round++) {
+        loam_gc_collect(h);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_eq(st.gc_bytes_marked, n * 32);
+        cr_assert_eq(st.gc_bytes_marked_helpers, 0, "a helper marked with gc_markers=1");
+    }
     root = NULL;
     loam_gc_collect(h);
     expect_live(h, 0, "tree dropped");
