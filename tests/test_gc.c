@@ -1024,9 +1024,16 @@ Test(gc, parallel_marking_marks_exactly_the_reachable_blocks, .timeout = 120)
     cr_assert_eq(count_tree(top), n);
     fprintf(stderr, "gc/parallel_marking: marking threads marked %.0f%% of the bytes\n",
             100.0 * (double)helpers / (double)(20 * n * 32));
-    /* With two CPUs the helper joins twenty markings of 4 MiB. */
-    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
-        cr_assert_gt(helpers, 0, "no marking thread took part in 20 collections");
+    /* With two CPUs a helper joins some of these markings of 4 MiB. On a
+     * busy machine the collector marks alone for stretches (parallel does
+     * not pay there), so it gets up to 200 more chances. */
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
+        for (int extra = 0; extra < 200 && helpers == 0; extra++) {
+            loam_gc_collect(h);
+            helpers += gc_stats(h).gc_bytes_marked_helpers;
+        }
+        cr_assert_gt(helpers, 0, "no marking thread took part in 220 collections");
+    }
     /* The option is read at each marking: back to one marker, no helper marks. */
     cr_assert_eq(loam_option_set("gc_markers", 1), 0);
     for (int round = 0; round < 3; round++) {
