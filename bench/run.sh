@@ -111,7 +111,8 @@ if [ "${BENCH_GC:-1}" != 0 ]; then
         bt=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
         gc_args+=(--gc-loam-build "CMAKE_BUILD_TYPE=${bt:-none}")
     fi
-    # the Lisp example (examples/lisp): only its loam column
+    # the Lisp example (examples/lisp): on loam, and on Boehm through the
+    # shim bench/gc/lisp_on_boehm.c (loam-lisp-boehm)
     lisp=${BENCH_LISP:-}
     if [ -z "$lisp" ] && [ "$home" = "$root_p" ]; then
         cmake --build "$build" --target lisp -j "$jobs" >>"$log" 2>&1 || true
@@ -121,6 +122,10 @@ if [ "${BENCH_GC:-1}" != 0 ]; then
         done
     fi
     gc_args+=(--lisp "$lisp" --lisp-script "${BENCH_LISP_SCRIPT:-$root/examples/lisp/demo.lisp}")
+    if [ "$home" = "$root_p" ] && cmake --build "$build" --target loam-lisp-boehm -j "$jobs" >>"$log" 2>&1 &&
+       [ -x "$build/bench/loam-lisp-boehm" ]; then
+        gc_args+=(--lisp-boehm "$build/bench/loam-lisp-boehm")
+    fi
     [ -n "$lisp" ] || gc_args+=(--lisp-note "no Lisp example executable in $build/examples (not written or not built yet)")
 fi
 

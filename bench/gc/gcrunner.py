@@ -3,7 +3,8 @@ bench/runner.py; stdlib only).
 
 Runs the collector workloads (bench/gc: loam-gcbench-VARIANT) on a loam
 collected heap, on the Boehm collector and as malloc/free code with mimalloc
-preloaded, plus the Lisp example (examples/lisp, loam only), several times
+preloaded, plus the Lisp example (examples/lisp; on loam, and on Boehm through
+bench/gc/lisp_on_boehm.c: it has no malloc/free form), several times
 with the variants interleaved, and renders the medians as a Markdown table
 with ratios to Boehm and the issue's targets.
 """
@@ -66,6 +67,8 @@ def add_arguments(ap):
     ap.add_argument("--lisp", default="", help="the Lisp example's executable")
     ap.add_argument("--lisp-script", default="", help="the program it runs")
     ap.add_argument("--lisp-note", default="", help="why the Lisp example is missing")
+    ap.add_argument("--lisp-boehm", default="",
+                    help="the Lisp example built over libgc (loam-lisp-boehm)")
 
 
 def fnum(res, key):
@@ -101,6 +104,7 @@ LISP_PATTERNS = {
     "collections": [r'"gc_collections"\s*:\s*(\d+)', r'\bgc_collections\s*[=:]\s*(\d+)',
                     r'\bcollections\s*[=:]\s*(\d+)', r'(\d+)\s+collections\b'],
     "max_pause_ns": [r'"gc_pause_max_ns"\s*:\s*(\d+)', r'\bgc_pause_max_ns\s*[=:]\s*(\d+)'],
+    "peak_rss_kb": [r'"peak_rss_kb"\s*:\s*(\d+)'],
     "max_pause_ms": [r'\bmax_pause_ms\s*[=:]\s*([0-9.]+)',
                      r'max(?:imum)?[ _]pause\s*[=:]?\s*([0-9.]+)\s*ms',
                      r'([0-9.]+)\s*ms max\b'],
@@ -120,10 +124,10 @@ def lisp_stats(text):
     return out
 
 
-def run_lisp(binary, script, timeout):
-    """The Lisp example, timed from outside (start-up included); peak RSS
-    from wait4's rusage of that one process; collections and the longest
-    pause from what it prints."""
+def run_lisp(binary, script, timeout, variant="loam"):
+    """The Lisp example, timed from outside (start-up included); peak RSS,
+    collections and the longest pause from what it prints (its VmHWM; wait4's
+    rusage only when it prints none)."""
     import tempfile
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
@@ -149,13 +153,17 @@ def run_lisp(binary, script, timeout):
         why = "exit %d" % p.returncode if p.returncode > 0 else \
               "signal %d" % -p.returncode
         return None, why + (": " + tail if tail else "")
-    res = {"workload": "lisp", "variant": "loam", "time_s": "%.6f" % elapsed,
+    res = {"workload": "lisp", "variant": variant, "time_s": "%.6f" % elapsed,
            "peak_rss_kb": str(ru.ru_maxrss), "ok": "1"}
     st = lisp_stats(text_out + "\n" + text_err)
     if "collections" in st:
         res["collections"] = "%d" % st["collections"]
     if "max_pause_ms" in st:
         res["max_pause_ms"] = "%.6f" % st["max_pause_ms"]
+    # wait4's ru_maxrss keeps the high-water mark of the forked Python
+    # process from before the exec; the interpreter's own VmHWM is right.
+    if "peak_rss_kb" in st:
+        res["peak_rss_kb"] = "%d" % st["peak_rss_kb"]
     return res, None
 
 
@@ -197,12 +205,15 @@ def plan(args, only):
 
 def run(args, wls, cols, timeout):
     """results[workload][column] = {"runs": [...], "error": str|None}; the
-    Lisp example runs in the loam column only."""
+    Lisp example runs in the loam column and, when built, the Boehm one."""
     results = {}
     for wi, (w, argv, _label) in enumerate(wls):
         t0 = time.monotonic()
         if argv is None:
-            mine = [c for c in cols if c[0] == "loam"]
+            lisp_bins = {"loam": args.lisp}
+            if args.lisp_boehm and os.access(args.lisp_boehm, os.X_OK):
+                lisp_bins["boehm"] = args.lisp_boehm
+            mine = [(c[0], lisp_bins[c[0]], [], None) for c in cols if c[0] in lisp_bins]
         else:
             mine = cols
         results[w] = {c[0]: {"runs": [], "error": None} for c in mine}
@@ -217,7 +228,7 @@ def run(args, wls, cols, timeout):
                 if cell["error"]:
                     continue
                 if argv is None:
-                    res, err = run_lisp(args.lisp, args.lisp_script, timeout)
+                    res, err = run_lisp(binary, args.lisp_script, timeout, name)
                 else:
                     res, err = run_gcbench(binary, argv + extra, preload,
                                            args.scale, timeout)

@@ -83,19 +83,34 @@ static bool run_stdin(void)
     return ok;
 }
 
+/* The process's peak RSS (VmHWM), in KiB; 0 where /proc is not there. */
+static long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 static void print_stats(int format)
 {
     fflush(stdout);
     if (format == LOAM_STATS_JSON) {
         loam_heap_print_stats(L.heap, stdout, LOAM_STATS_JSON);
+        printf("{\"process\":{\"peak_rss_kb\":%ld}}\n", peak_rss_kb());
         return;
     }
     loam_stats_t st;
     loam_heap_stats(L.heap, &st);
     printf("\n;; heap: %zu collections, pauses %.3f ms total, %.3f ms max; "
-           "live %zu bytes, peak %zu bytes\n",
+           "live %zu bytes, peak %zu bytes; process peak RSS %ld KiB\n",
            st.gc_collections, st.gc_pause_total_ns / 1e6, st.gc_pause_max_ns / 1e6,
-           st.live_bytes, st.peak_live_bytes);
+           st.live_bytes, st.peak_live_bytes, peak_rss_kb());
     loam_heap_print_stats(L.heap, stdout, LOAM_STATS_TEXT);
 }
 
