@@ -169,6 +169,28 @@ static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, uintptr_t key, fre
     return c.n;
 }
 
+/* A block of a pending slab past the visit cursor is allocated-and-live when
+ * marked, free (carrying the free key) or garbage when not. The free path
+ * has checked the key already, but the sweep may have taken the block since
+ * (then it carries the key now): both are read again under the arena lock,
+ * which the sweep holds, so the block can be neither swept while this runs
+ * nor after a free that passed (it is marked, or it was refused). */
+bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index)
+{
+    (void)h;
+    arena_t *a = s->arena;
+    arena_lock(a);
+    free_block_t *b = (free_block_t *)(s->start + index * s->block_size);
+    bool ok = b->freed_key != loam_free_key;        /* swept meanwhile: garbage */
+    if (ok && s->pending && index >= s->visit_cursor) {
+        segment_t *seg = segment_of_slab(s);
+        size_t g = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN + index * (s->block_size / BLOCK_ALIGN);
+        ok = (segment_side_bits(seg)[g >> 6] >> (g & 63)) & 1;
+    }
+    arena_unlock(a);
+    return ok;
+}
+
 /* At process start (runtime/init.c), before any heap exists. */
 void gc_install_hooks(void)
 {

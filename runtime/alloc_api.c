@@ -170,6 +170,10 @@ void alloc_free_slow(void *p)
         loam_fault(h, "double free", p, ai.size);
         return;
     }
+    if (h->gc && !ai.large && !gc_free_allowed(h, ai.slab, ai.index)) {
+        loam_fault(h, "free of a block the collector found unreachable (use after collection)", p, ai.size);
+        return;
+    }
     mc_free(h, p);
     if (h->gc)
         gc_forget_block(h, p);

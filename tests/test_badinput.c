@@ -436,6 +436,75 @@ Test(callback, double_free_small)
     loam_heap_destroy(h);
 }
 
+/* A collected heap whose only roots are the test's: a block the collector
+ * found unreachable is garbage until its lazy sweep reaches it. Freeing it
+ * then (a use after collection: the caller kept a pointer the collector
+ * cannot see) is reported, not obeyed, or the sweep would hand it out while
+ * a thread cache also holds it. */
+Test(callback, free_of_a_block_the_collector_found_unreachable)
+{
+    err_record_t rec;
+    loam_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    memset(&rec, 0, sizeof rec);
+    cfg.mode = LOAM_GC;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    cfg.error = record_error;
+    cfg.user = &rec;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *kept;
+    loam_root_add(h, &kept);
+    kept = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    void *lost = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);   /* in no root */
+    cr_assert_not_null(kept);
+    cr_assert_not_null(lost);
+    loam_gc_collect(h);
+    loam_free(lost);
+    assert_reported(&rec, h, lost, "free after collection", (const char *const[]){ "unreachable", "collect", NULL });
+    /* The heap goes on: the garbage block is reclaimed once, the live one stays. */
+    unsigned char *p[200];
+    for (int i = 0; i < 200; i++) {
+        p[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+        cr_assert_not_null(p[i]);
+        cr_assert_neq(p[i], kept, "a live block was handed out");
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(p[i], p[j], "block %p handed out twice", (void *)p[i]);
+    }
+    /* A live block is freed normally, and so is a block freed before the sweep
+     * reached its slab but marked by the collection. */
+    loam_free(kept);
+    cr_assert_eq(rec.calls, 1, "a valid free was reported: %s", rec.msg);
+    kept = NULL;
+    loam_heap_destroy(h);
+}
+
+Test(callback, free_of_a_live_block_between_collection_and_sweep)
+{
+    err_record_t rec;
+    loam_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    memset(&rec, 0, sizeof rec);
+    cfg.mode = LOAM_GC;
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    cfg.error = record_error;
+    cfg.user = &rec;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *kept[8];
+    for (int i = 0; i < 8; i++) {
+        loam_root_add(h, &kept[i]);
+        kept[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    }
+    loam_gc_collect(h);                 /* their slab is pending now: marked, unswept */
+    for (int i = 0; i < 8; i++)
+        loam_free(kept[i]);
+    cr_assert_eq(rec.calls, 0, "a free of a live block was reported: %s", rec.msg);
+    loam_free(kept[3]);
+    assert_reported(&rec, h, kept[3], "double free", W_DOUBLE);
+    loam_heap_destroy(h);
+}
+
 Test(callback, double_free_large_kept_for_reuse)
 {
     err_record_t rec;
