@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE 1     /* pthread_setname_np */
 #include "gc/gc.h"
+#include "alloc/memcheck.h"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -270,8 +271,11 @@ __attribute__((no_sanitize("address"))) __attribute__((no_sanitize("thread")))
 static void mark_range(marker_t *m, const void *start, const void *end)
 {
     uintptr_t a = ((uintptr_t)start + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1);
-    for (; a + sizeof(void *) <= (uintptr_t)end; a += sizeof(void *))
+    for (; a + sizeof(void *) <= (uintptr_t)end; a += sizeof(void *)) {
+        if (!mc_word_defined((const void *)a))
+            continue;                   /* memcheck builds: never written, no pointer */
         mark_candidate(m, *(const uintptr_t *)a, true, false);
+    }
 }
 
 void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
