@@ -5,9 +5,11 @@
  *   3. clear weak references to unmarked targets (finalize.c)
  *   4. keep finalizable unmarked objects alive, queue their finalizers
  *   5. sweep, lazily: unmarked large blocks are unmapped now; every slab that
- *      holds blocks becomes *pending* in its arena, which sweeps it (under
- *      its lock, world running) before it hands out any of its blocks: the
- *      allocated, unmarked blocks go back to the slab, the marks are cleared
+ *      holds blocks becomes *pending* in its arena. A refill that reaches a
+ *      pending slab sweeps it (under the arena lock, world running) only as
+ *      far as it needs, the dead blocks going straight into its thread cache
+ *      (sweep_take); anything else that needs the slab whole sweeps the rest
+ *      (sweep_pending). Marks are cleared as the sweep passes.
  *   6. restart the world, then run the queued finalizers in this thread
  *
  * Before marking, the previous cycle's pending slabs are swept (their marks
@@ -18,9 +20,8 @@
  *
  * Free blocks are told apart from allocated ones by the free key in their
  * second word (alloc.h): a block sitting in a thread cache or a free list is
- * free, so caches need not be emptied first and no block is ever in two
- * places. Marking never reaches a free block.
- */
+ * free, and the sweep skips it, so no block is ever in two places. No free
+ * block is scanned (a conservative word may mark one: see mark.c). */
 #include "gc/gc.h"
 
 #include <time.h>
