@@ -190,6 +190,10 @@ static inline void *segmap_lookup(uintptr_t a)
     return (void *)AO_load(&leaf[(a >> SEGMENT_SHIFT) & (((size_t)1 << SEGMAP_L2_BITS) - 1)]);
 }
 LOAM_INTERNAL void segmap_set(uintptr_t base, size_t len, void *value);
+/* Bounds of every address the map has ever named (they only widen): an
+ * address outside them is in no segment or large block. A reader that sees
+ * an older, narrower pair can only miss mappings made after it looked. */
+extern LOAM_INTERNAL AO_t segmap_lowest, segmap_highest;
 
 /* The free fast path's question "is this a slab segment of ours?" in one load:
  * a byte per 4 MiB granule (32 MiB of address space, untouched pages cost

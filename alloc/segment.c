@@ -25,9 +25,17 @@ pthread_mutex_t segmap_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define SEGMAP_L2_SIZE ((size_t)1 << SEGMAP_L2_BITS)
 
+AO_t segmap_lowest = ~(AO_t)0, segmap_highest;
+
 void segmap_set(uintptr_t base, size_t len, void *value)
 {
     pthread_mutex_lock(&segmap_lock);
+    if (value) {                /* the bounds only grow: a stale read is safe (see alloc.h) */
+        if (base < AO_load(&segmap_lowest))
+            AO_store(&segmap_lowest, base);
+        if (base + len > AO_load(&segmap_highest))
+            AO_store(&segmap_highest, base + len);
+    }
     for (uintptr_t g = base; g < base + len; g += SEGMENT_SIZE) {
         size_t i1 = g >> (SEGMENT_SHIFT + SEGMAP_L2_BITS);
         AO_t *leaf = (AO_t *)AO_load(&segmap_l1[i1]);

@@ -236,6 +236,10 @@ static void __attribute__((noinline)) mark_elsewhere(marker_t *m, uintptr_t w, b
      * they stop here. */
     if (w < 65536)
         return;
+    /* Other numbers mostly lie outside every mapping loam ever made. The
+     * collected heap's own mappings were made before this marking began. */
+    if (w < AO_load(&segmap_lowest) || w >= AO_load(&segmap_highest))
+        return;
     if (!find_slab(m, w, interior))
         return;
     struct mark_slab_cache *c = slab_entry(m, w);
