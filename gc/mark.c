@@ -22,11 +22,9 @@
  * mark bits are set with an atomic or, so two markers never lose each
  * other's bits in a shared word, and exactly one of them pushes a block.
  */
-#define _GNU_SOURCE 1     /* pthread_setname_np */
 #include "gc/gc.h"
 #include "alloc/memcheck.h"
 
-#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -534,24 +532,13 @@ void gc_markers_prepare(loam_heap_t *h)
             pool.start_failed = true;
             break;
         }
-        /* The helpers take no signal of the program's. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_t t;
-        int err = pthread_create(&t, &attr, helper_main, m);
-        pthread_attr_destroy(&attr);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        int err = background_thread_start(helper_main, m, 0, "loam-mark");
         if (err) {
             meta_free(m, sizeof *m);
             pool.start_failed = true;
             loam_warn("cannot start a marking thread (error %d): marking runs on fewer threads", err);
             break;
         }
-        pthread_setname_np(t, "loam-mark");
         pool.helper[pool.helpers++] = m;
     }
     pthread_mutex_unlock(&pool.lock);

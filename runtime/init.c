@@ -1,14 +1,17 @@
 /* runtime/init.c — process start: size tables, secrets, options, the default
- * heap, the thread-exit key, fork handlers and the exit report.
+ * heap, the thread-exit key, fork handlers, the exit report, and how loam
+ * starts a thread of its own.
  *
  * It runs on the first allocation (possibly before main, from the dynamic
  * loader, when loam is the malloc), so it must not allocate from libc. A
  * nested call during init (atfork or atexit registration allocating through
  * us) sees the tables ready and goes on. */
+#define _GNU_SOURCE 1     /* pthread_setname_np */
 #include "runtime/runtime.h"
 #include "gc/gc.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -57,6 +60,25 @@ static void fork_release_child(void)
     fork_release();
     purge_after_fork_child();
     gc_markers_after_fork_child();
+}
+
+int background_thread_start(void *(*fn)(void *), void *arg, size_t stack, const char *name)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits the mask */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (stack)
+        pthread_attr_setstacksize(&attr, stack);
+    pthread_t t;
+    int err = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!err)
+        pthread_setname_np(t, name);
+    return err;
 }
 
 /* Programs often close stderr before exit (sort, ls, ...): the report goes

@@ -35,10 +35,8 @@
  * other.
  *
  * The option purge_thread=0 turns it off (decay then waits for slow paths). */
-#define _GNU_SOURCE 1     /* pthread_setname_np */
 #include "runtime/runtime.h"
 
-#include <signal.h>
 #include <time.h>
 
 AO_t purge_asleep = 1;           /* also "not started": a poke must look */
@@ -164,27 +162,16 @@ static void purge_start(void)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&purge_cond, &ca);
     pthread_condattr_destroy(&ca);
-    /* The thread takes no signal of the program's, and a small stack. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t t;
-    /* pthread_create allocates (through loam when it is the malloc): no
-     * lock of ours is held here, and a nested poke finds the thread started. */
-    int err = pthread_create(&t, &attr, purge_main, NULL);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* A small stack. pthread_create allocates (through loam when it is the
+     * malloc): no lock of ours is held here, and a nested poke finds the
+     * thread started. */
+    int err = background_thread_start(purge_main, NULL, 256 * 1024, "loam-purge");
     if (err) {
         AO_store(&purge_state, PURGE_FAILED);
         loam_warn("cannot start the background purge thread (error %d): memory goes back "
                   "to the OS on allocation slow paths only", err);
         return;
     }
-    pthread_setname_np(t, "loam-purge");
     AO_store_release(&purge_state, PURGE_RUNNING);
 }
 

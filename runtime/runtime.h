@@ -90,6 +90,11 @@ static inline void purge_poke(const loam_heap_t *h)
 /* The owner of tc answers a flush request (runtime/purge.c). */
 LOAM_INTERNAL void purge_answer(tcache_t *tc);
 LOAM_INTERNAL void purge_after_fork_child(void);
+/* A detached thread of loam's own (the purge thread, marking threads): it
+ * takes no signal of the program's and carries `name`. stack: bytes, 0 for
+ * the default. Returns 0 or pthread_create's error. pthread_create may
+ * allocate (through loam when it is the malloc): hold no arena lock. */
+LOAM_INTERNAL int background_thread_start(void *(*fn)(void *), void *arg, size_t stack, const char *name);
 
 /* ---- options --------------------------------------------------------------- */
 typedef struct loam_options {
