@@ -362,16 +362,23 @@ static void record_error(loam_heap_t *h, const char *message, void *addr, void *
         snprintf(r->msg, sizeof r->msg, "%s", message);
 }
 
-static loam_heap_t *heap_with_callback(err_record_t *rec)
+static loam_heap_t *heap_with_callback_mode(err_record_t *rec, loam_mode_t mode, unsigned flags)
 {
     loam_config_t cfg;
     memset(&cfg, 0, sizeof cfg);
     memset(rec, 0, sizeof *rec);
+    cfg.mode = mode;
+    cfg.flags = flags;
     cfg.error = record_error;
     cfg.user = rec;
     loam_heap_t *h = loam_heap_new(&cfg);
     cr_assert_not_null(h);
     return h;
+}
+
+static loam_heap_t *heap_with_callback(err_record_t *rec)
+{
+    return heap_with_callback_mode(rec, LOAM_MANUAL, 0);
 }
 
 /* The callback got the fault: once, with this heap, address and user pointer,
@@ -444,15 +451,8 @@ Test(callback, double_free_small)
 Test(callback, free_of_a_block_the_collector_found_unreachable)
 {
     err_record_t rec;
-    loam_config_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    memset(&rec, 0, sizeof rec);
-    cfg.mode = LOAM_GC;
-    cfg.flags = LOAM_NO_STACK_SCAN;
-    cfg.error = record_error;
-    cfg.user = &rec;
-    loam_heap_t *h = loam_heap_new(&cfg);
-    cr_assert_not_null(h);
+    /* only the test's roots: no stack scanning */
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_NO_STACK_SCAN);
     static void *kept;
     loam_root_add(h, &kept);
     kept = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
@@ -482,15 +482,8 @@ Test(callback, free_of_a_block_the_collector_found_unreachable)
 Test(callback, free_of_a_live_block_between_collection_and_sweep)
 {
     err_record_t rec;
-    loam_config_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    memset(&rec, 0, sizeof rec);
-    cfg.mode = LOAM_GC;
-    cfg.flags = LOAM_NO_STACK_SCAN;
-    cfg.error = record_error;
-    cfg.user = &rec;
-    loam_heap_t *h = loam_heap_new(&cfg);
-    cr_assert_not_null(h);
+    /* only the test's roots: no stack scanning */
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_NO_STACK_SCAN);
     static void *kept[8];
     for (int i = 0; i < 8; i++) {
         loam_root_add(h, &kept[i]);
