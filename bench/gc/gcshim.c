@@ -16,14 +16,6 @@ size_t gcs_shadow_top;
 int gcs_precise;
 static int ptr_fields;
 
-/* Pause timing of the Boehm back end (loam and malloc keep their own). */
-static __attribute__((unused)) uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 #if defined(GCB_LOAM)
 /* ---- loam ---------------------------------------------------------------- */
 loam_heap_t *gcs_heap;
@@ -96,36 +88,15 @@ void gcs_finish(void)
 
 #elif defined(GCB_BOEHM)
 /* ---- Boehm ----------------------------------------------------------------
- * Collections: GC_get_gc_no() (minus any made during GC_INIT). Pauses: the
- * collection event callback, from GC_EVENT_START to GC_EVENT_END; in this
- * single-threaded program the mutator waits for all of it (Boehm sweeps
- * lazily, at allocations, so the sweep is outside these pauses, as it is
- * outside loam's if loam sweeps lazily too). */
-static GC_word gc_no_start;
-static uint64_t pause_start, pause_max, pause_total;
-static int in_collection;
-
-static void GC_CALLBACK on_event(GC_EventType e)
-{
-    if (e == GC_EVENT_START) {
-        in_collection = 1;
-        pause_start = now_ns();
-    } else if (e == GC_EVENT_END && in_collection) {
-        uint64_t d = now_ns() - pause_start;
-        in_collection = 0;
-        pause_total += d;
-        if (d > pause_max)
-            pause_max = d;
-    }
-}
+ * Collections and pauses: boehm_pauses.h. */
+#include "boehm_pauses.h"
 
 int gcs_init(const gcs_opts_t *o, int fields)
 {
     (void)o;
     ptr_fields = fields;
     GC_INIT();
-    GC_set_on_collection_event(on_event);
-    gc_no_start = GC_get_gc_no();
+    boehm_pauses_start();
     return 0;
 }
 
@@ -133,9 +104,9 @@ const char *gcs_variant(void) { return "boehm"; }
 
 void gcs_stats(gcs_stats_t *out)
 {
-    out->collections = (long)(GC_get_gc_no() - gc_no_start);
-    out->pause_max_ns = pause_max;
-    out->pause_total_ns = pause_total;
+    out->collections = boehm_collections();
+    out->pause_max_ns = boehm_pause_max;
+    out->pause_total_ns = boehm_pause_total;
 }
 
 void gcs_finish(void) {}
@@ -146,7 +117,6 @@ int gcs_init(const gcs_opts_t *o, int fields)
 {
     (void)o;
     ptr_fields = fields;
-    (void)now_ns;
     return 0;
 }
 

@@ -21,6 +21,7 @@
 
 #include <gc/gc.h>
 #include <gc/gc_mark.h>
+#include "boehm_pauses.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,31 +41,6 @@ struct loam_weak {
 static struct loam_heap the_heap;
 static struct loam_tracer the_tracer;
 static GC_push_other_roots_proc boehm_push_roots;
-static GC_word gc_no_start;
-static uint64_t pause_start, pause_max, pause_total;
-static int in_collection;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void GC_CALLBACK on_event(GC_EventType e)
-{
-    if (e == GC_EVENT_START) {
-        in_collection = 1;
-        pause_start = now_ns();
-    } else if (e == GC_EVENT_END && in_collection) {
-        uint64_t d = now_ns() - pause_start;
-        in_collection = 0;
-        pause_total += d;
-        if (d > pause_max)
-            pause_max = d;
-    }
-}
-
 /* Boehm's marker asks for the roots it cannot find itself: the embedder's
  * roots callback reports them through loam_mark. */
 static void GC_CALLBACK push_embedder_roots(void)
@@ -78,12 +54,11 @@ static void GC_CALLBACK push_embedder_roots(void)
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)
 {
     GC_INIT();
-    GC_set_on_collection_event(on_event);
+    boehm_pauses_start();
     if (cfg)
         the_heap.cfg = *cfg;
     boehm_push_roots = GC_get_push_other_roots();
     GC_set_push_other_roots(push_embedder_roots);
-    gc_no_start = GC_get_gc_no();
     return &the_heap;
 }
 
@@ -172,9 +147,9 @@ void loam_heap_stats(loam_heap_t *h, loam_stats_t *out)
 {
     (void)h;
     memset(out, 0, sizeof *out);
-    out->gc_collections = (size_t)(GC_get_gc_no() - gc_no_start);
-    out->gc_pause_total_ns = pause_total;
-    out->gc_pause_max_ns = pause_max;
+    out->gc_collections = (size_t)boehm_collections();
+    out->gc_pause_total_ns = boehm_pause_total;
+    out->gc_pause_max_ns = boehm_pause_max;
     out->committed_bytes = GC_get_heap_size();
     out->live_bytes = GC_get_heap_size() - GC_get_free_bytes();
     out->peak_live_bytes = out->live_bytes;
