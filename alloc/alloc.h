@@ -127,8 +127,8 @@ typedef struct slab {
                                     (a lazy sweep); pinned: never released meanwhile */
     uint32_t     visit_cursor;   /* while pending: blocks below it are visited (the layer
                                     above's; 0 when it becomes pending) */
-} __attribute__((aligned(128))) slab_t;
-_Static_assert(sizeof(slab_t) == 128, "slab descriptors are 128 bytes (segment header layout)");     /* a power of two: descriptor lookup is a shift */
+} __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */
+_Static_assert(sizeof(slab_t) == 128, "slab descriptors are 128 bytes (segment header layout)");
 
 enum segment_kind { SEGMENT_SLABS = 1, SEGMENT_LARGE = 2 };
 

@@ -29,14 +29,32 @@ static size_t round_page(size_t n)
     return (n + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
 }
 
+/* The arena's two lists of large_t (its live blocks, its cached mappings):
+ * doubly linked, newest first. */
+static void list_push(large_t **head, large_t *l)
+{
+    l->prev = NULL;
+    l->next = *head;
+    if (*head)
+        (*head)->prev = l;
+    *head = l;
+}
+
+static void list_unlink(large_t **head, large_t *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        *head = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    l->next = l->prev = NULL;
+}
+
 static void large_link(arena_t *a, large_t *l)
 {
     arena_lock(a);
-    l->prev = NULL;
-    l->next = a->large;
-    if (a->large)
-        a->large->prev = l;
-    a->large = l;
+    list_push(&a->large, l);
     a->c.large_count++;
     a->c.large_bytes += l->map_size;
     a->c.large_usable += l->size;
@@ -47,12 +65,7 @@ static void large_link(arena_t *a, large_t *l)
 
 static void large_unlink_locked(arena_t *a, large_t *l)
 {
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        a->large = l->next;
-    if (l->next)
-        l->next->prev = l->prev;
+    list_unlink(&a->large, l);
     a->c.large_count--;
     a->c.large_bytes -= l->map_size;
     a->c.large_usable -= l->size;
@@ -78,13 +91,7 @@ static size_t large_cache_budget(arena_t *a)
 
 static void cache_unlink_locked(arena_t *a, large_t *l)
 {
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        a->large_cache = l->next;
-    if (l->next)
-        l->next->prev = l->prev;
-    l->next = l->prev = NULL;
+    list_unlink(&a->large_cache, l);
     a->large_cache_bytes -= l->map_size;
     a->large_cache_count--;
 }
@@ -237,11 +244,7 @@ void large_free(large_t *l)
         l->cached = true;
         l->size = 0;
         l->freed_at_ms = os_now_ms();
-        l->prev = NULL;
-        l->next = a->large_cache;
-        if (a->large_cache)
-            a->large_cache->prev = l;
-        a->large_cache = l;
+        list_push(&a->large_cache, l);
         a->large_cache_bytes += l->map_size;
         a->large_cache_count++;
     }
