@@ -616,11 +616,15 @@ void gc_markers_after_fork_child(void)
  * by one alone, so a machine that gets busy or idle is noticed (rarely: a
  * marking alone is a longer pause). On the 2-CPU bench machine, idle, two
  * markers mark binary-trees 19 at ~2.3 bytes/ns against ~1.4 alone. */
+static bool may_mark_in_parallel(gc_state_t *gc)
+{
+    return (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
+           gc->live_after >= (size_t)loam_opts.gc_parallel_min;
+}
+
+/* An eligible marking: in parallel now, or alone (to measure, or backing off). */
 static bool choose_parallel(gc_state_t *gc)
 {
-    if (!(gc->heap->cfg.flags & LOAM_PARALLEL_MARK) || gc->mk.sp == 0 ||
-        gc->live_after < (size_t)loam_opts.gc_parallel_min)
-        return false;
     if (gc->rate_serial == 0 || gc->serial_for > 0) {
         if (gc->serial_for > 0)
             gc->serial_for--;
@@ -638,12 +642,10 @@ static void note_rate(double *rate, size_t bytes, uint64_t ns)
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
-        bool eligible_parallel = choose_parallel(gc);
-        bool eligible = eligible_parallel || ((gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
-                                              gc->live_after >= (size_t)loam_opts.gc_parallel_min);
+        bool eligible = may_mark_in_parallel(gc);
         size_t before = gc->mk.marked_bytes;
         uint64_t t0 = eligible ? gc_now_ns() : 0;
-        bool parallel = eligible_parallel && drain_parallel(gc);
+        bool parallel = eligible && choose_parallel(gc) && drain_parallel(gc);
         if (!parallel)
             drain_stack(&gc->mk);
         if (eligible) {
