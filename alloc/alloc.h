@@ -157,6 +157,19 @@ static inline uint64_t *segment_side_bits(segment_t *seg)
     return (uint64_t *)((char *)seg + SEGMENT_SIDE_BITS_OFFSET);
 }
 
+/* And a side byte per 512 bytes of the segment (8 KiB) for the layer above,
+ * before the bitmap; also untouched until used. */
+#define SEGMENT_SIDE_BYTES_SHIFT  9
+#define SEGMENT_SIDE_BYTES_OFFSET ((size_t)16 * 1024)
+#define SEGMENT_SIDE_BYTES_COUNT  (SEGMENT_SIZE >> SEGMENT_SIDE_BYTES_SHIFT)
+_Static_assert(sizeof(segment_t) <= SEGMENT_SIDE_BYTES_OFFSET, "header overlaps the side bytes");
+_Static_assert(SEGMENT_SIDE_BYTES_OFFSET + SEGMENT_SIDE_BYTES_COUNT <= SEGMENT_SIDE_BITS_OFFSET,
+               "side bytes overlap the side bitmap");
+static inline uint8_t *segment_side_bytes(segment_t *seg)
+{
+    return (uint8_t *)seg + SEGMENT_SIDE_BYTES_OFFSET;
+}
+
 typedef struct large {
     uint8_t       kind;          /* SEGMENT_LARGE */
     struct arena *arena;

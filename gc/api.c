@@ -110,6 +110,8 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
 
 static size_t collect_threshold(gc_state_t *gc)
 {
+    if (gc_generational(gc))
+        return gc_generation_allowance(gc);
     size_t growth = gc->live_after / 100 * (size_t)loam_opts.gc_growth;
     return growth > (size_t)loam_opts.gc_min_bytes ? growth : (size_t)loam_opts.gc_min_bytes;
 }
@@ -123,7 +125,7 @@ void gc_alloc_slow_hook(loam_heap_t *h)
         gc_attach(gc);
     gc_park(gc);
     if (AO_load(&gc->alloc_since) >= collect_threshold(gc))
-        gc_collect(h);
+        gc_collect(h, false);
 }
 
 void gc_thread_cache_made(loam_heap_t *h)
@@ -136,14 +138,14 @@ bool gc_collect_for_memory(loam_heap_t *h)
 {
     if (!h->gc || h->mode != LOAM_GC)
         return false;
-    gc_collect(h);
+    gc_collect(h, true);
     return true;
 }
 
 void loam_gc_collect(loam_heap_t *h)
 {
     if (h && h->mode == LOAM_GC)
-        gc_collect(h);
+        gc_collect(h, true);
 }
 
 /* ---- modes -------------------------------------------------------------------------------------- */
@@ -185,8 +187,10 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         /* No thread is attached by this: "creating a heap attaches no thread". */
         __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
     } else {
-        if (h->gc)
+        if (h->gc) {
             gc_finish_sweep(h);      /* no collection will finish it later */
+            gc_forget_generations(h->gc);
+        }
         __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
     }
     return 0;
@@ -243,6 +247,7 @@ void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
         return;
     pthread_mutex_lock(&gc->lock);
     s->gc_collections = gc->collections;
+    s->gc_minor_collections = gc->minor_collections;
     s->gc_bytes_swept = __atomic_load_n(&gc->bytes_swept, __ATOMIC_RELAXED);
     s->gc_pause_total_ns = gc->pause_total_ns;
     s->gc_pause_max_ns = gc->pause_max_ns;

@@ -79,6 +79,8 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
     uint32_t bumped = s->bumped, k = s->visit_cursor;
+    /* A generational heap's marks outlive the sweep: they say "old". */
+    const bool keep_marks = gc_generational(gc);
     if (step <= 64 && (step & (step - 1)) == 0) {
         /* Blocks of a power-of-two number of granules never straddle a word
          * of marks: a word holds 64 / step whole blocks (a slab starts on a
@@ -99,7 +101,8 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                 dead &= dead - 1;
             }
             if (!dead) {                  /* the word is done */
-                *w = 0;
+                if (!keep_marks)
+                    *w = 0;
                 k = base + per_word;
             }
         }
@@ -108,7 +111,8 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
             size_t g = first + (size_t)k * step;
             uint64_t m = (uint64_t)1 << (g & 63);
             if (bits[g >> 6] & m) {
-                bits[g >> 6] &= ~m;
+                if (!keep_marks)
+                    bits[g >> 6] &= ~m;
                 continue;
             }
             sweep_dead(gc, s, c, k);
@@ -178,15 +182,24 @@ static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, uintptr_t key, fre
  * nor after a free that passed (it is marked, or it was refused). */
 bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index)
 {
-    (void)h;
     arena_t *a = s->arena;
     arena_lock(a);
     free_block_t *b = (free_block_t *)(s->start + index * s->block_size);
     bool ok = b->freed_key != loam_free_key;        /* swept meanwhile: garbage */
-    if (ok && s->pending && index >= s->visit_cursor) {
-        segment_t *seg = segment_of_slab(s);
-        size_t g = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN + index * (s->block_size / BLOCK_ALIGN);
-        ok = (segment_side_bits(seg)[g >> 6] >> (g & 63)) & 1;
+    segment_t *seg = segment_of_slab(s);
+    size_t g = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN + index * (s->block_size / BLOCK_ALIGN);
+    uint64_t *w = &segment_side_bits(seg)[g >> 6], bit = (uint64_t)1 << (g & 63);
+    if (ok && s->pending && index >= s->visit_cursor)
+        ok = (*w & bit) != 0;
+    /* A generational heap: the block, if old, becomes young again (a free
+     * block is never old). Its slab is swept first if the sweep has still to
+     * pass it: unmarked, it would look dead to a sweep running before the
+     * free key is written. */
+    if (ok && h->gc && gc_generational(h->gc) && (*w & bit)) {
+        if (s->pending)
+            sweep_pending(a, s);
+        __atomic_fetch_and(w, ~bit, __ATOMIC_RELAXED);
+        AO_fetch_and_add(&h->gc->old_freed, s->block_size);
     }
     arena_unlock(a);
     return ok;
@@ -240,7 +253,8 @@ size_t gc_sweep(gc_state_t *gc)
         for (large_t *l = a->large, *next; l; l = next) {
             next = l->next;
             if (l->upper & 1) {
-                l->upper &= ~(uintptr_t)1;
+                if (!gc_generational(gc))
+                    l->upper &= ~(uintptr_t)1;
             } else {
                 l->upper = (uintptr_t)dead_large;     /* chained; unmapped after the lock */
                 dead_large = l;
@@ -269,7 +283,7 @@ static void note_pause(gc_state_t *gc, uint64_t ns)
     gc->pauses[gc->npauses++ % GC_PAUSE_RING] = ns;
 }
 
-void gc_collect(loam_heap_t *h)
+void gc_collect(loam_heap_t *h, bool full)
 {
     gc_state_t *gc = gc_state_get(h);
     /* The collecting thread's stack is a root. A thread that is not attached
@@ -290,14 +304,30 @@ void gc_collect(loam_heap_t *h)
 
     empty_thread_caches(h);
     gc_finish_sweep(h);
+    /* Generational heaps: a minor collection keeps the old blocks' marks and
+     * starts from the old blocks the barrier saw written; a major one starts
+     * from nothing (generation.c). */
+    gc->minor = gc_choose_minor(gc, full);
+    size_t old_live = gc->minor ? gc_old_bytes(gc) : 0;
+    if (gc->minor)
+        gc_mark_remembered(gc);
+    else if (gc_generational(gc))
+        gc_begin_major(gc);
     gc_mark_roots(gc);
     gc_mark_drain(gc);
     gc_clear_dead_weaks(gc);
     gc_find_ready_finalizers(gc);
-    size_t live = gc->mk.marked_bytes;
+    size_t live = old_live + gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc), __ATOMIC_RELAXED);
 
     gc->live_after = live;
+    AO_store(&gc->old_freed, 0);
+    if (gc->minor) {
+        gc->minor_collections++;
+    } else {
+        gc->major_live = live;
+        gc->need_major = false;
+    }
     AO_store(&gc->alloc_since, 0);
     note_pause(gc, gc_now_ns() - t0);
     gc_restart_world(gc);

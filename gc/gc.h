@@ -9,6 +9,7 @@
  *   threads.c   attached threads, safepoints, stopping the world
  *   roots.c     root slots and ranges
  *   finalize.c  finalizers and weak references
+ *   generation.c LOAM_GENERATIONAL: sticky marks, the barrier's cards, minor or major
  *   api.c       the public collector calls and the runtime's hooks
  */
 #ifndef LOAM_GC_H
@@ -137,6 +138,13 @@ typedef struct gc_state {
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */
     size_t          live_after;
 
+    /* generations (generation.c; LOAM_GENERATIONAL heaps) */
+    bool            minor;         /* the collection under way marks only young blocks */
+    bool            need_major;    /* marks cannot be trusted: the next collection is major */
+    size_t          major_live;    /* live bytes after the last major collection */
+    AO_t            old_freed;     /* bytes of old blocks loam_free'd since the last collection */
+    size_t          minor_collections;
+
     /* statistics */
     size_t          collections, bytes_swept, finalizers_run, weak_cleared;
     uint64_t        pause_total_ns, pause_max_ns;
@@ -165,7 +173,8 @@ LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at 
 
 /* ---- inside gc/ ----------------------------------------------------------------- */
 LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on first use */
-LOAM_INTERNAL void        gc_collect(loam_heap_t *h);
+/* full: a major collection even for a generational heap. */
+LOAM_INTERNAL void        gc_collect(loam_heap_t *h, bool full);
 /* threads.c */
 LOAM_INTERNAL gc_thread_t *gc_self(gc_state_t *gc);               /* NULL: not attached */
 LOAM_INTERNAL gc_thread_t *gc_attach(gc_state_t *gc);
@@ -190,6 +199,16 @@ LOAM_INTERNAL void  gc_mark_stack_release(gc_state_t *gc);
 /* Visit every block of the heap that is allocated (not free). */
 typedef void (*gc_block_fn)(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg);
 LOAM_INTERNAL void  gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg);
+/* A block already marked (an old one on a dirty card) is scanned again. */
+LOAM_INTERNAL void  gc_mark_rescan(gc_state_t *gc, char *block, size_t size, unsigned kind);
+/* generation.c */
+LOAM_INTERNAL bool   gc_generational(const gc_state_t *gc);
+LOAM_INTERNAL bool   gc_choose_minor(gc_state_t *gc, bool full);   /* world stopped */
+LOAM_INTERNAL size_t gc_old_bytes(const gc_state_t *gc);
+LOAM_INTERNAL size_t gc_generation_allowance(const gc_state_t *gc); /* bytes between collections */
+LOAM_INTERNAL void   gc_mark_remembered(gc_state_t *gc);           /* minor: old blocks on dirty cards */
+LOAM_INTERNAL void   gc_begin_major(gc_state_t *gc);               /* generational major: no marks, no cards */
+LOAM_INTERNAL void   gc_forget_generations(gc_state_t *gc);        /* the heap turns manual */
 /* roots.c */
 LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
 /* finalize.c */

@@ -291,6 +291,11 @@ void loam_mark(loam_tracer_t *t, void *p)
         mark_candidate(t->m, (uintptr_t)p, true, true);
 }
 
+void gc_mark_rescan(gc_state_t *gc, char *block, size_t size, unsigned kind)
+{
+    push_slow(&gc->mk, block, size, kind);    /* grows the stack, or notes the overflow */
+}
+
 bool gc_is_marked(gc_state_t *gc, const void *obj)
 {
     addr_info_t ai;
@@ -304,11 +309,26 @@ bool gc_is_marked(gc_state_t *gc, const void *obj)
 
 /* ---- scanning grey blocks ------------------------------------------------------------ */
 
+/* A free block a conservative word marked loses its bit: a free block is
+ * never old (generation.c), and a slab whose blocks are all free must hold no
+ * marks. Slab blocks only: a large block is never free while listed. */
+static void unmark_free(marker_t *m, char *block)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)block & ~(uintptr_t)SEGMENT_MASK);
+    size_t g = granule_of(seg, block);
+    uint64_t *w = &segment_side_bits(seg)[g >> 6], bit = (uint64_t)1 << (g & 63);
+    if (m->shared)
+        __atomic_fetch_and(w, ~bit, __ATOMIC_RELAXED);
+    else
+        *w &= ~bit;
+}
+
 static void scan(marker_t *m, const mark_entry_t *e)
 {
     if (LOAM_UNLIKELY(e->kind & MARK_VERIFY)) {
         if (((free_block_t *)e->obj)->freed_key == loam_free_key) {
             m->marked_bytes -= e->size;     /* a free block: nothing lives there */
+            unmark_free(m, e->obj);
             return;
         }
         mark_entry_t checked = { e->obj, e->size, e->kind & ~MARK_VERIFY };
@@ -721,9 +741,13 @@ void gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg)
                 if (s->state == RUN_SLAB) {
                     for (uint32_t k = 0; k < s->bumped; k++) {
                         char *b = s->start + (size_t)k * s->block_size;
-                        if (((free_block_t *)b)->freed_key == loam_free_key)
+                        size_t g = granule_of(seg, b);
+                        if (((free_block_t *)b)->freed_key == loam_free_key) {
+                            if (bit_test(bits, g))       /* see unmark_free */
+                                bits[g >> 6] &= ~((uint64_t)1 << (g & 63));
                             continue;
-                        fn(gc, b, s->block_size, s->tag, bit_test(bits, granule_of(seg, b)), arg);
+                        }
+                        fn(gc, b, s->block_size, s->tag, bit_test(bits, g), arg);
                     }
                 }
                 p = next > p ? next : p + 1;

@@ -45,8 +45,15 @@ typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_ki
  *                        gc_markers): the trace callback may then run on
  *                        loam's marking threads, several at once, so it must
  *                        only read the object and call loam_mark (no
- *                        unsynchronised writes, no loam calls). */
-enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1 };
+ *                        unsynchronised writes, no loam calls);
+ *   LOAM_GENERATIONAL    most collections are minor: they mark only what was
+ *                        allocated since the last collection (objects that
+ *                        survive one collection are old and stay marked until
+ *                        the next major collection). The embedder must then call
+ *                        loam_write_barrier after every store of a pointer into
+ *                        a collected object, except into an object allocated by
+ *                        this thread with no allocation or safepoint since. */
+enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1, LOAM_GENERATIONAL = 1u << 2 };
 enum { LOAM_STATS_TEXT = 0, LOAM_STATS_JSON = 1 };
 
 typedef void (*loam_trace_fn)(void *obj, loam_tracer_t *t, void *user);
@@ -110,6 +117,13 @@ LOAM_API size_t loam_usable_size(const void *p);
 LOAM_API void  *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind) LOAM_MALLOC_ATTR;
 LOAM_API void   loam_gc_collect(loam_heap_t *h);
 LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/roots callbacks */
+/* LOAM_GENERATIONAL heaps: `where` (any address inside a collected object)
+ * was just written with a pointer. Cheap (no lock, one byte stored); any other
+ * address is ignored, so it may be called for every pointer store. Old objects
+ * are unreachable garbage only to major collections: loam_gc_collect,
+ * collections at the heap's limit, and those pacing chooses when the old
+ * objects have grown by gc_growth percent since the last major one. */
+LOAM_API void   loam_write_barrier(const void *where);
 LOAM_API void   loam_root_add(loam_heap_t *h, void **slot);      /* precise root slot */
 LOAM_API void   loam_root_remove(loam_heap_t *h, void **slot);
 LOAM_API void   loam_root_add_range(loam_heap_t *h, void *start, void *end);   /* conservative */
@@ -173,6 +187,7 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t gc_finalizers_run;
     size_t gc_weak_cleared;
     size_t gc_bytes_marked_helpers;   /* of gc_bytes_marked: by marking threads (LOAM_PARALLEL_MARK) */
+    size_t gc_minor_collections;  /* of gc_collections: minor (LOAM_GENERATIONAL) */
 } loam_stats_t;
 LOAM_API void loam_heap_stats(loam_heap_t *h, loam_stats_t *out);
 LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);

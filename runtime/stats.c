@@ -103,8 +103,8 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
     fprintf(f, "  segments    %12zu; slabs made %zu, released %zu\n", s->segments, r->slabs_made,
             r->slabs_released);
     if (h->gc) {
-        fprintf(f, "  collector   %12zu collections; pause total %.3f ms, max %.3f ms, p50 %.3f ms, p99 %.3f ms\n",
-                s->gc_collections, (double)s->gc_pause_total_ns / 1e6, (double)s->gc_pause_max_ns / 1e6,
+        fprintf(f, "  collector   %12zu collections (%zu minor); pause total %.3f ms, max %.3f ms, p50 %.3f ms, p99 %.3f ms\n",
+                s->gc_collections, s->gc_minor_collections, (double)s->gc_pause_total_ns / 1e6, (double)s->gc_pause_max_ns / 1e6,
                 (double)s->gc_pause_p50_ns / 1e6, (double)s->gc_pause_p99_ns / 1e6);
         fprintf(f, "              live after last %zu bytes (marked %zu, %zu of them by marking threads); "
                    "swept %zu bytes in all; %zu finalizers run, %zu weak references cleared\n",
@@ -142,9 +142,9 @@ static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
             s->gc_collections, s->gc_pause_total_ns, s->gc_pause_max_ns);
     fprintf(f, "\"gc_pause_p50_ns\":%" PRIu64 ",\"gc_pause_p99_ns\":%" PRIu64 ",\"gc_bytes_marked\":%zu,"
                "\"gc_bytes_swept\":%zu,\"gc_live_after\":%zu,\"gc_finalizers_run\":%zu,\"gc_weak_cleared\":%zu,"
-               "\"gc_bytes_marked_helpers\":%zu,",
+               "\"gc_bytes_marked_helpers\":%zu,\"gc_minor_collections\":%zu,",
             s->gc_pause_p50_ns, s->gc_pause_p99_ns, s->gc_bytes_marked, s->gc_bytes_swept, s->gc_live_after,
-            s->gc_finalizers_run, s->gc_weak_cleared, s->gc_bytes_marked_helpers);
+            s->gc_finalizers_run, s->gc_weak_cleared, s->gc_bytes_marked_helpers, s->gc_minor_collections);
     fprintf(f, "\"classes\":[");
     bool first = true;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {

@@ -49,7 +49,9 @@ static void populate(int depth, gnode_t *n)
         return;
     depth--;
     n->left = new_node(NULL, NULL);
+    gcs_written(&n->left);
     n->right = new_node(NULL, NULL);
+    gcs_written(&n->right);
     populate(depth, n->left);
     populate(depth, n->right);
 }

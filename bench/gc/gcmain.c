@@ -2,10 +2,12 @@
  *
  *   loam-gcbench-VARIANT WORKLOAD [--depth N] [--scale S]
  *                                 [--kind traced|conservative] [--no-stack-scan]
+ *                                 [--generational]
  *   loam-gcbench-VARIANT --list
  *
- * VARIANT is fixed when compiling (gcshim.h): loam, boehm or malloc. --kind
- * and --no-stack-scan apply to loam only. Prints one line of key=value pairs
+ * VARIANT is fixed when compiling (gcshim.h): loam, boehm or malloc. --kind,
+ * --no-stack-scan and --generational (LOAM_GENERATIONAL, the workloads
+ * calling the write barrier) apply to loam only. Prints one line of key=value pairs
  * on stdout; exit status 0 when the workload's own checks passed, 1 when
  * they did not, 2 on a usage or set-up error. --seed is accepted and ignored
  * (the workloads are deterministic). */
@@ -29,7 +31,7 @@ static const struct {
 static void usage(FILE *to)
 {
     fprintf(to, "usage: loam-gcbench-%s WORKLOAD [--depth N] [--scale S] "
-                "[--kind traced|conservative] [--no-stack-scan]\nworkloads:\n",
+                "[--kind traced|conservative] [--no-stack-scan] [--generational]\nworkloads:\n",
             gcs_variant());
     for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
         fprintf(to, "  %-13s %s\n", workloads[i].name, workloads[i].what);
@@ -52,6 +54,10 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (strcmp(a, "--no-stack-scan") == 0) {
             o.no_stack_scan = 1;
+            continue;
+        }
+        if (strcmp(a, "--generational") == 0) {
+            o.generational = 1;
             continue;
         }
         if (i + 1 >= argc) {

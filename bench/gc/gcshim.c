@@ -20,6 +20,7 @@ static int ptr_fields;
 /* ---- loam ---------------------------------------------------------------- */
 loam_heap_t *gcs_heap;
 loam_kind_t gcs_kind = LOAM_TRACED;
+int gcs_generational;
 static const char *variant = "loam";
 
 /* Every traced object starts with ptr_fields pointer fields (NULL or a
@@ -54,12 +55,19 @@ int gcs_init(const gcs_opts_t *o, int fields)
         gcs_kind = LOAM_CONSERVATIVE;
         variant = "loam-cons";
     }
+    if (o->generational) {
+        cfg.flags |= LOAM_GENERATIONAL;
+        gcs_generational = 1;
+    }
     if (o->no_stack_scan) {
         cfg.flags |= LOAM_NO_STACK_SCAN;
         cfg.roots = shadow_roots;
         gcs_precise = 1;
         variant = o->conservative ? "loam-cons-precise" : "loam-precise";
     }
+    if (o->generational)
+        variant = o->no_stack_scan ? (o->conservative ? "loam-cons-precise-gen" : "loam-precise-gen")
+                                   : (o->conservative ? "loam-cons-gen" : "loam-gen");
     gcs_heap = loam_heap_new(&cfg);
     if (!gcs_heap) {
         fprintf(stderr, "loam-gcbench: loam_heap_new failed\n");
@@ -82,6 +90,8 @@ void gcs_stats(gcs_stats_t *out)
 
 void gcs_finish(void)
 {
+    if (getenv("GCS_STATS"))
+        loam_heap_print_stats(gcs_heap, stderr, LOAM_STATS_TEXT);
     loam_heap_destroy(gcs_heap);
     gcs_heap = NULL;
 }

@@ -16,6 +16,10 @@
  *               whatever the dynamic linker gives (the runner preloads
  *               mimalloc).
  *
+ * A workload calls gcs_written(&obj->field) after storing a pointer into an
+ * object other than one it has just allocated (nothing allocated since): the
+ * write barrier of a generational loam heap, nothing elsewhere.
+ *
  * Objects with pointers keep them in their first gcs_ptr_fields words (set
  * once by the workload with gcs_init): that is all the precise trace
  * callback needs to know, so no object carries a type header.
@@ -37,6 +41,7 @@ typedef struct gcs_opts {
     double scale;          /* gcbench: multiplies the temporary-tree counts */
     int    conservative;   /* loam: LOAM_CONSERVATIVE objects, not LOAM_TRACED */
     int    no_stack_scan;  /* loam: LOAM_NO_STACK_SCAN, roots on a shadow stack */
+    int    generational;   /* loam: LOAM_GENERATIONAL (the workloads call gcs_written) */
 } gcs_opts_t;
 
 /* Sets up the heap / collector. ptr_fields: how many leading words of every
@@ -81,6 +86,12 @@ static inline void *gcs_alloc_atomic(size_t n)
 }
 #define GCS_EXPLICIT_FREE 0
 static inline void gcs_free(void *p) { (void)p; }
+extern int gcs_generational;
+static inline void gcs_written(void *where)
+{
+    if (gcs_generational)
+        loam_write_barrier(where);
+}
 #define GCS_PUSH(var) do {                                      \
         if (gcs_precise) {                                      \
             if (gcs_shadow_top >= GCS_SHADOW_MAX) abort();      \
@@ -96,6 +107,7 @@ static inline void *gcs_alloc(size_t n) { return GC_MALLOC(n); }
 static inline void *gcs_alloc_atomic(size_t n) { return GC_MALLOC_ATOMIC(n); }
 #define GCS_EXPLICIT_FREE 0
 static inline void gcs_free(void *p) { (void)p; }
+static inline void gcs_written(void *where) { (void)where; }
 #define GCS_PUSH(var) ((void)0)
 #define GCS_POP(n) ((void)0)
 
@@ -105,6 +117,7 @@ static inline void *gcs_alloc(size_t n) { return malloc(n); }
 static inline void *gcs_alloc_atomic(size_t n) { return malloc(n); }
 #define GCS_EXPLICIT_FREE 1
 static inline void gcs_free(void *p) { free(p); }
+static inline void gcs_written(void *where) { (void)where; }
 #define GCS_PUSH(var) ((void)0)
 #define GCS_POP(n) ((void)0)
 #endif

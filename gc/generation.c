@@ -1,0 +1,168 @@
+/* gc/generation.c — generations for LOAM_GENERATIONAL heaps: sticky mark
+ * bits, the write barrier's cards, minor or major.
+ *
+ * No object moves. A block that survives a collection keeps its mark bit
+ * until the next major collection: marked means old, unmarked means young
+ * (allocated since the last collection) or free. A minor collection marks
+ * from the roots as usual, but stops at every old block, so it marks only
+ * the young blocks that are reachable; the sweep then frees the unmarked,
+ * that is the young garbage, and clears no bit. A major collection clears
+ * every bit first and marks everything, like a collection of a heap without
+ * the flag.
+ *
+ * What a minor collection would miss is a young block reachable only through
+ * an old one. The embedder reports each pointer store with
+ * loam_write_barrier, which sets the card (a side byte per 512 bytes of a
+ * slab segment, alloc.h) of the address written; a minor collection scans
+ * again every old block overlapping a dirty card, and every old large block
+ * that can hold pointers (large blocks have no cards: they are few).
+ *
+ * Invariants kept for minor collections to be right:
+ *   - a free block is unmarked: loam_free of an old block clears its bit
+ *     (gc_free_allowed), a free block a conservative word marked has its bit
+ *     cleared when its scan finds the free key (mark.c), and a slab with no
+ *     block out has its bits cleared at each sweep — so a block is young
+ *     when it is handed out, and stores into it before the next safepoint
+ *     need no barrier;
+ *   - every old block that may point at a young one is on a dirty card, or
+ *     is large: each such store went through the barrier after the last
+ *     collection cleared the cards.
+ * A heap switched to manual and back starts again with a major collection. */
+#include "gc/gc.h"
+
+void loam_write_barrier(const void *where)
+{
+    uintptr_t a = (uintptr_t)where;
+    if (!segkind_is_slabs(a))
+        return;                     /* a large block (always rescanned), or not ours */
+    segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);
+    uint8_t *card = &segment_side_bytes(seg)[(a & SEGMENT_MASK) >> SEGMENT_SIDE_BYTES_SHIFT];
+    /* Racing stores of the same byte by several threads all write 1; the
+     * collector reads the cards with the world stopped. */
+    if (__atomic_load_n(card, __ATOMIC_RELAXED) == 0)
+        __atomic_store_n(card, 1, __ATOMIC_RELAXED);
+}
+
+bool gc_generational(const gc_state_t *gc)
+{
+    return (gc->heap->cfg.flags & LOAM_GENERATIONAL) != 0;
+}
+
+/* Pacing of a generational heap. A heap without the flag lets the live heap
+ * grow by gc_growth percent (at least gc_min_bytes) between collections; here
+ * that growth is split in two halves of the same size: young allocation
+ * between two collections, and old garbage (what minor collections promote
+ * and then drop) between two major ones. Both are measured from the live
+ * bytes the last major collection found, so the heap peaks where it would
+ * without generations. */
+size_t gc_generation_allowance(const gc_state_t *gc)
+{
+    size_t growth = gc->major_live / 200 * (size_t)loam_opts.gc_growth;
+    size_t floor = (size_t)loam_opts.gc_min_bytes / 2;
+    return growth > floor ? growth : floor;
+}
+
+/* World stopped, before marking. Major when the heap is not generational,
+ * when asked (loam_gc_collect, the heap's limit), when marks cannot be
+ * trusted, or when the old blocks have outgrown their allowance since the
+ * last major collection: old garbage is only found by a major one. */
+bool gc_choose_minor(gc_state_t *gc, bool full)
+{
+    if (!gc_generational(gc) || full || gc->need_major || gc->collections == 0)
+        return false;
+    return gc_old_bytes(gc) < gc->major_live + gc_generation_allowance(gc);
+}
+
+/* Bytes in old blocks: live after the last collection, less the old blocks
+ * freed since. */
+size_t gc_old_bytes(const gc_state_t *gc)
+{
+    size_t freed = AO_load(&((gc_state_t *)gc)->old_freed);
+    return gc->live_after > freed ? gc->live_after - freed : 0;
+}
+
+/* Cards of a segment, a word at a time: most are clean. fn is called for
+ * each dirty card, which is then cleared. */
+static void for_each_dirty_card(segment_t *seg, void (*fn)(gc_state_t *, segment_t *, size_t), gc_state_t *gc)
+{
+    uint64_t *w = (uint64_t *)segment_side_bytes(seg);
+    for (size_t i = 0; i < SEGMENT_SIDE_BYTES_COUNT / 8; i++) {
+        if (!w[i])
+            continue;
+        if (fn) {
+            const uint8_t *c = (const uint8_t *)&w[i];
+            for (size_t j = 0; j < 8; j++)
+                if (c[j])
+                    fn(gc, seg, i * 8 + j);
+        }
+        w[i] = 0;
+    }
+}
+
+/* Every old block overlapping card `card` of seg is scanned again. */
+static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
+{
+    uintptr_t lo = (uintptr_t)seg + (card << SEGMENT_SIDE_BYTES_SHIFT);
+    uintptr_t hi = lo + ((uintptr_t)1 << SEGMENT_SIDE_BYTES_SHIFT);
+    unsigned page = (unsigned)((lo - (uintptr_t)seg) >> PAGE_SHIFT);
+    if (page == 0)
+        return;                     /* the header: no block */
+    slab_t *s = &seg->slabs[seg->page_head[page]];
+    if (s->state != RUN_SLAB || s->tag == LOAM_ATOMIC)
+        return;
+    uintptr_t start = (uintptr_t)s->start, end = start + (uintptr_t)s->bumped * s->block_size;
+    if (lo < start)
+        lo = start;
+    if (hi > end)
+        hi = end;
+    if (lo >= hi)
+        return;
+    uint64_t *bits = segment_side_bits(seg);
+    size_t step = s->block_size / BLOCK_ALIGN;
+    size_t first = (start - (uintptr_t)seg) / BLOCK_ALIGN;
+    for (size_t k = slab_block_index(s, lo); k <= slab_block_index(s, hi - 1); k++) {
+        size_t g = first + k * step;
+        if (!((bits[g >> 6] >> (g & 63)) & 1))
+            continue;               /* young (marked only if reachable) or free */
+        char *b = s->start + k * s->block_size;
+        if (((free_block_t *)b)->freed_key == loam_free_key)
+            continue;
+        gc_mark_rescan(gc, b, s->block_size, s->tag);
+    }
+}
+
+/* A minor collection's extra roots: old blocks on dirty cards and old large
+ * blocks that can hold pointers. A block spanning two dirty cards is scanned
+ * twice, which costs time only. */
+void gc_mark_remembered(gc_state_t *gc)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            for_each_dirty_card(seg, rescan_card, gc);
+        for (large_t *l = a->large; l; l = l->next)
+            if ((l->upper & 1) && l->tag != LOAM_ATOMIC && !l->cached && l->block)
+                gc_mark_rescan(gc, l->block, l->size, l->tag);
+    }
+}
+
+/* A major collection of a generational heap starts from no marks and no
+ * dirty cards. */
+void gc_begin_major(gc_state_t *gc)
+{
+    gc_clear_all_marks(gc);
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++)
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            for_each_dirty_card(seg, NULL, gc);
+}
+
+/* The heap turns manual: its frees no longer clear marks, so once it is
+ * collected again no mark can be trusted; that first collection is major
+ * (gc_begin_major clears them all). */
+void gc_forget_generations(gc_state_t *gc)
+{
+    pthread_mutex_lock(&gc->lock);
+    gc->need_major = true;
+    pthread_mutex_unlock(&gc->lock);
+}

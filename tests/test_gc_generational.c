@@ -1,0 +1,267 @@
+/* tests/test_gc_generational.c — LOAM_GENERATIONAL heaps: minor collections,
+ * the write barrier, and what old objects mean for frees, finalizers, weak
+ * references and mode switches.
+ *
+ *  - a young object reachable only from an old one survives minor collections
+ *    when the store went through loam_write_barrier (slot address, interior,
+ *    or a large old object, which needs no card);
+ *  - minor collections reclaim young garbage and leave old garbage to the
+ *    next major one (loam_gc_collect), which reclaims it;
+ *  - loam_free of an old object makes its block young again: a pointer
+ *    stored into it when reallocated, with no barrier (a fresh object needs
+ *    none), is followed by the next minor collection;
+ *  - finalizers and weak references of old objects wait for a major
+ *    collection; those of young objects are handled by a minor one;
+ *  - a heap switched to manual and back starts with a major collection.
+ * Minor collections are the automatic ones (a small gc_min_bytes makes them
+ * frequent); heaps have LOAM_NO_STACK_SCAN so live counts are exact. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "gc_util.h"
+
+#define OBJ_TAG 0x6E4E0B1EC7000001ull
+typedef struct obj {
+    uintptr_t   tag;
+    uintptr_t   value;
+    struct obj *kid[2];
+} obj_t;
+
+static void trace_obj(void *p, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    obj_t *o = p;
+    if (o->tag == OBJ_TAG) {
+        loam_mark(t, o->kid[0]);
+        loam_mark(t, o->kid[1]);
+    }
+}
+
+static loam_heap_t *gen_heap(void)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", 64 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_growth", 100), 0);
+    loam_config_t cfg = { 0 };
+    cfg.mode = LOAM_GC;
+    cfg.flags = LOAM_GENERATIONAL | LOAM_NO_STACK_SCAN;
+    cfg.trace = trace_obj;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+static obj_t *new_obj(loam_heap_t *h, uintptr_t value)
+{
+    obj_t *o = loam_gc_alloc(h, sizeof *o, LOAM_TRACED);
+    cr_assert_not_null(o);
+    o->tag = OBJ_TAG;
+    o->value = value;
+    return o;
+}
+
+/* Allocate young garbage until `n` more minor collections have run. The
+ * allocation that ran the last one returns a block made after it: that one
+ * is freed, so live counts are the survivors'. */
+static void run_minors(loam_heap_t *h, size_t n)
+{
+    size_t want = gc_stats(h).gc_minor_collections + n;
+    size_t before = gc_stats(h).gc_collections;
+    for (size_t i = 0;; i++) {
+        cr_assert_lt(i, 10 * 1000 * 1000, "no minor collection came");
+        obj_t *o = new_obj(h, i);
+        if (gc_stats(h).gc_minor_collections >= want) {
+            loam_free(o);
+            break;
+        }
+    }
+    cr_assert_eq(gc_stats(h).gc_collections - before, n,
+                 "a major collection ran among the minor ones: the test's old garbage is too big");
+}
+
+static void expect_obj(const obj_t *o, uintptr_t value, const char *what)
+{
+    cr_assert_eq(o->tag, OBJ_TAG, "%s: tag overwritten (freed and reused)", what);
+    cr_assert_eq(o->value, value, "%s: value %lu, expected %lu", what, (unsigned long)o->value,
+                 (unsigned long)value);
+}
+
+static void *root;
+
+Test(gc_generational, young_object_stored_into_an_old_one_survives_minor_collections)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    obj_t *old = new_obj(h, 1);
+    root = old;
+    loam_gc_collect(h);                     /* major: old is old now */
+    cr_assert_eq(gc_stats(h).gc_minor_collections, 0, "loam_gc_collect must be major");
+
+    obj_t *young = new_obj(h, 2);
+    old->kid[0] = young;
+    loam_write_barrier(&old->kid[0]);       /* the slot's address */
+    obj_t *young2 = new_obj(h, 3);
+    old->kid[1] = young2;
+    loam_write_barrier((char *)old + 5);    /* any address inside the object */
+    young = young2 = NULL;
+    run_minors(h, 3);
+    expect_obj(old->kid[0], 2, "young child of an old object");
+    expect_obj(old->kid[1], 3, "second young child of an old object");
+
+    /* Young garbage is reclaimed by the minor collections: only the three
+     * objects stay. */
+    run_minors(h, 1);
+    cr_assert_eq(gc_stats(h).live_blocks, 3, "%zu live blocks after a minor collection",
+                 gc_stats(h).live_blocks);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc_generational, a_large_old_object_needs_no_card)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    size_t n = 512 * 1024 / sizeof(void *);         /* above mmap_threshold: a large block */
+    void **big = loam_gc_alloc(h, n * sizeof(void *), LOAM_CONSERVATIVE);
+    cr_assert_not_null(big);
+    root = big;
+    loam_gc_collect(h);
+    obj_t *young = new_obj(h, 7);
+    big[n - 1] = young;
+    loam_write_barrier(&big[n - 1]);        /* ignored for large blocks, which are rescanned */
+    young = NULL;
+    run_minors(h, 2);
+    expect_obj(big[n - 1], 7, "young object held by a large old one");
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc_generational, old_garbage_waits_for_a_major_collection)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    obj_t *a = new_obj(h, 1), *b = new_obj(h, 2);
+    root = a;
+    a->kid[0] = b;
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 2);
+    a->kid[0] = NULL;                       /* b is old garbage now */
+    loam_write_barrier(&a->kid[0]);
+    run_minors(h, 2);
+    cr_assert_eq(gc_stats(h).live_blocks, 2, "a minor collection freed an old object");
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 1, "the major collection kept old garbage");
+    root = NULL;
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_bytes, 0);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    obj_t *old = new_obj(h, 1);
+    root = old;
+    loam_gc_collect(h);
+    /* Freed and taken again at once: the same block, most likely. */
+    loam_free(old);
+    obj_t *again = new_obj(h, 2);
+    root = again;
+    /* Stores into a fresh object need no barrier. */
+    again->kid[0] = new_obj(h, 3);
+    run_minors(h, 3);
+    expect_obj(again, 2, "the reallocated block");
+    expect_obj(again->kid[0], 3, "the child of the reallocated block");
+    loam_stats_t st = gc_stats(h);
+    cr_assert_eq(st.live_blocks, 2, "%zu live blocks", st.live_blocks);
+    root = NULL;
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_bytes, 0);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+static int finalized;
+static void count_finalizer(void *obj, void *data)
+{
+    (void)obj;
+    (void)data;
+    finalized++;
+}
+
+Test(gc_generational, finalizers_and_weak_references)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    obj_t *holder = new_obj(h, 0);
+    root = holder;
+    holder->kid[0] = new_obj(h, 1);         /* will be old */
+    loam_finalizer_set(h, holder->kid[0], count_finalizer, NULL);
+    loam_weak_t *w_old = loam_weak_new(h, holder->kid[0]);
+    loam_gc_collect(h);
+    holder->kid[0] = NULL;
+    loam_write_barrier(&holder->kid[0]);
+
+    obj_t *y = new_obj(h, 2);               /* young, dropped at once */
+    loam_finalizer_set(h, y, count_finalizer, NULL);
+    loam_weak_t *w_young = loam_weak_new(h, y);
+    y = NULL;
+    finalized = 0;
+    run_minors(h, 2);
+    cr_assert_eq(finalized, 1, "a minor collection finalizes the young object only (%d ran)", finalized);
+    cr_assert_null(loam_weak_get(w_young), "weak reference to dead young object not cleared");
+    cr_assert_not_null(loam_weak_get(w_old), "weak reference to an old object cleared by a minor collection");
+    loam_gc_collect(h);
+    cr_assert_eq(finalized, 2, "the major collection finalizes the old object");
+    cr_assert_null(loam_weak_get(w_old));
+    loam_weak_free(w_old);
+    loam_weak_free(w_young);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc_generational, switching_to_manual_and_back_starts_with_a_major_collection)
+{
+    loam_heap_t *h = gen_heap();
+    loam_root_add(h, &root);
+    obj_t *a = new_obj(h, 1);
+    root = a;
+    loam_gc_collect(h);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    /* Manual: an old block is freed and taken again, and a pointer to a new
+     * block stored into it with no barrier. */
+    loam_free(a);
+    obj_t *b = new_obj(h, 2);
+    root = b;
+    b->kid[0] = new_obj(h, 3);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    size_t minors = gc_stats(h).gc_minor_collections, all = gc_stats(h).gc_collections;
+    for (size_t i = 0; gc_stats(h).gc_collections == all; i++)
+        new_obj(h, i);
+    cr_assert_eq(gc_stats(h).gc_minor_collections, minors, "the first collection after the switch was minor");
+    run_minors(h, 2);
+    expect_obj(b, 2, "object made while manual");
+    expect_obj(b->kid[0], 3, "its child");
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(gc_generational, statistics_count_minor_collections)
+{
+    loam_heap_t *h = gen_heap();
+    loam_gc_collect(h);
+    run_minors(h, 2);
+    loam_stats_t st = gc_stats(h);
+    cr_assert_geq(st.gc_collections, st.gc_minor_collections + 1, "the first collection is major");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    loam_heap_print_stats(h, f, LOAM_STATS_JSON);
+    fclose(f);
+    cr_assert_not_null(strstr(text, "\"gc_minor_collections\":"), "JSON statistics lack gc_minor_collections");
+    free(text);
+    loam_heap_destroy(h);
+}
