@@ -22,8 +22,8 @@
 #   BENCH_TIMEOUT=S       seconds before one run counts as failed (120 x scale)
 #   LOAM_MALLOC_LIB=path  the loam library to preload, instead of BUILD_DIR's
 #   BENCH_GC=0            skip the "Collected heap" section (bench/gc)
-#   BENCH_GC_COLUMNS=a,b  its columns, of loam,loam-cons,loam-precise,boehm,mimalloc
-#                         (default loam,loam-cons,boehm,mimalloc)
+#   BENCH_GC_COLUMNS=a,b  its columns, of loam,loam-cons,loam-gen,loam-precise,boehm,mimalloc
+#                         (default loam,loam-cons,loam-gen,boehm,mimalloc)
 #   BENCH_GC_DEPTH=N      depth of the bigger binary-trees run (default 19)
 #   BENCH_LISP=path       the Lisp example's executable (default: found in BUILD_DIR)
 #   BENCH_LISP_SCRIPT=f   the program it runs (default examples/lisp/demo.lisp)

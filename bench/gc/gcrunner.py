@@ -24,15 +24,18 @@ MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 COLUMNS = {
     "loam": ("loam", ["--kind", "traced"], None, "loam (traced)"),
     "loam-cons": ("loam", ["--kind", "conservative"], None, "loam (conservative)"),
+    # LOAM_GENERATIONAL: minor collections, the workloads calling the barrier
+    "loam-gen": ("loam", ["--kind", "traced", "--generational"], None,
+                 "loam (traced, generational)"),
     "loam-precise": ("loam", ["--kind", "traced", "--no-stack-scan"], None,
                      "loam (traced, no stack scan)"),
     "boehm": ("boehm", [], None, "Boehm (libgc)"),
     "mimalloc": ("malloc", [], MIMALLOC, "malloc/free on mimalloc"),
 }
-DEFAULT_COLUMNS = ["loam", "loam-cons", "boehm", "mimalloc"]
+DEFAULT_COLUMNS = ["loam", "loam-cons", "loam-gen", "boehm", "mimalloc"]
 BASE = "boehm"          # ratios are against Boehm (the targets)
 GOAL = "mimalloc"       # ... and the goal beyond them
-LOAM_COLUMNS = ("loam", "loam-cons", "loam-precise")
+LOAM_COLUMNS = ("loam", "loam-cons", "loam-gen", "loam-precise")
 
 
 def workloads(big_depth):
