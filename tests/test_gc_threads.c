@@ -161,6 +161,7 @@ static GC_NOINLINE void worker_body(shared_t *S, int index, void *volatile *fres
         tnode_t *other = *table_entry(S, gc_rng_below(&rng, TABLE));
         if (other && other->depth < MAX_DEPTH && gc_rng_below(&rng, 2)) {
             n->link = other;
+            loam_write_barrier(&n->link);    /* n may be old: a collection ran while this waited */
             n->depth = other->depth + 1;
         }
         *table_entry(S, slot) = n;
@@ -246,8 +247,10 @@ static void shared_structure(unsigned flags, const char *name)
     /* Concurrent loam_gc_collect calls may share one collection, but each
      * thread's calls follow one another: at least one collection apiece. */
     cr_assert_geq(st.gc_collections, atomic_load(&S.collects) / 2 + 1);
-    fprintf(stderr, "%s: %zu collections (%zu explicit by the threads), %zu verifications\n", name,
-            st.gc_collections, atomic_load(&S.collects), atomic_load(&S.verified));
+    fprintf(stderr, "%s: %zu collections (%zu minor, %zu explicit by the threads), %zu verifications\n", name,
+            st.gc_collections, st.gc_minor_collections, atomic_load(&S.collects), atomic_load(&S.verified));
+    if (flags & LOAM_GENERATIONAL)
+        cr_assert_gt(st.gc_minor_collections, 0, "seed %llu: no minor collection", (unsigned long long)S.seed);
 
     for (size_t i = 0; i < TABLE; i++)
         *table_entry(&S, i) = NULL;
@@ -284,6 +287,15 @@ Test(gc_threads, shared_structure_parallel_marking, .timeout = 600)
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
     cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     shared_structure(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_threads/shared_structure_parallel_marking");
+}
+
+/* LOAM_GENERATIONAL: the automatic collections are mostly minor; the nodes
+ * that threads link to older ones go through the write barrier. */
+Test(gc_threads, shared_structure_generational, .timeout = 600)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    shared_structure(LOAM_NO_STACK_SCAN | LOAM_GENERATIONAL | LOAM_PARALLEL_MARK,
+                     "gc_threads/shared_structure_generational");
 }
 
 /* ---- a blocked thread's stack ------------------------------------------------------------------ */
