@@ -307,9 +307,9 @@ void gc_collect(loam_heap_t *h, bool full)
     /* Generational heaps: a minor collection keeps the old blocks' marks and
      * starts from the old blocks the barrier saw written; a major one starts
      * from nothing (generation.c). */
-    gc->minor = gc_choose_minor(gc, full);
-    size_t old_live = gc->minor ? gc_old_bytes(gc) : 0;
-    if (gc->minor)
+    bool minor = gc_choose_minor(gc, full);
+    size_t old_live = minor ? gc_old_bytes(gc) : 0;
+    if (minor)
         gc_mark_remembered(gc);
     else if (gc_generational(gc))
         gc_begin_major(gc);
@@ -322,7 +322,7 @@ void gc_collect(loam_heap_t *h, bool full)
 
     gc->live_after = live;
     AO_store(&gc->old_freed, 0);
-    if (gc->minor) {
+    if (minor) {
         gc->minor_collections++;
     } else {
         gc->major_live = live;

@@ -139,7 +139,6 @@ typedef struct gc_state {
     size_t          live_after;
 
     /* generations (generation.c; LOAM_GENERATIONAL heaps) */
-    bool            minor;         /* the collection under way marks only young blocks */
     bool            need_major;    /* marks cannot be trusted: the next collection is major */
     size_t          major_live;    /* live bytes after the last major collection */
     AO_t            old_freed;     /* bytes of old blocks loam_free'd since the last collection */

@@ -77,7 +77,7 @@ bool gc_choose_minor(gc_state_t *gc, bool full)
  * freed since. */
 size_t gc_old_bytes(const gc_state_t *gc)
 {
-    size_t freed = AO_load(&((gc_state_t *)gc)->old_freed);
+    size_t freed = AO_load(&gc->old_freed);
     return gc->live_after > freed ? gc->live_after - freed : 0;
 }
 
@@ -123,7 +123,7 @@ static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
     for (size_t k = slab_block_index(s, lo); k <= slab_block_index(s, hi - 1); k++) {
         size_t g = first + k * step;
         if (!((bits[g >> 6] >> (g & 63)) & 1))
-            continue;               /* young (marked only if reachable) or free */
+            continue;               /* young or free: nothing is marked yet this collection */
         char *b = s->start + k * s->block_size;
         if (((free_block_t *)b)->freed_key == loam_free_key)
             continue;

@@ -29,6 +29,8 @@ typedef struct obj {
     struct obj *kid[2];
 } obj_t;
 
+static void *root;                          /* registered by gen_heap */
+
 static void trace_obj(void *p, loam_tracer_t *t, void *user)
 {
     (void)user;
@@ -49,7 +51,23 @@ static loam_heap_t *gen_heap(void)
     cfg.trace = trace_obj;
     loam_heap_t *h = loam_heap_new(&cfg);
     cr_assert_not_null(h);
+    root = NULL;
+    loam_root_add(h, &root);
     return h;
+}
+
+static void gen_heap_done(loam_heap_t *h)
+{
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* obj, the root's target, made old by a major collection. */
+static void *make_old_root(loam_heap_t *h, void *obj)
+{
+    root = obj;
+    loam_gc_collect(h);
+    return obj;
 }
 
 static obj_t *new_obj(loam_heap_t *h, uintptr_t value)
@@ -87,15 +105,10 @@ static void expect_obj(const obj_t *o, uintptr_t value, const char *what)
                  (unsigned long)value);
 }
 
-static void *root;
-
 Test(gc_generational, young_object_stored_into_an_old_one_survives_minor_collections)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
-    obj_t *old = new_obj(h, 1);
-    root = old;
-    loam_gc_collect(h);                     /* major: old is old now */
+    obj_t *old = make_old_root(h, new_obj(h, 1));     /* loam_gc_collect: major */
     cr_assert_eq(gc_stats(h).gc_minor_collections, 0, "loam_gc_collect must be major");
 
     obj_t *young = new_obj(h, 2);
@@ -114,33 +127,28 @@ Test(gc_generational, young_object_stored_into_an_old_one_survives_minor_collect
     run_minors(h, 1);
     cr_assert_eq(gc_stats(h).live_blocks, 3, "%zu live blocks after a minor collection",
                  gc_stats(h).live_blocks);
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 Test(gc_generational, a_large_old_object_needs_no_card)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
     size_t n = 512 * 1024 / sizeof(void *);         /* above mmap_threshold: a large block */
     void **big = loam_gc_alloc(h, n * sizeof(void *), LOAM_CONSERVATIVE);
     cr_assert_not_null(big);
-    root = big;
-    loam_gc_collect(h);
+    make_old_root(h, big);
     obj_t *young = new_obj(h, 7);
     big[n - 1] = young;
     loam_write_barrier(&big[n - 1]);        /* ignored for large blocks, which are rescanned */
     young = NULL;
     run_minors(h, 2);
     expect_obj(big[n - 1], 7, "young object held by a large old one");
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 Test(gc_generational, old_garbage_waits_for_a_major_collection)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
     obj_t *a = new_obj(h, 1), *b = new_obj(h, 2);
     root = a;
     a->kid[0] = b;
@@ -155,17 +163,13 @@ Test(gc_generational, old_garbage_waits_for_a_major_collection)
     root = NULL;
     loam_gc_collect(h);
     cr_assert_eq(gc_stats(h).live_bytes, 0);
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
-    obj_t *old = new_obj(h, 1);
-    root = old;
-    loam_gc_collect(h);
+    obj_t *old = make_old_root(h, new_obj(h, 1));
     /* Freed and taken again at once: the same block, most likely. */
     loam_free(old);
     obj_t *again = new_obj(h, 2);
@@ -180,8 +184,7 @@ Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
     root = NULL;
     loam_gc_collect(h);
     cr_assert_eq(gc_stats(h).live_bytes, 0);
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 static int finalized;
@@ -195,7 +198,6 @@ static void count_finalizer(void *obj, void *data)
 Test(gc_generational, finalizers_and_weak_references)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
     obj_t *holder = new_obj(h, 0);
     root = holder;
     holder->kid[0] = new_obj(h, 1);         /* will be old */
@@ -219,17 +221,13 @@ Test(gc_generational, finalizers_and_weak_references)
     cr_assert_null(loam_weak_get(w_old));
     loam_weak_free(w_old);
     loam_weak_free(w_young);
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 Test(gc_generational, switching_to_manual_and_back_starts_with_a_major_collection)
 {
     loam_heap_t *h = gen_heap();
-    loam_root_add(h, &root);
-    obj_t *a = new_obj(h, 1);
-    root = a;
-    loam_gc_collect(h);
+    obj_t *a = make_old_root(h, new_obj(h, 1));
     cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
     /* Manual: an old block is freed and taken again, and a pointer to a new
      * block stored into it with no barrier. */
@@ -245,8 +243,7 @@ Test(gc_generational, switching_to_manual_and_back_starts_with_a_major_collectio
     run_minors(h, 2);
     expect_obj(b, 2, "object made while manual");
     expect_obj(b->kid[0], 3, "its child");
-    loam_root_remove(h, &root);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }
 
 Test(gc_generational, statistics_count_minor_collections)
@@ -263,5 +260,5 @@ Test(gc_generational, statistics_count_minor_collections)
     fclose(f);
     cr_assert_not_null(strstr(text, "\"gc_minor_collections\":"), "JSON statistics lack gc_minor_collections");
     free(text);
-    loam_heap_destroy(h);
+    gen_heap_done(h);
 }

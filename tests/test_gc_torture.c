@@ -669,23 +669,50 @@ static void torture_teardown(torture_t *T)
     loam_heap_destroy(T->h);
 }
 
+/* The rounds on a LOAM_NO_STACK_SCAN heap with frequent automatic
+ * collections in the middle of growth and mutation. */
+static void torture_exact(torture_t *T, unsigned flags, const char *name)
+{
+    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
+    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    torture_setup(T, LOAM_NO_STACK_SCAN | flags, name);
+    torture_rounds(T);
+}
+
+/* Every root dropped: a collection leaves nothing live, and the trace
+ * callback was used and never given a foreign block. */
+static loam_stats_t torture_expect_empty(torture_t *T)
+{
+    torture_drop_all(T);
+    loam_gc_collect(T->h);
+    loam_stats_t st = gc_stats(T->h);
+    cr_assert_eq(st.live_bytes, 0, "seed %llu: %zu live bytes (%zu blocks) after dropping every root",
+                 (unsigned long long)T->seed, st.live_bytes, st.live_blocks);
+    cr_assert_eq(st.live_blocks, 0, "seed %llu", (unsigned long long)T->seed);
+    cr_assert_eq(T->trace_bad, 0);
+    cr_assert(T->trace_calls > 0, "the trace callback was never called");
+    return st;
+}
+
+/* The same on a heap that scans the stack: every edge was cut, so a stale
+ * stack word retains one object at most (and what it reaches alone). */
+static void torture_expect_little_left(torture_t *T)
+{
+    torture_drop_all(T);
+    gc_scrub_stack();
+    loam_gc_collect(T->h);
+    loam_stats_t st = gc_stats(T->h);
+    cr_assert_leq(st.live_blocks, 16, "seed %llu: %zu blocks (%zu bytes) survive with no roots and no edges",
+                  (unsigned long long)T->seed, st.live_blocks, st.live_bytes);
+    cr_assert_eq(T->trace_bad, 0);
+}
+
 Test(gc_torture, exact_no_stack_scan, .timeout = 600)
 {
     static torture_t T;
-    /* frequent automatic collections in the middle of growth and mutation */
-    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
-    torture_setup(&T, LOAM_NO_STACK_SCAN, "gc_torture/exact_no_stack_scan");
-    torture_rounds(&T);
+    torture_exact(&T, 0, "gc_torture/exact_no_stack_scan");
     loam_stats_t mid = gc_stats(T.h);
-    torture_drop_all(&T);
-    loam_gc_collect(T.h);
-    loam_stats_t st = gc_stats(T.h);
-    cr_assert_eq(st.live_bytes, 0, "seed %llu: %zu live bytes (%zu blocks) after dropping every root",
-                 (unsigned long long)T.seed, st.live_bytes, st.live_blocks);
-    cr_assert_eq(st.live_blocks, 0, "seed %llu", (unsigned long long)T.seed);
-    cr_assert_eq(T.trace_bad, 0);
-    cr_assert(T.trace_calls > 0, "the trace callback was never called");
+    loam_stats_t st = torture_expect_empty(&T);
     cr_assert_geq(T.roots_calls, T.explicit_collections, "the roots callback was not called at each collection");
     cr_assert(st.gc_collections > mid.gc_collections);
     cr_assert(st.gc_bytes_swept > 0);
@@ -700,19 +727,10 @@ Test(gc_torture, exact_no_stack_scan, .timeout = 600)
 Test(gc_torture, parallel_marking, .timeout = 600)
 {
     static torture_t T;
-    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
     cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
-    torture_setup(&T, LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, "gc_torture/parallel_marking");
-    torture_rounds(&T);
-    torture_drop_all(&T);
-    loam_gc_collect(T.h);
-    loam_stats_t st = gc_stats(T.h);
-    cr_assert_eq(st.live_bytes, 0, "seed %llu: %zu live bytes (%zu blocks) after dropping every root",
-                 (unsigned long long)T.seed, st.live_bytes, st.live_blocks);
-    cr_assert_eq(T.trace_bad, 0);
-    cr_assert(T.trace_calls > 0, "the trace callback was never called");
+    torture_exact(&T, LOAM_PARALLEL_MARK, "gc_torture/parallel_marking");
+    torture_expect_empty(&T);
     torture_teardown(&T);
 }
 
@@ -723,19 +741,11 @@ Test(gc_torture, parallel_marking, .timeout = 600)
 Test(gc_torture, generational, .timeout = 600)
 {
     static torture_t T;
-    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
-    torture_setup(&T, LOAM_NO_STACK_SCAN | LOAM_GENERATIONAL, "gc_torture/generational");
-    torture_rounds(&T);
+    torture_exact(&T, LOAM_GENERATIONAL, "gc_torture/generational");
     loam_stats_t mid = gc_stats(T.h);
     cr_assert_gt(mid.gc_minor_collections, 0, "seed %llu: no minor collection in %zu",
                  (unsigned long long)T.seed, mid.gc_collections);
-    torture_drop_all(&T);
-    loam_gc_collect(T.h);
-    loam_stats_t st = gc_stats(T.h);
-    cr_assert_eq(st.live_bytes, 0, "seed %llu: %zu live bytes (%zu blocks) after dropping every root",
-                 (unsigned long long)T.seed, st.live_bytes, st.live_blocks);
-    cr_assert_eq(T.trace_bad, 0);
+    loam_stats_t st = torture_expect_empty(&T);
     fprintf(stderr, "gc_torture/generational: %zu collections, %zu minor\n", st.gc_collections,
             st.gc_minor_collections);
     torture_teardown(&T);
@@ -752,13 +762,7 @@ Test(gc_torture, generational_parallel_stack_scanning, .timeout = 600)
     torture_setup(&T, LOAM_GENERATIONAL | LOAM_PARALLEL_MARK, "gc_torture/generational_parallel_stack_scanning");
     torture_rounds(&T);
     cr_assert_gt(gc_stats(T.h).gc_minor_collections, 0);
-    torture_drop_all(&T);
-    gc_scrub_stack();
-    loam_gc_collect(T.h);
-    loam_stats_t st = gc_stats(T.h);
-    cr_assert_leq(st.live_blocks, 16, "seed %llu: %zu blocks (%zu bytes) survive with no roots and no edges",
-                  (unsigned long long)T.seed, st.live_blocks, st.live_bytes);
-    cr_assert_eq(T.trace_bad, 0);
+    torture_expect_little_left(&T);
     torture_teardown(&T);
 }
 
@@ -767,14 +771,7 @@ Test(gc_torture, stack_scanning_heap, .timeout = 600)
     static torture_t T;
     torture_setup(&T, 0, "gc_torture/stack_scanning_heap");
     torture_rounds(&T);
-    torture_drop_all(&T);
-    gc_scrub_stack();
-    loam_gc_collect(T.h);
-    loam_stats_t st = gc_stats(T.h);
-    /* Every edge was cut, so a stale stack word retains one object at most. */
-    cr_assert_leq(st.live_blocks, 16, "seed %llu: %zu blocks (%zu bytes) survive with no roots and no edges",
-                  (unsigned long long)T.seed, st.live_blocks, st.live_bytes);
-    cr_assert_eq(T.trace_bad, 0);
+    torture_expect_little_left(&T);
     cr_assert_geq(T.roots_calls, T.explicit_collections);
     torture_teardown(&T);
 }

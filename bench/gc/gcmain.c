@@ -10,7 +10,8 @@
  * calling the write barrier) apply to loam only. Prints one line of key=value pairs
  * on stdout; exit status 0 when the workload's own checks passed, 1 when
  * they did not, 2 on a usage or set-up error. --seed is accepted and ignored
- * (the workloads are deterministic). */
+ * (the workloads are deterministic). With GCS_STATS set in the environment,
+ * the loam program prints its heap's statistics on stderr at the end. */
 #include "gcshim.h"
 
 #include <stdio.h>
