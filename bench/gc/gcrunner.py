@@ -127,14 +127,14 @@ def lisp_stats(text):
     return out
 
 
-def run_lisp(binary, script, timeout, variant="loam"):
+def run_lisp(binary, script, timeout, variant="loam", extra=()):
     """The Lisp example, timed from outside (start-up included); peak RSS,
     collections and the longest pause from what it prints (its VmHWM; wait4's
     rusage only when it prints none)."""
     import tempfile
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
-        p = subprocess.Popen([binary, "--stats=json", script], stdout=out, stderr=err,
+        p = subprocess.Popen([binary, "--stats=json"] + list(extra) + [script], stdout=out, stderr=err,
                              stdin=subprocess.DEVNULL, env=child_env(None),
                              cwd=os.path.dirname(script) or None)
         killed = []
@@ -213,10 +213,12 @@ def run(args, wls, cols, timeout):
     for wi, (w, argv, _label) in enumerate(wls):
         t0 = time.monotonic()
         if argv is None:
-            lisp_bins = {"loam": args.lisp}
+            # the interpreter's own option for the generational column
+            lisp_bins = {"loam": (args.lisp, []), "loam-gen": (args.lisp, ["--generational"])}
             if args.lisp_boehm and os.access(args.lisp_boehm, os.X_OK):
-                lisp_bins["boehm"] = args.lisp_boehm
-            mine = [(c[0], lisp_bins[c[0]], [], None) for c in cols if c[0] in lisp_bins]
+                lisp_bins["boehm"] = (args.lisp_boehm, [])
+            mine = [(c[0], lisp_bins[c[0]][0], lisp_bins[c[0]][1], None)
+                    for c in cols if c[0] in lisp_bins]
         else:
             mine = cols
         results[w] = {c[0]: {"runs": [], "error": None} for c in mine}
@@ -231,7 +233,7 @@ def run(args, wls, cols, timeout):
                 if cell["error"]:
                     continue
                 if argv is None:
-                    res, err = run_lisp(binary, args.lisp_script, timeout, name)
+                    res, err = run_lisp(binary, args.lisp_script, timeout, name, extra)
                 else:
                     res, err = run_gcbench(binary, argv + extra, preload,
                                            args.scale, timeout)

@@ -109,8 +109,20 @@ COMPARE(p_ge, >=)
 static val_t p_cons(val_t *a, int n) { return cons(a[0], a[1]); }
 static val_t p_car(val_t *a, int n) { return car(pair_arg(a[0])); }
 static val_t p_cdr(val_t *a, int n) { return cdr(pair_arg(a[0])); }
-static val_t p_set_car(val_t *a, int n) { AS(cons_t, pair_arg(a[0]))->car = a[1]; return UNSPEC; }
-static val_t p_set_cdr(val_t *a, int n) { AS(cons_t, pair_arg(a[0]))->cdr = a[1]; return UNSPEC; }
+static val_t p_set_car(val_t *a, int n)
+{
+    cons_t *c = AS(cons_t, pair_arg(a[0]));
+    c->car = a[1];
+    written(&c->car);
+    return UNSPEC;
+}
+static val_t p_set_cdr(val_t *a, int n)
+{
+    cons_t *c = AS(cons_t, pair_arg(a[0]));
+    c->cdr = a[1];
+    written(&c->cdr);
+    return UNSPEC;
+}
 
 static val_t p_list(val_t *a, int n)
 {
@@ -153,8 +165,10 @@ static val_t p_append(val_t *a, int n)
             val_t cell = cons(car(l), NIL);
             if (tail == NIL)
                 head = cell;
-            else
-                AS(cons_t, tail)->cdr = cell;
+            else {
+                AS(cons_t, tail)->cdr = cell;  /* tail may be old: cons allocated */
+                written(&AS(cons_t, tail)->cdr);
+            }
             tail = cell;
         }
         if (l != NIL)
@@ -163,6 +177,7 @@ static val_t p_append(val_t *a, int n)
     if (tail == NIL)
         return a[n - 1];
     AS(cons_t, tail)->cdr = a[n - 1];
+    written(&AS(cons_t, tail)->cdr);
     return head;
 }
 
@@ -316,7 +331,9 @@ static val_t p_vector_ref(val_t *a, int n)
 static val_t p_vector_set(val_t *a, int n)
 {
     val_t v = typed_arg(a[0], T_VECTOR, "not a vector");
-    AS(vector_t, v)->items[index_arg(v, a[1])] = a[2];
+    val_t *slot = &AS(vector_t, v)->items[index_arg(v, a[1])];
+    *slot = a[2];
+    written(slot);
     return UNSPEC;
 }
 

@@ -120,11 +120,13 @@ static void define(val_t sym, val_t value, val_t env)
     val_t *slot = frame_slot(AS(frame_t, env), sym);
     if (slot) {
         *slot = value;                         /* redefining a name of this frame */
+        written(slot);
         return;
     }
     val_t pair = cons(sym, value);
     val_t extra = cons(pair, AS(frame_t, env)->extra);
     AS(frame_t, env)->extra = extra;           /* env, a local, kept the frame alive */
+    written(&AS(frame_t, env)->extra);
 }
 
 /* A new frame for calling closure c with args[0..nargs). */
@@ -147,7 +149,8 @@ static val_t bind(val_t c, val_t *args, int nargs)
         val_t list = NIL;
         for (int i = nargs - 1; i >= fixed; i--)
             list = cons(args[i], list);
-        f->vals[fixed] = list;
+        f->vals[fixed] = list;                 /* after allocations: f may be old */
+        written(&f->vals[fixed]);
     }
     return frame;
 }
@@ -227,7 +230,10 @@ val_t eval(val_t x, val_t env)
             } else {
                 val_t value = rest == NIL ? UNSPEC : eval(pop_arg(&rest, form), env);
                 if (is_type(value, T_CLOSURE) && AS(closure_t, value)->name == NIL)
+                {
                     AS(closure_t, value)->name = target;
+                    written(&AS(closure_t, value)->name);
+                }
                 define(target, value, env);
             }
             return UNSPEC;
@@ -239,6 +245,7 @@ val_t eval(val_t x, val_t env)
             val_t *slot = lookup_slot(sym, env);
             if (slot) {
                 *slot = value;
+                written(slot);
             } else {
                 bool found;
                 global_ref(sym, &found);
@@ -267,6 +274,7 @@ val_t eval(val_t x, val_t env)
                 val_t loop_env = make_frame(env, cons(name, NIL), 1);
                 val_t loop = make_closure(bindings, rest, loop_env, name);
                 AS(frame_t, loop_env)->vals[0] = loop;
+                written(&AS(frame_t, loop_env)->vals[0]);
                 size_t base = L.sp;
                 int n = 0;
                 for (val_t b = bindings; is_cons(b); b = cdr(b), n++)
@@ -287,6 +295,7 @@ val_t eval(val_t x, val_t env)
                 for (size_t i = 0; i < n; i++, bindings = cdr(bindings)) {
                     val_t v = init_value(car(bindings), env);
                     AS(frame_t, env)->vals[i] = v;
+                    written(&AS(frame_t, env)->vals[i]);
                 }
             } else {
                 size_t base = L.sp;

@@ -102,7 +102,7 @@ void heap_init(const heap_options_t *opt)
         .user = &L,
         /* Stacks are scanned conservatively (no LOAM_NO_STACK_SCAN); trace_obj
          * only reads objects, so marking may run on several threads. */
-        .flags = LOAM_PARALLEL_MARK,
+        .flags = LOAM_PARALLEL_MARK | (opt->generational ? LOAM_GENERATIONAL : 0),
     };
     L.heap = loam_heap_new(&cfg);
     if (!L.heap) {
@@ -339,12 +339,14 @@ static void table_grow(val_t table)
         while (cell != NIL) {
             val_t next = cdr(cell);
             uint32_t h = AS(symbol_t, car(car(cell)))->hash;
-            AS(cons_t, cell)->cdr = nv->items[h % nv->n];
+            AS(cons_t, cell)->cdr = nv->items[h % nv->n];   /* nv: fresh, no allocation since */
+            written(&AS(cons_t, cell)->cdr);
             nv->items[h % nv->n] = cell;
             cell = next;
         }
     }
     t->buckets = fresh;
+    written(&t->buckets);
 }
 
 /* Adds (sym . value) to the table; returns the pair. */
@@ -355,6 +357,7 @@ static val_t table_add(val_t table, val_t sym, val_t value)
     val_t *bucket = bucket_of(table, AS(symbol_t, sym)->hash);   /* after the allocations */
     AS(cons_t, cell)->cdr = *bucket;
     *bucket = cell;
+    written(bucket);
     AS(table_t, table)->count++;
     table_grow(table);
     return pair;
@@ -392,8 +395,11 @@ void global_set(val_t sym, val_t value)
     if (!L.globals)
         L.globals = table_new(256);
     val_t pair = AS(symbol_t, sym)->global;
-    if (pair == NIL)
+    if (pair == NIL) {
         AS(symbol_t, sym)->global = pair = table_add(L.globals, sym, value);
-    else
+        written(&AS(symbol_t, sym)->global);
+    } else {
         AS(cons_t, pair)->cdr = value;
+        written(&AS(cons_t, pair)->cdr);
+    }
 }

@@ -121,11 +121,16 @@ extern syms_t S;
 typedef struct {
     size_t limit;             /* bytes; 0 = none */
     bool manual;              /* start the heap in manual mode */
+    bool generational;        /* LOAM_GENERATIONAL (stores call written()) */
 } heap_options_t;
 
 void  heap_init(const heap_options_t *opt);
 void  heap_shutdown(void);
 void *gc_alloc(size_t size, loam_kind_t kind);   /* raises a Lisp error on failure */
+/* After storing a pointer into an object that may be old (any object but
+ * one allocated with no allocation since): the heap is generational, and a
+ * minor collection must see the store (docs/embedding.md §6.1). */
+static inline void written(void *slot) { loam_write_barrier(slot); }
 
 void  push(val_t v);
 static inline val_t *stack_at(size_t i) { return &L.stack[i]; }

@@ -8,6 +8,7 @@
  *                          allocation collects, then fails: "out of memory"
  *     --manual             run the heap in manual mode (nothing reclaimed);
  *                          at exit a leak check counts the unreachable blocks
+ *     --generational       a LOAM_GENERATIONAL heap: most collections minor
  *     -v                   the resource finalizer reports on stderr
  */
 #include "lisp.h"
@@ -18,7 +19,7 @@
 
 static void usage(void)
 {
-    fputs("usage: lisp [-q] [-v] [--stats=text|json] [--limit=BYTES] [--manual] "
+    fputs("usage: lisp [-q] [-v] [--stats=text|json] [--limit=BYTES] [--manual] [--generational] "
           "[file ... | -e expr ...]\n", stderr);
     exit(2);
 }
@@ -141,6 +142,8 @@ int main(int argc, char **argv)
             opt.limit = parse_size(a + 8);
         else if (strcmp(a, "--manual") == 0)
             opt.manual = true;
+        else if (strcmp(a, "--generational") == 0)
+            opt.generational = true;
         else if (strcmp(a, "-v") == 0)
             L.verbose_finalizers = true;
         else if (strcmp(a, "-e") == 0)

@@ -120,6 +120,7 @@ static val_t read_list(reader_t *r)
             if (last == EOF_V)
                 syntax_error(r, "missing datum after .");
             AS(cons_t, tail)->cdr = last;
+            written(&AS(cons_t, tail)->cdr);
             skip_space(r);
             if (r->p >= r->end || *r->p != ')')
                 syntax_error(r, "expected ) after the datum following .");
@@ -132,8 +133,10 @@ static val_t read_list(reader_t *r)
         val_t cell = cons(item, NIL);
         if (tail == NIL)
             head = cell;
-        else
+        else {
             AS(cons_t, tail)->cdr = cell;
+            written(&AS(cons_t, tail)->cdr);
+        }
         tail = cell;
     }
 }
