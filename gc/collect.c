@@ -313,6 +313,8 @@ void gc_collect(loam_heap_t *h, bool full)
         gc_mark_remembered(gc);
     else if (gc_generational(gc))
         gc_begin_major(gc);
+    /* A minor collection marks about what the last one did, not the heap. */
+    gc->mark_expect = minor ? gc->minor_marked : gc->live_after;
     gc_mark_roots(gc);
     gc_mark_drain(gc);
     gc_clear_dead_weaks(gc);
@@ -324,6 +326,7 @@ void gc_collect(loam_heap_t *h, bool full)
     AO_store(&gc->old_freed, 0);
     if (minor) {
         gc->minor_collections++;
+        gc->minor_marked = gc->mk.marked_bytes;
     } else {
         gc->major_live = live;
         gc->need_major = false;

@@ -143,6 +143,8 @@ typedef struct gc_state {
     size_t          major_live;    /* live bytes after the last major collection */
     AO_t            old_freed;     /* bytes of old blocks loam_free'd since the last collection */
     size_t          minor_collections;
+    size_t          minor_marked;  /* bytes the last minor collection marked */
+    size_t          mark_expect;   /* bytes this marking should mark (mark.c: parallel or not) */
 
     /* statistics */
     size_t          collections, bytes_swept, finalizers_run, weak_cleared;

@@ -11,7 +11,8 @@
  * and is never pushed, so a trace callback never sees a free block.
  *
  * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers, once
- * the last collection found gc_parallel_min live bytes: marking less takes a
+ * the last collection found gc_parallel_min live bytes, or for a minor
+ * collection once the last minor one marked that much: marking less takes a
  * fraction of a millisecond, not worth waking threads): the roots are marked
  * by the collecting thread alone; the grey blocks they leave
  * are then drained by it and by helper threads of a process-wide pool, each
@@ -639,7 +640,7 @@ void gc_markers_after_fork_child(void)
 static bool may_mark_in_parallel(gc_state_t *gc)
 {
     return (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
-           gc->live_after >= (size_t)loam_opts.gc_parallel_min;
+           gc->mark_expect >= (size_t)loam_opts.gc_parallel_min;
 }
 
 /* An eligible marking: in parallel now, or alone (to measure, or backing off). */
