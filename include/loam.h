@@ -207,6 +207,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   tcache_max      most blocks per size class in a thread cache (default 128, 0 = no cache)
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
+ *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections, and
+ *                   old garbage between major ones, at least (default 512 KiB)
  *   gc_markers      threads that mark a LOAM_PARALLEL_MARK heap, the collecting one
  *                   included (default 0: one per CPU, at most 8; 1: no helpers)
  *   gc_parallel_min live bytes found by the last collection from which marking runs in

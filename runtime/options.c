@@ -29,6 +29,9 @@ static option_def_t option_table[] = {
       "percent of the live heap allocated between collections (like GOGC)" },
     { "gc_min_bytes",    &loam_opts.gc_min_bytes,    0, 1L << 40, 4L * 1024 * 1024,
       "bytes allocated between collections at least" },
+    { "gc_young_min",    &loam_opts.gc_young_min,    0, 1L << 40, 512L * 1024,
+      "LOAM_GENERATIONAL heaps: bytes allocated between collections, and of old garbage "
+      "between major ones, at least (instead of gc_min_bytes)" },
     { "gc_markers",      &loam_opts.gc_markers,      0, 8, 0,
       "threads marking a LOAM_PARALLEL_MARK heap (0: one per CPU, at most 8)" },
     { "gc_parallel_min", &loam_opts.gc_parallel_min, 0, 1L << 40, 1L << 20,

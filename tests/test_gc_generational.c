@@ -13,7 +13,7 @@
  *  - finalizers and weak references of old objects wait for a major
  *    collection; those of young objects are handled by a minor one;
  *  - a heap switched to manual and back starts with a major collection.
- * Minor collections are the automatic ones (a small gc_min_bytes makes them
+ * Minor collections are the automatic ones (a small gc_young_min makes them
  * frequent); heaps have LOAM_NO_STACK_SCAN so live counts are exact. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -43,7 +43,7 @@ static void trace_obj(void *p, loam_tracer_t *t, void *user)
 
 static loam_heap_t *gen_heap(void)
 {
-    cr_assert_eq(loam_option_set("gc_min_bytes", 64 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_young_min", 32 * 1024), 0);
     cr_assert_eq(loam_option_set("gc_growth", 100), 0);
     loam_config_t cfg = { 0 };
     cfg.mode = LOAM_GC;
@@ -260,5 +260,24 @@ Test(gc_generational, statistics_count_minor_collections)
     fclose(f);
     cr_assert_not_null(strstr(text, "\"gc_minor_collections\":"), "JSON statistics lack gc_minor_collections");
     free(text);
+    gen_heap_done(h);
+}
+
+/* A generational heap's pacing floor is gc_young_min (gc_min_bytes stays
+ * out of it): with a small live heap, one collection per gc_young_min bytes
+ * allocated. */
+Test(gc_generational, pacing_follows_gc_young_min)
+{
+    loam_heap_t *h = gen_heap();
+    cr_assert_eq(loam_option_set("gc_young_min", 256 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_min_bytes", 64L * 1024 * 1024), 0);
+    loam_gc_collect(h);
+    size_t before = gc_stats(h).gc_collections;
+    size_t total = 32 * MiB;
+    for (size_t i = 0; i < total / sizeof(obj_t); i++)
+        new_obj(h, i);
+    size_t n = gc_stats(h).gc_collections - before;
+    /* 32 MiB / 256 KiB = 128, give or take the thread cache's batches */
+    cr_assert(n >= 100 && n <= 140, "%zu collections for 32 MiB of garbage with gc_young_min = 256 KiB", n);
     gen_heap_done(h);
 }

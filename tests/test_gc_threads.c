@@ -293,7 +293,7 @@ Test(gc_threads, shared_structure_parallel_marking, .timeout = 600)
  * that threads link to older ones go through the write barrier. */
 Test(gc_threads, shared_structure_generational, .timeout = 600)
 {
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
     shared_structure(LOAM_NO_STACK_SCAN | LOAM_GENERATIONAL | LOAM_PARALLEL_MARK,
                      "gc_threads/shared_structure_generational");
 }

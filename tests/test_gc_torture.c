@@ -17,7 +17,7 @@
  *     live blocks must equal the reachable objects' exactly (everything
  *     unreachable is reclaimed, nothing else is retained).
  * Automatic collections happen in between, during growth (often: the exact
- * test sets gc_growth=5, gc_min_bytes=256 KiB).
+ * test sets gc_growth=5, gc_min_bytes=256 KiB, gc_young_min=128 KiB).
  * At the end every root is dropped and the heap's live bytes return to zero.
  * A second test runs the same on a heap that scans the stack, where stale
  * stack words may retain a few objects: there the checks are "at least the
@@ -675,6 +675,7 @@ static void torture_exact(torture_t *T, unsigned flags, const char *name)
 {
     cr_assert_eq(loam_option_set("gc_growth", 5), 0);
     cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
     torture_setup(T, LOAM_NO_STACK_SCAN | flags, name);
     torture_rounds(T);
 }
@@ -757,6 +758,7 @@ Test(gc_torture, generational_parallel_stack_scanning, .timeout = 600)
     static torture_t T;
     cr_assert_eq(loam_option_set("gc_growth", 5), 0);
     cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
+    cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
     cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     torture_setup(&T, LOAM_GENERATIONAL | LOAM_PARALLEL_MARK, "gc_torture/generational_parallel_stack_scanning");

@@ -1,8 +1,9 @@
 ;; Live data survives many collections, whoever holds it: globals (a root
 ;; slot), closures' environments, the value stack (arguments being
 ;; evaluated), and C locals of the reader and evaluator (stack scanning).
-;; A collection every 64 KiB of allocation, to catch any unprotected pointer.
-;; env: LOAM_OPTIONS=gc_min_bytes=65536
+;; A collection every 64 KiB of allocation (32 KiB on a generational heap), to
+;; catch any unprotected pointer.
+;; env: LOAM_OPTIONS=gc_min_bytes=65536,gc_young_min=32768
 (define start (heap-stat 'collections))
 
 (define (make-tree d) (if (= d 0) 'leaf (cons (make-tree (- d 1)) (make-tree (- d 1)))))
