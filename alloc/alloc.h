@@ -181,6 +181,8 @@ typedef struct large {
     uint8_t       tag;           /* the arena's tag */
     bool          cached;        /* freed, kept for reuse: no block (size 0) */
     bool          reused;        /* served from the cache: its bytes are not zero */
+    bool          pieced;        /* holds pages moved from other mappings (large.c) */
+    bool          unmovable;     /* mremap failed to move it (large.c) */
     uint64_t      freed_at_ms;   /* when it was cached */
     uintptr_t     upper;         /* word of the layer above (e.g. the mark bit) */
 } large_t;

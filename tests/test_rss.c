@@ -295,6 +295,92 @@ Test(rss, large_mapping_reused_then_decays, .timeout = 60)
     loam_heap_destroy(h);
 }
 
+/* Pages of [p, p + n) the kernel has resident (mincore), p page-aligned down. */
+static size_t resident_pages(const void *p, size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)p & ~(uintptr_t)(pg - 1), hi = (uintptr_t)p + n;
+    size_t count = (hi - lo + pg - 1) / pg, resident = 0;
+    unsigned char *vec = malloc(count);
+    cr_assert_not_null(vec);
+    cr_assert_eq(mincore((void *)lo, hi - lo, vec), 0);
+    for (size_t i = 0; i < count; i++)
+        resident += vec[i] & 1;
+    free(vec);
+    return resident;
+}
+
+/* The large cache keeps pages, not only mappings: a small block served from
+ * a big cached mapping leaves the rest of its pages cached, and a block no
+ * cached mapping holds is built from the pages of several. Either way the
+ * new block's pages are resident before it is touched (no fault), and the
+ * block behaves like any other. */
+Test(rss, large_cache_keeps_pages_of_other_sizes, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);     /* no purge during the test */
+    cr_assert_eq(loam_option_set("retain_max", 16 * MiB), 0); /* room to cache 4 MiB */
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    loam_stats_t st;
+
+    unsigned char *big = loam_malloc(h, 4 * MiB);
+    cr_assert_not_null(big);
+    memset(big, 0xA5, 4 * MiB);
+    loam_free(big);
+    unsigned char *small = loam_malloc(h, 256 * KiB);
+    cr_assert_eq(small, big, "the cached mapping was not reused");
+    loam_heap_stats(h, &st);
+    cr_assert_geq(st.free_run_bytes, 3 * MiB + 512 * KiB,
+                  "the 4 MiB mapping's tail was not kept (%zu KiB cached)", st.free_run_bytes / KiB);
+    unsigned char *next = loam_malloc(h, 3 * MiB);
+    cr_assert_not_null(next);
+    cr_assert_eq(resident_pages(next, 3 * MiB), 3 * MiB / pg, "the tail's pages were not reused");
+    memset(next, 0x5A, 3 * MiB);
+    memset(small, 0x3C, 256 * KiB);
+    for (size_t i = 0; i < 256 * KiB; i += 4093)
+        cr_assert_eq(small[i], 0x3C);
+    loam_free(next);
+    loam_free(small);
+    loam_heap_trim(h);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.free_run_bytes, 0);
+
+    /* Three cached 1 MiB mappings; a 2.5 MiB block takes the pages of two. */
+    for (int round = 0; round < 2; round++) {
+        unsigned char *piece[3];
+        for (int i = 0; i < 3; i++) {
+            piece[i] = loam_malloc(h, MiB);
+            cr_assert_not_null(piece[i]);
+            memset(piece[i], 0xF0 + i, MiB);
+        }
+        for (int i = 0; i < 3; i++)
+            loam_free(piece[i]);
+        size_t n = 5 * MiB / 2;
+        unsigned char *q = round == 0 ? loam_malloc(h, n) : loam_calloc(h, 1, n);
+        cr_assert_not_null(q);
+        loam_heap_stats(h, &st);
+        cr_assert_leq(st.free_run_bytes, MiB + 2 * pg, "%zu KiB still cached: no piece was moved in",
+                      st.free_run_bytes / KiB);
+        cr_assert_eq(resident_pages(q, 2 * MiB), 2 * MiB / pg, "the pieces' pages are not in the block");
+        cr_assert_eq(loam_heap_of(q + n - 1), h);
+        cr_assert_eq(loam_heap_of(q + MiB + MiB / 2), h);
+        cr_assert_eq(loam_usable_size(q), n + (pg - 1 - (n + pg - 1) % pg));
+        if (round == 1)
+            for (size_t i = 0; i < n; i += 509)
+                cr_assert_eq(q[i], 0, "calloc of moved pages: byte %zu is %#x", i, q[i]);
+        for (size_t i = 0; i < n; i++)
+            q[i] = (unsigned char)(i * 7 + 1);
+        /* it grows by a copy (mremap cannot grow it in place) */
+        unsigned char *r = loam_realloc(h, q, 6 * MiB);
+        cr_assert_not_null(r);
+        for (size_t i = 0; i < n; i++)
+            cr_assert_eq(r[i], (unsigned char)(i * 7 + 1), "byte %zu lost by realloc", i);
+        loam_free(r);
+        loam_heap_trim(h);
+    }
+    loam_heap_destroy(h);
+}
+
 /* Repeated peaks do not ratchet RSS up. */
 Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
 {
