@@ -103,11 +103,13 @@ typedef struct slab {
                                     written under the arena lock, read lock-free (AO_int) */
     uint64_t     div_magic;      /* (off * div_magic) >> 42 == off / block_size */
     void        *owner;          /* the arena's owner (heap), copied for the free path */
-    uint8_t      owner_slot;     /* the owner's thread-cache slot */
+    uint8_t      owner_slot;     /* the thread-cache slot the free fast path pushes to:
+                                    home_slot, or the no-cache slot while draining (AO_char) */
     uint8_t      cls;
     uint8_t      state;          /* enum run_state */
     uint8_t      committed;      /* a free run: pages may be resident */
     uint8_t      tag;            /* for the layer above (object kind); the core ignores it */
+    uint8_t      home_slot;      /* the owner's thread-cache slot */
     uint16_t     pages;          /* run length, in pages */
     uint16_t     page_index;     /* first page of the run within its segment */
     uint32_t     capacity;       /* blocks that fit */
@@ -370,6 +372,17 @@ static inline size_t slab_get_requested(const slab_t *s, size_t index)
 static inline bool slab_is_draining(slab_t *s)
 {
     return AO_int_load(&s->used) <= AO_int_load(&s->drain_below);
+}
+
+/* The free fast path tests no draining: a draining slab carries the
+ * no-cache slot, whose cache refuses every push. Kept wherever used or
+ * drain_below change (arena lock held); a fast path that reads a stale slot
+ * only sends one block the other way, which is harmless either way. */
+static inline void slab_note_draining(slab_t *s)
+{
+    uint8_t slot = s->used <= s->drain_below ? TRACKED_SLOT : s->home_slot;
+    if (AO_char_load(&s->owner_slot) != slot)
+        AO_char_store(&s->owner_slot, slot);
 }
 
 /* Release kept empty slabs and decommit every free run now (lock held).

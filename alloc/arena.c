@@ -102,10 +102,14 @@ void arena_unlock(arena_t *a)
 /* The head is where allocation happens: it never counts as draining. */
 static void bin_set_head(arena_bin_t *bin, slab_t *s)
 {
-    if (bin->partial)
+    if (bin->partial) {
         AO_int_store(&bin->partial->drain_below, bin->partial->capacity / 8);
-    if (s)
+        slab_note_draining(bin->partial);
+    }
+    if (s) {
         AO_int_store(&s->drain_below, 0);
+        slab_note_draining(s);
+    }
     bin->partial = s;
 }
 
@@ -220,6 +224,7 @@ void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *la
     last->next_enc = freelist_encode(s->free, s->key);
     s->free = first;
     AO_int_store(&s->used, s->used - n);
+    slab_note_draining(s);
     a->c.out_bytes -= (size_t)n * s->block_size;
     a->c.out_blocks -= n;
     if (was_full)

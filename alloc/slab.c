@@ -34,7 +34,8 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->div_magic = (((uint64_t)1 << 42) + size - 1) / size;
     s->owner = a->owner;
     /* A tracked slab's frees must see the slow path (to read its waste). */
-    s->owner_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
+    s->home_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
+    s->owner_slot = TRACKED_SLOT;       /* draining while empty */
     s->arena = a;
     s->tag = a->tag;
     s->pending = false;
@@ -99,6 +100,7 @@ unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **he
     *tail = t;
     AO_int_store(&s->bumped, bumped);
     AO_int_store(&s->used, s->used + got);
+    slab_note_draining(s);
     return got;
 }
 

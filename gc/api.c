@@ -167,8 +167,10 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
             a->owner_slot = TC_SLOT_NONE;
             for (segment_t *seg = a->segments; seg; seg = seg->next)
                 for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
-                    if (seg->slabs[p].state == RUN_SLAB)
-                        seg->slabs[p].owner_slot = TC_SLOT_NONE;
+                    if (seg->slabs[p].state == RUN_SLAB) {
+                        seg->slabs[p].home_slot = TC_SLOT_NONE;
+                        AO_char_store(&seg->slabs[p].owner_slot, TC_SLOT_NONE);
+                    }
             arena_unlock(a);
         }
         /* Caches made while manual belong to threads that may not be

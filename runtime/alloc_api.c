@@ -188,7 +188,7 @@ void alloc_free_slow(void *p)
         heap_note_requested(h, 0, slab_get_requested(s, ai.index));
         slab_set_waste(s, ai.index, s->block_size);
     }
-    tcache_t *tc = loam_tls_cache[s->owner_slot];
+    tcache_t *tc = loam_tls_cache[s->home_slot];
     if (tc->owner != h)
         tc = heap_thread_cache(h, s->tag);
     /* After arena_free_block the slab, and even its segment, may be gone:

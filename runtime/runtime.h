@@ -161,7 +161,8 @@ static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t
  * alloc_free_slow, which names the fault.
  * A block of a draining slab (few blocks out, not its arena's allocation
  * slab) also goes the slow way, straight to its slab: cached blocks must not
- * pin slabs that could empty. */
+ * pin slabs that could empty. Such a slab carries the no-cache slot
+ * (slab_note_draining), so that costs no test here. */
 static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 {
 #ifdef LOAM_MEMCHECK
@@ -176,11 +177,12 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
         size_t idx = slab_block_index(s, a);
         /* The cache at the slab's slot is this thread's cache of the slab's
          * heap, or one that refuses every push (the empty cache, a disowned
-         * one); slabs of tracked heaps carry TC_SLOT_NONE. No owner test. */
-        tcache_t *tc = loam_tls_cache[s->owner_slot];
+         * one); slabs of tracked heaps and draining slabs carry
+         * TC_SLOT_NONE. No owner test. */
+        tcache_t *tc = loam_tls_cache[AO_char_load(&s->owner_slot)];
         if (LOAM_LIKELY(idx * s->block_size == off && idx < AO_int_load(&s->bumped) &&
                         ((free_block_t *)p)->freed_key != loam_free_key &&
-                        !slab_is_draining(s) && tcache_push(tc, s->cls, p)))
+                        tcache_push(tc, s->cls, p)))
             return;
     }
     alloc_free_slow(p);
