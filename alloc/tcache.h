@@ -28,6 +28,8 @@ typedef struct tcache {
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
     bool          allocates;                   /* has refilled: counted in its set's users */
+    uint8_t       refilled[NUM_CLASSES];       /* the bin ran empty since its last flush */
+    size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the
@@ -40,10 +42,13 @@ typedef struct tcache {
     uint64_t      purge_seen_ms;               /* and when */
 } tcache_t;
 
-/* Blocks kept per class: tcache_max, at most 64 KiB worth, at least 1. */
+/* Blocks kept per class: at first 128 at most, and 64 KiB worth, at least
+ * 1; a bin that batches overflow grows up to tcache_max (tcache_grow). */
 LOAM_INTERNAL void  tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max);
 /* Refill the bin of cls and pop one block (NULL: out of memory). */
 LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
+/* The bin of cls is full: true if it grew (tcache.c says when). */
+LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
 /* Flush the bin of cls down to `keep` blocks. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
 LOAM_INTERNAL void  tcache_flush_all(tcache_t *tc);

@@ -211,7 +211,7 @@ void alloc_free_slow(void *p)
         return;
     }
     if (tc) {
-        if (tcache_push(tc, cls, p))
+        if (tcache_push(tc, cls, p) || (tcache_grow(tc, cls) && tcache_push(tc, cls, p)))
             return;
         uint32_t max = AO_int_load(&tc->bins[cls].max);
         if (max) {

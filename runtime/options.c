@@ -40,8 +40,8 @@ static option_def_t option_table[] = {
       "1: statistics at exit and warnings" },
     { "track_requested", &loam_opts.track_requested, 0, 1, 1,
       "keep exact requested bytes (heaps from loam_heap_new; the default heap only if set)" },
-    { "tcache_max",      &loam_opts.tcache_max,      0, 1024, 128,
-      "most blocks per size class in a thread cache (0: no caches)" },
+    { "tcache_max",      &loam_opts.tcache_max,      0, 65536, 2048,
+      "most blocks per size class in a thread cache (0: no caches); bins start at 128" },
     { "purge_thread",    &loam_opts.purge_thread,    0, 1, 1,
       "1: a background thread returns decayed memory and idle caches' blocks" },
 };

@@ -71,7 +71,7 @@ Test(options, documented_defaults)
     cr_assert_eq(loam_option_get("decay_ms"), 250);
     cr_assert_eq(loam_option_get("purge_thread"), 1);
     cr_assert_eq(loam_option_get("verbose"), 0);
-    cr_assert_eq(loam_option_get("tcache_max"), 128);
+    cr_assert_eq(loam_option_get("tcache_max"), 2048);
     cr_assert_eq(loam_option_get("retain_max"), 4L * 1024 * 1024);
     long tr = loam_option_get("track_requested");
     cr_assert(tr == 0 || tr == 1, "track_requested default %ld", tr);
@@ -383,6 +383,43 @@ Test(options, tcache_max_bounds_the_cache)
     loam_heap_stats(h, &st);
     cr_assert_leq(st.cached_bytes, 4 * us,
                   "tcache_max=4 but %zu bytes are cached for one class", st.cached_bytes);
+    loam_heap_destroy(h);
+}
+
+/* A thread that mallocs and frees in batches bigger than a bin's first
+ * bound (128 blocks) gets a bigger bin, so its batches stay in its cache;
+ * never past tcache_max. */
+static size_t cached_after_batches(loam_heap_t *h, int batch)
+{
+    void *p[1000];
+    for (int round = 0; round < 12; round++) {
+        for (int i = 0; i < batch; i++) {
+            p[i] = loam_malloc(h, 64);
+            cr_assert_not_null(p[i]);
+            memset(p[i], round, 64);
+        }
+        for (int i = 0; i < batch; i++)
+            loam_free(p[i]);
+    }
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    return st.cached_bytes;
+}
+
+Test(options, tcache_bin_grows_for_batches_up_to_tcache_max)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t us = 64;
+    size_t cached = cached_after_batches(h, 1000);
+    cr_assert_geq(cached, 1000 * us, "batches of 1000: only %zu bytes stay cached", cached);
+    cr_assert_leq(cached, 128 * KiB, "a bin past 128 KiB: %zu bytes", cached);
+    loam_heap_destroy(h);
+
+    cr_assert_eq(loam_option_set("tcache_max", 300), 0);
+    h = loam_heap_new(NULL);
+    cached = cached_after_batches(h, 1000);
+    cr_assert_gt(cached, 128 * us, "the bin did not grow (%zu bytes)", cached);
+    cr_assert_leq(cached, 300 * us, "tcache_max=300 but %zu bytes are cached", cached);
     loam_heap_destroy(h);
 }
 
