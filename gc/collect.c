@@ -205,6 +205,16 @@ bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index)
     return ok;
 }
 
+/* A large block the program frees leaves the old bytes too, if it is old,
+ * so that it does not bring the next major collection closer. Its mark
+ * needs no clearing: a mapping is unmarked when handed out again
+ * (large_alloc), and the world is not stopped, so no marker reads it. */
+void gc_large_freed(loam_heap_t *h, large_t *l)
+{
+    if (gc_generational(h->gc) && (l->upper & 1))
+        AO_fetch_and_add(&h->gc->old_freed, l->size);
+}
+
 /* At process start (runtime/init.c), before any heap exists. */
 void gc_install_hooks(void)
 {

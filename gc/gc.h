@@ -170,6 +170,8 @@ LOAM_INTERNAL void gc_forget_block(loam_heap_t *h, void *block);  /* loam_free o
  * unreachable and its sweep has not reached it yet (it is garbage, not the
  * caller's: freeing it would hand it out twice). */
 LOAM_INTERNAL bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index);
+/* loam_free of large block l (before it is unmapped or cached). */
+LOAM_INTERNAL void gc_large_freed(loam_heap_t *h, large_t *l);
 LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at process start */
 
 /* ---- inside gc/ ----------------------------------------------------------------- */

@@ -178,6 +178,8 @@ void alloc_free_slow(void *p)
     if (h->gc)
         gc_forget_block(h, p);
     if (ai.large) {
+        if (h->gc)
+            gc_large_freed(h, ai.large);
         large_remember_freed(p);
         large_free(ai.large);
         purge_poke(h);

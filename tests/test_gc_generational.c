@@ -187,6 +187,26 @@ Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
     gen_heap_done(h);
 }
 
+/* An old large block the program frees leaves the old generation's bytes:
+ * with it counted, the old blocks would pass their allowance and the next
+ * collection would be major. */
+Test(gc_generational, a_freed_old_large_block_leaves_the_old_bytes)
+{
+    loam_heap_t *h = gen_heap();
+    obj_t *holder = make_old_root(h, new_obj(h, 1));     /* major: the old bytes are tiny */
+    void *big = loam_gc_alloc(h, 1024 * 1024, LOAM_ATOMIC);
+    cr_assert_not_null(big);
+    holder->kid[0] = big;
+    loam_write_barrier(&holder->kid[0]);
+    run_minors(h, 1);                       /* big is old now, far past the allowance */
+    cr_assert_geq(gc_stats(h).gc_live_after, 1024 * 1024);
+    holder->kid[0] = NULL;
+    loam_free(big);
+    run_minors(h, 3);                       /* asserts they were all minor */
+    expect_obj(holder, 1, "the old root");
+    gen_heap_done(h);
+}
+
 static int finalized;
 static void count_finalizer(void *obj, void *data)
 {
