@@ -30,6 +30,8 @@ typedef struct tcache {
     bool          allocates;                   /* has refilled: counted in its set's users */
     uint8_t       refilled[NUM_CLASSES];       /* the bin ran empty since its last flush */
     size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
+    bool          allocates_only;              /* its owner never frees through it (set by the
+                                                  runtime for collected heaps): refills grow */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the

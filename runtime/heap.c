@@ -272,6 +272,7 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
         thread_caches = mine;
     }
     tcache_init(mine, h, &hk->arenas, h->tcache_max);
+    mine->allocates_only = h->mode == LOAM_GC;   /* the sweep frees, not the cache */
     mine->slot = hk->slot;
     mine->owner_prev = NULL;
     mine->owner_next = h->caches;
