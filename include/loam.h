@@ -206,7 +206,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
  *   tcache_max      most blocks per size class in a thread cache (default 2048, 0 = no
  *                   cache); a class starts at min(128, 64 KiB) and grows towards it, 128 KiB
- *                   at most, when a thread allocates and frees in batches
+ *                   at most, when a thread allocates and frees in batches (or
+ *                   allocates from a collected heap)
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
  *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections, and
