@@ -98,6 +98,40 @@ static void cache_unlink_locked(arena_t *a, large_t *l)
     a->large_cache_count--;
 }
 
+static void cache_link_locked(arena_t *a, large_t *l)
+{
+    list_push(&a->large_cache, l);
+    a->large_cache_bytes += l->map_size;
+    a->large_cache_count++;
+}
+
+/* Oldest out first, past LARGE_CACHE_MAX mappings or `budget` bytes (lock
+ * held): returns them as a list, to be unmapped once the lock is released. */
+static large_t *cache_evict_locked(arena_t *a, size_t budget)
+{
+    large_t *evicted = NULL;
+    while (a->large_cache && (a->large_cache_bytes > budget || a->large_cache_count > LARGE_CACHE_MAX)) {
+        large_t *old = a->large_cache;
+        while (old->next)
+            old = old->next;
+        cache_unlink_locked(a, old);
+        old->next = evicted;
+        evicted = old;
+    }
+    return evicted;
+}
+
+static void large_unmap(large_t *l);
+
+static void unmap_evicted(large_t *evicted)
+{
+    while (evicted) {
+        large_t *e = evicted;
+        evicted = e->next;
+        large_unmap(e);
+    }
+}
+
 /* The cached mapping to serve `map` bytes from (lock held), taken out of
  * the cache: the smallest that holds it, else the largest if it has three
  * quarters of it (it grows: only the growth is new pages), else none (a new
@@ -217,20 +251,11 @@ static bool cache_split_tail(large_t *l, size_t map)
     t->pieced = l->pieced;                  /* its tail may be several mappings too */
     t->freed_at_ms = os_now_ms();
     segmap_set((uintptr_t)t, tail, t);
-    large_t *evicted = NULL;
     arena_lock(a);
-    list_push(&a->large_cache, t);
-    a->large_cache_bytes += tail;
-    a->large_cache_count++;
-    if (a->large_cache_count > LARGE_CACHE_MAX) {
-        evicted = a->large_cache;
-        while (evicted->next)
-            evicted = evicted->next;        /* the oldest */
-        cache_unlink_locked(a, evicted);
-    }
+    cache_link_locked(a, t);
+    large_t *evicted = cache_evict_locked(a, SIZE_MAX);   /* the count only: bytes are unchanged */
     arena_unlock(a);
-    if (evicted)
-        large_unmap(evicted);
+    unmap_evicted(evicted);
     alloc_note_decay_due();
     return true;
 }
@@ -267,9 +292,7 @@ static size_t cache_move_pages_into(arena_t *a, char *dest, size_t map)
             segmap_set((uintptr_t)best, k, best);
             best->unmovable = true;         /* still where it was: back to the cache */
             arena_lock(a);
-            list_push(&a->large_cache, best);
-            a->large_cache_bytes += k;
-            a->large_cache_count++;
+            cache_link_locked(a, best);
             arena_unlock(a);
             continue;
         }
@@ -344,7 +367,6 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
 void large_free(large_t *l)
 {
     arena_t *a = l->arena;
-    large_t *evicted = NULL;
     arena_lock(a);
     large_unlink_locked(a, l);
     size_t budget = large_cache_budget(a);
@@ -353,26 +375,13 @@ void large_free(large_t *l)
         l->cached = true;
         l->size = 0;
         l->freed_at_ms = os_now_ms();
-        list_push(&a->large_cache, l);
-        a->large_cache_bytes += l->map_size;
-        a->large_cache_count++;
+        cache_link_locked(a, l);
     }
-    /* Oldest out first, past the count or the budget (which shrinks with the
-     * live bytes, so freeing everything empties the cache down to retain_max). */
-    while (a->large_cache && (a->large_cache_bytes > budget || a->large_cache_count > LARGE_CACHE_MAX)) {
-        large_t *old = a->large_cache;
-        while (old->next)
-            old = old->next;
-        cache_unlink_locked(a, old);
-        old->next = evicted;
-        evicted = old;
-    }
+    /* The budget shrinks with the live bytes, so freeing everything empties
+     * the cache down to retain_max. */
+    large_t *evicted = cache_evict_locked(a, budget);
     arena_unlock(a);
-    while (evicted) {
-        large_t *e = evicted;
-        evicted = e->next;
-        large_unmap(e);
-    }
+    unmap_evicted(evicted);
     if (keep)
         alloc_note_decay_due();     /* l may be reused or unmapped by now: not read */
     else

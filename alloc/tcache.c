@@ -48,8 +48,8 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
      * faster with refills of 256 blocks than of 64). Not for a cache that
      * frees too, which would only hold more (producer/consumer peak RSS:
      * 4.3 -> 5.3 MiB). */
-    if (tc->allocates_only && tc->refilled[cls])
-        tcache_grow(tc, cls);
+    if (tc->allocates_only)
+        tcache_grow(tc, cls);           /* grows only if it ran empty before */
     unsigned want = AO_int_load(&bin->max) / 2;
     if (want < 1)
         want = 1;

@@ -49,7 +49,8 @@ typedef struct tcache {
 LOAM_INTERNAL void  tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max);
 /* Refill the bin of cls and pop one block (NULL: out of memory). */
 LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
-/* The bin of cls is full: true if it grew (tcache.c says when). */
+/* The bin of cls is full, or empty again with no flush since its last
+ * refill: true if it grew (tcache.c says when). */
 LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
 /* Flush the bin of cls down to `keep` blocks. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);

@@ -62,6 +62,15 @@ static void gen_heap_done(loam_heap_t *h)
     loam_heap_destroy(h);
 }
 
+/* The root dropped, a major collection leaves nothing live; then done. */
+static void gen_heap_done_empty(loam_heap_t *h)
+{
+    root = NULL;
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_bytes, 0);
+    gen_heap_done(h);
+}
+
 /* obj, the root's target, made old by a major collection. */
 static void *make_old_root(loam_heap_t *h, void *obj)
 {
@@ -160,10 +169,7 @@ Test(gc_generational, old_garbage_waits_for_a_major_collection)
     cr_assert_eq(gc_stats(h).live_blocks, 2, "a minor collection freed an old object");
     loam_gc_collect(h);
     cr_assert_eq(gc_stats(h).live_blocks, 1, "the major collection kept old garbage");
-    root = NULL;
-    loam_gc_collect(h);
-    cr_assert_eq(gc_stats(h).live_bytes, 0);
-    gen_heap_done(h);
+    gen_heap_done_empty(h);
 }
 
 Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
@@ -181,10 +187,7 @@ Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
     expect_obj(again->kid[0], 3, "the child of the reallocated block");
     loam_stats_t st = gc_stats(h);
     cr_assert_eq(st.live_blocks, 2, "%zu live blocks", st.live_blocks);
-    root = NULL;
-    loam_gc_collect(h);
-    cr_assert_eq(gc_stats(h).live_bytes, 0);
-    gen_heap_done(h);
+    gen_heap_done_empty(h);
 }
 
 /* An old large block the program frees leaves the old generation's bytes:
