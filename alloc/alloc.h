@@ -142,7 +142,9 @@ typedef struct segment {
     uint32_t      used_pages;    /* pages in slabs */
     uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
     uint64_t      empty_since_ms;/* used_pages == 0 since then */
-    uint8_t       page_head[PAGES_PER_SEGMENT];  /* page -> first page of its run */
+    uint16_t      page_slab[PAGES_PER_SEGMENT];  /* page -> byte offset in the segment of its run's
+                                                    descriptor (an offset, not an index: the free
+                                                    fast path adds it, no multiply) */
     slab_t        slabs[PAGES_PER_SEGMENT];      /* descriptor of each run, at its first page */
 } segment_t;
 
@@ -225,9 +227,13 @@ static inline bool segkind_is_slabs(uintptr_t a)
 LOAM_INTERNAL void segkind_set(uintptr_t base, uint8_t kind);
 
 /* The slab holding address a of segment seg (any page of a run). */
+static inline slab_t *segment_page_slab(segment_t *seg, unsigned page)
+{
+    return (slab_t *)((char *)seg + seg->page_slab[page]);
+}
 static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
 {
-    return &seg->slabs[seg->page_head[(a >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1)]];
+    return segment_page_slab(seg, (unsigned)(a >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1));
 }
 
 /* Index of the block containing address a in slab s (a inside the run). */

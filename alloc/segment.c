@@ -3,7 +3,8 @@
  * A segment is 4 MiB at a 4 MiB boundary, so the segment of any address is
  * `addr & ~SEGMENT_MASK`; the map tells whether that segment is loam's.
  * Page 0 holds the header; pages 1..63 form runs. Invariants kept here:
- *  - page_head[p] is the first page of the run holding page p;
+ *  - page_slab[p] locates the descriptor of the run holding page p (its
+ *    first page's);
  *  - two free runs are never adjacent (freeing coalesces);
  *  - committed_mask has a bit per page that may be resident; a run's pages are
  *    charged to the budget once, when they become committed.
@@ -88,8 +89,9 @@ static uint64_t run_mask(unsigned first, unsigned pages)
 
 static void run_set_head(segment_t *seg, unsigned first, unsigned pages)
 {
+    uint16_t off = (uint16_t)((char *)&seg->slabs[first] - (char *)seg);
     for (unsigned p = first; p < first + pages; p++)
-        seg->page_head[p] = (uint8_t)first;
+        seg->page_slab[p] = off;
 }
 
 /* A descriptor becomes the head of a run of `pages` pages at `first`. */
@@ -248,12 +250,11 @@ void run_free(arena_t *a, slab_t *r)
         run_bin_remove(a, n);
         pages += n->pages;
     }
-    unsigned prev_head = seg->page_head[first - 1];
-    if (seg->slabs[prev_head].state == RUN_FREE) {
-        slab_t *p = &seg->slabs[prev_head];
+    slab_t *p = segment_page_slab(seg, first - 1);
+    if (p->state == RUN_FREE) {
         run_bin_remove(a, p);
         pages += p->pages;
-        first = prev_head;
+        first = p->page_index;
     }
     uint64_t now = os_now_ms();
     slab_t *merged = run_make(seg, first, pages, RUN_FREE);

@@ -22,9 +22,58 @@ static void tcache_set_limits(tcache_t *tc)
     }
 }
 
-void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max)
+/* The slots every bin starts with: as many as its base limit. */
+static uint32_t tcache_base_cap(unsigned cls)
 {
-    memset(tc->bins, 0, sizeof tc->bins);
+    size_t by_bytes = TCACHE_BIN_BYTES / sizeclass_size[cls];
+    uint32_t cap = by_bytes < TCACHE_BASE_MAX ? (uint32_t)by_bytes : TCACHE_BASE_MAX;
+    return cap ? cap : 1;
+}
+
+static bool tcache_slots_init(tcache_t *tc)
+{
+    if (tc->base_slots)
+        return true;                    /* a cache made again keeps its slots */
+    size_t total = 0;
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        total += tcache_base_cap(c);
+    void **slots = meta_alloc(total * sizeof(void *));
+    if (!slots)
+        return false;
+    tc->base_slots = slots;
+    tc->base_slots_count = total;
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        tc->bins[c].slots = slots;
+        tc->cap[c] = tcache_base_cap(c);
+        slots += tc->cap[c];
+    }
+    return true;
+}
+
+static bool slots_are_base(const tcache_t *tc, void **slots)
+{
+    return slots >= tc->base_slots && slots < tc->base_slots + tc->base_slots_count;
+}
+
+void tcache_free_slots(tcache_t *tc)
+{
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        if (tc->bins[c].slots && !slots_are_base(tc, tc->bins[c].slots))
+            meta_free(tc->bins[c].slots, (size_t)tc->cap[c] * sizeof(void *));
+        tc->bins[c].slots = NULL;
+        tc->cap[c] = 0;
+    }
+    meta_free(tc->base_slots, tc->base_slots_count * sizeof(void *));
+    tc->base_slots = NULL;
+    tc->base_slots_count = 0;
+}
+
+bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max)
+{
+    if (!tcache_slots_init(tc))
+        return false;
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        AO_int_store(&tc->bins[c].count, 0);
     memset(tc->refilled, 0, sizeof tc->refilled);
     tc->allocates_only = false;
     tc->limit = tcache_max;
@@ -38,6 +87,7 @@ void tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->arenas = arenas;
     tc->allocates = false;
     tc->arena = NULL;
+    return true;
 }
 
 void *tcache_refill_pop(tcache_t *tc, unsigned cls)
@@ -56,6 +106,8 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     unsigned batch_max = tc->allocates_only ? TCACHE_BATCH_MAX_ALLOCATING : TCACHE_BATCH_MAX;
     if (want > batch_max)
         want = batch_max;
+    if (want > tc->cap[cls] - bin->count + 1)
+        want = tc->cap[cls] - bin->count + 1;      /* one is returned, the rest kept */
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     tc->refilled[cls] = 1;
     if (!tc->allocates) {
@@ -73,10 +125,18 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     arena_unlock(a);
     if (n == 0)
         return NULL;
-    /* The chain comes linked with this cache's key: it becomes the bin. */
-    tail->next_enc = freelist_encode(bin->head, tc->key);
-    bin->head = freelist_decode(head->next_enc, tc->key);
-    AO_int_store(&bin->count, bin->count + n - 1);
+    /* The chain comes linked with this cache's key; its blocks after the
+     * first go on the stack so that the next pops take them in chain order
+     * (bumped blocks in address order). The links were just written: the
+     * walk reads cached lines. */
+    unsigned count = bin->count;
+    free_block_t *b = freelist_decode(head->next_enc, tc->key);
+    for (unsigned i = n - 1; i > 0; i--) {
+        bin->slots[count + i - 1] = b;
+        b = freelist_decode(b->next_enc, tc->key);
+    }
+    (void)tail;
+    AO_int_store(&bin->count, count + n - 1);
     head->freed_key = 0;
     return head;
 }
@@ -90,6 +150,22 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
  * growth in all stays under 1 MiB. A cache flushed because it is idle
  * (runtime/purge.c) comes back at the base limits. The compare-and-swap
  * loses to a flush request, which sets the limit to 0 from another thread. */
+/* Room for `slots` blocks in the bin of cls (the owner's, on a slow path:
+ * only the owner and a thread that has stopped it read the slots). */
+static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
+{
+    tcache_bin_t *bin = &tc->bins[cls];
+    void **wide = meta_alloc((size_t)slots * sizeof(void *));
+    if (!wide)
+        return false;
+    memcpy(wide, bin->slots, (size_t)bin->count * sizeof(void *));
+    if (!slots_are_base(tc, bin->slots))
+        meta_free(bin->slots, (size_t)tc->cap[cls] * sizeof(void *));
+    bin->slots = wide;
+    tc->cap[cls] = slots;
+    return true;
+}
+
 bool tcache_grow(tcache_t *tc, unsigned cls)
 {
     if (!tc->refilled[cls])
@@ -106,15 +182,20 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
     size_t bytes = (size_t)(grown - max) * size;
     if (tc->grown_bytes + bytes > TCACHE_GROWN_BYTES_MAX)
         return false;
+    if (grown > tc->cap[cls] && !tcache_widen(tc, cls, grown))
+        return false;
     if (!AO_int_compare_and_swap(&tc->bins[cls].max, max, grown))
         return false;
     tc->grown_bytes += bytes;
     return true;
 }
 
-/* Blocks go back in runs that share a slab (a cache mostly holds runs of
- * blocks freed together): each run is relinked with its slab's key as it is
- * walked, then spliced onto the slab's list with one update of its counts. */
+/* The oldest blocks go back, the newest (likeliest still in the CPU's
+ * cache) stay. They go in runs that share a slab (a cache mostly holds runs
+ * of blocks freed together): each run is linked with its slab's key,
+ * newest first, then spliced onto the slab's list with one update of its
+ * counts. Only the links are written into the blocks, so their cache misses
+ * overlap. */
 void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
 {
     tcache_bin_t *bin = &tc->bins[cls];
@@ -122,22 +203,20 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     tc->refilled[cls] = 0;
     uint32_t count = bin->count;
-    free_block_t *b = bin->head;
-    while (count > keep) {
-        segment_t *seg = (segment_t *)((uintptr_t)b & ~SEGMENT_MASK);
-        slab_t *s = segment_slab_at(seg, (uintptr_t)b);
+    if (count <= keep)
+        return;
+    uint32_t out = count - keep;
+    void **slots = bin->slots;
+    for (uint32_t i = 0; i < out;) {
+        free_block_t *last = slots[i], *first = last;
+        segment_t *seg = (segment_t *)((uintptr_t)last & ~SEGMENT_MASK);
+        slab_t *s = segment_slab_at(seg, (uintptr_t)last);
         uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
-        free_block_t *first = b, *last = b;
         uint32_t n = 1;
-        b = freelist_decode(b->next_enc, tc->key);
-        count--;
-        while (count > keep && (uintptr_t)b - lo < span) {
-            free_block_t *next = freelist_decode(b->next_enc, tc->key);
-            last->next_enc = freelist_encode(b, s->key);
-            last = b;
-            n++;
-            b = next;
-            count--;
+        for (i++; i < out && (uintptr_t)slots[i] - lo < span; i++, n++) {
+            free_block_t *b = slots[i];         /* newer: it goes ahead (LIFO reuse) */
+            b->next_enc = freelist_encode(first, s->key);
+            first = b;
         }
         if (s->arena != held) {
             if (held)
@@ -147,10 +226,10 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
         }
         arena_free_run(held, s, first, last, n);
     }
-    bin->head = count ? b : NULL;
-    AO_int_store(&bin->count, count);
     if (held)
         arena_unlock(held);
+    memmove(slots, slots + out, (size_t)keep * sizeof(void *));
+    AO_int_store(&bin->count, keep);
 }
 
 void tcache_flush_all(tcache_t *tc)
@@ -165,7 +244,6 @@ void tcache_abandon(tcache_t *tc)
     /* max = 0: pushes fail too, so a disowned cache can never take a block
      * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        tc->bins[c].head = NULL;
         AO_int_store(&tc->bins[c].count, 0);
         AO_int_store(&tc->bins[c].max, 0);
     }

@@ -109,7 +109,7 @@ static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
     unsigned page = (unsigned)((lo - (uintptr_t)seg) >> PAGE_SHIFT);
     if (page == 0)
         return;                     /* the header: no block */
-    slab_t *s = &seg->slabs[seg->page_head[page]];
+    slab_t *s = segment_page_slab(seg, page);
     if (s->state != RUN_SLAB || s->tag == LOAM_ATOMIC)
         return;
     uintptr_t start = (uintptr_t)s->start, end = start + (uintptr_t)s->bumped * s->block_size;

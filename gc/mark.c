@@ -737,7 +737,7 @@ void gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg)
         for (segment_t *seg = a->segments; seg; seg = seg->next) {
             uint64_t *bits = segment_side_bits(seg);
             for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
-                slab_t *s = &seg->slabs[seg->page_head[p]];
+                slab_t *s = segment_page_slab(seg, p);
                 unsigned next = s->page_index + s->pages;
                 if (s->state == RUN_SLAB) {
                     for (uint32_t k = 0; k < s->bumped; k++) {

@@ -271,7 +271,10 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
         mine->thread_next = thread_caches;
         thread_caches = mine;
     }
-    tcache_init(mine, h, &hk->arenas, h->tcache_max);
+    if (!tcache_init(mine, h, &hk->arenas, h->tcache_max)) {
+        heaps_unlock();                 /* no memory for its slots: the arena path serves */
+        return NULL;
+    }
     mine->allocates_only = h->mode == LOAM_GC;   /* the sweep frees, not the cache */
     mine->slot = hk->slot;
     mine->owner_prev = NULL;
@@ -307,6 +310,7 @@ void heap_thread_exit(void)
                 loam_tls_cache[tc->slot] = &loam_empty_tcache;
             tcache_abandon(tc);         /* (emptied above) unbinds it from its arena set */
         }
+        tcache_free_slots(tc);
         meta_free(tc, sizeof *tc);
         tc = next;
     }

@@ -180,9 +180,10 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
          * one); slabs of tracked heaps and draining slabs carry
          * TC_SLOT_NONE. No owner test. */
         tcache_t *tc = loam_tls_cache[AO_char_load(&s->owner_slot)];
+        uintptr_t free_key = loam_free_key;
         if (LOAM_LIKELY(idx * s->block_size == off && idx < AO_int_load(&s->bumped) &&
-                        ((free_block_t *)p)->freed_key != loam_free_key &&
-                        tcache_push(tc, s->cls, p)))
+                        ((free_block_t *)p)->freed_key != free_key &&
+                        tcache_push_key(tc, s->cls, p, free_key)))
             return;
     }
     alloc_free_slow(p);
