@@ -174,6 +174,11 @@ static inline uint8_t *segment_side_bytes(segment_t *seg)
     return (uint8_t *)seg + SEGMENT_SIDE_BYTES_OFFSET;
 }
 
+/* At most LARGE_CACHE_MAX cached mappings per arena; one more between a
+ * mapping joining the cache and the eviction that follows (large.c). */
+#define LARGE_CACHE_MAX   24
+#define LARGE_CACHE_SLOTS (LARGE_CACHE_MAX + 1)
+
 typedef struct large {
     uint8_t       kind;          /* SEGMENT_LARGE */
     struct arena *arena;
@@ -190,6 +195,13 @@ typedef struct large {
     uint64_t      freed_at_ms;   /* when it was cached */
     uintptr_t     upper;         /* word of the layer above (e.g. the mark bit) */
 } large_t;
+
+/* What choosing a cached mapping reads, copied from its header. */
+typedef struct large_cache_slot {
+    large_t      *l;
+    size_t        map_size;
+    bool          pieced, unmovable;
+} large_cache_slot_t;
 
 /* ---- the segment map ---------------------------------------------------- */
 /* Two levels over the 47-bit user address space at 4 MiB granules: 4096 leaf
@@ -294,7 +306,10 @@ typedef struct arena {
     slab_t    *free_runs[PAGES_PER_SEGMENT];   /* by run length; committed and not */
     segment_t *segments;
     large_t   *large;
-    large_t   *large_cache;             /* freed mappings kept for reuse, newest first */
+    /* Freed mappings kept for reuse (large.c), oldest first. An array in the
+     * arena, not a list through the mappings: choosing one read every
+     * cached mapping's header, each on a page of its own. */
+    large_cache_slot_t large_cache[LARGE_CACHE_SLOTS];
     size_t     large_cache_bytes, large_cache_count;
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */

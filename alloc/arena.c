@@ -72,8 +72,8 @@ void arena_destroy(arena_t *a)
                 slab_fini(&seg->slabs[p]);
     while (a->large)
         large_release(a->large);        /* unlinks itself */
-    while (a->large_cache)
-        large_release(a->large_cache);
+    while (a->large_cache_count)
+        large_release(a->large_cache[0].l);
     segment_release_all(a);
     pthread_mutex_destroy(&a->lock);
     meta_free(a, sizeof *a);
@@ -362,7 +362,8 @@ void arena_collect_stats(arena_t *a, arena_stats_t *st, bool resident)
             st->resident_bytes += os_resident((char *)l, l->map_size);
     }
     /* Cached mappings count as free runs: committed, awaiting reuse or decay. */
-    for (large_t *l = a->large_cache; l; l = l->next) {
+    for (size_t i = 0; i < a->large_cache_count; i++) {
+        large_t *l = a->large_cache[i].l;
         st->reserved_bytes += l->map_size;
         st->committed_bytes += l->map_size;
         st->free_run_bytes += l->map_size;

@@ -74,7 +74,6 @@ static void large_unlink_locked(arena_t *a, large_t *l)
     a->c.large_requested -= l->requested;
 }
 
-#define LARGE_CACHE_MAX 24
 #define LARGE_CACHE_MAP_MAX ((size_t)32 << 20)    /* bigger mappings are never kept */
 #define LARGE_CACHE_BYTES_MAX ((size_t)512 << 20)
 
@@ -91,18 +90,30 @@ static size_t large_cache_budget(arena_t *a)
     return b > alloc_tuning.retain_max ? b : alloc_tuning.retain_max;
 }
 
-static void cache_unlink_locked(arena_t *a, large_t *l)
+static void cache_unlink_at_locked(arena_t *a, size_t i)
 {
-    list_unlink(&a->large_cache, l);
-    a->large_cache_bytes -= l->map_size;
+    a->large_cache_bytes -= a->large_cache[i].map_size;
     a->large_cache_count--;
+    memmove(&a->large_cache[i], &a->large_cache[i + 1],
+            (a->large_cache_count - i) * sizeof a->large_cache[0]);
 }
 
+static void cache_unlink_locked(arena_t *a, large_t *l)
+{
+    for (size_t i = 0; i < a->large_cache_count; i++)
+        if (a->large_cache[i].l == l) {
+            cache_unlink_at_locked(a, i);
+            return;
+        }
+}
+
+/* Every link is followed by cache_evict_locked before the lock is released,
+ * so the cache is never more than one over LARGE_CACHE_MAX. */
 static void cache_link_locked(arena_t *a, large_t *l)
 {
-    list_push(&a->large_cache, l);
+    a->large_cache[a->large_cache_count++] = (large_cache_slot_t){
+        .l = l, .map_size = l->map_size, .pieced = l->pieced, .unmovable = l->unmovable };
     a->large_cache_bytes += l->map_size;
-    a->large_cache_count++;
 }
 
 /* Oldest out first, past LARGE_CACHE_MAX mappings or `budget` bytes (lock
@@ -110,11 +121,9 @@ static void cache_link_locked(arena_t *a, large_t *l)
 static large_t *cache_evict_locked(arena_t *a, size_t budget)
 {
     large_t *evicted = NULL;
-    while (a->large_cache && (a->large_cache_bytes > budget || a->large_cache_count > LARGE_CACHE_MAX)) {
-        large_t *old = a->large_cache;
-        while (old->next)
-            old = old->next;
-        cache_unlink_locked(a, old);
+    while (a->large_cache_count && (a->large_cache_bytes > budget || a->large_cache_count > LARGE_CACHE_MAX)) {
+        large_t *old = a->large_cache[0].l;
+        cache_unlink_at_locked(a, 0);
         old->next = evicted;
         evicted = old;
     }
@@ -138,17 +147,20 @@ static void unmap_evicted(large_t *evicted)
  * mapping is made, and the cache gains a size it lacked). */
 static large_t *cache_take_locked(arena_t *a, size_t map)
 {
-    large_t *fit = NULL, *largest = NULL;
-    for (large_t *c = a->large_cache; c; c = c->next) {
+    const large_cache_slot_t *fit = NULL, *largest = NULL;
+    for (size_t i = 0; i < a->large_cache_count; i++) {
+        const large_cache_slot_t *c = &a->large_cache[i];
         if (c->map_size >= map && (!fit || c->map_size < fit->map_size))
             fit = c;
         if (!c->pieced && (!largest || c->map_size > largest->map_size))
             largest = c;                /* to grow: mremap cannot grow a pieced one */
     }
-    large_t *got = fit ? fit : largest && largest->map_size >= map / 4 * 3 ? largest : NULL;
-    if (got)
-        cache_unlink_locked(a, got);
-    return got;
+    const large_cache_slot_t *got = fit ? fit : largest && largest->map_size >= map / 4 * 3 ? largest : NULL;
+    if (!got)
+        return NULL;
+    large_t *l = got->l;
+    cache_unlink_at_locked(a, (size_t)(got - a->large_cache));
+    return l;
 }
 
 static void large_unmap(large_t *l)
@@ -277,12 +289,18 @@ static size_t cache_move_pages_into(arena_t *a, char *dest, size_t map)
     size_t filled = 0;
     for (unsigned pieces = 0; pieces < LARGE_PIECES_MAX && filled < map; pieces++) {
         large_t *best = NULL;
+        size_t best_at = 0, best_size = 0;
         arena_lock(a);
-        for (large_t *c = a->large_cache; c; c = c->next)
-            if (!c->unmovable && c->map_size <= map - filled && (!best || c->map_size > best->map_size))
-                best = c;
+        for (size_t i = 0; i < a->large_cache_count; i++) {
+            const large_cache_slot_t *c = &a->large_cache[i];
+            if (!c->unmovable && c->map_size <= map - filled && c->map_size > best_size) {
+                best = c->l;
+                best_at = i;
+                best_size = c->map_size;
+            }
+        }
         if (best)
-            cache_unlink_locked(a, best);
+            cache_unlink_at_locked(a, best_at);
         arena_unlock(a);
         if (!best)
             break;
@@ -315,7 +333,7 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
     }
     size_t map = round_page(offset + (n ? n : 1));     /* a zero-size block still has an address */
     arena_lock(a);
-    large_t *l = a->large_cache ? cache_take_locked(a, map) : NULL;
+    large_t *l = a->large_cache_count ? cache_take_locked(a, map) : NULL;
     arena_unlock(a);
     if (l) {
         /* Grown, or shrunk when 7/8 or more would be left over (those pages
@@ -403,15 +421,15 @@ void large_release(large_t *l)
 size_t large_cache_purge(arena_t *a, bool force, uint64_t now, bool *left)
 {
     size_t bytes = 0;
-    large_t *next;
-    for (large_t *c = a->large_cache; c; c = next) {
-        next = c->next;
+    for (size_t i = 0; i < a->large_cache_count;) {
+        large_t *c = a->large_cache[i].l;
         if (force || now - c->freed_at_ms >= alloc_tuning.decay_ms) {
-            cache_unlink_locked(a, c);
+            cache_unlink_at_locked(a, i);
             bytes += c->map_size;
             large_unmap(c);
         } else {
             *left = true;
+            i++;
         }
     }
     return bytes;

@@ -22,13 +22,47 @@
 AO_t os_reserved_bytes;
 AO_t os_committed_bytes;
 
+/* Where the next aligned reservation is tried first: just below the last
+ * one (the kernel hands out addresses top-down, so that range is usually
+ * free). 0: none yet. A lost race between two threads costs one more try. */
+static AO_t reserve_hint;
+
+/* A mapping of size bytes at the hint, if the kernel puts it there: one
+ * system call instead of three (map, unmap head, unmap tail). Segments and
+ * large blocks are reserved all the time under churn of big blocks. */
+static void *reserve_at_hint(size_t size, size_t align)
+{
+    uintptr_t hint = AO_load(&reserve_hint);
+    if (hint < size + align)
+        return NULL;
+    uintptr_t want = (hint - size) & ~(uintptr_t)(align - 1);
+    char *p = mmap((void *)want, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if ((uintptr_t)p != want) {             /* taken: the kernel chose elsewhere */
+        munmap(p, size);
+        return NULL;
+    }
+    return p;
+}
+
 /* Map size bytes at an address aligned to align (a power of two >= OS_PAGE):
- * over-map by align, then unmap the unaligned head and the tail. */
+ * at the hint if that works, else over-map by align, then unmap the
+ * unaligned head and the tail. */
 void *os_reserve_aligned(size_t size, size_t align)
 {
     if (size > SIZE_MAX - align) {
         errno = ENOMEM;
         return NULL;
+    }
+    if (align > OS_PAGE) {
+        char *h = reserve_at_hint(size, align);
+        if (h) {
+            AO_store(&reserve_hint, (uintptr_t)h);
+            AO_fetch_and_add(&os_reserved_bytes, size);
+            return h;
+        }
     }
     size_t span = size + align;
     char *p = mmap(NULL, span, PROT_READ | PROT_WRITE,
@@ -44,6 +78,8 @@ void *os_reserve_aligned(size_t size, size_t align)
         munmap(p, head);
     if (tail)
         munmap((char *)a + size, tail);
+    if (align > OS_PAGE)
+        AO_store(&reserve_hint, a);
     AO_fetch_and_add(&os_reserved_bytes, size);
     return (void *)a;
 }
