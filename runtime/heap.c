@@ -72,7 +72,6 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     /* Tracked heaps must record each request: their mallocs miss the fast path. */
     h->alloc_slot = h->track_requested ? TC_SLOT_NONE : h->slot;
     h->tcache_max = (unsigned)loam_opts.tcache_max;
-    pthread_mutex_init(&h->lock, NULL);
     mc_heap_new(h);
     for (unsigned k = 0; k < HEAP_KINDS; k++) {
         heap_kind_t *hk = &h->kinds[k];
@@ -173,7 +172,6 @@ void loam_heap_destroy(loam_heap_t *h)
     for (unsigned k = 0; k < HEAP_KINDS; k++)
         arena_set_destroy(&h->kinds[k].arenas);
     mc_heap_destroy(h);
-    pthread_mutex_destroy(&h->lock);
     meta_free(h, sizeof *h);
 }
 

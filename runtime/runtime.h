@@ -50,8 +50,7 @@ struct loam_heap {
     bool          track_requested;
     AO_t          requested;       /* tracked slab blocks */
     AO_t          limit_warned;
-    pthread_mutex_t lock;          /* guards caches */
-    tcache_t     *caches;          /* every thread's cache of this heap */
+    tcache_t     *caches;          /* every thread's cache of this heap (heaps_lock) */
     struct loam_heap *next, *prev; /* all heaps (heaps_lock) */
     bool          purge_hold;      /* the purge thread works on its arenas (heaps_lock) */
 };
