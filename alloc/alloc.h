@@ -330,12 +330,15 @@ LOAM_INTERNAL void     arena_lock(arena_t *a);
 LOAM_INTERNAL bool     arena_trylock(arena_t *a);
 LOAM_INTERNAL void     arena_unlock(arena_t *a);
 
-/* Take up to n blocks of class cls (lock held), as a chain from *head to
- * *tail linked with `key` (a thread cache's), every block carrying the free
- * key (the caller clears it on the one it hands out). Returns how many (0:
- * out of memory or over budget). */
-LOAM_INTERNAL unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key,
-                                         free_block_t **head, free_block_t **tail);
+/* Take up to n blocks of class cls (lock held), every block carrying the
+ * free key (the caller clears it on each it hands out). Their addresses are
+ * stored downwards from top, top[-1] first: a stack whose top is top[-1]
+ * then pops them in the order taken (bumped blocks in address order).
+ * Addresses, not a chain linked through the blocks: a caller that keeps
+ * them in an array (a thread cache) would otherwise walk the chain again,
+ * one cache miss after another. Returns how many (0: out of memory or over
+ * budget). */
+LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
@@ -440,8 +443,8 @@ LOAM_INTERNAL arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
  *
  * alloc_pending_take_hook, when set, is called instead by refills: it visits
  * the slab only as far as needed to find up to n blocks for the caller, and
- * appends them to the chain *head..*tail as slab_take_chain does (linked
- * with `key`, carrying the free key, the last link left to the caller).
+ * stores their addresses downwards from top as arena_alloc_blocks does (each
+ * block carrying the free key).
  * Blocks found this way were out of the slab and stay counted as out (now in
  * a thread cache). It returns fewer than n only once the visit is complete
  * and it has called arena_pending_done. */
@@ -449,8 +452,7 @@ LOAM_INTERNAL void arena_pending_add(arena_t *a, slab_t *s);        /* lock held
 LOAM_INTERNAL void arena_pending_done(arena_t *a, slab_t *s);       /* lock held */
 LOAM_INTERNAL void arena_pending_visit_all(arena_t *a);            /* lock held */
 extern LOAM_INTERNAL void (*alloc_pending_hook)(arena_t *a, slab_t *s);
-extern LOAM_INTERNAL unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, uintptr_t key,
-                                                         free_block_t **head, free_block_t **tail);
+extern LOAM_INTERNAL unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);
 
 /* Set by the runtime: reports heap corruption found inside the core (then the core traps). */
 extern LOAM_INTERNAL void (*alloc_fault_hook)(const char *what, void *addr);

@@ -13,12 +13,11 @@
 alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024 };
 AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
-unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, uintptr_t key, free_block_t **head,
-                                    free_block_t **tail);
+unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);
 
 void slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
-unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail);
+unsigned slab_take_blocks(slab_t *s, unsigned n, void **top);
 
 /* ---- budget ------------------------------------------------------------- */
 
@@ -172,12 +171,10 @@ void arena_note_peak(arena_t *a)
         a->c.peak_out_bytes = out;
 }
 
-unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, free_block_t **head,
-                           free_block_t **tail)
+unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
 {
     arena_bin_t *bin = &a->bins[cls];
     unsigned got = 0;
-    *head = *tail = NULL;
     /* Refills are the regular slow-path event of a running program: decay is
      * checked here too, not only when a slab empties. */
     if (os_now_ms() >= a->next_purge_ms)
@@ -190,7 +187,7 @@ unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, 
         if (s && s->pending) {
             /* Visit before any block of it is used. */
             if (alloc_pending_take_hook) {
-                unsigned k = alloc_pending_take_hook(a, s, n - got, key, head, tail);
+                unsigned k = alloc_pending_take_hook(a, s, n - got, top - got);
                 got += k;
                 still_out += k;
             } else {
@@ -204,12 +201,10 @@ unsigned arena_alloc_chain(arena_t *a, unsigned cls, unsigned n, uintptr_t key, 
                 break;
             partial_push_tail(bin, s);
         }
-        got += slab_take_chain(s, n - got, key, head, tail);
+        got += slab_take_blocks(s, n - got, top - got);
         if (s->used == s->capacity)
             partial_remove(bin, s);
     }
-    if (*tail)
-        (*tail)->next_enc = freelist_encode(NULL, key);
     size_t bytes = (size_t)(got - still_out) * sizeclass_size[cls];
     a->c.out_bytes += bytes;
     a->c.out_blocks += got - still_out;

@@ -56,14 +56,12 @@ void slab_fini(slab_t *s)
     AO_int_store(&s->bumped, 0);
 }
 
-/* Up to n blocks out of the slab, appended to the chain ending at *tail
- * (NULL: empty) and linked with `key` (a thread cache's, or the slab's own
- * when the caller only walks them). Free-list blocks keep their free key;
- * bumped ones get it. Each free-list link followed is checked to point at a
- * block of this slab. Returns how many; *tail is the new last block (its
- * link is left for the caller). */
-unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail);
-unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **head, free_block_t **tail)
+/* Up to n blocks out of the slab, their addresses stored downwards from
+ * top (top[-1] first; see arena_alloc_blocks). Free-list blocks keep their
+ * free key; bumped ones get it. Each free-list link followed is checked to
+ * point at a block of this slab. Returns how many. */
+unsigned slab_take_blocks(slab_t *s, unsigned n, void **top);
+unsigned slab_take_blocks(slab_t *s, unsigned n, void **top)
 {
     /* The slab's fields in locals: the stores into blocks could alias them. */
     const uintptr_t lo = (uintptr_t)s->start, skey = s->key;
@@ -71,33 +69,23 @@ unsigned slab_take_chain(slab_t *s, unsigned n, uintptr_t key, free_block_t **he
     const size_t size = s->block_size;
     const uintptr_t hi = lo + (uintptr_t)s->bumped * size;
     unsigned got = 0;
-    free_block_t *t = *tail, *f = s->free;
-    /* A dummy link slot for the first block when the chain is empty. */
-    uintptr_t first_link = 0;
-    uintptr_t *link = t ? &t->next_enc : &first_link;
+    free_block_t *f = s->free;
     while (got < n && f) {
         uintptr_t nx = (uintptr_t)freelist_decode(f->next_enc, skey);
         if (nx && (nx < lo || nx >= hi || (((nx - lo) * magic) >> 42) * size != nx - lo))
             slab_fault("free list corrupted (a freed block was written to)", f);
-        *link = freelist_encode(f, key);
-        link = &f->next_enc;
-        t = f;
-        f = (free_block_t *)nx;
+        *--top = f;
         got++;
+        f = (free_block_t *)nx;
     }
     s->free = f;
     unsigned bumped = s->bumped;
     while (got < n && bumped < s->capacity) {
         free_block_t *b = (free_block_t *)(lo + (size_t)bumped++ * size);
         b->freed_key = loam_free_key;
-        *link = freelist_encode(b, key);
-        link = &b->next_enc;
-        t = b;
+        *--top = b;
         got++;
     }
-    if (got && !*tail)
-        *head = freelist_decode(first_link, key);
-    *tail = t;
     AO_int_store(&s->bumped, bumped);
     AO_int_store(&s->used, s->used + got);
     slab_note_draining(s);

@@ -106,8 +106,8 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     unsigned batch_max = tc->allocates_only ? TCACHE_BATCH_MAX_ALLOCATING : TCACHE_BATCH_MAX;
     if (want > batch_max)
         want = batch_max;
-    if (want > tc->cap[cls] - bin->count + 1)
-        want = tc->cap[cls] - bin->count + 1;      /* one is returned, the rest kept */
+    if (want > tc->cap[cls] - bin->count)
+        want = tc->cap[cls] - bin->count;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     tc->refilled[cls] = 1;
     if (!tc->allocates) {
@@ -120,25 +120,16 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     if (!a)
         return NULL;
     tc->arena = a;
-    free_block_t *head, *tail;
-    unsigned n = arena_alloc_chain(a, cls, want, tc->key, &head, &tail);
+    unsigned count = bin->count;
+    void **top = bin->slots + count + want;
+    unsigned n = arena_alloc_blocks(a, cls, want, top);
     arena_unlock(a);
     if (n == 0)
         return NULL;
-    /* The chain comes linked with this cache's key; its blocks after the
-     * first go on the stack so that the next pops take them in chain order
-     * (bumped blocks in address order). The links were just written: the
-     * walk reads cached lines. */
-    unsigned count = bin->count;
-    free_block_t *b = freelist_decode(head->next_enc, tc->key);
-    for (unsigned i = n - 1; i > 0; i--) {
-        bin->slots[count + i - 1] = b;
-        b = freelist_decode(b->next_enc, tc->key);
-    }
-    (void)tail;
-    AO_int_store(&bin->count, count + n - 1);
-    head->freed_key = 0;
-    return head;
+    if (n < want)                       /* short: close the gap below them */
+        memmove(bin->slots + count, top - n, (size_t)n * sizeof(void *));
+    AO_int_store(&bin->count, count + n);
+    return tcache_pop(tc, cls);
 }
 
 /* A bin that overflows after it ran empty since its last flush serves a

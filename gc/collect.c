@@ -40,12 +40,14 @@ uint64_t gc_now_ns(void)
  * running: a marked block is skipped before its memory is read, and nobody
  * else touches an unmarked allocated block (it is unreachable).
  *
- * Each dead block (allocated, unmarked) is linked into a chain with the
- * caller's key and given the free key, in address order, in one pass: its
- * memory is written once here and next read when it is handed out. A refill
- * takes only the blocks it wants (sweep_take), straight into the thread
- * cache; a full visit (sweep_pending) hands the whole chain to the slab. */
+ * Each dead block (allocated, unmarked) is given the free key, in address
+ * order, in one pass: its memory is written once here and next when it is
+ * handed out. A refill takes only the blocks it wants (sweep_take), their
+ * addresses straight into the thread cache's array; a full visit
+ * (sweep_pending) links the dead blocks into a chain with the slab's key
+ * and hands it to the slab. */
 typedef struct sweep_chain {
+    void        **top;                 /* a refill's array, filled downwards; NULL: a chain */
     uintptr_t     key;
     uintptr_t     first_link;          /* the link slot before the first block */
     uintptr_t    *link;                /* where the next block's link goes */
@@ -63,6 +65,11 @@ static inline void sweep_dead(gc_state_t *gc, slab_t *s, sweep_chain_t *c, uint3
         c->requested += slab_get_requested(s, k);
     mc_free(gc->heap, b);
     b->freed_key = loam_free_key;
+    if (c->top) {
+        *--c->top = b;
+        c->n++;
+        return;
+    }
     *c->link = freelist_encode(b, c->key);
     c->link = &b->next_enc;
     c->last = b;
@@ -155,21 +162,14 @@ static void sweep_pending(arena_t *a, slab_t *s)
 }
 
 /* The arena's hook for a refill (lock held): up to n dead blocks, straight
- * into the refilling cache's chain. They stay counted as out of the slab. */
-static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, uintptr_t key, free_block_t **head,
-                           free_block_t **tail)
+ * into the refilling cache's array. They stay counted as out of the slab. */
+static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, void **top)
 {
     gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
-    sweep_chain_t c = { .key = key };
-    c.link = *tail ? &(*tail)->next_enc : &c.first_link;
+    sweep_chain_t c = { .top = top };
     bool done = sweep_chain(gc, segment_of_slab(s), s, &c, n);
     if (done)
         arena_pending_done(a, s);
-    if (c.n) {
-        if (!*tail)
-            *head = freelist_decode(c.first_link, key);
-        *tail = c.last;
-    }
     sweep_note(gc, s, &c);
     return c.n;
 }

@@ -39,12 +39,12 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
     arena_t *a = arena_set_lock_some(&hk->arenas, NULL);
     if (!a)
         return NULL;
-    free_block_t *b = NULL, *tail;
-    unsigned got = arena_alloc_chain(a, cls, 1, 0, &b, &tail);
+    void *b = NULL;
+    unsigned got = arena_alloc_blocks(a, cls, 1, &b + 1);
     arena_unlock(a);
     if (!got)
         return NULL;
-    b->freed_key = 0;
+    ((free_block_t *)b)->freed_key = 0;
     return b;
 }
 
