@@ -93,6 +93,26 @@ Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
     loam_free(p);
 }
 
+/* A write through a dangling pointer into a block on its slab's free list
+ * (no thread cache: the free went straight to the slab) corrupts the list's
+ * link: the next refill that follows it stops the process, naming heap
+ * corruption, rather than hand out an address chosen by the write. */
+Test(abort, written_free_list_link_is_caught, .signal = SIGABRT)
+{
+    loam_option_set("tcache_max", 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    void *q = loam_malloc(h, 64);
+    (void)keep;
+    loam_free(q);
+    loam_free(p);                         /* the list: p, then q */
+    memcpy(p, &(void *){ static_buffer }, sizeof(void *));
+    void *a = loam_malloc(h, 64);         /* p: its link is followed here */
+    void *b = loam_malloc(h, 64);
+    cr_log_error("not caught: malloc returned %p and %p (static buffer %p)", a, b, (void *)static_buffer);
+}
+
 Test(abort, double_free_after_trim, .signal = SIGABRT)
 {
     /* the block's slab was emptied and handed back: the address is no block now */
@@ -674,6 +694,35 @@ Test(callback, foreign_free_still_aborts, .signal = SIGABRT)
     (void)keep;
     int local;
     loam_free(&local);
+}
+
+/* A block in a thread cache holds no link (the cache keeps addresses in an
+ * array of its own): a write through a dangling pointer into it changes no
+ * later malloc, which still hands out this heap's blocks, each once. */
+Test(callback, write_into_cached_block_cannot_steer_malloc)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    enum { N = 8 };
+    void *p[N], *again[N];
+    for (int i = 0; i < N; i++)
+        p[i] = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        loam_free(p[i]);
+    for (int i = 0; i < N; i++)           /* the first word: where a list's link would be */
+        memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
+    for (int i = 0; i < N; i++) {
+        again[i] = loam_malloc(h, 64);
+        cr_assert_not_null(again[i]);
+        cr_assert_neq(again[i], (void *)static_buffer, "malloc handed out the address written into a free block");
+        cr_assert_eq(loam_heap_of(again[i]), h, "malloc %d returned %p, not a block of the heap", i, again[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
+    }
+    cr_assert_eq(rec.calls, 0, "a fault was reported: %s", rec.msg);
+    for (int i = 0; i < N; i++)
+        loam_free(again[i]);
+    loam_heap_destroy(h);
 }
 
 Test(callback, valid_operations_are_not_reported)
