@@ -112,6 +112,8 @@ typedef struct slab {
     uint8_t      home_slot;      /* the owner's thread-cache slot */
     uint16_t     pages;          /* run length, in pages */
     uint16_t     page_index;     /* first page of the run within its segment */
+    uint16_t     cache_bin;      /* tcache_bin_offset(cls): where in a thread cache the free
+                                    fast path finds the class's bin (an add, no scaling) */
     uint32_t     capacity;       /* blocks that fit */
     uint32_t     used;           /* blocks out of the slab (handed out or in a thread cache);
                                     written under the arena lock, read lock-free (AO_int) */

@@ -7,6 +7,7 @@
  * followed is checked to point at a block of this slab. */
 #include "alloc/alloc.h"
 #include "alloc/memcheck.h"
+#include "alloc/tcache.h"
 
 #include <string.h>
 
@@ -25,6 +26,7 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     uint32_t size = sizeclass_size[cls];
     s->block_size = size;
     s->cls = (uint8_t)cls;
+    s->cache_bin = tcache_bin_offset(cls);
     s->capacity = (uint32_t)(((size_t)s->pages * PAGE_SIZE) / size);
     AO_int_store(&s->drain_below, s->capacity / 8);
     AO_int_store(&s->bumped, 0);

@@ -10,6 +10,14 @@
 #define TCACHE_GROWN_BIN_BYTES ((size_t)128 * 1024)
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
 
+uint16_t tcache_small_bin[SMALL_MAX / 16 + 1];
+
+void tcache_tables_init(void)
+{
+    for (size_t i = 0; i <= SMALL_MAX / 16; i++)
+        tcache_small_bin[i] = tcache_bin_offset(sizeclass_small[i]);
+}
+
 static void tcache_set_limits(tcache_t *tc)
 {
     tc->grown_bytes = 0;

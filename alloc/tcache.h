@@ -88,9 +88,31 @@ static inline bool tcache_flush_requested(tcache_t *tc)
     return LOAM_UNLIKELY(AO_load(&tc->flush_req) != 0);
 }
 
-static inline void *tcache_pop(tcache_t *tc, unsigned cls)
+/* The byte offset of the bin of cls in a cache: the fast paths keep it
+ * instead of the class (slab_t.cache_bin, sizeclass_small_bin), which
+ * saves scaling the class on every malloc and free. */
+static inline uint16_t tcache_bin_offset(unsigned cls)
 {
-    tcache_bin_t *bin = &tc->bins[cls];
+    return (uint16_t)(offsetof(tcache_t, bins) + cls * sizeof(tcache_bin_t));
+}
+
+static inline tcache_bin_t *tcache_bin_at(tcache_t *tc, unsigned offset)
+{
+    return (tcache_bin_t *)((char *)tc + offset);
+}
+
+static inline unsigned tcache_bin_class(unsigned offset)
+{
+    return (unsigned)((offset - offsetof(tcache_t, bins)) / sizeof(tcache_bin_t));
+}
+
+/* tcache_bin_offset(sizeclass_small[i]): malloc's lookup for sizes up to
+ * SMALL_MAX (filled by tcache_tables_init, after sizeclass_init). */
+extern LOAM_INTERNAL uint16_t tcache_small_bin[SMALL_MAX / 16 + 1];
+LOAM_INTERNAL void tcache_tables_init(void);
+
+static inline void *tcache_bin_pop(tcache_bin_t *bin)
+{
     unsigned n = bin->count;
     if (LOAM_UNLIKELY(n == 0))
         return NULL;
@@ -100,11 +122,15 @@ static inline void *tcache_pop(tcache_t *tc, unsigned cls)
     return b;
 }
 
+static inline void *tcache_pop(tcache_t *tc, unsigned cls)
+{
+    return tcache_bin_pop(&tc->bins[cls]);
+}
+
 /* false: the bin is full (the caller flushes). free_key is loam_free_key,
  * which the free fast path has loaded already. */
-static inline bool tcache_push_key(tcache_t *tc, unsigned cls, void *p, uintptr_t free_key)
+static inline bool tcache_bin_push(tcache_bin_t *bin, void *p, uintptr_t free_key)
 {
-    tcache_bin_t *bin = &tc->bins[cls];
     unsigned n = bin->count;
     if (LOAM_UNLIKELY(n >= AO_int_load(&bin->max)))
         return false;
@@ -116,7 +142,7 @@ static inline bool tcache_push_key(tcache_t *tc, unsigned cls, void *p, uintptr_
 
 static inline bool tcache_push(tcache_t *tc, unsigned cls, void *p)
 {
-    return tcache_push_key(tc, cls, p, loam_free_key);
+    return tcache_bin_push(&tc->bins[cls], p, loam_free_key);
 }
 
 #endif

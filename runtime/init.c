@@ -105,6 +105,7 @@ void loam_init_slow(void)
     }
     init_started = 1;
     sizeclass_init();
+    tcache_tables_init();
     loam_free_key = os_random_seed();
     error_install_core_hook();
     gc_install_hooks();

@@ -144,10 +144,10 @@ LOAM_INTERNAL size_t alloc_usable_size(const void *p);
 static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t *h, size_t n)
 {
     if (LOAM_LIKELY(n <= SMALL_MAX)) {
-        unsigned cls = sizeclass_small[(n + 15) >> 4];
-        void *p = tcache_pop(loam_tls_cache[h->alloc_slot], cls);
+        unsigned bin = tcache_small_bin[(n + 15) >> 4];
+        void *p = tcache_bin_pop(tcache_bin_at(loam_tls_cache[h->alloc_slot], bin));
         if (LOAM_LIKELY(p != NULL)) {
-            mc_alloc(h, p, sizeclass_size[cls], 0);
+            mc_alloc(h, p, sizeclass_size[tcache_bin_class(bin)], 0);
             return p;
         }
     }
@@ -182,7 +182,7 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
         uintptr_t free_key = loam_free_key;
         if (LOAM_LIKELY(idx * s->block_size == off && idx < AO_int_load(&s->bumped) &&
                         ((free_block_t *)p)->freed_key != free_key &&
-                        tcache_push_key(tc, s->cls, p, free_key)))
+                        tcache_bin_push(tcache_bin_at(tc, s->cache_bin), p, free_key)))
             return;
     }
     alloc_free_slow(p);
