@@ -17,6 +17,16 @@ tcache_t loam_empty_tcache;
 /* The calling thread's caches, for its exit. */
 static __thread tcache_t *thread_caches;
 
+/* Caches of exited threads, kept for the next threads (heaps_lock): a cache
+ * and its slots are two mappings of their own (more than the metadata
+ * bins hold), and a program that starts and ends threads all the time
+ * (the Larson benchmark: 160 threads) would otherwise map and unmap both
+ * for each, every unmap a TLB shootdown across CPUs. At most
+ * SPARE_CACHES_MAX are kept, disowned and empty. */
+#define SPARE_CACHES_MAX 8
+static tcache_t *spare_caches;
+static unsigned spare_cache_count;
+
 static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
 struct loam_heap *loam_heaps;
 static loam_heap_t *slot_holder[TC_SLOTS];    /* slot 0: the default heap */
@@ -250,7 +260,8 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
     /* A thread with a cache of a collected heap can allocate from it without
      * a slow path: it must be attached (stopped for collections). */
     gc_thread_cache_made(h);
-    /* Reuse a disowned cache of this thread (its heap was destroyed), else make one. */
+    /* Reuse a disowned cache of this thread (its heap was destroyed), else
+     * an exited thread's, else make one. */
     heaps_lock();
     tcache_t *mine = NULL;
     for (tcache_t *t = thread_caches; t; t = t->thread_next)
@@ -259,10 +270,16 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
             break;
         }
     if (!mine) {
-        mine = meta_alloc(sizeof *mine);
-        if (!mine) {
-            heaps_unlock();
-            return NULL;
+        if (spare_caches) {
+            mine = spare_caches;
+            spare_caches = mine->thread_next;
+            spare_cache_count--;
+        } else {
+            mine = meta_alloc(sizeof *mine);
+            if (!mine) {
+                heaps_unlock();
+                return NULL;
+            }
         }
         if (!thread_caches && thread_exit_key_made)
             pthread_setspecific(thread_exit_key, (void *)1);
@@ -308,8 +325,14 @@ void heap_thread_exit(void)
                 loam_tls_cache[tc->slot] = &loam_empty_tcache;
             tcache_abandon(tc);         /* (emptied above) unbinds it from its arena set */
         }
-        tcache_free_slots(tc);
-        meta_free(tc, sizeof *tc);
+        if (spare_cache_count < SPARE_CACHES_MAX) {
+            tc->thread_next = spare_caches;     /* disowned and empty: kept whole */
+            spare_caches = tc;
+            spare_cache_count++;
+        } else {
+            tcache_free_slots(tc);
+            meta_free(tc, sizeof *tc);
+        }
         tc = next;
     }
     for (unsigned s = 0; s < TC_SLOTS; s++)
