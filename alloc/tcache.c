@@ -10,6 +10,9 @@
 #define TCACHE_GROWN_BIN_BYTES ((size_t)128 * 1024)
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
 
+_Static_assert(TCACHE_GROWN_BIN_BYTES / 16 <= UINT16_MAX, "a bin's capacity fits tcache_t.cap");
+_Static_assert(sizeof(tcache_t) <= 2048, "a cache fits the metadata bins (alloc/meta.c)");
+
 uint16_t tcache_small_bin[SMALL_MAX / 16 + 1];
 
 void tcache_tables_init(void)
@@ -52,7 +55,7 @@ static bool tcache_slots_init(tcache_t *tc)
     tc->base_slots_count = total;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         tc->bins[c].slots = slots;
-        tc->cap[c] = tcache_base_cap(c);
+        tc->cap[c] = (uint16_t)tcache_base_cap(c);
         slots += tc->cap[c];
     }
     return true;
@@ -117,7 +120,7 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     if (want > tc->cap[cls] - bin->count)
         want = tc->cap[cls] - bin->count;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    tc->refilled[cls] = 1;
+    tc->refilled[cls / 64] |= (uint64_t)1 << (cls % 64);
     if (!tc->allocates) {
         /* An allocating thread: one more that may have an arena of its own
          * (a thread that only frees does not need one). */
@@ -161,15 +164,16 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
     if (!slots_are_base(tc, bin->slots))
         meta_free(bin->slots, (size_t)tc->cap[cls] * sizeof(void *));
     bin->slots = wide;
-    tc->cap[cls] = slots;
+    tc->cap[cls] = (uint16_t)slots;
     return true;
 }
 
 bool tcache_grow(tcache_t *tc, unsigned cls)
 {
-    if (!tc->refilled[cls])
+    uint64_t bit = (uint64_t)1 << (cls % 64);
+    if (!(tc->refilled[cls / 64] & bit))
         return false;
-    tc->refilled[cls] = 0;
+    tc->refilled[cls / 64] &= ~bit;
     size_t size = sizeclass_size[cls];
     size_t cap = tc->limit;
     if (cap > TCACHE_GROWN_BIN_BYTES / size)
@@ -200,7 +204,7 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     tcache_bin_t *bin = &tc->bins[cls];
     arena_t *held = NULL;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    tc->refilled[cls] = 0;
+    tc->refilled[cls / 64] &= ~((uint64_t)1 << (cls % 64));
     uint32_t count = bin->count;
     if (count <= keep)
         return;

@@ -41,14 +41,18 @@ typedef struct tcache {
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
     bool          allocates;                   /* has refilled: counted in its set's users */
-    uint8_t       refilled[NUM_CLASSES];       /* the bin ran empty since its last flush */
+    uint64_t      refilled[(NUM_CLASSES + 63) / 64];   /* bit per class: the bin ran empty
+                                                          since its last flush */
     size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
     bool          allocates_only;              /* its owner never frees through it (set by the
                                                   runtime for collected heaps): refills grow */
-    uint32_t      cap[NUM_CLASSES];            /* capacity of each bin's slots (owner's) */
+    uint16_t      cap[NUM_CLASSES];            /* capacity of each bin's slots (owner's; at most
+                                                  128 KiB / 16 B = 8192) */
     void        **base_slots;                  /* one allocation for every bin's base slots; a
                                                   bin that grew past them has its own */
     size_t        base_slots_count;
+    /* Under 2 KiB, so a cache comes from the metadata bins (meta.c), not a
+     * mapping of its own. */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the
