@@ -17,11 +17,11 @@ tcache_t loam_empty_tcache;
 /* The calling thread's caches, for its exit. */
 static __thread tcache_t *thread_caches;
 
-/* Caches of exited threads, kept for the next threads (heaps_lock): a cache
- * and its slots are two mappings of their own (more than the metadata
- * bins hold), and a program that starts and ends threads all the time
- * (the Larson benchmark: 160 threads) would otherwise map and unmap both
- * for each, every unmap a TLB shootdown across CPUs. At most
+/* Caches of exited threads, kept for the next threads (heaps_lock): a
+ * cache's slots are a mapping of their own (34.5 KiB, more than the
+ * metadata bins hold), and a program that starts and ends threads all the
+ * time (the Larson benchmark: 160 threads) would otherwise map and unmap
+ * one for each, every unmap a TLB shootdown across CPUs. At most
  * SPARE_CACHES_MAX are kept, disowned and empty. */
 #define SPARE_CACHES_MAX 8
 static tcache_t *spare_caches;
