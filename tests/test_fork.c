@@ -15,6 +15,7 @@
 #endif
 
 #include <errno.h>
+#include <execinfo.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -131,8 +132,27 @@ static void *child_thread(void *arg)
     return bad ? (void *)1 : NULL;
 }
 
+/* A child stuck past its alarm prints where it is stuck (the thread that
+ * takes the signal: usually the child's only one, the forking thread)
+ * before it dies of the signal, so a rare deadlock after fork can be told
+ * apart. backtrace() is warmed up before the alarm is armed: its first
+ * call may load libgcc, which is no work for a signal handler. */
+static void child_alarm(int sig)
+{
+    static const char msg[] = "test_fork: a child is stuck after fork; its stack:\n";
+    if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0)
+        _exit(98);
+    void *frames[48];
+    backtrace_symbols_fd(frames, backtrace(frames, 48), STDERR_FILENO);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static void child_main(uint64_t seed, bool threads)
 {
+    void *warm[1];
+    (void)backtrace(warm, 1);
+    signal(SIGALRM, child_alarm);
     alarm(CHILD_ALARM);
     /* Heaps the parent's threads were using at the moment of the fork. */
     if (churn(loam_heap_default(), &seed, 1500))
