@@ -33,6 +33,20 @@ static void tcache_set_limits(tcache_t *tc)
     }
 }
 
+/* The bin of cls ran empty since its last flush (refilled bits). */
+static void refilled_set(tcache_t *tc, unsigned cls)
+{
+    tc->refilled[cls / 64] |= (uint64_t)1 << (cls % 64);
+}
+
+static bool refilled_take(tcache_t *tc, unsigned cls)
+{
+    uint64_t bit = (uint64_t)1 << (cls % 64);
+    bool was = (tc->refilled[cls / 64] & bit) != 0;
+    tc->refilled[cls / 64] &= ~bit;
+    return was;
+}
+
 /* The slots every bin starts with: as many as its base limit. */
 static uint32_t tcache_base_cap(unsigned cls)
 {
@@ -94,7 +108,6 @@ bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->purge_seen = 0;
     tc->purge_seen_ms = 0;
     tc->owner = owner;
-    tc->key = os_random();
     tc->arenas = arenas;
     tc->allocates = false;
     tc->arena = NULL;
@@ -120,7 +133,7 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     if (want > tc->cap[cls] - bin->count)
         want = tc->cap[cls] - bin->count;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    tc->refilled[cls / 64] |= (uint64_t)1 << (cls % 64);
+    refilled_set(tc, cls);
     if (!tc->allocates) {
         /* An allocating thread: one more that may have an arena of its own
          * (a thread that only frees does not need one). */
@@ -143,15 +156,6 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     return tcache_pop(tc, cls);
 }
 
-/* A bin that overflows after it ran empty since its last flush serves a
- * thread that allocates and frees in batches bigger than the bin: each
- * batch would go through an arena lock twice, blocks relinked one by one
- * (cg-batch, 1000 at a time: 140 instructions per malloc+free pair, 85 once
- * the batch fits). It doubles, up to tcache_max blocks and 128 KiB of them
- * (a flush keeps half, so a batch of 64 KiB needs that), while the cache's
- * growth in all stays under 1 MiB. A cache flushed because it is idle
- * (runtime/purge.c) comes back at the base limits. The compare-and-swap
- * loses to a flush request, which sets the limit to 0 from another thread. */
 /* Room for `slots` blocks in the bin of cls (the owner's, on a slow path:
  * only the owner and a thread that has stopped it read the slots). */
 static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
@@ -168,12 +172,19 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
     return true;
 }
 
+/* A bin that overflows after it ran empty since its last flush serves a
+ * thread that allocates and frees in batches bigger than the bin: each
+ * batch would go through an arena lock twice, blocks relinked one by one
+ * (cg-batch, 1000 at a time: 140 instructions per malloc+free pair, 85 once
+ * the batch fits). It doubles, up to tcache_max blocks and 128 KiB of them
+ * (a flush keeps half, so a batch of 64 KiB needs that), while the cache's
+ * growth in all stays under 1 MiB. A cache flushed because it is idle
+ * (runtime/purge.c) comes back at the base limits. The compare-and-swap
+ * loses to a flush request, which sets the limit to 0 from another thread. */
 bool tcache_grow(tcache_t *tc, unsigned cls)
 {
-    uint64_t bit = (uint64_t)1 << (cls % 64);
-    if (!(tc->refilled[cls / 64] & bit))
+    if (!refilled_take(tc, cls))
         return false;
-    tc->refilled[cls / 64] &= ~bit;
     size_t size = sizeclass_size[cls];
     size_t cap = tc->limit;
     if (cap > TCACHE_GROWN_BIN_BYTES / size)
@@ -204,7 +215,7 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     tcache_bin_t *bin = &tc->bins[cls];
     arena_t *held = NULL;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    tc->refilled[cls / 64] &= ~((uint64_t)1 << (cls % 64));
+    (void)refilled_take(tc, cls);
     uint32_t count = bin->count;
     if (count <= keep)
         return;

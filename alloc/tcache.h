@@ -33,7 +33,6 @@ typedef struct tcache_bin {
 typedef struct tcache {
     tcache_bin_t  bins[NUM_CLASSES];
     void         *owner;       /* the heap; NULL: not (or no longer) in use */
-    uintptr_t     key;         /* links of the chains refills take (never kept in blocks) */
     arena_set_t  *arenas;
     arena_t      *arena;       /* where refills come from: sticky */
     struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
