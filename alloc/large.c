@@ -14,8 +14,9 @@
  * grows in place (mremap) to the new block's size when it is too small, and
  * gives its tail's pages to a new cached mapping when it is far too big. A
  * new mapping takes the pages of cached ones that fit in it first (pages
- * moved by mremap cost no fault and no zeroing). A mapping idle for decay_ms is unmapped by the next purge
- * (the background thread's, or a slow path's), trim unmaps them all. A cached
+ * moved by mremap cost no fault and no zeroing). A mapping idle for
+ * decay_ms is unmapped by the next purge (the background thread's, or a
+ * slow path's), trim unmaps them all. A cached
  * mapping stays in the segment map with no block in it (size 0): a free of
  * its old address is reported as a double free, and a conservative pointer
  * into it marks nothing. */
@@ -341,9 +342,10 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
         /* Grown, or shrunk when 7/8 or more would be left over (those pages
          * are resident: the last block's). */
         large_t *r = l;
-        if (l->map_size >= map && l->map_size - map >= l->map_size / 8 * 7 && cache_split_tail(l, map))
+        bool far_too_big = l->map_size >= map && l->map_size - map >= l->map_size / 8 * 7;
+        if (far_too_big && cache_split_tail(l, map))
             ;                               /* the tail's pages stay, cached */
-        else if (l->map_size < map || l->map_size - map >= l->map_size / 8 * 7)
+        else if (l->map_size < map || far_too_big)
             r = mapping_resize(l, map);
         if (r) {
             l = r;

@@ -21,15 +21,21 @@ void tcache_tables_init(void)
         tcache_small_bin[i] = tcache_bin_offset(sizeclass_small[i]);
 }
 
+/* A bin's base limit, and the slots every bin starts with: at most 128
+ * blocks and 64 KiB of them, at least 1. */
+static uint32_t tcache_base_cap(unsigned cls)
+{
+    size_t by_bytes = TCACHE_BIN_BYTES / sizeclass_size[cls];
+    uint32_t cap = by_bytes < TCACHE_BASE_MAX ? (uint32_t)by_bytes : TCACHE_BASE_MAX;
+    return cap ? cap : 1;
+}
+
 static void tcache_set_limits(tcache_t *tc)
 {
     tc->grown_bytes = 0;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        size_t by_bytes = TCACHE_BIN_BYTES / sizeclass_size[c];
-        uint32_t max = tc->limit < TCACHE_BASE_MAX ? tc->limit : TCACHE_BASE_MAX;
-        if (max > by_bytes)
-            max = (uint32_t)by_bytes;
-        AO_int_store(&tc->bins[c].max, tc->limit && max == 0 ? 1 : max);
+        uint32_t base = tcache_base_cap(c);
+        AO_int_store(&tc->bins[c].max, tc->limit < base ? tc->limit : base);
     }
 }
 
@@ -45,14 +51,6 @@ static bool refilled_take(tcache_t *tc, unsigned cls)
     bool was = (tc->refilled[cls / 64] & bit) != 0;
     tc->refilled[cls / 64] &= ~bit;
     return was;
-}
-
-/* The slots every bin starts with: as many as its base limit. */
-static uint32_t tcache_base_cap(unsigned cls)
-{
-    size_t by_bytes = TCACHE_BIN_BYTES / sizeclass_size[cls];
-    uint32_t cap = by_bytes < TCACHE_BASE_MAX ? (uint32_t)by_bytes : TCACHE_BASE_MAX;
-    return cap ? cap : 1;
 }
 
 static bool tcache_slots_init(tcache_t *tc)

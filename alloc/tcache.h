@@ -30,12 +30,15 @@ typedef struct tcache_bin {
                                   Never above the slots' capacity */
 } tcache_bin_t;
 
+/* Under 2 KiB (asserted in tcache.c), so a cache comes from the metadata
+ * bins (meta.c), not a mapping of its own. */
 typedef struct tcache {
     tcache_bin_t  bins[NUM_CLASSES];
     void         *owner;       /* the heap; NULL: not (or no longer) in use */
     arena_set_t  *arenas;
     arena_t      *arena;       /* where refills come from: sticky */
-    struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (owner's lock) */
+    struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (its list lock:
+                                                  the runtime's heaps_lock) */
     struct tcache *thread_next;               /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
@@ -50,8 +53,6 @@ typedef struct tcache {
     void        **base_slots;                  /* one allocation for every bin's base slots; a
                                                   bin that grew past them has its own */
     size_t        base_slots_count;
-    /* Under 2 KiB, so a cache comes from the metadata bins (meta.c), not a
-     * mapping of its own. */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the
@@ -92,7 +93,7 @@ static inline bool tcache_flush_requested(tcache_t *tc)
 }
 
 /* The byte offset of the bin of cls in a cache: the fast paths keep it
- * instead of the class (slab_t.cache_bin, sizeclass_small_bin), which
+ * instead of the class (slab_t.cache_bin, tcache_small_bin), which
  * saves scaling the class on every malloc and free. */
 static inline uint16_t tcache_bin_offset(unsigned cls)
 {
