@@ -100,9 +100,13 @@ typedef struct slab {
     char        *start;          /* first block */
     uint32_t     block_size;     /* 0 when not a slab */
     uint32_t     bumped;         /* blocks ever handed out: [0, bumped) are real blocks;
-                                    written under the arena lock, read lock-free (AO_int) */
-    uint64_t     div_magic;      /* (off * div_magic) >> 42 == off / block_size */
-    void        *owner;          /* the arena's owner (heap), copied for the free path */
+                                    written under the arena lock (slab_set_bumped) */
+    uint64_t     div_m;          /* slab_div_m(block_size): divides offsets and tests them
+                                    for a block start by multiplying (see there) */
+    uint32_t     start_below;    /* bumped * slab_div_step(block_size): off * div_m is below
+                                    it iff off is a block start below the bump line. Written
+                                    with bumped (slab_set_bumped), read lock-free (AO_int) */
+    uint32_t     spare;
     uint8_t      owner_slot;     /* the thread-cache slot the free fast path pushes to:
                                     home_slot, or the no-cache slot while draining (AO_char) */
     uint8_t      cls;
@@ -250,10 +254,49 @@ static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
     return segment_page_slab(seg, (unsigned)(a >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1));
 }
 
+/* Division and divisibility by a block size without a divide. With
+ * M = floor((2^64 - 1) / size) + 2 (one more than ceil(2^64 / size)), write
+ * e = M * size - 2^64, so size <= e < 2 * size. For off = q * size + r with
+ * |off| < 2^32 and size < 2^29, the 128-bit product off * M is
+ * q * 2^64 + (q * e + r * M), and the second term never reaches 2^64. So:
+ *   - off / size is the high half of off * M;
+ *   - the low half is q * e (under 2^33) when r == 0, and at least
+ *     M - 2^34 (far above 2^33) when r != 0 or off < 0;
+ *   - hence off is a block start below block n iff low < n * e: one multiply
+ *     and one compare test "in the slab, at a block start, below the bump
+ *     line" together (the free fast path).
+ * The "+ 2" rather than the usual "+ 1" (Lemire, Kaser and Kurz, "Faster
+ * remainder by direct computation", 2019) keeps e > 0 for powers of two, so
+ * the low half still counts blocks. tests/test_model.c checks every class. */
+static inline uint64_t slab_div_m(uint32_t size)
+{
+    return UINT64_MAX / size + 2;
+}
+/* e above: how much the low half grows per block. */
+static inline uint64_t slab_div_step(uint32_t size)
+{
+    return slab_div_m(size) * size;
+}
+static inline size_t slab_offset_index(uint64_t off, uint64_t m)
+{
+    return (size_t)(((unsigned __int128)off * m) >> 64);
+}
+static inline bool slab_offset_is_block_start(uint64_t off, uint64_t m)
+{
+    return off * m < m;
+}
+
 /* Index of the block containing address a in slab s (a inside the run). */
 static inline size_t slab_block_index(const slab_t *s, uintptr_t a)
 {
-    return (size_t)((((uint64_t)(a - (uintptr_t)s->start)) * s->div_magic) >> 42);
+    return slab_offset_index(a - (uintptr_t)s->start, s->div_m);
+}
+
+/* Move the bump line (arena lock held). */
+static inline void slab_set_bumped(slab_t *s, uint32_t bumped)
+{
+    s->bumped = bumped;
+    AO_int_store(&s->start_below, (uint32_t)(bumped * slab_div_step(s->block_size)));
 }
 
 /* What an address is, for frees, heap_of and (later) conservative scanning. */

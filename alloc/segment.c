@@ -364,11 +364,11 @@ void addr_classify(const void *p, addr_info_t *out)
         out->kind = ADDR_UNALLOCATED;
         return;
     }
-    size_t idx = slab_block_index(s, a);
-    if (idx >= AO_int_load(&s->bumped)) {
+    if (a - (uintptr_t)s->start >= (uintptr_t)AO_int_load(&s->bumped) * s->block_size) {
         out->kind = ADDR_UNALLOCATED;
         return;
     }
+    size_t idx = slab_block_index(s, a);
     out->index = idx;
     out->block = s->start + idx * s->block_size;
     out->size = s->block_size;

@@ -29,12 +29,11 @@ void slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->cache_bin = tcache_bin_offset(cls);
     s->capacity = (uint32_t)(((size_t)s->pages * PAGE_SIZE) / size);
     AO_int_store(&s->drain_below, s->capacity / 8);
-    AO_int_store(&s->bumped, 0);
+    slab_set_bumped(s, 0);
     AO_int_store(&s->used, 0);
     s->free = NULL;
     s->key = os_random();
-    s->div_magic = (((uint64_t)1 << 42) + size - 1) / size;
-    s->owner = a->owner;
+    s->div_m = slab_div_m(size);
     /* A tracked slab's frees must see the slow path (to read its waste). */
     s->home_slot = a->track_requested ? TRACKED_SLOT : a->owner_slot;
     s->owner_slot = TRACKED_SLOT;       /* draining while empty */
@@ -54,8 +53,8 @@ void slab_fini(slab_t *s)
     if (s->waste)
         meta_free(s->waste, (size_t)s->capacity * slab_waste_width(s));
     s->waste = NULL;
+    slab_set_bumped(s, 0);
     s->block_size = 0;
-    AO_int_store(&s->bumped, 0);
 }
 
 /* Up to n blocks out of the slab, their addresses stored downwards from
@@ -67,14 +66,14 @@ unsigned slab_take_blocks(slab_t *s, unsigned n, void **top)
 {
     /* The slab's fields in locals: the stores into blocks could alias them. */
     const uintptr_t lo = (uintptr_t)s->start, skey = s->key;
-    const uint64_t magic = s->div_magic;
+    const uint64_t m = s->div_m;
     const size_t size = s->block_size;
     const uintptr_t hi = lo + (uintptr_t)s->bumped * size;
     unsigned got = 0;
     free_block_t *f = s->free;
     while (got < n && f) {
         uintptr_t nx = (uintptr_t)freelist_decode(f->next_enc, skey);
-        if (nx && (nx < lo || nx >= hi || (((nx - lo) * magic) >> 42) * size != nx - lo))
+        if (nx && (nx < lo || nx >= hi || !slab_offset_is_block_start(nx - lo, m)))
             slab_fault("free list corrupted (a freed block was written to)", f);
         *--top = f;
         got++;
@@ -88,7 +87,7 @@ unsigned slab_take_blocks(slab_t *s, unsigned n, void **top)
         *--top = b;
         got++;
     }
-    AO_int_store(&s->bumped, bumped);
+    slab_set_bumped(s, bumped);
     AO_int_store(&s->used, s->used + got);
     slab_note_draining(s);
     return got;
@@ -114,7 +113,7 @@ size_t slab_shrink_tail(slab_t *s)
     for (free_block_t *b = s->free; b; b = freelist_decode(b->next_enc, s->key)) {
         uintptr_t off = (uintptr_t)b - lo;
         size_t i = slab_block_index(s, (uintptr_t)b);
-        if (off >= span || i * s->block_size != off || ++walked > bumped)   /* out, or a cycle */
+        if (off >= span || !slab_offset_is_block_start(off, s->div_m) || ++walked > bumped)   /* out, or a cycle */
             slab_fault("free list corrupted (a freed block was written to)", b);
         freed[i / 64] |= (uint64_t)1 << (i % 64);
     }
@@ -135,7 +134,7 @@ size_t slab_shrink_tail(slab_t *s)
             head = b;
         }
     s->free = head;
-    AO_int_store(&s->bumped, keep);
+    slab_set_bumped(s, keep);
     end = (end + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1);
     os_decommit((void *)cut, end - cut);
     mc_fresh((void *)cut, end - cut);

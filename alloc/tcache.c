@@ -10,10 +10,10 @@
 #define TCACHE_GROWN_BIN_BYTES ((size_t)128 * 1024)
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
 
-_Static_assert(TCACHE_GROWN_BIN_BYTES / 16 <= UINT16_MAX, "a bin's capacity fits tcache_t.cap");
 _Static_assert(sizeof(tcache_t) <= 2048, "a cache fits the metadata bins (alloc/meta.c)");
 
 uint16_t tcache_small_bin[SMALL_MAX / 16 + 1];
+void *tcache_no_blocks[1];
 
 void tcache_tables_init(void)
 {
@@ -30,12 +30,30 @@ static uint32_t tcache_base_cap(unsigned cls)
     return cap ? cap : 1;
 }
 
+static void bin_set_top(tcache_t *tc, unsigned cls, uint32_t count)
+{
+    AO_store(&tc->bins[cls].top, (AO_t)(tc->info[cls].base + count));
+}
+
 static void tcache_set_limits(tcache_t *tc)
 {
     tc->grown_bytes = 0;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         uint32_t base = tcache_base_cap(c);
-        AO_int_store(&tc->bins[c].max, tc->limit < base ? tc->limit : base);
+        tc->info[c].max = tc->limit < base ? tc->limit : base;
+        AO_store(&tc->bins[c].end, (AO_t)(tc->info[c].base + tc->info[c].max));
+    }
+}
+
+uint32_t tcache_count_racy(tcache_t *tc, unsigned cls)
+{
+    for (;;) {
+        AO_t seq = AO_load_acquire(&tc->resize_seq);
+        void **top = (void **)AO_load(&tc->bins[cls].top);
+        void **base = tc->info[cls].base;
+        AO_t seq2 = AO_load_acquire(&tc->resize_seq);
+        if (!(seq & 1) && seq == seq2)
+            return top >= base ? (uint32_t)(top - base) : 0;
     }
 }
 
@@ -53,42 +71,49 @@ static bool refilled_take(tcache_t *tc, unsigned cls)
     return was;
 }
 
+/* The store: the bins' info, then for each class a NULL sentinel and its
+ * base slots (fresh metadata is zero, and nothing writes below a base). */
 static bool tcache_slots_init(tcache_t *tc)
 {
-    if (tc->base_slots)
+    if (tc->info)
         return true;                    /* a cache made again keeps its slots */
-    size_t total = 0;
+    size_t slots = 0;
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        total += tcache_base_cap(c);
-    void **slots = meta_alloc(total * sizeof(void *));
-    if (!slots)
+        slots += 1 + tcache_base_cap(c);
+    size_t bytes = NUM_CLASSES * sizeof(tcache_bin_info_t) + slots * sizeof(void *);
+    tcache_bin_info_t *info = meta_alloc(bytes);
+    if (!info)
         return false;
-    tc->base_slots = slots;
-    tc->base_slots_count = total;
+    void **next = (void **)(info + NUM_CLASSES);
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        tc->bins[c].slots = slots;
-        tc->cap[c] = (uint16_t)tcache_base_cap(c);
-        slots += tc->cap[c];
+        info[c].base = next + 1;
+        info[c].cap = tcache_base_cap(c);
+        next += 1 + info[c].cap;
     }
+    tc->info = info;
+    tc->store_bytes = bytes;
     return true;
 }
 
-static bool slots_are_base(const tcache_t *tc, void **slots)
+static bool slots_in_store(const tcache_t *tc, void **slots)
 {
-    return slots >= tc->base_slots && slots < tc->base_slots + tc->base_slots_count;
+    return (char *)slots >= (char *)tc->info && (char *)slots < (char *)tc->info + tc->store_bytes;
 }
 
 void tcache_free_slots(tcache_t *tc)
 {
+    if (!tc->info)
+        return;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        if (tc->bins[c].slots && !slots_are_base(tc, tc->bins[c].slots))
-            meta_free(tc->bins[c].slots, (size_t)tc->cap[c] * sizeof(void *));
-        tc->bins[c].slots = NULL;
-        tc->cap[c] = 0;
+        tcache_bin_info_t *in = &tc->info[c];
+        if (!slots_in_store(tc, in->base))
+            meta_free(in->base - 1, (size_t)(in->cap + 1) * sizeof(void *));
+        AO_store(&tc->bins[c].top, (AO_t)&tcache_no_blocks[1]);
+        AO_store(&tc->bins[c].end, 0);
     }
-    meta_free(tc->base_slots, tc->base_slots_count * sizeof(void *));
-    tc->base_slots = NULL;
-    tc->base_slots_count = 0;
+    meta_free(tc->info, tc->store_bytes);
+    tc->info = NULL;
+    tc->store_bytes = 0;
 }
 
 bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache_max)
@@ -96,7 +121,7 @@ bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     if (!tcache_slots_init(tc))
         return false;
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        AO_int_store(&tc->bins[c].count, 0);
+        bin_set_top(tc, c, 0);
     memset(tc->refilled, 0, sizeof tc->refilled);
     tc->allocates_only = false;
     tc->limit = tcache_max;
@@ -122,14 +147,16 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
      * 4.3 -> 5.3 MiB). */
     if (tc->allocates_only)
         tcache_grow(tc, cls);           /* grows only if it ran empty before */
-    unsigned want = AO_int_load(&bin->max) / 2;
+    tcache_bin_info_t *in = &tc->info[cls];
+    unsigned count = tcache_count(tc, cls);
+    unsigned want = in->max / 2;
     if (want < 1)
         want = 1;
     unsigned batch_max = tc->allocates_only ? TCACHE_BATCH_MAX_ALLOCATING : TCACHE_BATCH_MAX;
     if (want > batch_max)
         want = batch_max;
-    if (want > tc->cap[cls] - bin->count)
-        want = tc->cap[cls] - bin->count;
+    if (want > in->cap - count)
+        want = in->cap - count;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     refilled_set(tc, cls);
     if (!tc->allocates) {
@@ -142,31 +169,36 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
     if (!a)
         return NULL;
     tc->arena = a;
-    unsigned count = bin->count;
-    void **top = bin->slots + count + want;
+    void **top = in->base + count + want;
     unsigned n = arena_alloc_blocks(a, cls, want, top);
     arena_unlock(a);
     if (n == 0)
         return NULL;
     if (n < want)                       /* short: close the gap below them */
-        memmove(bin->slots + count, top - n, (size_t)n * sizeof(void *));
-    AO_int_store(&bin->count, count + n);
-    return tcache_pop(tc, cls);
+        memmove(in->base + count, top - n, (size_t)n * sizeof(void *));
+    bin_set_top(tc, cls, count + n);
+    return tcache_bin_pop(bin);
 }
 
 /* Room for `slots` blocks in the bin of cls (the owner's, on a slow path:
  * only the owner and a thread that has stopped it read the slots). */
 static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
 {
-    tcache_bin_t *bin = &tc->bins[cls];
-    void **wide = meta_alloc((size_t)slots * sizeof(void *));
+    tcache_bin_info_t *in = &tc->info[cls];
+    void **wide = meta_alloc((size_t)(slots + 1) * sizeof(void *));   /* zero: [0] is the sentinel */
     if (!wide)
         return false;
-    memcpy(wide, bin->slots, (size_t)bin->count * sizeof(void *));
-    if (!slots_are_base(tc, bin->slots))
-        meta_free(bin->slots, (size_t)tc->cap[cls] * sizeof(void *));
-    bin->slots = wide;
-    tc->cap[cls] = (uint16_t)slots;
+    uint32_t count = tcache_count(tc, cls);
+    void **old = in->base;
+    uint32_t old_cap = in->cap;
+    memcpy(wide + 1, old, (size_t)count * sizeof(void *));
+    AO_store_release(&tc->resize_seq, tc->resize_seq + 1);
+    in->base = wide + 1;
+    in->cap = slots;
+    bin_set_top(tc, cls, count);
+    AO_store_release(&tc->resize_seq, tc->resize_seq + 1);
+    if (!slots_in_store(tc, old))
+        meta_free(old - 1, (size_t)(old_cap + 1) * sizeof(void *));
     return true;
 }
 
@@ -187,17 +219,22 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
     size_t cap = tc->limit;
     if (cap > TCACHE_GROWN_BIN_BYTES / size)
         cap = TCACHE_GROWN_BIN_BYTES / size;
-    uint32_t max = AO_int_load(&tc->bins[cls].max);
-    if (max == 0 || max >= cap)
+    tcache_bin_info_t *in = &tc->info[cls];
+    uint32_t max = in->max;
+    if (AO_load(&tc->bins[cls].end) == 0 || max >= cap)
         return false;
     uint32_t grown = (size_t)max * 2 < cap ? max * 2 : (uint32_t)cap;
     size_t bytes = (size_t)(grown - max) * size;
     if (tc->grown_bytes + bytes > TCACHE_GROWN_BYTES_MAX)
         return false;
-    if (grown > tc->cap[cls] && !tcache_widen(tc, cls, grown))
+    if (grown > in->cap && !tcache_widen(tc, cls, grown))
         return false;
-    if (!AO_int_compare_and_swap(&tc->bins[cls].max, max, grown))
+    /* Read end again: widening moved the slots, and a flush request (end
+     * set to 0) must win over this. */
+    AO_t end = AO_load(&tc->bins[cls].end);
+    if (end == 0 || !AO_compare_and_swap(&tc->bins[cls].end, end, (AO_t)(in->base + grown)))
         return false;
+    in->max = grown;
     tc->grown_bytes += bytes;
     return true;
 }
@@ -210,15 +247,14 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
  * overlap. */
 void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
 {
-    tcache_bin_t *bin = &tc->bins[cls];
     arena_t *held = NULL;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     (void)refilled_take(tc, cls);
-    uint32_t count = bin->count;
+    uint32_t count = tcache_count(tc, cls);
     if (count <= keep)
         return;
     uint32_t out = count - keep;
-    void **slots = bin->slots;
+    void **slots = tc->info[cls].base;
     for (uint32_t i = 0; i < out;) {
         free_block_t *last = slots[i], *first = last;
         segment_t *seg = (segment_t *)((uintptr_t)last & ~SEGMENT_MASK);
@@ -241,23 +277,26 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     if (held)
         arena_unlock(held);
     memmove(slots, slots + out, (size_t)keep * sizeof(void *));
-    AO_int_store(&bin->count, keep);
+    bin_set_top(tc, cls, keep);
 }
 
 void tcache_flush_all(tcache_t *tc)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        if (tc->bins[c].count)
+        if (tcache_count(tc, c))
             tcache_flush(tc, c, 0);
 }
 
 void tcache_abandon(tcache_t *tc)
 {
-    /* max = 0: pushes fail too, so a disowned cache can never take a block
+    /* end = 0: pushes fail too, so a disowned cache can never take a block
      * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        AO_int_store(&tc->bins[c].count, 0);
-        AO_int_store(&tc->bins[c].max, 0);
+        if (tc->info)
+            bin_set_top(tc, c, 0);
+        else
+            AO_store(&tc->bins[c].top, (AO_t)&tcache_no_blocks[1]);
+        AO_store(&tc->bins[c].end, 0);
     }
     AO_store(&tc->flush_req, 0);
     if (tc->arenas && tc->allocates)
@@ -272,7 +311,7 @@ void tcache_request_flush(tcache_t *tc)
 {
     AO_store(&tc->flush_req, 1);
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        AO_int_store(&tc->bins[c].max, 0);
+        AO_store(&tc->bins[c].end, 0);
 }
 
 void tcache_answer_flush(tcache_t *tc)

@@ -23,12 +23,30 @@
 
 #include "alloc/alloc.h"
 
+/* A bin is two pointers into its slots, the array of its cached blocks'
+ * addresses (oldest first). Below the first slot sits a NULL sentinel, so
+ * a pop needs no separate emptiness test, and a push compares top with end:
+ * no count, no base, no index scaling on the fast paths. */
 typedef struct tcache_bin {
-    void        **slots;       /* the cached blocks, oldest first: [0, count) */
-    unsigned      count;       /* written by the owner only, read by statistics (AO_int) */
-    uint32_t      max;         /* flush past this; 0 while a flush is requested (AO_int).
-                                  Never above the slots' capacity */
+    AO_t          top;         /* void **: one past the newest block; top[-1] is NULL
+                                  when the bin is empty (the sentinel). Written by the
+                                  owner; AO_load from other threads (tcache_count_racy) */
+    AO_t          end;         /* void **: pushes fail once top reaches it: base + max, or
+                                  0 (every push fails) while a flush is requested or the
+                                  cache is disowned. Set from other threads (AO) */
 } tcache_bin_t;
+
+/* The rest of a bin, read on slow paths only, kept with the slots. */
+typedef struct tcache_bin_info {
+    void        **base;        /* the first slot; base[-1] is the NULL sentinel */
+    uint32_t      cap;         /* slots in the array (at most 128 KiB / 16 B = 8192) */
+    uint32_t      max;         /* the bin's limit when it takes pushes (end = base + max) */
+} tcache_bin_info_t;
+
+/* The bin every cache that takes no blocks shows (loam's empty cache): its
+ * top sits on a sentinel and its end is 0. */
+extern LOAM_INTERNAL void *tcache_no_blocks[1];
+#define TCACHE_REFUSING_BIN { .top = (AO_t)&tcache_no_blocks[1], .end = 0 }
 
 /* Under 2 KiB (asserted in tcache.c), so a cache comes from the metadata
  * bins (meta.c), not a mapping of its own. */
@@ -48,11 +66,13 @@ typedef struct tcache {
     size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
     bool          allocates_only;              /* its owner never frees through it (set by the
                                                   runtime for collected heaps): refills grow */
-    uint16_t      cap[NUM_CLASSES];            /* capacity of each bin's slots (owner's; at most
-                                                  128 KiB / 16 B = 8192) */
-    void        **base_slots;                  /* one allocation for every bin's base slots; a
-                                                  bin that grew past them has its own */
-    size_t        base_slots_count;
+    tcache_bin_info_t *info;                   /* [NUM_CLASSES], at the start of the
+                                                  store: one allocation for the info and
+                                                  every bin's base slots; a bin that grew
+                                                  past them has its own */
+    size_t        store_bytes;
+    AO_t          resize_seq;                  /* odd while the owner moves a bin to wider
+                                                  slots (tcache_count_racy retries) */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
      * has not taken a slow path for decay_ms gets every bin's max set to 0
      * and flush_req set, so the owner's next free misses the cache and the
@@ -117,11 +137,11 @@ LOAM_INTERNAL void tcache_tables_init(void);
 
 static inline void *tcache_bin_pop(tcache_bin_t *bin)
 {
-    unsigned n = bin->count;
-    if (LOAM_UNLIKELY(n == 0))
+    void **top = (void **)bin->top;
+    free_block_t *b = top[-1];
+    if (LOAM_UNLIKELY(b == NULL))       /* the sentinel: empty */
         return NULL;
-    free_block_t *b = bin->slots[n - 1];
-    AO_int_store(&bin->count, n - 1);   /* statistics read it from other threads */
+    AO_store(&bin->top, (AO_t)(top - 1));   /* statistics read it from other threads */
     b->freed_key = 0;
     return b;
 }
@@ -131,22 +151,37 @@ static inline void *tcache_pop(tcache_t *tc, unsigned cls)
     return tcache_bin_pop(&tc->bins[cls]);
 }
 
-/* false: the bin is full (the caller flushes). free_key is loam_free_key,
- * which the free fast path has loaded already. */
+/* false: the bin is full, or refuses pushes (the caller's slow path tells
+ * which). free_key is loam_free_key, which the free fast path has loaded
+ * already. */
 static inline bool tcache_bin_push(tcache_bin_t *bin, void *p, uintptr_t free_key)
 {
-    unsigned n = bin->count;
-    if (LOAM_UNLIKELY(n >= AO_int_load(&bin->max)))
+    void **top = (void **)bin->top;
+    if (LOAM_UNLIKELY((AO_t)top >= AO_load(&bin->end)))
         return false;
-    bin->slots[n] = p;
+    *top = p;
     ((free_block_t *)p)->freed_key = free_key;
-    AO_int_store(&bin->count, n + 1);
+    AO_store(&bin->top, (AO_t)(top + 1));
     return true;
 }
 
 static inline bool tcache_push(tcache_t *tc, unsigned cls, void *p)
 {
     return tcache_bin_push(&tc->bins[cls], p, loam_free_key);
+}
+
+/* Blocks in the bin of cls: the owner's view (or with the owner stopped). */
+static inline uint32_t tcache_count(const tcache_t *tc, unsigned cls)
+{
+    return (uint32_t)((void **)tc->bins[cls].top - tc->info[cls].base);
+}
+/* The same from another thread while the owner runs: a snapshot, never
+ * torn by a bin moving to wider slots. */
+LOAM_INTERNAL uint32_t tcache_count_racy(tcache_t *tc, unsigned cls);
+/* The bin's limit, 0 while it refuses pushes (the owner's). */
+static inline uint32_t tcache_limit(const tcache_t *tc, unsigned cls)
+{
+    return AO_load((AO_t *)&tc->bins[cls].end) ? tc->info[cls].max : 0;
 }
 
 #endif

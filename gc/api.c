@@ -99,7 +99,7 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
 void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls)
 {
     /* a refill happens on an empty bin: what it holds now (+1 returned) is new */
-    size_t bytes = ((size_t)tc->bins[cls].count + 1) * sizeclass_size[cls];
+    size_t bytes = ((size_t)tcache_count(tc, cls) + 1) * sizeclass_size[cls];
     AO_fetch_and_add(&h->gc->alloc_since, bytes);
 }
 

@@ -85,7 +85,7 @@ typedef struct marker {
      * (w >> PAGE_SHIFT) % MARK_SLAB_CACHE (mark.c). */
     struct mark_slab_cache {
         uintptr_t   lo, span;      /* its blocks ever handed out: [lo, lo + span) */
-        uint64_t    magic;         /* its div_magic */
+        uint64_t    div_m;         /* its div_m */
         uint64_t   *bits;          /* its segment's side bits */
         size_t      first;         /* granule of lo in those bits */
         uint32_t    size, step;    /* block size, in bytes and in granules */

@@ -146,7 +146,7 @@ static void remember_slab(struct mark_slab_cache *c, segment_t *seg, slab_t *s)
 {
     c->lo = (uintptr_t)s->start;
     c->span = (uintptr_t)s->bumped * s->block_size;
-    c->magic = s->div_magic;
+    c->div_m = s->div_m;
     c->bits = segment_side_bits(seg);
     c->first = granule_of(seg, s->start);
     c->size = s->block_size;
@@ -203,7 +203,7 @@ static inline __attribute__((always_inline)) void
 mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior, bool precise)
 {
     uintptr_t off = w - c->lo;
-    size_t idx = (size_t)((off * c->magic) >> 42);
+    size_t idx = slab_offset_index(off, c->div_m);
     char *block = (char *)c->lo + idx * c->size;
     if (!interior && (uintptr_t)block != w)
         return;

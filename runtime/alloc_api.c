@@ -215,7 +215,7 @@ void alloc_free_slow(void *p)
     if (tc) {
         if (tcache_push(tc, cls, p) || (tcache_grow(tc, cls) && tcache_push(tc, cls, p)))
             return;
-        uint32_t max = AO_int_load(&tc->bins[cls].max);
+        uint32_t max = tcache_limit(tc, cls);
         if (max) {
             tcache_flush(tc, cls, max / 2);
             purge_poke(h);

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 __thread tcache_t *loam_tls_cache[TC_SLOTS] = { [0 ... TC_SLOTS - 1] = &loam_empty_tcache };
-tcache_t loam_empty_tcache;
+tcache_t loam_empty_tcache = { .bins = { [0 ... NUM_CLASSES - 1] = TCACHE_REFUSING_BIN } };
 
 /* The calling thread's caches, for its exit. */
 static __thread tcache_t *thread_caches;

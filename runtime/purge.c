@@ -58,7 +58,7 @@ static AO_t purge_state;         /* until RUNNING, purge_cond may not be initial
 static bool cache_holds_blocks(tcache_t *tc)
 {
     for (unsigned c = 0; c < NUM_CLASSES; c++)
-        if (AO_int_load(&tc->bins[c].count))
+        if (tcache_count_racy(tc, c))
             return true;
     return false;
 }

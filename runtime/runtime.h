@@ -168,19 +168,22 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
     alloc_free_slow(p);         /* the block is unregistered only once it passed every check */
     return;
 #endif
-    uintptr_t a = (uintptr_t)p;
-    if (LOAM_LIKELY(segkind_is_slabs(a))) {
-        segment_t *seg = (segment_t *)(a & ~(uintptr_t)SEGMENT_MASK);
+    uintptr_t a = (uintptr_t)p, g = a >> SEGMENT_SHIFT;
+    if (LOAM_LIKELY(g < SEGKIND_SIZE && segkind_map[g] == SEGMENT_SLABS)) {
+        /* The segment from g: one shift of a register already loaded. The
+         * empty asm hides that this is a & ~SEGMENT_MASK, which the
+         * compiler would compute afresh (a copy and a mask). */
+        __asm__("" : "+r"(g));
+        segment_t *seg = (segment_t *)(g << SEGMENT_SHIFT);
         slab_t *s = segment_slab_at(seg, a);
         uintptr_t off = a - (uintptr_t)s->start;
-        size_t idx = slab_block_index(s, a);
         /* The cache at the slab's slot is this thread's cache of the slab's
          * heap, or one that refuses every push (the empty cache, a disowned
          * one); slabs of tracked heaps and draining slabs carry
          * TC_SLOT_NONE. No owner test. */
         tcache_t *tc = loam_tls_cache[AO_char_load(&s->owner_slot)];
         uintptr_t free_key = loam_free_key;
-        if (LOAM_LIKELY(idx * s->block_size == off && idx < AO_int_load(&s->bumped) &&
+        if (LOAM_LIKELY(off * s->div_m < AO_int_load(&s->start_below) &&   /* slab_div_m */
                         ((free_block_t *)p)->freed_key != free_key &&
                         tcache_bin_push(tcache_bin_at(tc, s->cache_bin), p, free_key)))
             return;

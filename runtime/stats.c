@@ -44,7 +44,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
         r->caches++;
         for (unsigned c = 0; c < NUM_CLASSES; c++) {
-            unsigned cnt = AO_int_load(&tc->bins[c].count);
+            unsigned cnt = tcache_count_racy(tc, c);
             r->cached_blocks[c] += cnt;
             cached_blocks += cnt;
             cached_bytes += (size_t)cnt * sizeclass_size[c];
