@@ -148,9 +148,9 @@ typedef struct segment {
     uint32_t      used_pages;    /* pages in slabs */
     uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
     uint64_t      empty_since_ms;/* used_pages == 0 since then */
-    uint16_t      page_slab[PAGES_PER_SEGMENT];  /* page -> byte offset in the segment of its run's
-                                                    descriptor (an offset, not an index: the free
-                                                    fast path adds it, no multiply) */
+    struct slab  *page_slab[PAGES_PER_SEGMENT];  /* page -> the descriptor of its run (a
+                                                    pointer: the free fast path loads it and
+                                                    is there, no scaling or adding) */
     slab_t        slabs[PAGES_PER_SEGMENT];      /* descriptor of each run, at its first page */
 } segment_t;
 
@@ -247,7 +247,7 @@ LOAM_INTERNAL void segkind_set(uintptr_t base, uint8_t kind);
 /* The slab holding address a of segment seg (any page of a run). */
 static inline slab_t *segment_page_slab(segment_t *seg, unsigned page)
 {
-    return (slab_t *)((char *)seg + seg->page_slab[page]);
+    return seg->page_slab[page];
 }
 static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
 {
@@ -284,6 +284,24 @@ static inline size_t slab_offset_index(uint64_t off, uint64_t m)
 static inline bool slab_offset_is_block_start(uint64_t off, uint64_t m)
 {
     return off * m < m;
+}
+
+/* segment_slab_at for the free fast path, from g = a >> SEGMENT_SHIFT (which
+ * it has computed for the kind map): seg->page_slab[(a >> PAGE_SHIFT) % 64]
+ * with seg = g << SEGMENT_SHIFT is, with x = a >> PAGE_SHIFT,
+ *   g * (SEGMENT_SIZE - 64 * 8) + offsetof(page_slab) + x * 8,
+ * one multiply instead of a shift and a mask. GCC would build the multiple
+ * out of three shifts and subtractions, hence the one-instruction asm. */
+static inline slab_t *segment_slab_of_kind_index(uintptr_t g, uintptr_t a)
+{
+    enum { PAGE_SLAB_STRIDE = (int)(SEGMENT_SIZE - PAGES_PER_SEGMENT * sizeof(slab_t *)) };
+    uintptr_t base;
+#if defined(__x86_64__)
+    __asm__("imulq %2, %1, %0" : "=r"(base) : "r"(g), "i"(PAGE_SLAB_STRIDE) : "cc");
+#else
+    base = g * PAGE_SLAB_STRIDE;
+#endif
+    return *(slab_t **)(base + offsetof(segment_t, page_slab) + (a >> PAGE_SHIFT) * sizeof(slab_t *));
 }
 
 /* Index of the block containing address a in slab s (a inside the run). */

@@ -89,9 +89,8 @@ static uint64_t run_mask(unsigned first, unsigned pages)
 
 static void run_set_head(segment_t *seg, unsigned first, unsigned pages)
 {
-    uint16_t off = (uint16_t)((char *)&seg->slabs[first] - (char *)seg);
     for (unsigned p = first; p < first + pages; p++)
-        seg->page_slab[p] = off;
+        seg->page_slab[p] = &seg->slabs[first];
 }
 
 /* A descriptor becomes the head of a run of `pages` pages at `first`. */

@@ -12,13 +12,13 @@
 
 _Static_assert(sizeof(tcache_t) <= 2048, "a cache fits the metadata bins (alloc/meta.c)");
 
-uint16_t tcache_small_bin[SMALL_MAX / 16 + 1];
+uint16_t tcache_small_bin[SMALL_MAX + 1];
 void *tcache_no_blocks[1];
 
 void tcache_tables_init(void)
 {
-    for (size_t i = 0; i <= SMALL_MAX / 16; i++)
-        tcache_small_bin[i] = tcache_bin_offset(sizeclass_small[i]);
+    for (size_t n = 0; n <= SMALL_MAX; n++)
+        tcache_small_bin[n] = tcache_bin_offset(sizeclass_of(n));
 }
 
 /* A bin's base limit, and the slots every bin starts with: at most 128

@@ -144,7 +144,7 @@ LOAM_INTERNAL size_t alloc_usable_size(const void *p);
 static inline __attribute__((always_inline)) void *alloc_malloc_fast(loam_heap_t *h, size_t n)
 {
     if (LOAM_LIKELY(n <= SMALL_MAX)) {
-        unsigned bin = tcache_small_bin[(n + 15) >> 4];
+        unsigned bin = tcache_small_bin[n];
         void *p = tcache_bin_pop(tcache_bin_at(loam_tls_cache[h->alloc_slot], bin));
         if (LOAM_LIKELY(p != NULL)) {
             mc_alloc(h, p, sizeclass_size[tcache_bin_class(bin)], 0);
@@ -170,12 +170,7 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
 #endif
     uintptr_t a = (uintptr_t)p, g = a >> SEGMENT_SHIFT;
     if (LOAM_LIKELY(g < SEGKIND_SIZE && segkind_map[g] == SEGMENT_SLABS)) {
-        /* The segment from g: one shift of a register already loaded. The
-         * empty asm hides that this is a & ~SEGMENT_MASK, which the
-         * compiler would compute afresh (a copy and a mask). */
-        __asm__("" : "+r"(g));
-        segment_t *seg = (segment_t *)(g << SEGMENT_SHIFT);
-        slab_t *s = segment_slab_at(seg, a);
+        slab_t *s = segment_slab_of_kind_index(g, a);
         uintptr_t off = a - (uintptr_t)s->start;
         /* The cache at the slab's slot is this thread's cache of the slab's
          * heap, or one that refuses every push (the empty cache, a disowned
