@@ -4,6 +4,7 @@
 #include <string.h>
 
 #define TCACHE_BATCH_MAX 64
+#define TCACHE_USER_REFILLS 8          /* refills before a cache counts among its set's users */
 #define TCACHE_BATCH_MAX_ALLOCATING 256      /* for caches that only allocate */
 #define TCACHE_BIN_BYTES ((size_t)64 * 1024)
 #define TCACHE_BASE_MAX 128
@@ -133,6 +134,7 @@ bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     tc->owner = owner;
     tc->arenas = arenas;
     tc->allocates = false;
+    tc->refills = 0;
     tc->arena = NULL;
     return true;
 }
@@ -159,9 +161,12 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
         want = in->cap - count;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
     refilled_set(tc, cls);
-    if (!tc->allocates) {
+    if (!tc->allocates && ++tc->refills >= TCACHE_USER_REFILLS) {
         /* An allocating thread: one more that may have an arena of its own
-         * (a thread that only frees does not need one). */
+         * (a thread that only frees does not need one, nor does one that
+         * made a few allocations at its start and then only frees, as a
+         * consumer does: counted, it gave a producer/consumer pair a second
+         * arena, and the producer's heap spread over both). */
         tc->allocates = true;
         AO_fetch_and_add1(&tc->arenas->users);
     }

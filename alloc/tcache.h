@@ -60,7 +60,9 @@ typedef struct tcache {
     struct tcache *thread_next;               /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
-    bool          allocates;                   /* has refilled: counted in its set's users */
+    bool          allocates;                   /* has refilled TCACHE_USER_REFILLS times:
+                                                  counted in its set's users */
+    unsigned      refills;                     /* until then */
     uint64_t      refilled[(NUM_CLASSES + 63) / 64];   /* bit per class: the bin ran empty
                                                           since its last flush */
     size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
