@@ -91,7 +91,9 @@ LOAM_INTERNAL bool budget_charge(budget_t *b, size_t bytes);    /* false: over t
 LOAM_INTERNAL void budget_release(budget_t *b, size_t bytes);
 
 /* ---- slabs and page runs ----------------------------------------------- */
-enum run_state { RUN_HEADER = 0, RUN_FREE = 1, RUN_SLAB = 2 };
+enum run_state { RUN_HEADER = 0, RUN_FREE = 1, RUN_SLAB = 2,
+                 RUN_DECOMMITTING = 3 };   /* a free run out of the bins while the background
+                                              thread gives its pages back (segment.c) */
 
 struct arena;
 
@@ -146,6 +148,8 @@ typedef struct segment {
     void         *owner;         /* the arena's owner, one load away for lookups */
     struct segment *next, *prev; /* the arena's segments */
     uint32_t      used_pages;    /* pages in slabs */
+    uint32_t      decommitting;  /* runs being given back with the lock dropped: the
+                                    segment is not released meanwhile */
     uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
     uint64_t      empty_since_ms;/* used_pages == 0 since then */
     struct slab  *page_slab[PAGES_PER_SEGMENT];  /* page -> the descriptor of its run (a
@@ -382,6 +386,13 @@ typedef struct arena {
     bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
     bool       decay_left;              /* the last purge left memory still waiting for decay */
+    /* Free runs past the retained budget are given back by the background
+     * thread instead of the freeing one, while both flags are set (see
+     * arena_decommit_excess). decommit_later: the runtime's background
+     * thread serves this arena (arena_set_decommit_later); decommit_due:
+     * something waits for it. Under the lock; read without it (AO_char)
+     * by the background thread to skip arenas with nothing due. */
+    unsigned char decommit_later, decommit_due;
     arena_counters_t c;
 } arena_t;
 
@@ -414,6 +425,20 @@ LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted; sets a->decay_left. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);
+/* The background thread's part (no lock held): give back the free runs past
+ * the arena's retained budget, the arena lock dropped around each batch's
+ * madvise. Returns the bytes given back. */
+LOAM_INTERNAL size_t   arena_decommit_excess(arena_t *a);
+/* on: the arena's free runs past the budget wait for arena_decommit_excess
+ * (only while alloc_background_decommit is set too); off: given back at
+ * once again, and what waits goes now. Takes the lock. */
+LOAM_INTERNAL void     arena_set_decommit_later(arena_t *a, bool on);
+/* Set by the runtime while its background thread runs. */
+extern LOAM_INTERNAL AO_t alloc_background_decommit;
+/* For tests: called by arena_decommit_excess with a batch of runs out of
+ * the bins and the lock dropped, before their pages are given back
+ * (given_back false) and after (true). */
+extern LOAM_INTERNAL void (*alloc_decommit_hook)(arena_t *a, bool given_back);
 /* Release the empty slabs kept for reuse: all (force) or those empty for
  * decay_ms (lock held). true: some are still kept. */
 LOAM_INTERNAL bool     arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
@@ -576,6 +601,9 @@ extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
  * runtime takes it around fork. */
 LOAM_INTERNAL void alloc_prefork(void);
 LOAM_INTERNAL void alloc_postfork(void);
+/* The background decommit's lock (segment.c): before every other lock. */
+LOAM_INTERNAL void alloc_decommit_prefork(void);
+LOAM_INTERNAL void alloc_decommit_postfork(void);
 extern LOAM_INTERNAL pthread_mutex_t segmap_lock;   /* segment.c */
 
 #endif

@@ -137,27 +137,39 @@ static segment_t *segment_new(arena_t *a)
     return seg;
 }
 
-static size_t segment_decommit_pages(segment_t *seg, uint64_t mask)
+/* madvise the pages of mask (committed ones), in maximal ranges. */
+static void segment_madvise_pages(segment_t *seg, uint64_t m)
 {
-    size_t bytes = 0;
-    uint64_t m = seg->committed_mask & mask;
     while (m) {
         unsigned first = (unsigned)__builtin_ctzll(m);
         unsigned last = first;
         while (last + 1 < 64 && (m >> (last + 1) & 1))
             last++;
-        size_t len = (size_t)(last - first + 1) * PAGE_SIZE;
-        os_decommit((char *)seg + (size_t)first * PAGE_SIZE, len);
-        bytes += len;
+        os_decommit((char *)seg + (size_t)first * PAGE_SIZE, (size_t)(last - first + 1) * PAGE_SIZE);
         m &= ~run_mask(first, last - first + 1);
     }
+}
+
+/* The pages of mask stop counting as committed (lock held); returns those
+ * that did, which the caller gives back (segment_madvise_pages). */
+static uint64_t segment_uncharge_pages(segment_t *seg, uint64_t mask)
+{
+    uint64_t m = seg->committed_mask & mask;
+    size_t bytes = (size_t)__builtin_popcountll(m) * PAGE_SIZE;
     seg->committed_mask &= ~mask;
     seg->arena->retained_bytes -= bytes;
     if (bytes) {
         budget_release(seg->arena->budget, bytes);
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - bytes);
     }
-    return bytes;
+    return m;
+}
+
+static size_t segment_decommit_pages(segment_t *seg, uint64_t mask)
+{
+    uint64_t m = segment_uncharge_pages(seg, mask);
+    segment_madvise_pages(seg, m);
+    return (size_t)__builtin_popcountll(m) * PAGE_SIZE;
 }
 
 static void segment_release(arena_t *a, segment_t *seg)
@@ -235,14 +247,11 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
 
 static void retained_trim_to(arena_t *a, size_t budget);
 
-/* The run of a released slab becomes free and coalesces with free neighbours. */
-void run_free(arena_t *a, slab_t *r)
+/* The pages [first, first + pages) of seg become a free run, coalesced with
+ * free neighbours, in the bins (lock held). */
+static slab_t *run_insert_free(arena_t *a, segment_t *seg, unsigned first, unsigned pages,
+                               uint64_t now)
 {
-    segment_t *seg = segment_of(r);
-    unsigned first = r->page_index, pages = r->pages;
-    seg->used_pages -= pages;
-    a->slab_pages -= pages;
-    a->retained_bytes += (size_t)pages * PAGE_SIZE;
     unsigned next = first + pages;
     if (next < PAGES_PER_SEGMENT && seg->slabs[next].state == RUN_FREE) {
         slab_t *n = &seg->slabs[next];
@@ -255,22 +264,46 @@ void run_free(arena_t *a, slab_t *r)
         pages += p->pages;
         first = p->page_index;
     }
-    uint64_t now = os_now_ms();
     slab_t *merged = run_make(seg, first, pages, RUN_FREE);
     merged->freed_at_ms = now;
     run_bin_insert(a, merged);
+    return merged;
+}
+
+/* Committed free-run bytes the arena may keep: retain_max, or as much as it
+ * has in slabs if that is more. The budget grows with the arena, so a heap
+ * that frees and refills a share of itself each cycle (a collected heap
+ * does) does not refault it. */
+static size_t retained_budget(const arena_t *a)
+{
+    size_t budget = a->slab_pages * PAGE_SIZE;
+    return budget < alloc_tuning.retain_max ? alloc_tuning.retain_max : budget;
+}
+
+/* The run of a released slab becomes free and coalesces with free neighbours. */
+void run_free(arena_t *a, slab_t *r)
+{
+    segment_t *seg = segment_of(r);
+    unsigned pages = r->pages;
+    seg->used_pages -= pages;
+    a->slab_pages -= pages;
+    a->retained_bytes += (size_t)pages * PAGE_SIZE;
+    uint64_t now = os_now_ms();
+    slab_t *merged = run_insert_free(a, seg, r->page_index, pages, now);
     if (seg->used_pages == 0)
         seg->empty_since_ms = now;
     alloc_note_decay_due();
     /* Past the retained budget the run goes back at once: a burst of frees
-     * must not leave the peak committed until some later event. The budget
-     * grows with the arena, so a heap that frees and refills a share of
-     * itself each cycle (a collected heap does) does not refault it. */
-    size_t budget = a->slab_pages * PAGE_SIZE;
-    if (budget < alloc_tuning.retain_max)
-        budget = alloc_tuning.retain_max;
+     * must not leave the peak committed until some later event. Where the
+     * background thread serves the arena it does that work, woken by the
+     * note above: freeing 190 MB spent a quarter of its time in madvise. */
+    size_t budget = retained_budget(a);
     if (a->retained_bytes > budget) {
-        segment_decommit_pages(seg, run_mask(first, pages));
+        if (a->decommit_later && AO_load(&alloc_background_decommit)) {
+            AO_char_store(&a->decommit_due, 1);
+            return;
+        }
+        segment_decommit_pages(seg, run_mask(merged->page_index, merged->pages));
         if (a->retained_bytes > budget)
             retained_trim_to(a, budget);
     }
@@ -290,6 +323,100 @@ static void retained_trim_to(arena_t *a, size_t budget)
 }
 
 
+/* ---- giving back past the budget, in the background ---------------------- */
+
+AO_t alloc_background_decommit;
+void (*alloc_decommit_hook)(arena_t *a, bool given_back);
+
+/* Held by the background thread while runs are out of their bins with the
+ * arena lock dropped, and by fork's prepare handler (before any arena
+ * lock): a child never inherits a run stuck in RUN_DECOMMITTING. */
+static pthread_mutex_t decommit_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void alloc_decommit_prefork(void)
+{
+    pthread_mutex_lock(&decommit_lock);
+}
+
+void alloc_decommit_postfork(void)
+{
+    pthread_mutex_unlock(&decommit_lock);
+}
+
+#define DECOMMIT_BATCH 16
+
+/* Free runs past the budget leave the bins, a batch at a time, as
+ * RUN_DECOMMITTING: no allocation can take them and no free coalesces with
+ * them, so their pages are given back with the arena lock dropped, and the
+ * threads freeing into the arena do not wait for madvise. Then they go back
+ * into the bins, coalescing with whatever was freed meanwhile. Their pages
+ * stop counting as committed when they leave (the budget can be charged
+ * again at once). */
+size_t arena_decommit_excess(arena_t *a)
+{
+    size_t total = 0;
+    pthread_mutex_lock(&decommit_lock);
+    for (bool more = true; more;) {
+        struct { segment_t *seg; unsigned first, pages; uint64_t pages_mask; } taken[DECOMMIT_BATCH];
+        unsigned n = 0;
+        arena_lock(a);
+        AO_char_store(&a->decommit_due, 0);
+        size_t budget = retained_budget(a);
+        for (segment_t *seg = a->segments; seg && n < DECOMMIT_BATCH && a->retained_bytes > budget;
+             seg = seg->next)
+            for (unsigned p = 1; p < PAGES_PER_SEGMENT && n < DECOMMIT_BATCH &&
+                                 a->retained_bytes > budget;) {
+                slab_t *r = &seg->slabs[p];
+                unsigned pages = r->pages;
+                if (r->state == RUN_FREE && (seg->committed_mask & run_mask(p, pages))) {
+                    run_bin_remove(a, r);
+                    r->state = RUN_DECOMMITTING;
+                    seg->decommitting++;
+                    taken[n].seg = seg;
+                    taken[n].first = p;
+                    taken[n].pages = pages;
+                    taken[n].pages_mask = segment_uncharge_pages(seg, run_mask(p, pages));
+                    n++;
+                }
+                p += pages;
+            }
+        more = n == DECOMMIT_BATCH && a->retained_bytes > budget;
+        arena_unlock(a);
+        if (n && alloc_decommit_hook)
+            alloc_decommit_hook(a, false);
+        for (unsigned i = 0; i < n; i++) {
+            segment_madvise_pages(taken[i].seg, taken[i].pages_mask);
+            total += (size_t)__builtin_popcountll(taken[i].pages_mask) * PAGE_SIZE;
+        }
+        if (n && alloc_decommit_hook)
+            alloc_decommit_hook(a, true);
+        if (n == 0)
+            break;
+        arena_lock(a);
+        uint64_t now = os_now_ms();
+        for (unsigned i = 0; i < n; i++) {
+            taken[i].seg->decommitting--;
+            run_insert_free(a, taken[i].seg, taken[i].first, taken[i].pages, now);
+        }
+        arena_unlock(a);
+    }
+    pthread_mutex_unlock(&decommit_lock);
+    return total;
+}
+
+void arena_set_decommit_later(arena_t *a, bool on)
+{
+    arena_lock(a);
+    AO_char_store(&a->decommit_later, on);
+    if (!on) {
+        size_t budget = retained_budget(a);
+        if (a->retained_bytes > budget)
+            retained_trim_to(a, budget);
+        AO_char_store(&a->decommit_due, 0);
+    }
+    arena_unlock(a);
+}
+
 size_t arena_purge(arena_t *a, bool force)
 {
     uint64_t now = os_now_ms();
@@ -302,7 +429,7 @@ size_t arena_purge(arena_t *a, bool force)
     segment_t *next;
     for (segment_t *seg = a->segments; seg; seg = next) {
         next = seg->next;
-        if (seg->used_pages == 0) {
+        if (seg->used_pages == 0 && seg->decommitting == 0) {
             /* A wholly free segment goes back entirely once its decay passes. */
             if (force || now - seg->empty_since_ms >= decay) {
                 bytes += (size_t)__builtin_popcountll(seg->committed_mask) * PAGE_SIZE

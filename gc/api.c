@@ -186,6 +186,10 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         }
         h->caches = NULL;
         heaps_unlock();
+        /* The background thread does not serve collected heaps: their
+         * arenas give back past their budget at once again. */
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+            arena_set_decommit_later(a, false);
         /* No thread is attached by this: "creating a heap attaches no thread". */
         __atomic_store_n(&h->mode, LOAM_GC, __ATOMIC_RELEASE);
     } else {

@@ -83,6 +83,12 @@ static bool purge_pass(void)
         heaps_unlock();
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+            /* This thread gives back what the arena's frees push past its
+             * retained budget (arena_decommit_excess), in use or not. */
+            if (!AO_char_load(&a->decommit_later))
+                arena_set_decommit_later(a, true);
+            if (AO_char_load(&a->decommit_due))
+                arena_decommit_excess(a);
             /* An arena whose slow paths purged it within the last period is
              * in use and purges itself: holding its lock would only send
              * its threads to another arena (and grow the heap). */
@@ -128,6 +134,7 @@ static void *purge_main(void *unused)
     AO_store(&purge_asleep, 0);     /* pokes until now only found the thread starting */
     for (;;) {
         AO_compare_and_swap_full(&alloc_decay_due, 1, 0);
+        AO_store(&alloc_background_decommit, loam_opts.purge_thread != 0);
         bool left = loam_opts.purge_thread && purge_pass();
         pthread_mutex_lock(&purge_mutex);
         if (left) {
@@ -173,6 +180,7 @@ static void purge_start(void)
         return;
     }
     AO_store_release(&purge_state, PURGE_RUNNING);
+    AO_store(&alloc_background_decommit, 1);
 }
 
 void purge_poke_slow(void)
@@ -241,4 +249,5 @@ void purge_after_fork_child(void)
     pthread_mutex_init(&purge_mutex, NULL);
     purge_woken = 0;
     AO_store(&purge_state, PURGE_NOT_IN_CHILD);
+    AO_store(&alloc_background_decommit, 0);   /* arenas give back at once again */
 }

@@ -429,6 +429,60 @@ static void peak_then_quiet_loop(loam_stats_t *st)
     free(ptrs);
 }
 
+/* (b''') past the retained budget, memory goes back with no decay at all:
+ * the background thread gives it back (the freeing thread does not wait for
+ * madvise), with no call of the program's after the frees. */
+static void free_burst_past_budget(size_t *start, size_t *peak, loam_heap_t **hp, void ***ptrsp,
+                                   size_t *np)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);     /* no decay during the test */
+    const size_t cap = 2 * 1000 * 1000;
+    void **ptrs = pointer_array(cap);
+    loam_heap_t *h = loam_heap_new(NULL);
+    *start = rss_bytes();
+    size_t n = alloc_touched(h, ptrs, cap, 256 * MiB, 16, 1024);
+    *peak = rss_bytes();
+    cr_assert_geq(*peak, *start + 256 * MiB - 32 * MiB, "touched 256 MiB but RSS only %zu MiB",
+                  *peak / MiB);
+    for (size_t i = 0; i < n; i++)
+        loam_free(ptrs[i]);
+    *hp = h, *ptrsp = ptrs, *np = n;
+}
+
+Test(rss, past_the_budget_the_background_thread_gives_back, .timeout = 60)
+{
+    size_t start, peak, n;
+    loam_heap_t *h;
+    void **ptrs;
+    free_burst_past_budget(&start, &peak, &h, &ptrs, &n);
+    size_t now = rss_bytes();
+    for (int waited = 0; waited < 3000 && now > start + SLACK + start / 10; waited += 10) {
+        sleep_ms(10);
+        now = rss_bytes();
+    }
+    assert_back_near(start, now, peak, "3 s after freeing 256 MiB (decay_ms=600000)");
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_leq(st.free_run_bytes, 8 * MiB, "%zu MiB of free runs kept past the budget",
+                  st.free_run_bytes / MiB);
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
+/* The control: without the thread the freeing thread gives it back itself,
+ * before its last free returns. */
+Test(rss, past_the_budget_without_purge_thread_at_once, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("purge_thread", 0), 0);
+    size_t start, peak, n;
+    loam_heap_t *h;
+    void **ptrs;
+    free_burst_past_budget(&start, &peak, &h, &ptrs, &n);
+    assert_back_near(start, rss_bytes(), peak, "at once after freeing 256 MiB (no purge thread)");
+    loam_heap_destroy(h);
+    free(ptrs);
+}
+
 /* With the purge thread, the idle cache is asked to flush and the heap goes
  * back to almost nothing, with no slow path of the program's own. */
 Test(rss, purge_thread_returns_an_idle_heap, .timeout = 60)

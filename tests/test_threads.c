@@ -1012,3 +1012,65 @@ Test(threads, destroy_heaps_while_the_purge_thread_runs, .timeout = 300)
         loam_heap_destroy(h);
     }
 }
+
+/* Bursts of frees past the retained budget, given back by the purge thread
+ * with the arena lock dropped (RUN_DECOMMITTING runs), while two threads
+ * keep allocating, filling, checking and freeing in the same heap: a run
+ * handed out while its pages were being given back would read as zeros. */
+typedef struct {
+    loam_heap_t *h;
+    uint64_t seed;
+    size_t bad;
+} burst_arg_t;
+
+static void *burst_worker(void *arg)
+{
+    burst_arg_t *a = arg;
+    enum { N = 12000 };
+    void **p = malloc(N * sizeof *p);
+    size_t *n = malloc(N * sizeof *n);
+    rng_t r = { a->seed | 1 };
+    for (int round = 0; round < 12; round++) {
+        for (int i = 0; i < N; i++) {
+            n[i] = 256 + rng_below(&r, 3800);
+            p[i] = loam_malloc(a->h, n[i]);
+            if (!p[i]) {
+                a->bad++;
+                n[i] = 0;
+                continue;
+            }
+            fill(p[i], n[i], (uint64_t)(uintptr_t)p[i] ^ (uint64_t)round);
+        }
+        for (int i = 0; i < N; i++)
+            if (n[i]) {
+                if (check(p[i], n[i], (uint64_t)(uintptr_t)p[i] ^ (uint64_t)round) != (size_t)-1)
+                    a->bad++;
+                loam_free(p[i]);
+            }
+    }
+    free(p);
+    free(n);
+    return NULL;
+}
+
+Test(threads, background_decommit_while_threads_allocate, .timeout = 600)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);    /* only the budget gives back */
+    cr_assert_eq(loam_option_set("retain_max", 1024 * 1024), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    uint64_t seed = (uint64_t)time(NULL);
+    printf("background_decommit_while_threads_allocate: seed %llu\n", (unsigned long long)seed);
+    fflush(stdout);
+    burst_arg_t args[2] = { { h, seed, 0 }, { h, seed * 7919 + 1, 0 } };
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, burst_worker, &args[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(args[0].bad + args[1].bad, 0, "%zu blocks lost their contents or failed",
+                 args[0].bad + args[1].bad);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+}
