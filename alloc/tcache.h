@@ -76,7 +76,7 @@ typedef struct tcache {
     AO_t          resize_seq;                  /* odd while the owner moves a bin to wider
                                                   slots (tcache_count_racy retries) */
     /* Idle caches are asked to flush (runtime/purge.c): a cache whose owner
-     * has not taken a slow path for decay_ms gets every bin's max set to 0
+     * has not taken a slow path for decay_ms gets every bin's end set to 0
      * and flush_req set, so the owner's next free misses the cache and the
      * slow path empties it. Both are changed under the list lock of the
      * cache's owner; slow_events is the owner's count of refills and
