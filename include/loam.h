@@ -201,7 +201,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   caches to give their blocks back (default 1); 0: no thread, decay
  *                   runs on allocation slow paths only
  *   retain_max      bytes of free page runs an arena keeps committed at most; past it a
- *                   freed run goes back to the OS at once (default 4 MiB)
+ *                   freed run goes back to the OS at once, by the background thread when
+ *                   it runs (manual heaps), else by the freeing thread (default 4 MiB)
  *   verbose         1: print each heap's statistics at exit and warnings on stderr
  *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
  *   tcache_max      most blocks per size class in a thread cache (default 2048, 0 = no
