@@ -108,7 +108,7 @@ typedef struct slab {
     uint32_t     start_below;    /* bumped * slab_div_step(block_size): off * div_m is below
                                     it iff off is a block start below the bump line. Written
                                     with bumped (slab_set_bumped), read lock-free (AO_int) */
-    uint32_t     spare;
+    uint32_t     pad;            /* free: the descriptor stays 128 bytes */
     uint8_t      owner_slot;     /* the thread-cache slot the free fast path pushes to:
                                     home_slot, or the no-cache slot while draining (AO_char) */
     uint8_t      cls;
@@ -271,7 +271,7 @@ static inline slab_t *segment_slab_at(segment_t *seg, uintptr_t a)
  *     line" together (the free fast path).
  * The "+ 2" rather than the usual "+ 1" (Lemire, Kaser and Kurz, "Faster
  * remainder by direct computation", 2019) keeps e > 0 for powers of two, so
- * the low half still counts blocks. tests/test_model.c checks every class. */
+ * the low half still counts blocks. tests/test_slab_math.c checks every class. */
 static inline uint64_t slab_div_m(uint32_t size)
 {
     return UINT64_MAX / size + 2;
