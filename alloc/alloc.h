@@ -102,7 +102,8 @@ typedef struct slab {
     char        *start;          /* first block */
     uint32_t     block_size;     /* 0 when not a slab */
     uint32_t     bumped;         /* blocks ever handed out: [0, bumped) are real blocks;
-                                    written under the arena lock (slab_set_bumped) */
+                                    written under the arena lock (slab_set_bumped), read
+                                    lock-free (AO_int) */
     uint64_t     div_m;          /* slab_div_m(block_size): divides offsets and tests them
                                     for a block start by multiplying (see there) */
     uint32_t     start_below;    /* bumped * slab_div_step(block_size): off * div_m is below
@@ -317,7 +318,7 @@ static inline size_t slab_block_index(const slab_t *s, uintptr_t a)
 /* Move the bump line (arena lock held). */
 static inline void slab_set_bumped(slab_t *s, uint32_t bumped)
 {
-    s->bumped = bumped;
+    AO_int_store(&s->bumped, bumped);          /* addr_classify reads it lock-free */
     AO_int_store(&s->start_below, (uint32_t)(bumped * slab_div_step(s->block_size)));
 }
 
