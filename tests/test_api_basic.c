@@ -650,6 +650,43 @@ Test(basic, large_realloc_growth_keeps_contents)
     loam_heap_destroy(h);
 }
 
+/* A large block grown a little at a time takes an eighth more than asked:
+ * the next small steps fit with no system call, contents intact. Shrinking
+ * within that slack keeps the block where it is; shrinking further gives
+ * the tail back. */
+Test(basic, large_realloc_small_steps_use_slack)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    size_t n = 1 * MiB;
+    unsigned char *p = loam_malloc(h, n);
+    cr_assert_not_null(p);
+    fill(p, n, 9);
+    unsigned char *q = loam_realloc(h, p, n + 64);
+    cr_assert_not_null(q);
+    size_t usable = loam_usable_size(q);
+    cr_assert_geq(usable, n + 64 + (n + 64) / 8 - 4096,
+                  "grown by 64 B to %zu: usable %zu, no slack", n + 64, usable);
+    cr_assert_eq(check(q, n, 9), n);
+    /* the following steps up to the slack's end stay where they are */
+    for (size_t m = n + 128; m <= usable; m += 4096 + 64) {
+        unsigned char *r = loam_realloc(h, q, m);
+        cr_assert_eq(r, q, "realloc to %zu within the slack (usable %zu) moved the block", m, usable);
+        cr_assert_eq(loam_usable_size(r), usable);
+    }
+    cr_assert_eq(check(q, n, 9), n);
+    /* shrink a little: same block; to a quarter: the tail goes */
+    unsigned char *r = loam_realloc(h, q, usable - usable / 16);
+    cr_assert_eq(r, q);
+    cr_assert_eq(loam_usable_size(r), usable);
+    r = loam_realloc(h, q, n / 4);
+    cr_assert_not_null(r);
+    cr_assert_lt(loam_usable_size(r), usable / 2, "shrunk to a quarter, usable still %zu",
+                 loam_usable_size(r));
+    cr_assert_eq(check(r, n / 4, 9), n / 4);
+    loam_free(r);
+    loam_heap_destroy(h);
+}
+
 Test(basic, small_to_large_realloc)
 {
     loam_heap_t *h = loam_heap_new(NULL);
