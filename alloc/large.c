@@ -467,7 +467,7 @@ void *large_realloc(large_t *l, size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    size_t old_map = l->map_size, map = round_page(offset + n);
+    size_t old_map = l->map_size, exact = round_page(offset + n), map = exact;
     /* Growing takes an eighth more than asked: a block grown a little at a
      * time (a string builder) then needs an mremap every eighth of its
      * size, not every page (64 B steps to 64 MiB: 49,000 mremaps before).
@@ -491,6 +491,10 @@ void *large_realloc(large_t *l, size_t n)
     }
     arena_lock(a);                                /* the list and counters see the change atomically */
     large_t *moved = mapping_resize(l, map);
+    if (!moved && map != exact) {
+        map = exact;                              /* the slack is over the heap's limit */
+        moved = mapping_resize(l, map);
+    }
     if (!moved) {
         arena_unlock(a);
         errno = ENOMEM;

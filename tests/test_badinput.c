@@ -974,6 +974,31 @@ Test(limit, large_blocks)
     loam_heap_destroy(h);
 }
 
+/* A large block grows by an eighth more than asked (slack for the next
+ * steps), but not past the heap's limit: where only the exact size fits,
+ * the realloc still succeeds, and the limit holds. */
+Test(limit, large_realloc_slack_gives_way_to_the_limit)
+{
+    const size_t limit = 8 * MiB;
+    oom_record_t rec;
+    loam_heap_t *h = limited_heap(limit, &rec);
+    unsigned char *p = loam_malloc(h, MiB);
+    cr_assert_not_null(p);
+    memset(p, 0x5D, MiB);
+    /* The growth is charged beyond the block's 1 MiB: with want this, the
+     * exact size leaves 128 KiB under the limit, an eighth more would not. */
+    size_t want = limit - committed(h) + MiB - 128 * KiB;
+    cr_assert_gt(want, MiB);
+    unsigned char *q = loam_realloc(h, p, want);
+    cr_assert_not_null(q, "realloc to %zu under the %zu limit failed (committed %zu)", want, limit,
+                       committed(h));
+    cr_assert_eq(q[MiB - 1], 0x5D);
+    cr_assert_geq(loam_usable_size(q), want);
+    cr_assert_leq(committed(h), limit);
+    loam_free(q);
+    loam_heap_destroy(h);
+}
+
 Test(limit, freed_small_memory_serves_large_blocks)
 {
     /* committed memory of freed slabs must not keep large blocks out forever */
