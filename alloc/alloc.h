@@ -354,7 +354,8 @@ typedef struct arena_counters {
     size_t peak_out_bytes;/* high-water mark of out_bytes + large_usable */
     size_t requested;     /* requested bytes of live tracked blocks */
     size_t large_count, large_bytes;       /* blocks, mapped bytes */
-    size_t large_usable, large_requested;
+    size_t large_usable;
+    AO_t   large_requested;/* an in-place realloc of a large block updates it without the lock */
     AO_t   lock_contended;/* times a thread found the lock taken (counted outside the lock) */
     size_t slabs_made, slabs_released;
 } arena_counters_t;

@@ -61,7 +61,7 @@ static void large_link(arena_t *a, large_t *l)
     a->c.large_count++;
     a->c.large_bytes += l->map_size;
     a->c.large_usable += l->size;
-    a->c.large_requested += l->requested;
+    AO_fetch_and_add(&a->c.large_requested, l->requested);
     arena_note_peak(a);
     arena_unlock(a);
 }
@@ -72,7 +72,7 @@ static void large_unlink_locked(arena_t *a, large_t *l)
     a->c.large_count--;
     a->c.large_bytes -= l->map_size;
     a->c.large_usable -= l->size;
-    a->c.large_requested -= l->requested;
+    AO_fetch_and_add(&a->c.large_requested, (AO_t)0 - l->requested);
 }
 
 #define LARGE_CACHE_MAP_MAX ((size_t)32 << 20)    /* bigger mappings are never kept */
@@ -483,10 +483,10 @@ void *large_realloc(large_t *l, size_t n)
         map = old_map;
     }
     if (map == old_map) {
-        arena_lock(a);
-        a->c.large_requested += n - l->requested;
+        /* In place: only the requested-bytes count changes, with no lock (a
+         * string builder calls this once per few bytes appended). */
+        AO_fetch_and_add(&a->c.large_requested, (AO_t)n - l->requested);
         l->requested = n;
-        arena_unlock(a);
         return l->block;
     }
     arena_lock(a);                                /* the list and counters see the change atomically */
@@ -511,7 +511,7 @@ void *large_realloc(large_t *l, size_t n)
     }
     a->c.large_bytes += map - old_map;
     a->c.large_usable += (map - offset) - moved->size;
-    a->c.large_requested += n - moved->requested;
+    AO_fetch_and_add(&a->c.large_requested, (AO_t)n - moved->requested);
     moved->size = map - offset;
     moved->requested = n;
     arena_note_peak(a);
