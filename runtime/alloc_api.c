@@ -251,6 +251,18 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
 {
     if (p == NULL)
         return alloc_malloc_fast(h, n);
+    /* A live large block staying large, the common case of a buffer grown
+     * again and again: two loads name it, no full classification. */
+    large_t *l = segkind_is_slabs((uintptr_t)p) ? NULL : segmap_lookup((uintptr_t)p);
+    if (l && l->kind == SEGMENT_LARGE && (char *)p == l->block && l->size &&
+        n > alloc_tuning.mmap_threshold && n <= PTRDIFF_MAX) {
+        loam_heap_t *owner = l->arena->owner;      /* l may move */
+        void *q = large_realloc(l, n);
+        if (q) {
+            mc_moved(owner, p, q, alloc_usable_size(q));
+            return q;
+        }
+    }
     addr_info_t ai;
     addr_classify(p, &ai);
     if (ai.kind != ADDR_BLOCK || (!ai.large && ((free_block_t *)p)->freed_key == loam_free_key)) {
