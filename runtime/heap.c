@@ -338,6 +338,10 @@ void heap_thread_exit(void)
     for (unsigned s = 0; s < TC_SLOTS; s++)
         loam_tls_cache[s] = &loam_empty_tcache;
     heaps_unlock();
+    /* The flushes may have freed runs that wait for decay or for the
+     * background thread: wake it, as any slow path does. */
+    if (AO_load(&alloc_decay_due))
+        purge_poke_slow();
     gc_thread_exit();
 }
 
