@@ -242,10 +242,14 @@ extern LOAM_INTERNAL AO_t segmap_lowest, segmap_highest;
  * nothing), SEGMENT_SLABS where a slab segment starts, else 0. */
 #define SEGKIND_SIZE ((size_t)1 << (47 - SEGMENT_SHIFT))
 extern LOAM_INTERNAL uint8_t segkind_map[SEGKIND_SIZE];
+/* g: an address >> SEGMENT_SHIFT (the free fast path keeps it). */
+static inline bool segkind_index_is_slabs(uintptr_t g)
+{
+    return LOAM_LIKELY(g < SEGKIND_SIZE) && segkind_map[g] == SEGMENT_SLABS;
+}
 static inline bool segkind_is_slabs(uintptr_t a)
 {
-    uintptr_t g = a >> SEGMENT_SHIFT;
-    return LOAM_LIKELY(g < SEGKIND_SIZE) && segkind_map[g] == SEGMENT_SLABS;
+    return segkind_index_is_slabs(a >> SEGMENT_SHIFT);
 }
 LOAM_INTERNAL void segkind_set(uintptr_t base, uint8_t kind);
 

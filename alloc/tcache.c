@@ -36,6 +36,14 @@ static void bin_set_top(tcache_t *tc, unsigned cls, uint32_t count)
     AO_store(&tc->bins[cls].top, (AO_t)(tc->info[cls].base + count));
 }
 
+/* The bin takes nothing and holds nothing (TCACHE_REFUSING_BIN): its slots
+ * are gone. */
+static void bin_refuse(tcache_bin_t *bin)
+{
+    AO_store(&bin->top, (AO_t)&tcache_no_blocks[1]);
+    AO_store(&bin->end, 0);
+}
+
 static void tcache_set_limits(tcache_t *tc)
 {
     tc->grown_bytes = 0;
@@ -109,8 +117,7 @@ void tcache_free_slots(tcache_t *tc)
         tcache_bin_info_t *in = &tc->info[c];
         if (!slots_in_store(tc, in->base))
             meta_free(in->base - 1, (size_t)(in->cap + 1) * sizeof(void *));
-        AO_store(&tc->bins[c].top, (AO_t)&tcache_no_blocks[1]);
-        AO_store(&tc->bins[c].end, 0);
+        bin_refuse(&tc->bins[c]);
     }
     meta_free(tc->info, tc->store_bytes);
     tc->info = NULL;
@@ -215,7 +222,7 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
  * (a flush keeps half, so a batch of 64 KiB needs that), while the cache's
  * growth in all stays under 1 MiB. A cache flushed because it is idle
  * (runtime/purge.c) comes back at the base limits. The compare-and-swap
- * loses to a flush request, which sets the limit to 0 from another thread. */
+ * loses to a flush request, which sets end to 0 from another thread. */
 bool tcache_grow(tcache_t *tc, unsigned cls)
 {
     if (!refilled_take(tc, cls))
@@ -297,11 +304,12 @@ void tcache_abandon(tcache_t *tc)
     /* end = 0: pushes fail too, so a disowned cache can never take a block
      * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        if (tc->info)
+        if (tc->info) {
             bin_set_top(tc, c, 0);
-        else
-            AO_store(&tc->bins[c].top, (AO_t)&tcache_no_blocks[1]);
-        AO_store(&tc->bins[c].end, 0);
+            AO_store(&tc->bins[c].end, 0);
+        } else {
+            bin_refuse(&tc->bins[c]);
+        }
     }
     AO_store(&tc->flush_req, 0);
     if (tc->arenas && tc->allocates)

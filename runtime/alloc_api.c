@@ -278,16 +278,9 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    if (ai.large) {
-        if (n > alloc_tuning.mmap_threshold) {
-            void *q = large_realloc(ai.large, n);
-            if (q) {
-                mc_moved(owner, p, q, alloc_usable_size(q));
-                return q;
-            }
-            /* fall back to allocate-copy-free below */
-        }
-    } else if (n <= ai.size && (n > ai.size / 2 || ai.size <= 32)) {
+    /* A large block staying large was tried above: here it becomes small,
+     * or could not grow in place (allocate, copy, free below). */
+    if (!ai.large && n <= ai.size && (n > ai.size / 2 || ai.size <= 32)) {
         slab_t *s = ai.slab;
         if (s->waste) {
             heap_note_requested(owner, n, slab_get_requested(s, ai.index));

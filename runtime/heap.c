@@ -18,7 +18,7 @@ tcache_t loam_empty_tcache = { .bins = { [0 ... NUM_CLASSES - 1] = TCACHE_REFUSI
 static __thread tcache_t *thread_caches;
 
 /* Caches of exited threads, kept for the next threads (heaps_lock): a
- * cache's slots are a mapping of their own (34.5 KiB, more than the
+ * cache's slots are a mapping of their own (38 KiB, more than the
  * metadata bins hold), and a program that starts and ends threads all the
  * time (the Larson benchmark: 160 threads) would otherwise map and unmap
  * one for each, every unmap a TLB shootdown across CPUs. At most

@@ -169,7 +169,7 @@ static inline __attribute__((always_inline)) void alloc_free_fast(void *p)
     return;
 #endif
     uintptr_t a = (uintptr_t)p, g = a >> SEGMENT_SHIFT;
-    if (LOAM_LIKELY(g < SEGKIND_SIZE && segkind_map[g] == SEGMENT_SLABS)) {
+    if (LOAM_LIKELY(segkind_index_is_slabs(g))) {
         slab_t *s = segment_slab_of_kind_index(g, a);
         uintptr_t off = a - (uintptr_t)s->start;
         /* The cache at the slab's slot is this thread's cache of the slab's
