@@ -392,9 +392,9 @@ typedef struct arena {
     bool       sweeping;                /* a walk of the segments is under way: no purge */
     uint64_t   next_purge_ms;
     bool       decay_left;              /* the last purge left memory still waiting for decay */
-    /* Free runs past the retained budget are given back by the background
-     * thread instead of the freeing one, while both flags are set (see
-     * arena_decommit_excess). decommit_later: the runtime's background
+    /* Free runs past the retained budget, and cached large mappings past
+     * the cache's, are given back by the background thread instead of the
+     * freeing one while both flags are set (see arena_decommit_excess). decommit_later: the runtime's background
      * thread serves this arena (arena_set_decommit_later); decommit_due:
      * something waits for it. Under the lock; read without it (AO_char)
      * by the background thread to skip arenas with nothing due. */
@@ -572,6 +572,11 @@ LOAM_INTERNAL void   large_release(large_t *l);
 /* Unmap the cached mappings idle for decay_ms (all: force); lock held.
  * Returns the bytes unmapped; *left: some stay cached. */
 LOAM_INTERNAL size_t large_cache_purge(arena_t *a, bool force, uint64_t now, bool *left);
+/* Cached mappings past the cache's budget, out of the cache as a list (lock
+ * held; a free leaves them for the background thread where it serves the
+ * arena), and their unmapping (lock not held): returns the bytes. */
+LOAM_INTERNAL large_t *large_cache_take_excess_locked(arena_t *a);
+LOAM_INTERNAL size_t   large_unmap_list(large_t *list);
 /* The last few large blocks freed by the program: their mappings are gone,
  * so a second free of one would otherwise look like a foreign pointer. */
 LOAM_INTERNAL void   large_remember_freed(const void *block);

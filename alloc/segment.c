@@ -345,7 +345,9 @@ void alloc_decommit_postfork(void)
 
 #define DECOMMIT_BATCH 16
 
-/* Free runs past the budget leave the bins, a batch at a time, as
+/* Cached large mappings past the cache's budget are unmapped first (a free
+ * left them there: large_free). Then free runs past the budget leave the
+ * bins, a batch at a time, as
  * RUN_DECOMMITTING: no allocation can take them and no free coalesces with
  * them, so their pages are given back with the arena lock dropped, and the
  * threads freeing into the arena do not wait for madvise. Then they go back
@@ -361,6 +363,7 @@ size_t arena_decommit_excess(arena_t *a)
         unsigned n = 0;
         arena_lock(a);
         AO_char_store(&a->decommit_due, 0);
+        large_t *unmap = large_cache_take_excess_locked(a);
         size_t budget = retained_budget(a);
         for (segment_t *seg = a->segments; seg && n < DECOMMIT_BATCH && a->retained_bytes > budget;
              seg = seg->next)
@@ -382,6 +385,7 @@ size_t arena_decommit_excess(arena_t *a)
             }
         more = n == DECOMMIT_BATCH && a->retained_bytes > budget;
         arena_unlock(a);
+        total += large_unmap_list(unmap);
         if (n && alloc_decommit_hook)
             alloc_decommit_hook(a, false);
         for (unsigned i = 0; i < n; i++) {
@@ -408,13 +412,16 @@ void arena_set_decommit_later(arena_t *a, bool on)
 {
     arena_lock(a);
     AO_char_store(&a->decommit_later, on);
+    large_t *unmap = NULL;
     if (!on) {
+        unmap = large_cache_take_excess_locked(a);
         size_t budget = retained_budget(a);
         if (a->retained_bytes > budget)
             retained_trim_to(a, budget);
         AO_char_store(&a->decommit_due, 0);
     }
     arena_unlock(a);
+    large_unmap_list(unmap);
 }
 
 size_t arena_purge(arena_t *a, bool force)
