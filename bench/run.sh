@@ -73,7 +73,7 @@ fi
 [ -x "$bin" ] || { say "no $bin after the build"; exit 1; }
 
 # ---- the collector benchmarks (bench/gc) ----------------------------------------
-# loam-gcbench-{loam,boehm,malloc}: each built on its own, so one that does not
+# loam-gcbench-{loam,loam-precise,boehm,malloc}: each built on its own, so one that does not
 # build (no libgc-dev; a collector that does not link) only loses its column.
 # In the project's tree they are built there (the loam one links the project's
 # loam_static); elsewhere, or if that fails, standalone (no loam variant).
@@ -82,12 +82,12 @@ if [ "${BENCH_GC:-1}" != 0 ]; then
     sa="$build/bench-standalone"
     sa_ready=""
     if [ "$home" = "$here_p" ]; then sa="$build"; sa_ready=1; fi
-    for v in malloc boehm loam; do
+    for v in malloc boehm loam loam-precise; do
         exe=""
         if [ "$home" = "$root_p" ] &&
            cmake --build "$build" --target "loam-gcbench-$v" -j "$jobs" >>"$log" 2>&1; then
             exe="$build/bench/loam-gcbench-$v"
-        elif [ "$v" != loam ]; then
+        elif [ "${v#loam}" = "$v" ]; then
             if [ -z "$sa_ready" ] &&
                cmake -S "$here" -B "$sa" -DCMAKE_BUILD_TYPE=Release >>"$log" 2>&1; then
                 sa_ready=1
@@ -99,7 +99,7 @@ if [ "${BENCH_GC:-1}" != 0 ]; then
         fi
         if [ -n "$exe" ] && [ -x "$exe" ]; then
             gc_args+=(--gc-bin-$v "$exe")
-        elif [ "$v" = loam ] && [ "$home" != "$root_p" ]; then
+        elif [ "${v#loam}" != "$v" ] && [ "$home" != "$root_p" ]; then
             gc_args+=(--gc-note "loam=needs the project's build tree (BUILD_DIR is not one)")
         elif [ "$v" = boehm ] && [ ! -e /usr/include/gc.h ]; then
             gc_args+=(--gc-note "boehm=no /usr/include/gc.h (apt-get install libgc-dev)")

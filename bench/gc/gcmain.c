@@ -5,9 +5,10 @@
  *                                 [--generational]
  *   loam-gcbench-VARIANT --list
  *
- * VARIANT is fixed when compiling (gcshim.h): loam, boehm or malloc. --kind,
- * --no-stack-scan and --generational (LOAM_GENERATIONAL, the workloads
- * calling the write barrier) apply to loam only. Prints one line of key=value pairs
+ * VARIANT is fixed when compiling (gcshim.h): loam, loam-precise, boehm or
+ * malloc. --kind and --generational (LOAM_GENERATIONAL, the workloads
+ * calling the write barrier) apply to loam only; --no-stack-scan is
+ * loam-precise's (it is the one with a shadow stack) and required there. Prints one line of key=value pairs
  * on stdout; exit status 0 when the workload's own checks passed, 1 when
  * they did not, 2 on a usage or set-up error. --seed is accepted and ignored
  * (the workloads are deterministic). With GCS_STATS set in the environment,

@@ -27,7 +27,7 @@ COLUMNS = {
     # LOAM_GENERATIONAL: minor collections, the workloads calling the barrier
     "loam-gen": ("loam", ["--kind", "traced", "--generational"], None,
                  "loam (traced, generational)"),
-    "loam-precise": ("loam", ["--kind", "traced", "--no-stack-scan"], None,
+    "loam-precise": ("loam-precise", ["--kind", "traced", "--no-stack-scan"], None,
                      "loam (traced, no stack scan)"),
     "boehm": ("boehm", [], None, "Boehm (libgc)"),
     "mimalloc": ("malloc", [], MIMALLOC, "malloc/free on mimalloc"),
@@ -60,6 +60,7 @@ def add_arguments(ap):
     ap.add_argument("--gc-bin-loam", default="")
     ap.add_argument("--gc-bin-boehm", default="")
     ap.add_argument("--gc-bin-malloc", default="")
+    ap.add_argument("--gc-bin-loam-precise", default="")
     ap.add_argument("--gc-note", action="append", default=[],
                     help="VARIANT=why it is missing (loam, boehm, malloc)")
     ap.add_argument("--gc-loam-build", default="",
@@ -179,7 +180,7 @@ def plan(args, only):
     if only:
         wls = [w for w in wls if w[0] in only or GROUP in only]
     bins = {"loam": args.gc_bin_loam, "boehm": args.gc_bin_boehm,
-            "malloc": args.gc_bin_malloc}
+            "malloc": args.gc_bin_malloc, "loam-precise": args.gc_bin_loam_precise}
     why = dict(n.partition("=")[::2] for n in args.gc_note)
     wanted = [c for c in args.gc_columns.split(",") if c] or DEFAULT_COLUMNS
     cols, skipped = [], []

@@ -13,7 +13,6 @@
 
 void **gcs_shadow[GCS_SHADOW_MAX];
 size_t gcs_shadow_top;
-int gcs_precise;
 static int ptr_fields;
 
 #if defined(GCB_LOAM)
@@ -34,6 +33,7 @@ static void trace_obj(void *obj, loam_tracer_t *t, void *user)
             loam_mark(t, f[i]);
 }
 
+#if defined(GCB_SHADOW_STACK)
 /* --no-stack-scan: the shadow stack is the only root set. */
 static void shadow_roots(loam_tracer_t *t, void *user)
 {
@@ -42,6 +42,7 @@ static void shadow_roots(loam_tracer_t *t, void *user)
         if (*gcs_shadow[i])
             loam_mark(t, *gcs_shadow[i]);
 }
+#endif
 
 int gcs_init(const gcs_opts_t *o, int fields)
 {
@@ -59,12 +60,22 @@ int gcs_init(const gcs_opts_t *o, int fields)
         cfg.flags |= LOAM_GENERATIONAL;
         gcs_generational = 1;
     }
-    if (o->no_stack_scan) {
-        cfg.flags |= LOAM_NO_STACK_SCAN;
-        cfg.roots = shadow_roots;
-        gcs_precise = 1;
-        variant = o->conservative ? "loam-cons-precise" : "loam-precise";
+#if defined(GCB_SHADOW_STACK)
+    if (!o->no_stack_scan) {
+        fprintf(stderr, "loam-gcbench: this binary keeps a shadow stack: run it with "
+                        "--no-stack-scan (loam-gcbench-loam scans the stack)\n");
+        return -1;
     }
+    cfg.flags |= LOAM_NO_STACK_SCAN;
+    cfg.roots = shadow_roots;
+    variant = o->conservative ? "loam-cons-precise" : "loam-precise";
+#else
+    if (o->no_stack_scan) {
+        fprintf(stderr, "loam-gcbench: --no-stack-scan needs the shadow stack: "
+                        "run loam-gcbench-loam-precise\n");
+        return -1;
+    }
+#endif
     if (o->generational)
         variant = o->no_stack_scan ? (o->conservative ? "loam-cons-precise-gen" : "loam-precise-gen")
                                    : (o->conservative ? "loam-cons-gen" : "loam-gen");

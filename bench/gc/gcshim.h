@@ -6,9 +6,17 @@
  *               objects with pointers are LOAM_TRACED (a trace callback
  *               reports their leading pointer fields) or, with --kind
  *               conservative, LOAM_CONSERVATIVE; pointer-free data is
- *               LOAM_ATOMIC. Roots: the stack, scanned conservatively, or
- *               with --no-stack-scan a shadow stack (GCS_PUSH) reported by
- *               the roots callback.
+ *               LOAM_ATOMIC. Roots: the stack, scanned conservatively.
+ *               With GCB_SHADOW_STACK too (loam-gcbench-loam-precise), the
+ *               roots are a shadow stack (GCS_PUSH) reported by the roots
+ *               callback, and the stack is not scanned (--no-stack-scan).
+ *               Only that binary has the shadow stack: GCS_PUSH takes the
+ *               variable's address, which keeps it in a stack slot, and a
+ *               slot not yet written in this call holds a stale pointer
+ *               from an earlier one, which a conservative scan takes for a
+ *               root (GCBench: a dead tree of 4 MiB or two held that way
+ *               at its last collections, peak RSS 33.9 MiB instead of
+ *               25.4). The other variants compile GCS_PUSH to nothing.
  *   GCB_BOEHM   the Boehm-Demers-Weiser collector (Debian's libgc):
  *               GC_MALLOC / GC_MALLOC_ATOMIC, roots found by Boehm itself.
  *   GCB_MALLOC  explicit malloc/free: the workload frees what it drops
@@ -61,14 +69,13 @@ typedef struct gcs_stats {
 void gcs_stats(gcs_stats_t *out);
 void gcs_finish(void);              /* tears the heap down (not timed) */
 
-/* ---- the shadow stack (precise roots, loam --no-stack-scan only) --------
+/* ---- the shadow stack (precise roots, loam-gcbench-loam-precise only) ----
  * GCS_PUSH(var) makes the pointer variable var a root until the matching
- * GCS_POP; pushes and pops nest like the calls. Everywhere else they cost
- * one predictable branch (loam) or nothing (Boehm, malloc). */
+ * GCS_POP; pushes and pops nest like the calls. Everywhere else they are
+ * nothing. */
 #define GCS_SHADOW_MAX 4096
 extern void **gcs_shadow[GCS_SHADOW_MAX];
 extern size_t gcs_shadow_top;
-extern int gcs_precise;
 
 #if defined(GCB_LOAM)
 #include <loam.h>
@@ -92,13 +99,16 @@ static inline void gcs_written(void *where)
     if (gcs_generational)
         loam_write_barrier(where);
 }
+#if defined(GCB_SHADOW_STACK)
 #define GCS_PUSH(var) do {                                      \
-        if (gcs_precise) {                                      \
-            if (gcs_shadow_top >= GCS_SHADOW_MAX) abort();      \
-            gcs_shadow[gcs_shadow_top++] = (void **)&(var);     \
-        }                                                       \
+        if (gcs_shadow_top >= GCS_SHADOW_MAX) abort();          \
+        gcs_shadow[gcs_shadow_top++] = (void **)&(var);         \
     } while (0)
-#define GCS_POP(n) do { if (gcs_precise) gcs_shadow_top -= (n); } while (0)
+#define GCS_POP(n) (gcs_shadow_top -= (n))
+#else
+#define GCS_PUSH(var) ((void)0)
+#define GCS_POP(n) ((void)0)
+#endif
 
 #elif defined(GCB_BOEHM)
 #include <gc.h>
