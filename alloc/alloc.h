@@ -49,7 +49,16 @@ extern LOAM_INTERNAL uint32_t sizeclass_size[NUM_CLASSES];
 extern LOAM_INTERNAL uint8_t  sizeclass_pages[NUM_CLASSES];
 
 LOAM_INTERNAL void     sizeclass_init(void);
-LOAM_INTERNAL unsigned sizeclass_of_generic(size_t n);       /* n in (SMALL_MAX, CLASS_MAX_SIZE] */
+/* Any n <= CLASS_MAX_SIZE (the table's source); inline for malloc's sizes
+ * above the table (runtime/alloc_api.c). */
+static inline unsigned sizeclass_of_generic(size_t n)
+{
+    if (n <= 128)
+        return n == 0 ? 0 : (unsigned)((n - 1) >> 4);
+    unsigned lg = 63u - (unsigned)__builtin_clzll((unsigned long long)(n - 1));   /* n in (2^lg, 2^(lg+1)] */
+    unsigned k = (unsigned)(((n - 1) - ((size_t)1 << lg)) >> (lg - 3)) + 1;          /* 1..8 */
+    return 7 + (lg - 7) * 8 + k;
+}
 /* Smallest class >= n whose size is a multiple of align (align a power of two <= PAGE_SIZE). */
 LOAM_INTERNAL int      sizeclass_of_aligned(size_t n, size_t align);
 

@@ -13,20 +13,6 @@ uint8_t  sizeclass_small[SMALL_MAX / 16 + 1];
 uint32_t sizeclass_size[NUM_CLASSES];
 uint8_t  sizeclass_pages[NUM_CLASSES];
 
-static unsigned floor_log2(size_t x)
-{
-    return 63u - (unsigned)__builtin_clzll((unsigned long long)x);
-}
-
-unsigned sizeclass_of_generic(size_t n)
-{
-    if (n <= 128)
-        return n == 0 ? 0 : (unsigned)((n - 1) >> 4);
-    unsigned lg = floor_log2(n - 1);                  /* n in (2^lg, 2^(lg+1)] */
-    unsigned k = (unsigned)(((n - 1) - ((size_t)1 << lg)) >> (lg - 3)) + 1;   /* 1..8 */
-    return 7 + (lg - 7) * 8 + k;
-}
-
 static size_t class_size_of(unsigned cls)
 {
     if (cls < 8)

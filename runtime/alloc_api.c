@@ -109,8 +109,20 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
     }
 }
 
+/* Above the fast path's table, up to the mmap threshold, a size's class is
+ * a little arithmetic and then the same pop: the random sizes of 8-4096 B
+ * spent 7 % of their time in alloc_from_heap's set-up for three mallocs in
+ * four. An empty bin, or anything else, goes on to alloc_from_heap. */
 void *alloc_malloc_slow(loam_heap_t *h, size_t n)
 {
+    if (n > SMALL_MAX && n <= CLASS_MAX_SIZE && n <= alloc_tuning.mmap_threshold) {
+        unsigned cls = sizeclass_of_generic(n);
+        void *p = tcache_pop(loam_tls_cache[h->alloc_slot], cls);
+        if (LOAM_LIKELY(p != NULL)) {
+            mc_alloc(h, p, sizeclass_size[cls], 0);
+            return p;
+        }
+    }
     return alloc_from_heap(h, n, BLOCK_ALIGN, LOAM_CONSERVATIVE);
 }
 
