@@ -361,6 +361,14 @@ typedef struct arena_bin {
                              allocation happens (its drain_below is 0). */
 } arena_bin_t;
 
+/* A class's transfer cache: addresses of free blocks (each carrying the
+ * free key), the newest last. Its blocks count as out of their slabs, as a
+ * thread cache's do. */
+typedef struct arena_xfer {
+    uint32_t count, cap;
+    void    *slots[];
+} arena_xfer_t;
+
 typedef struct arena_counters {
     size_t out_bytes;     /* bytes of blocks out of slabs (live + thread-cached) */
     size_t out_blocks;
@@ -408,6 +416,10 @@ typedef struct arena {
      * something waits for it. Under the lock; read without it (AO_char)
      * by the background thread to skip arenas with nothing due. */
     unsigned char decommit_later, decommit_due;
+    /* Blocks thread caches flushed here, kept as their addresses for the
+     * next refill of the class (arena_xfer_*): lazily made, under the lock. */
+    arena_xfer_t *xfer[NUM_CLASSES];
+    size_t     xfer_blocks;             /* in all of them */
     arena_counters_t c;
 } arena_t;
 
@@ -428,6 +440,17 @@ LOAM_INTERNAL void     arena_unlock(arena_t *a);
  * one cache miss after another. Returns how many (0: out of memory or over
  * budget). */
 LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top);
+/* The arena's transfer cache (arena.c; lock held): put a thread cache's
+ * batch of n free blocks of class cls, all of this arena, as they are
+ * (false: no room, or the arena takes none: the caller frees them to their
+ * slabs); put every block it holds back into its slab; how many of class
+ * cls it holds. */
+LOAM_INTERNAL bool     arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n);
+LOAM_INTERNAL void     arena_xfer_drain(arena_t *a);
+LOAM_INTERNAL uint32_t arena_xfer_count(const arena_t *a, unsigned cls);
+/* Return n free blocks (carrying the free key), all of this arena, to their
+ * slabs (lock held): each run of one slab is linked and freed at once. */
+LOAM_INTERNAL void     arena_free_blocks(arena_t *a, void *const *blocks, uint32_t n);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */

@@ -426,6 +426,7 @@ void arena_set_decommit_later(arena_t *a, bool on)
 
 size_t arena_purge(arena_t *a, bool force)
 {
+    arena_xfer_drain(a);        /* its blocks must not keep slabs from emptying */
     uint64_t now = os_now_ms();
     uint64_t decay = alloc_tuning.decay_ms;
     size_t bytes = 0;

@@ -253,11 +253,13 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
 
 /* The oldest blocks go back, the newest (likeliest still in the CPU's
  * cache) stay. They go in runs that share a slab (a cache mostly holds runs
- * of blocks freed together): each run is linked with its slab's key,
- * newest first, then spliced onto the slab's list with one update of its
- * counts. Only the links are written into the blocks, so their cache misses
+ * of blocks freed together): each run is linked with its slab's key, newest
+ * first, and spliced onto the slab's list with one update of its counts;
+ * or, flushing a bin that overflowed (to_xfer), it goes to its arena's
+ * transfer cache as it is where there is room.
+ * Only the links are written into the blocks, so their cache misses
  * overlap. */
-void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
+static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
 {
     arena_t *held = NULL;
     AO_int_store(&tc->slow_events, tc->slow_events + 1);
@@ -268,28 +270,35 @@ void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
     uint32_t out = count - keep;
     void **slots = tc->info[cls].base;
     for (uint32_t i = 0; i < out;) {
-        free_block_t *last = slots[i], *first = last;
-        segment_t *seg = (segment_t *)((uintptr_t)last & ~SEGMENT_MASK);
-        slab_t *s = segment_slab_at(seg, (uintptr_t)last);
+        uint32_t start = i;
+        segment_t *seg = (segment_t *)((uintptr_t)slots[i] & ~SEGMENT_MASK);
+        slab_t *s = segment_slab_at(seg, (uintptr_t)slots[i]);
         uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
-        uint32_t n = 1;
-        for (i++; i < out && (uintptr_t)slots[i] - lo < span; i++, n++) {
-            free_block_t *b = slots[i];         /* newer: it goes ahead (LIFO reuse) */
-            b->next_enc = freelist_encode(first, s->key);
-            first = b;
-        }
+        for (i++; i < out && (uintptr_t)slots[i] - lo < span; i++)
+            ;
         if (s->arena != held) {
             if (held)
                 arena_unlock(held);
             held = s->arena;
             arena_lock(held);
         }
-        arena_free_run(held, s, first, last, n);
+        if (!to_xfer || !arena_xfer_put(held, cls, &slots[start], i - start))
+            arena_free_blocks(held, &slots[start], i - start);
     }
     if (held)
         arena_unlock(held);
     memmove(slots, slots + out, (size_t)keep * sizeof(void *));
     bin_set_top(tc, cls, keep);
+}
+
+void tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep)
+{
+    flush_bin(tc, cls, keep, false);
+}
+
+void tcache_flush_overflow(tcache_t *tc, unsigned cls, uint32_t keep)
+{
+    flush_bin(tc, cls, keep, true);
 }
 
 void tcache_flush_all(tcache_t *tc)

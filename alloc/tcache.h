@@ -99,8 +99,13 @@ LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
 /* The bin of cls is full, or empty again with no flush since its last
  * refill: true if it grew (tcache.c says when). */
 LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
-/* Flush the bin of cls down to `keep` blocks. */
+/* Flush the bin of cls down to `keep` blocks, into their slabs. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
+/* The same for a bin that overflowed on a free: the blocks may go to their
+ * arena's transfer cache instead, for its next refill (arena.c). Flushes
+ * that give memory back (thread exit, trim, a purge request, a draining
+ * slab) go to the slabs. */
+LOAM_INTERNAL void  tcache_flush_overflow(tcache_t *tc, unsigned cls, uint32_t keep);
 LOAM_INTERNAL void  tcache_flush_all(tcache_t *tc);
 /* Forget every block without touching it (its heap is gone). */
 LOAM_INTERNAL void  tcache_abandon(tcache_t *tc);

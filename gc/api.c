@@ -164,7 +164,8 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
             arena_lock(a);
-            a->owner_slot = TC_SLOT_NONE;
+            a->owner_slot = TC_SLOT_NONE;   /* flushes go to the slabs from now on */
+            arena_xfer_drain(a);            /* and so does what the transfer cache holds */
             for (segment_t *seg = a->segments; seg; seg = seg->next)
                 for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages)
                     if (seg->slabs[p].state == RUN_SLAB) {

@@ -188,6 +188,9 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t gc_weak_cleared;
     size_t gc_bytes_marked_helpers;   /* of gc_bytes_marked: by marking threads (LOAM_PARALLEL_MARK) */
     size_t gc_minor_collections;  /* of gc_collections: minor (LOAM_GENERATIONAL) */
+    size_t transfer_bytes;        /* free blocks in the arenas' transfer caches: batches that
+                                     threads freeing other threads' blocks handed back, kept
+                                     for the arena's next refills (a purge or trim empties them) */
 } loam_stats_t;
 LOAM_API void loam_heap_stats(loam_heap_t *h, loam_stats_t *out);
 LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);

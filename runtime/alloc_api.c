@@ -229,7 +229,7 @@ void alloc_free_slow(void *p)
             return;
         uint32_t max = tcache_limit(tc, cls);
         if (max) {
-            tcache_flush(tc, cls, max / 2);
+            tcache_flush_overflow(tc, cls, max / 2);
             purge_poke(h);
             if (tcache_push(tc, cls, p))
                 return;

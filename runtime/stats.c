@@ -22,11 +22,19 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     if (h->gc)
         gc_finish_sweep(h);
     size_t out_bytes = 0, out_blocks = 0, peak = 0, large_req = 0;
+    size_t cached_bytes = 0, cached_blocks = 0, transfer_bytes = 0;
     arena_t *a;
     for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
         r->arenas++;
         arena_lock(a);
         arena_collect_stats(a, &r->a, resident);
+        /* Blocks in the arena's transfer cache are free, as in a thread cache. */
+        for (unsigned c = 0; a->xfer_blocks && c < NUM_CLASSES; c++) {
+            uint32_t cnt = arena_xfer_count(a, c);
+            r->cached_blocks[c] += cnt;
+            cached_blocks += cnt;
+            transfer_bytes += (size_t)cnt * sizeclass_size[c];
+        }
         out_bytes += a->c.out_bytes;
         out_blocks += a->c.out_blocks;
         peak += a->c.peak_out_bytes;
@@ -39,7 +47,6 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
         r->slabs_released += a->c.slabs_released;
         arena_unlock(a);
     }
-    size_t cached_bytes = 0, cached_blocks = 0;
     heaps_lock();
     for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
         r->caches++;
@@ -52,7 +59,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     }
     heaps_unlock();
     loam_stats_t *s = &r->s;
-    s->live_bytes = out_bytes - cached_bytes + r->large_usable;
+    s->live_bytes = out_bytes - cached_bytes - transfer_bytes + r->large_usable;
     s->live_blocks = out_blocks - cached_blocks + s->large_count;
     s->peak_live_bytes = peak;
     if (s->peak_live_bytes < s->live_bytes)
@@ -65,6 +72,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
     s->slab_bytes = r->a.slab_bytes;
     s->slab_free_bytes = r->a.slab_free_bytes;
     s->cached_bytes = cached_bytes;
+    s->transfer_bytes = transfer_bytes;
     s->segments = r->a.segments;
     s->free_run_bytes = r->a.free_run_bytes;
     gc_fill_stats(h, s);
@@ -98,8 +106,9 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
             s->slab_bytes, s->slab_free_bytes);
     fprintf(f, "  free runs   %12zu bytes committed, awaiting reuse or decay\n", s->free_run_bytes);
     fprintf(f, "  large       %12zu blocks, %zu bytes mapped\n", s->large_count, s->large_bytes);
-    fprintf(f, "  caches      %12zu bytes in %zu thread caches; %zu arenas, %zu lock contentions\n",
-            s->cached_bytes, r->caches, r->arenas, r->lock_contended);
+    fprintf(f, "  caches      %12zu bytes in %zu thread caches, %zu in the arenas' transfer caches; "
+               "%zu arenas, %zu lock contentions\n",
+            s->cached_bytes, r->caches, s->transfer_bytes, r->arenas, r->lock_contended);
     fprintf(f, "  segments    %12zu; slabs made %zu, released %zu\n", s->segments, r->slabs_made,
             r->slabs_released);
     if (h->gc) {
@@ -134,8 +143,8 @@ static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
             s->reserved_bytes, s->resident_bytes);
     fprintf(f, "\"slab_bytes\":%zu,\"slab_free_bytes\":%zu,\"free_run_bytes\":%zu,", s->slab_bytes,
             s->slab_free_bytes, s->free_run_bytes);
-    fprintf(f, "\"large_count\":%zu,\"large_bytes\":%zu,\"cached_bytes\":%zu,", s->large_count,
-            s->large_bytes, s->cached_bytes);
+    fprintf(f, "\"large_count\":%zu,\"large_bytes\":%zu,\"cached_bytes\":%zu,\"transfer_bytes\":%zu,",
+            s->large_count, s->large_bytes, s->cached_bytes, s->transfer_bytes);
     fprintf(f, "\"segments\":%zu,\"arenas\":%zu,\"thread_caches\":%zu,\"lock_contended\":%zu,", s->segments,
             r->arenas, r->caches, r->lock_contended);
     fprintf(f, "\"gc_collections\":%zu,\"gc_pause_total_ns\":%" PRIu64 ",\"gc_pause_max_ns\":%" PRIu64 ",",

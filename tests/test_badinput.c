@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -80,6 +81,33 @@ Test(abort, double_free_after_flush_to_arena, .signal = SIGABRT)
     for (int i = 0; i < N; i++)
         loam_free(q[i]);
     loam_free(p);
+}
+
+/* Freed by another thread, the block went back to the allocating arena's
+ * transfer cache as part of a batch (the oldest ones freed go first). */
+enum { XF_N = 512 };
+static void *xf_q[XF_N];
+static void *free_xf_blocks(void *unused)
+{
+    (void)unused;
+    for (int i = 0; i < XF_N; i++)
+        loam_free(xf_q[i]);
+    return NULL;
+}
+
+Test(abort, double_free_of_a_block_in_the_transfer_cache, .signal = SIGABRT)
+{
+    loam_option_set("track_requested", 0);      /* thread caches on */
+    loam_heap_t *h = loam_heap_new(NULL);
+    for (int i = 0; i < XF_N; i++)
+        xf_q[i] = loam_malloc(h, 64);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, free_xf_blocks, NULL), 0);
+    pthread_join(t, NULL);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_gt(st.transfer_bytes, 0, "nothing reached the transfer cache: nothing is tested");
+    loam_free(xf_q[0]);
 }
 
 Test(abort, double_free_without_thread_cache, .signal = SIGABRT)

@@ -1074,3 +1074,101 @@ Test(threads, background_decommit_while_threads_allocate, .timeout = 600)
     cr_assert_eq(st.live_blocks, 0);
     loam_heap_destroy(h);
 }
+
+/* Blocks a thread frees for another go back to the allocating thread's arena
+ * as a batch of addresses (its transfer cache), and that thread's next
+ * refills take them from there: statistics show them as transfer bytes, not
+ * live, while they wait; contents written after they come back stay intact;
+ * a trim puts them back into their slabs; and a heap made collected empties
+ * the transfer cache at once. */
+enum { XF_BLOCKS = 4096, XF_SIZE = 64 };
+static void *xf_blocks[XF_BLOCKS];
+
+static void *xf_free_all(void *arg)
+{
+    size_t *bad = arg;
+    for (int i = 0; i < XF_BLOCKS; i++) {
+        if (check(xf_blocks[i], XF_SIZE, (uint64_t)i) != (size_t)-1)
+            (*bad)++;
+        loam_free(xf_blocks[i]);
+    }
+    return NULL;
+}
+
+static loam_heap_t *xf_fill_transfer_cache(void)
+{
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);     /* caches on */
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);       /* no purge empties it */
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    for (int i = 0; i < XF_BLOCKS; i++) {
+        xf_blocks[i] = loam_malloc(h, XF_SIZE);
+        cr_assert_not_null(xf_blocks[i]);
+        fill(xf_blocks[i], XF_SIZE, (uint64_t)i);
+    }
+    size_t bad = 0;
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, xf_free_all, &bad), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(bad, 0, "%zu blocks were corrupted before the other thread freed them", bad);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_gt(st.transfer_bytes, 0, "no batch reached the allocating arena's transfer cache");
+    cr_assert_leq(st.transfer_bytes, 64 * 1024, "the transfer cache holds %zu bytes of one class",
+                  st.transfer_bytes);
+    cr_assert_eq(st.live_blocks, 0, "%zu blocks live after every block was freed", st.live_blocks);
+    cr_assert_eq(st.live_bytes, 0);
+    return h;
+}
+
+Test(threads, cross_thread_frees_come_back_through_the_transfer_cache, .timeout = 60)
+{
+    loam_heap_t *h = xf_fill_transfer_cache();
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t waiting = st.transfer_bytes;
+    /* The allocating thread's refills take them: a malloc returns a block
+     * that was in the transfer cache, and writing it harms no other block. */
+    static void *again[XF_BLOCKS];
+    for (int i = 0; i < XF_BLOCKS; i++) {
+        again[i] = loam_malloc(h, XF_SIZE);
+        cr_assert_not_null(again[i]);
+        fill(again[i], XF_SIZE, (uint64_t)i * 31 + 7);
+    }
+    loam_heap_stats(h, &st);
+    cr_assert_lt(st.transfer_bytes, waiting, "refills left the transfer cache at %zu bytes",
+                 st.transfer_bytes);
+    cr_assert_eq(st.live_blocks, XF_BLOCKS);
+    for (int i = 0; i < XF_BLOCKS; i++)
+        for (int j = i + 1; j < XF_BLOCKS && j < i + 64; j++)
+            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
+    for (int i = 0; i < XF_BLOCKS; i++) {
+        cr_assert_eq(check(again[i], XF_SIZE, (uint64_t)i * 31 + 7), (size_t)-1,
+                     "block %d (%p) was overwritten", i, again[i]);
+        loam_free(again[i]);
+    }
+    /* A trim puts what waits back into the slabs, which can then empty. */
+    loam_heap_trim(h);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.transfer_bytes, 0, "%zu bytes still in the transfer cache after a trim",
+                 st.transfer_bytes);
+    cr_assert_eq(st.cached_bytes, 0);
+    cr_assert_eq(st.slab_bytes, 0, "%zu bytes of slabs kept after freeing everything and a trim",
+                 st.slab_bytes);
+    loam_heap_destroy(h);
+}
+
+Test(threads, a_heap_made_collected_empties_its_transfer_caches, .timeout = 60)
+{
+    loam_heap_t *h = xf_fill_transfer_cache();
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.transfer_bytes, 0, "%zu bytes still in transfer caches of a collected heap",
+                 st.transfer_bytes);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_gc_collect(h);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+}
