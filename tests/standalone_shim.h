@@ -73,6 +73,8 @@ shim_check(bool ok, bool fatal, const char *file, int line, const char *expr, co
 #define cr_expect_geq(a, b, ...)      SHIM_CHECK(false, (a) >= (b), #a " >= " #b, __VA_ARGS__)
 #define cr_expect_gt(a, b, ...)       SHIM_CHECK(false, (a) > (b), #a " > " #b, __VA_ARGS__)
 #define cr_assert_gt(a, b, ...)       SHIM_CHECK(true, (a) > (b), #a " > " #b, __VA_ARGS__)
+#define cr_assert_lt(a, b, ...)       SHIM_CHECK(true, (a) < (b), #a " < " #b, __VA_ARGS__)
+#define cr_assert_neq(a, b, ...)      SHIM_CHECK(true, (a) != (b), #a " != " #b, __VA_ARGS__)
 #define cr_expect_leq(a, b, ...)      SHIM_CHECK(false, (a) <= (b), #a " <= " #b, __VA_ARGS__)
 #define cr_assert_not_null(p, ...)    SHIM_CHECK(true, (p) != NULL, #p " != NULL", __VA_ARGS__)
 #define cr_expect_null(p, ...)        SHIM_CHECK(false, (p) == NULL, #p " == NULL", __VA_ARGS__)
