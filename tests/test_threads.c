@@ -1114,7 +1114,7 @@ static loam_heap_t *xf_fill_transfer_cache(void)
     loam_stats_t st;
     loam_heap_stats(h, &st);
     cr_assert_gt(st.transfer_bytes, 0, "no batch reached the allocating arena's transfer cache");
-    cr_assert_leq(st.transfer_bytes, 64 * 1024, "the transfer cache holds %zu bytes of one class",
+    cr_assert_leq(st.transfer_bytes, 32 * 1024, "the transfer cache holds %zu bytes of one class",
                   st.transfer_bytes);
     cr_assert_eq(st.live_blocks, 0, "%zu blocks live after every block was freed", st.live_blocks);
     cr_assert_eq(st.live_bytes, 0);
