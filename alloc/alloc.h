@@ -448,9 +448,9 @@ LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, 
 LOAM_INTERNAL bool     arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n);
 LOAM_INTERNAL void     arena_xfer_drain(arena_t *a);
 LOAM_INTERNAL uint32_t arena_xfer_count(const arena_t *a, unsigned cls);
-/* Return n free blocks (carrying the free key), all of this arena, to their
- * slabs (lock held): each run of one slab is linked and freed at once. */
-LOAM_INTERNAL void     arena_free_blocks(arena_t *a, void *const *blocks, uint32_t n);
+/* Return n free blocks of slab s (carrying the free key) at once (lock
+ * held): linked with the slab's key, newest first, then arena_free_run. */
+LOAM_INTERNAL void     arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */

@@ -251,20 +251,29 @@ static unsigned xfer_take(arena_t *a, unsigned cls, unsigned n, void **top)
     return k;
 }
 
-void arena_free_blocks(arena_t *a, void *const *blocks, uint32_t n)
+void arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n)
+{
+    free_block_t *last = blocks[0], *first = last;
+    for (uint32_t k = 1; k < n; k++) {
+        free_block_t *b = blocks[k];            /* newer: it goes ahead (LIFO reuse) */
+        b->next_enc = freelist_encode(first, s->key);
+        first = b;
+    }
+    arena_free_run(a, s, first, last, n);
+}
+
+/* The transfer cache's blocks back to their slabs, a run of one slab at a
+ * time. */
+static void xfer_free_to_slabs(arena_t *a, void *const *blocks, uint32_t n)
 {
     for (uint32_t i = 0; i < n;) {
-        free_block_t *last = blocks[i], *first = last;
-        segment_t *seg = (segment_t *)((uintptr_t)last & ~SEGMENT_MASK);
-        slab_t *s = segment_slab_at(seg, (uintptr_t)last);
+        uint32_t start = i;
+        segment_t *seg = (segment_t *)((uintptr_t)blocks[i] & ~SEGMENT_MASK);
+        slab_t *s = segment_slab_at(seg, (uintptr_t)blocks[i]);
         uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
-        uint32_t k = 1;
-        for (i++; i < n && (uintptr_t)blocks[i] - lo < span; i++, k++) {
-            free_block_t *b = blocks[i];         /* newer: it goes ahead (LIFO reuse) */
-            b->next_enc = freelist_encode(first, s->key);
-            first = b;
-        }
-        arena_free_run(a, s, first, last, k);
+        for (i++; i < n && (uintptr_t)blocks[i] - lo < span; i++)
+            ;
+        arena_free_slab_blocks(a, s, &blocks[start], i - start);
     }
 }
 
@@ -278,7 +287,7 @@ void arena_xfer_drain(arena_t *a)
             uint32_t n = x->count;
             x->count = 0;
             a->xfer_blocks -= n;
-            arena_free_blocks(a, x->slots, n);
+            xfer_free_to_slabs(a, x->slots, n);
         }
     }
 }

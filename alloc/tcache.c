@@ -283,7 +283,7 @@ static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
             arena_lock(held);
         }
         if (!to_xfer || !arena_xfer_put(held, cls, &slots[start], i - start))
-            arena_free_blocks(held, &slots[start], i - start);
+            arena_free_slab_blocks(held, s, &slots[start], i - start);
     }
     if (held)
         arena_unlock(held);
