@@ -448,6 +448,19 @@ LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, 
 LOAM_INTERNAL bool     arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n);
 LOAM_INTERNAL void     arena_xfer_drain(arena_t *a);
 LOAM_INTERNAL uint32_t arena_xfer_count(const arena_t *a, unsigned cls);
+/* blocks[i..) as runs of one slab: the end of the run starting at i, its
+ * slab in *sp (a cache or a transfer cache mostly holds runs of blocks
+ * freed together). */
+static inline uint32_t slab_run_end(void *const *blocks, uint32_t i, uint32_t n, slab_t **sp)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)blocks[i] & ~SEGMENT_MASK);
+    slab_t *s = segment_slab_at(seg, (uintptr_t)blocks[i]);
+    uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
+    for (i++; i < n && (uintptr_t)blocks[i] - lo < span; i++)
+        ;
+    *sp = s;
+    return i;
+}
 /* Return n free blocks of slab s (carrying the free key) at once (lock
  * held): linked with the slab's key, newest first, then arena_free_run. */
 LOAM_INTERNAL void     arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n);

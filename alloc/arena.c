@@ -266,14 +266,10 @@ void arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t
  * time. */
 static void xfer_free_to_slabs(arena_t *a, void *const *blocks, uint32_t n)
 {
-    for (uint32_t i = 0; i < n;) {
-        uint32_t start = i;
-        segment_t *seg = (segment_t *)((uintptr_t)blocks[i] & ~SEGMENT_MASK);
-        slab_t *s = segment_slab_at(seg, (uintptr_t)blocks[i]);
-        uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
-        for (i++; i < n && (uintptr_t)blocks[i] - lo < span; i++)
-            ;
-        arena_free_slab_blocks(a, s, &blocks[start], i - start);
+    for (uint32_t i = 0, end; i < n; i = end) {
+        slab_t *s;
+        end = slab_run_end(blocks, i, n, &s);
+        arena_free_slab_blocks(a, s, &blocks[i], end - i);
     }
 }
 

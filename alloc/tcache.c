@@ -269,21 +269,17 @@ static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
         return;
     uint32_t out = count - keep;
     void **slots = tc->info[cls].base;
-    for (uint32_t i = 0; i < out;) {
-        uint32_t start = i;
-        segment_t *seg = (segment_t *)((uintptr_t)slots[i] & ~SEGMENT_MASK);
-        slab_t *s = segment_slab_at(seg, (uintptr_t)slots[i]);
-        uintptr_t lo = (uintptr_t)s->start, span = (uintptr_t)s->pages << PAGE_SHIFT;
-        for (i++; i < out && (uintptr_t)slots[i] - lo < span; i++)
-            ;
+    for (uint32_t i = 0, end; i < out; i = end) {
+        slab_t *s;
+        end = slab_run_end(slots, i, out, &s);
         if (s->arena != held) {
             if (held)
                 arena_unlock(held);
             held = s->arena;
             arena_lock(held);
         }
-        if (!to_xfer || !arena_xfer_put(held, cls, &slots[start], i - start))
-            arena_free_slab_blocks(held, s, &slots[start], i - start);
+        if (!to_xfer || !arena_xfer_put(held, cls, &slots[i], end - i))
+            arena_free_slab_blocks(held, s, &slots[i], end - i);
     }
     if (held)
         arena_unlock(held);

@@ -38,6 +38,18 @@ static void assert_back_near(size_t start, size_t now, size_t peak, const char *
                   now / MiB, start / MiB, peak / MiB, bound / MiB);
 }
 
+/* RSS once it is back near start (what assert_back_near allows), or after
+ * ms milliseconds: for memory the background thread gives back. */
+static size_t rss_when_back_near(size_t start, int ms)
+{
+    size_t now = rss_bytes();
+    for (int waited = 0; waited < ms && now > start + SLACK + start / 10; waited += 10) {
+        sleep_ms(10);
+        now = rss_bytes();
+    }
+    return now;
+}
+
 /* Allocate `total` bytes in blocks of sizes lo..hi (cycling), touching each;
  * pointers go to ptrs (capacity cap). Returns the count. */
 static size_t alloc_touched(loam_heap_t *h, void **ptrs, size_t cap, size_t total, size_t lo, size_t hi)
@@ -276,11 +288,7 @@ Test(rss, large_blocks_return_on_free_by_the_background_thread, .timeout = 60)
     loam_heap_t *h;
     size_t start, peak;
     free_large_blocks(&h, &start, &peak);
-    size_t now = rss_bytes();
-    for (int waited = 0; waited < 3000 && now > start + SLACK + start / 10; waited += 10) {
-        sleep_ms(10);
-        now = rss_bytes();
-    }
+    size_t now = rss_when_back_near(start, 3000);
     assert_back_near(start, now, peak, "3 s after freeing 512 MiB of large blocks");
     loam_stats_t st;
     for (int waited = 0; waited < 3000; waited += 10) {
@@ -495,11 +503,7 @@ Test(rss, past_the_budget_the_background_thread_gives_back, .timeout = 60)
     loam_heap_t *h;
     void **ptrs;
     free_burst_past_budget(&start, &peak, &h, &ptrs, &n);
-    size_t now = rss_bytes();
-    for (int waited = 0; waited < 3000 && now > start + SLACK + start / 10; waited += 10) {
-        sleep_ms(10);
-        now = rss_bytes();
-    }
+    size_t now = rss_when_back_near(start, 3000);
     assert_back_near(start, now, peak, "3 s after freeing 256 MiB (decay_ms=600000)");
     loam_stats_t st;
     loam_heap_stats(h, &st);
