@@ -650,6 +650,7 @@ typedef struct alloc_tuning {
     uint64_t decay_ms;
     size_t   retain_max;      /* committed free-run bytes an arena may keep past a free,
                                  or as much as it has in slabs if that is more */
+    bool     huge_pages;      /* large blocks grown by realloc: MADV_HUGEPAGE */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
 

@@ -12,7 +12,7 @@
 
 #define ARENA_SPINS 200
 
-alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024 };
+alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024, true };
 AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);

@@ -534,6 +534,15 @@ void *large_realloc(large_t *l, size_t n)
             moved->next->prev = moved;
         moved->block = (char *)moved + offset;
     }
+    /* A block that grows is being filled: its new pages are about to be
+     * written. Huge pages fault 512 times fewer, and the kernel zeroes each
+     * in one go: growing 16 B -> 64 MiB by doubling went from 42 to 12 ms,
+     * nine tenths of it now zeroing, where tcmalloc's 13 ms reuse pages it
+     * kept (at twice the peak RSS). The cost is RSS in 2 MiB steps where a
+     * program touches the slack past its size. The mapping keeps the advice
+     * (and a cached one with it); a kernel without THP ignores it. */
+    if (map > old_map && alloc_tuning.huge_pages)
+        madvise(moved, map, MADV_HUGEPAGE);
     a->c.large_bytes += map - old_map;
     a->c.large_usable += (map - offset) - moved->size;
     AO_fetch_and_add(&a->c.large_requested, (AO_t)n - moved->requested);

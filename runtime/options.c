@@ -44,6 +44,8 @@ static option_def_t option_table[] = {
       "most blocks per size class in a thread cache (0: no caches); bins start at 128" },
     { "purge_thread",    &loam_opts.purge_thread,    0, 1, 1,
       "1: a background thread returns decayed memory and idle caches' blocks" },
+    { "huge_pages",      &loam_opts.huge_pages,      0, 1, 1,
+      "1: a large block grown by realloc asks for transparent huge pages (MADV_HUGEPAGE)" },
 };
 #define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
 
@@ -52,6 +54,7 @@ static void options_apply(void)
     alloc_tuning.mmap_threshold = (size_t)loam_opts.mmap_threshold;
     alloc_tuning.decay_ms = (uint64_t)loam_opts.decay_ms;
     alloc_tuning.retain_max = (size_t)loam_opts.retain_max;
+    alloc_tuning.huge_pages = loam_opts.huge_pages != 0;
 }
 
 void options_defaults(void)

@@ -73,6 +73,7 @@ Test(options, documented_defaults)
     cr_assert_eq(loam_option_get("verbose"), 0);
     cr_assert_eq(loam_option_get("tcache_max"), 2048);
     cr_assert_eq(loam_option_get("retain_max"), 4L * 1024 * 1024);
+    cr_assert_eq(loam_option_get("huge_pages"), 1);
     long tr = loam_option_get("track_requested");
     cr_assert(tr == 0 || tr == 1, "track_requested default %ld", tr);
 }

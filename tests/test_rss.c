@@ -429,6 +429,62 @@ Test(rss, large_cache_keeps_pages_of_other_sizes, .timeout = 60)
     loam_heap_destroy(h);
 }
 
+/* Whether the kernel mapping holding p carries MADV_HUGEPAGE (VmFlags "hg"
+ * in /proc/self/smaps). */
+static bool mapping_advised_huge(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    cr_assert_not_null(f);
+    char line[512];
+    bool inside = false, huge = false, found = false;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            huge = strstr(line, " hg") != NULL;
+            found = true;
+            break;
+        }
+    }
+    fclose(f);
+    cr_assert(found, "no mapping in /proc/self/smaps holds %p", p);
+    return huge;
+}
+
+/* A large block grown by realloc is being filled: its mapping asks for huge
+ * pages (option huge_pages, on by default), a block from malloc does not,
+ * and with the option off neither does. Contents survive each growth. */
+Test(rss, large_block_grown_by_realloc_asks_for_huge_pages, .timeout = 60)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    for (int on = 1; on >= 0; on--) {
+        cr_assert_eq(loam_option_set("huge_pages", on), 0);
+        unsigned char *plain = loam_malloc(h, 8 * MiB);
+        cr_assert_not_null(plain);
+        cr_assert(!mapping_advised_huge(plain), "a block from malloc asks for huge pages");
+        size_t n = 256 * KiB;
+        unsigned char *p = loam_malloc(h, n);
+        cr_assert_not_null(p);
+        memset(p, 0x5A, n);
+        while (n < 16 * MiB) {
+            unsigned char *q = loam_realloc(h, p, 2 * n);
+            cr_assert_not_null(q);
+            for (size_t i = 0; i < n; i += 4093)
+                cr_assert_eq(q[i], 0x5A, "byte %zu lost growing to %zu", i, 2 * n);
+            memset(q + n, 0x5A, n);
+            p = q;
+            n *= 2;
+        }
+        cr_assert_eq(mapping_advised_huge(p), on == 1, "huge_pages=%d: the grown block's mapping %s",
+                     on, on ? "does not ask for huge pages" : "asks for huge pages");
+        loam_free(p);
+        loam_free(plain);
+        loam_heap_trim(h);                   /* no cached mapping carries the advice over */
+    }
+    loam_heap_destroy(h);
+}
+
 /* Repeated peaks do not ratchet RSS up. */
 Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
 {
