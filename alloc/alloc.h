@@ -440,12 +440,12 @@ LOAM_INTERNAL void     arena_unlock(arena_t *a);
  * one cache miss after another. Returns how many (0: out of memory or over
  * budget). */
 LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top);
-/* The arena's transfer cache (arena.c; lock held): put a thread cache's
- * batch of n free blocks of class cls, all of this arena, as they are
- * (false: no room, or the arena takes none: the caller frees them to their
- * slabs); put every block it holds back into its slab; how many of class
- * cls it holds. */
-LOAM_INTERNAL bool     arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n);
+/* The arena's transfer cache (arena.c; lock held): put the first of a
+ * thread cache's batch of n free blocks of class cls, all of this arena, as
+ * they are, as many as there is room for (returned; the caller frees the
+ * rest to their slabs, and 0 if the arena takes none); put every block it
+ * holds back into its slab; how many of class cls it holds. */
+LOAM_INTERNAL uint32_t arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n);
 LOAM_INTERNAL void     arena_xfer_drain(arena_t *a);
 LOAM_INTERNAL uint32_t arena_xfer_count(const arena_t *a, unsigned cls);
 /* blocks[i..) as runs of one slab: the end of the run starting at i, its

@@ -202,7 +202,7 @@ void arena_note_peak(arena_t *a)
  * Kept as an array of addresses, a flushed batch goes back to a cache by a
  * copy of the addresses, and the blocks are first touched when they are
  * written, where the misses overlap. Up to 32 KiB or 128 blocks per class,
- * two flushes of a full bin (each sends half of it); a batch that does not
+ * two flushes of a full bin (each sends half of it); what does not
  * fit goes to its slabs (64 KiB and 256 were no faster, for +60 KiB of
  * producer/consumer's peak RSS). Not for arenas whose blocks
  * never sit in caches after a free (collected heaps, tracked ones: the
@@ -217,24 +217,24 @@ static uint32_t xfer_cap(unsigned cls)
     return by_bytes < XFER_MAX ? (uint32_t)by_bytes : XFER_MAX;
 }
 
-bool arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n)
+uint32_t arena_xfer_put(arena_t *a, unsigned cls, void *const *blocks, uint32_t n)
 {
     if (a->owner_slot == TRACKED_SLOT || a->track_requested)
-        return false;
+        return 0;
     arena_xfer_t *x = a->xfer[cls];
     if (!x) {
         uint32_t cap = xfer_cap(cls);
-        if (n > cap || !(x = meta_alloc(sizeof *x + cap * sizeof(void *))))
-            return false;
+        if (!(x = meta_alloc(sizeof *x + cap * sizeof(void *))))
+            return 0;
         x->cap = cap;
         a->xfer[cls] = x;
     }
     if (n > x->cap - x->count)
-        return false;
+        n = x->cap - x->count;
     memcpy(&x->slots[x->count], blocks, n * sizeof(void *));
     x->count += n;
     a->xfer_blocks += n;
-    return true;
+    return n;
 }
 
 /* Up to n blocks of the transfer cache stored downwards from top, the

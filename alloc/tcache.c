@@ -278,8 +278,15 @@ static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
             held = s->arena;
             arena_lock(held);
         }
-        if (!to_xfer || !arena_xfer_put(held, cls, &slots[i], end - i))
-            arena_free_slab_blocks(held, s, &slots[i], end - i);
+        uint32_t put = to_xfer ? arena_xfer_put(held, cls, &slots[i], end - i) : 0;
+        if (put == end - i)
+            continue;
+        /* Full (or refused): the rest goes to the slabs without asking
+         * again. A thread freeing a big heap in random order flushes runs
+         * of one block, each of which asked a full cache before (a twelfth
+         * of free-all's instructions). */
+        to_xfer = false;
+        arena_free_slab_blocks(held, s, &slots[i + put], end - i - put);
     }
     if (held)
         arena_unlock(held);
