@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # loam benchmarks: build the workloads, run them against loam and the peer
-# allocators, and the collector workloads (bench/gc) on loam's collected heap,
+# allocators, time real programs (python3, sqlite3, sort) under each of them,
+# and the collector workloads (bench/gc) on loam's collected heap,
 # Boehm's collector and malloc/free; print a Markdown report (also
 # bench/results/latest.md).
 #
@@ -15,12 +16,15 @@
 #   BENCH_RUNS=5          runs per workload and allocator (median reported)
 #   BENCH_SCALE=1         multiplies the iteration counts (2 = twice as long)
 #   BENCH_ONLY=a,b        only these workloads (names: loam-bench --list;
-#                         "callgrind" for the instruction counts)
+#                         "callgrind" for the instruction counts; "programs"
+#                         for the real programs, or py-alloc,py-threads,sqlite3,sort)
 #   BENCH_ALLOCATORS=a,b  only these of glibc,jemalloc,mimalloc,tcmalloc,loam
 #   BENCH_CALLGRIND=0     skip the callgrind section
 #   BENCH_SEED=N          seed of the random workloads
 #   BENCH_TIMEOUT=S       seconds before one run counts as failed (120 x scale)
 #   LOAM_MALLOC_LIB=path  the loam library to preload, instead of BUILD_DIR's
+#   BENCH_PROGRAMS=0      skip the "Real programs" section (bench/programs.py)
+#   BENCH_PROGRAMS_SCALE=1  multiplies those programs' input sizes (0.1 to try it out)
 #   BENCH_GC=0            skip the "Collected heap" section (bench/gc)
 #   BENCH_GC_COLUMNS=a,b  its columns, of loam,loam-cons,loam-gen,loam-precise,boehm,mimalloc
 #                         (default loam,loam-cons,loam-gen,boehm,mimalloc)
@@ -162,6 +166,8 @@ exec python3 "$here/runner.py" \
     --allocators "${BENCH_ALLOCATORS:-}" \
     --callgrind "${BENCH_CALLGRIND:-1}" \
     --timeout "${BENCH_TIMEOUT:-0}" \
+    --programs "${BENCH_PROGRAMS:-1}" \
+    --programs-scale "${BENCH_PROGRAMS_SCALE:-1}" \
     --gc "${BENCH_GC:-1}" \
     --gc-columns "${BENCH_GC_COLUMNS:-}" \
     --gc-big-depth "${BENCH_GC_DEPTH:-19}" \

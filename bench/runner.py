@@ -3,10 +3,12 @@
 
 Runs every workload of loam-bench against each allocator (glibc as is, the
 others by LD_PRELOAD), several times with the allocators interleaved, then
-counts instructions per malloc+free pair under callgrind, runs the collector
-workloads of bench/gc (the "Collected heap" section, gc/gcrunner.py), and
-prints a Markdown report (also written to bench/results/latest.md, with the raw
-numbers in latest.json).
+times real programs (python3, sqlite3, sort) under each allocator (the
+"Real programs" section, programs.py), counts instructions per malloc+free
+pair under callgrind, runs the collector workloads of bench/gc (the
+"Collected heap" section, gc/gcrunner.py), and prints a Markdown report
+(also written to bench/results/latest.md, with the raw numbers in
+latest.json).
 """
 
 import argparse
@@ -26,6 +28,7 @@ sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
 from benchproc import child_env, log, parse_line, run_checked, spread_cell  # noqa: E402,F401
 import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
+import programs  # noqa: E402  (bench/programs.py: the "Real programs" section)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
@@ -364,7 +367,7 @@ def time_section(L, args, names, results, notes):
 
 
 def report(args, allocs, skipped, results, per_pair, cg_note, info, versions,
-           gc=None):
+           gc=None, progs=None):
     names = [a for a, _ in allocs]
     L = []
     L.append("# loam benchmarks")
@@ -387,6 +390,9 @@ def report(args, allocs, skipped, results, per_pair, cg_note, info, versions,
     notes = []
     if results:
         time_section(L, args, names, results, notes)
+    if progs is not None:
+        programs.section(L, args, progs["programs"], progs["columns"],
+                         progs["skipped"], progs["results"], notes, BASELINE)
     if gc is not None:
         gcrunner.section(L, args, gc["workloads"], gc["columns"], gc["skipped"],
                          gc["results"], notes)
@@ -450,6 +456,7 @@ def main():
                     help="seconds per run (default 120 x scale)")
     ap.add_argument("--out", default="", help="directory for latest.md / latest.json")
     gcrunner.add_arguments(ap)
+    programs.add_arguments(ap)
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -471,16 +478,22 @@ def main():
     known = [w for w, _ in WORKLOADS]
     only = [w for w in args.only.split(",") if w]
     for w in only:
-        if w not in known and w not in ("callgrind", gcrunner.GROUP) and \
-           w not in gcrunner.NAMES:
-            log("unknown workload %s (known: %s, callgrind, %s: %s)" % (
-                w, ", ".join(known), gcrunner.GROUP, ", ".join(gcrunner.NAMES)))
+        if w not in known and w not in ("callgrind", gcrunner.GROUP, programs.GROUP) and \
+           w not in gcrunner.NAMES and w not in programs.NAMES:
+            log("unknown workload %s (known: %s, callgrind, %s: %s, %s: %s)" % (
+                w, ", ".join(known), gcrunner.GROUP, ", ".join(gcrunner.NAMES),
+                programs.GROUP, ", ".join(programs.NAMES)))
             return 2
     workloads = [w for w in known if not only or w in only]
     timeout = args.timeout or 120.0 * max(1.0, args.scale)
     gc_wls, gc_cols, gc_skipped = gcrunner.plan(args, only)
     for n, why in gc_skipped:
         log("note: collected heap: %s skipped: %s" % (n, why))
+    # the programs' columns are args.all_allocs, not allocs: a missing
+    # peer keeps its column, the package to install in its cells
+    pr_list, pr_cols, pr_skipped = programs.plan(args, only, wanted)
+    for n, why in pr_skipped:
+        log("note: real programs: %s skipped: %s" % (n, why))
     want_cg = args.callgrind and (not only or "callgrind" in only)
     if not allocs and (workloads or want_cg):
         log("no allocator to run")
@@ -489,6 +502,11 @@ def main():
     started = time.monotonic()
     results = run_timed(args.bin, allocs, workloads, args.runs, args.scale,
                         args.seed, timeout) if allocs else {}
+    progs = None
+    if pr_list or pr_skipped:
+        progs = {"programs": pr_list, "columns": pr_cols, "skipped": pr_skipped,
+                 "results": programs.run(args, pr_list, pr_cols, timeout)
+                 if pr_list and pr_cols else {}}
     gc = None
     if gc_wls:
         gc = {"workloads": gc_wls, "columns": gc_cols, "skipped": gc_skipped,
@@ -501,7 +519,7 @@ def main():
     info = machine_info()
     versions = package_versions([p for _, _, p in PEERS])
     md = report(args, allocs, skipped, results, per_pair, cg_note, info, versions,
-                gc)
+                gc, progs)
     print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -517,6 +535,10 @@ def main():
             "collected": None if gc is None else {
                 "columns": {n: [b] + x + ([p] if p else []) for n, b, x, p in gc["columns"]},
                 "skipped": dict(gc["skipped"]), "results": gc["results"]},
+            "programs": None if progs is None else {
+                "programs": {n: p for n, _l, p in progs["programs"]},
+                "skipped": dict(progs["skipped"]), "results": progs["results"],
+                "scale": args.programs_scale},
         }
         with open(os.path.join(args.out, "latest.json"), "w") as f:
             json.dump(raw, f, indent=1)
@@ -524,6 +546,9 @@ def main():
     failed = any(c["error"] for w in results.values() for c in w.values())
     if gc is not None:
         failed = failed or any(c["error"] for w in gc["results"].values()
+                               for c in w.values())
+    if progs is not None:
+        failed = failed or any(c["error"] for w in progs["results"].values()
                                for c in w.values())
     return 1 if failed else 0
 
