@@ -57,10 +57,14 @@ static void tcache_set_limits(tcache_t *tc)
 uint32_t tcache_count_racy(tcache_t *tc, unsigned cls)
 {
     for (;;) {
+        /* A sequence lock: both reads atomic, the second count read after
+         * them (the fence), so an unchanged even count means no move ran
+         * between. */
         AO_t seq = AO_load_acquire(&tc->resize_seq);
         void **top = (void **)AO_load(&tc->bins[cls].top);
-        void **base = tc->info[cls].base;
-        AO_t seq2 = AO_load_acquire(&tc->resize_seq);
+        void **base = (void **)AO_load((volatile AO_t *)&tc->info[cls].base);
+        AO_nop_read();
+        AO_t seq2 = AO_load(&tc->resize_seq);
         if (!(seq & 1) && seq == seq2)
             return top >= base ? (uint32_t)(top - base) : 0;
     }
@@ -204,8 +208,9 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
     void **old = in->base;
     uint32_t old_cap = in->cap;
     memcpy(wide + 1, old, (size_t)count * sizeof(void *));
-    AO_store_release(&tc->resize_seq, tc->resize_seq + 1);
-    in->base = wide + 1;
+    AO_store(&tc->resize_seq, tc->resize_seq + 1);
+    AO_nop_write();                 /* the odd count is visible before the move */
+    AO_store((volatile AO_t *)&in->base, (AO_t)(wide + 1));
     in->cap = slots;
     bin_set_top(tc, cls, count);
     AO_store_release(&tc->resize_seq, tc->resize_seq + 1);
