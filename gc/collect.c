@@ -56,15 +56,20 @@ typedef struct sweep_chain {
     size_t        requested;           /* of the dead blocks (tracked heaps) */
 } sweep_chain_t;
 
-static inline void sweep_dead(gc_state_t *gc, slab_t *s, sweep_chain_t *c, uint32_t k)
+/* free_key is loam_free_key, start and size s's: read once per visit (the
+ * stores into blocks could alias them, which would reload them for every
+ * block). */
+static inline __attribute__((always_inline)) void
+sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c, uintptr_t free_key,
+           uint32_t k)
 {
-    free_block_t *b = (free_block_t *)(s->start + (size_t)k * s->block_size);
-    if (b->freed_key == loam_free_key)
+    free_block_t *b = (free_block_t *)(start + (size_t)k * size);
+    if (b->freed_key == free_key)
         return;                           /* free already: on a list */
-    if (s->waste)
+    if (LOAM_UNLIKELY(s->waste != NULL))
         c->requested += slab_get_requested(s, k);
     mc_free(gc->heap, b);
-    b->freed_key = loam_free_key;
+    b->freed_key = free_key;
     if (c->top) {
         *--c->top = b;
         c->n++;
@@ -82,6 +87,9 @@ static inline void sweep_dead(gc_state_t *gc, slab_t *s, sweep_chain_t *c, uint3
  * marks of that word's blocks still ahead of the cursor. */
 static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *c, uint32_t want)
 {
+    const uintptr_t free_key = loam_free_key;
+    char *const start = s->start;
+    const size_t size = s->block_size;
     uint64_t *bits = segment_side_bits(seg);
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
@@ -104,7 +112,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                 dead &= ((uint64_t)1 << ((bumped - base) * step)) - 1;
             while (dead && c->n < want) {
                 k = base + ((uint32_t)__builtin_ctzll(dead) >> shift);
-                sweep_dead(gc, s, c, k++);
+                sweep_dead(gc, s, start, size, c, free_key, k++);
                 dead &= dead - 1;
             }
             if (!dead) {                  /* the word is done */
@@ -122,7 +130,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                     bits[g >> 6] &= ~m;
                 continue;
             }
-            sweep_dead(gc, s, c, k);
+            sweep_dead(gc, s, start, size, c, free_key, k);
         }
     }
     if (k >= bumped) {

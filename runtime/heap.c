@@ -86,6 +86,7 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     for (unsigned k = 0; k < HEAP_KINDS; k++) {
         heap_kind_t *hk = &h->kinds[k];
         hk->slot = k == 0 ? h->slot : TC_SLOT_NONE;
+        h->gc_alloc_slot[k] = h->track_requested ? TC_SLOT_NONE : hk->slot;
         hk->ready = k == 0;
         arena_set_init(&hk->arenas, h, hk->slot, (uint8_t)k, &h->budget, h->track_requested,
                        (unsigned)loam_opts.arena_max);
@@ -103,6 +104,8 @@ heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind)
                     slot_holder[s] = h;
                     /* read lock-free by loam_gc_alloc's fast path */
                     AO_char_store((volatile unsigned char *)&hk->slot, (unsigned char)s);
+                    if (!h->track_requested)
+                        AO_char_store((volatile unsigned char *)&h->gc_alloc_slot[kind], (unsigned char)s);
                     break;
                 }
             /* arenas are made after this, so their slabs see the slot */

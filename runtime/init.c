@@ -18,7 +18,10 @@
 
 uintptr_t loam_free_key;
 unsigned loam_initialized;
-struct loam_heap loam_default_heap = { .alloc_slot = 0, .slot = 0, .is_default = true };
+struct loam_heap loam_default_heap = {
+    .alloc_slot = 0, .slot = 0, .is_default = true,
+    .gc_alloc_slot = { 0, TC_SLOT_NONE, TC_SLOT_NONE },
+};
 
 static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
 static int init_started;

@@ -38,6 +38,8 @@ struct gc_state;
 struct loam_heap {
     /* hot: read by the fast paths */
     uint8_t       alloc_slot;      /* slot the malloc fast path reads: TC_SLOT_NONE when tracked */
+    uint8_t       gc_alloc_slot[HEAP_KINDS];  /* loam_gc_alloc's, per kind: TC_SLOT_NONE when
+                                                 tracked or the kind is not made yet */
     uint8_t       slot;            /* kind 0's slot */
     bool          is_default;
     loam_mode_t   mode;

@@ -156,6 +156,43 @@ Test(modes, set_mode_rejects_bad_modes)
     loam_heap_destroy(h);
 }
 
+/* loam_gc_alloc on a manual heap that tracks requested bytes (loam_heap_new's
+ * default): every kind's allocations are counted, small and big, fast path
+ * or not, and freeing them brings the count back to zero; the blocks come
+ * zeroed whatever their size class. */
+Test(modes, gc_alloc_on_a_tracked_manual_heap_counts_requested_bytes)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert(st.requested_tracked, "a heap from loam_heap_new does not track requested bytes");
+    enum { N = 3000 };
+    static unsigned char *p[N];
+    for (int round = 0; round < 2; round++) {   /* the second reuses the first's dirty blocks */
+    size_t want = 0;
+    for (int i = 0; i < N; i++) {
+        size_t n = 1 + (size_t)(i * 37) % 700;
+        p[i] = loam_gc_alloc(h, n, (loam_kind_t)(i % 3));
+        cr_assert_not_null(p[i]);
+        size_t zeroed = i % 3 == LOAM_ATOMIC ? (n < 16 ? n : 16) : n;
+        for (size_t k = 0; k < zeroed; k++)
+            cr_assert_eq(p[i][k], 0, "block %d (%zu bytes, kind %d): byte %zu not zero", i, n, i % 3, k);
+        memset(p[i], 0xA7, n);           /* dirty, for the next round's blocks */
+        want += n;
+        if (i % 500 == 499) {
+            loam_heap_stats(h, &st);
+            cr_assert_eq(st.requested_bytes, want, "after %d blocks: requested %zu, asked for %zu", i + 1,
+                         st.requested_bytes, want);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        loam_free(p[i]);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.requested_bytes, 0, "requested %zu after freeing everything", st.requested_bytes);
+    }
+    loam_heap_destroy(h);
+}
+
 /* ---- limit and oom on a collected heap ------------------------------------------------ */
 
 typedef struct {
