@@ -145,6 +145,8 @@ typedef struct slab {
     struct slab *pending_next;   /* the arena's pending list of the class */
     bool         pending;        /* the layer above must visit it before its blocks are used
                                     (a lazy sweep); pinned: never released meanwhile */
+    bool         visit_none_free;  /* while pending, the layer above's: no block of it was
+                                      free when the visit was set up */
     uint32_t     visit_cursor;   /* while pending: blocks below it are visited (the layer
                                     above's; 0 when it becomes pending) */
 } __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */

@@ -58,13 +58,17 @@ typedef struct sweep_chain {
 
 /* free_key is loam_free_key, start and size s's: read once per visit (the
  * stores into blocks could alias them, which would reload them for every
- * block). */
+ * block). none_free: the slab had no free block when it became pending
+ * (gc_sweep), so an unmarked block is dead without a look at its key: that
+ * read was the block's first touch, a cache miss nothing overlapped (nearly
+ * half the sweep's samples). A block freed since is either before the
+ * cursor or marked (gc_free_allowed), and marked blocks are skipped. */
 static inline __attribute__((always_inline)) void
 sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c, uintptr_t free_key,
-           uint32_t k)
+           bool none_free, uint32_t k)
 {
     free_block_t *b = (free_block_t *)(start + (size_t)k * size);
-    if (b->freed_key == free_key)
+    if (!none_free && b->freed_key == free_key)
         return;                           /* free already: on a list */
     if (LOAM_UNLIKELY(s->waste != NULL))
         c->requested += slab_get_requested(s, k);
@@ -90,6 +94,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
     const uintptr_t free_key = loam_free_key;
     char *const start = s->start;
     const size_t size = s->block_size;
+    const bool none_free = s->visit_none_free;
     uint64_t *bits = segment_side_bits(seg);
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
@@ -112,7 +117,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                 dead &= ((uint64_t)1 << ((bumped - base) * step)) - 1;
             while (dead && c->n < want) {
                 k = base + ((uint32_t)__builtin_ctzll(dead) >> shift);
-                sweep_dead(gc, s, start, size, c, free_key, k++);
+                sweep_dead(gc, s, start, size, c, free_key, none_free, k++);
                 dead &= dead - 1;
             }
             if (!dead) {                  /* the word is done */
@@ -130,7 +135,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                     bits[g >> 6] &= ~m;
                 continue;
             }
-            sweep_dead(gc, s, start, size, c, free_key, k);
+            sweep_dead(gc, s, start, size, c, free_key, none_free, k);
         }
     }
     if (k >= bumped) {
@@ -263,9 +268,15 @@ size_t gc_sweep(gc_state_t *gc)
                 slab_t *s = &seg->slabs[p];
                 if (s->state != RUN_SLAB)
                     continue;
-                if (s->used)
+                if (s->used) {
                     arena_pending_add(a, s);        /* its sweep clears its marks */
-                else
+                    /* Thread caches are empty now (the world is stopped,
+                     * gc_collect emptied them) and a collected heap's arenas
+                     * keep no transfer cache: a slab's free blocks are all on
+                     * its list, and every block below its bump line that is
+                     * not is allocated. */
+                    s->visit_none_free = s->free == NULL && s->used == s->bumped;
+                } else
                     gc_clear_slab_marks(seg, s);    /* a free block may have been marked */
             }
         for (large_t *l = a->large, *next; l; l = next) {

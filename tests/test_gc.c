@@ -74,6 +74,12 @@ static void trace_cell(void *obj, loam_tracer_t *t, void *user)
     loam_mark(t, ((cell_t *)obj)->next);
 }
 
+static int cmp_uintptr(const void *a, const void *b)
+{
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static loam_heap_t *gc_heap(unsigned flags, loam_trace_fn trace, loam_roots_fn roots, void *user)
 {
     loam_config_t cfg = { 0 };
@@ -621,6 +627,67 @@ Test(gc, loam_free_of_collected_blocks)
     expect_live(h, 0, "nothing rooted");
     loam_heap_destroy(h);
 }
+
+/* The lazy sweep takes an unmarked block for dead without reading it when
+ * its slab had no free block at the collection (slabs filled to the last
+ * block). Blocks freed before a collection (on free lists), and live ones
+ * freed while their slabs still wait for the sweep, must still never be
+ * handed out twice: every round checks that no two live slots share an
+ * address and that every live block kept its contents. Both heaps: plain
+ * and generational. */
+static void frees_around_lazy_sweeps(unsigned flags)
+{
+    enum { N = 24000, SIZE = 48 };
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | flags, NULL, NULL, NULL);
+    static unsigned char *slot[N];
+    static uint64_t tag[N];
+    static uintptr_t sorted[N];
+    loam_root_add_range(h, slot, slot + N);
+    gc_rng_t rng = { gc_test_seed("frees_around_lazy_sweeps") };
+    uint64_t next_tag = 1;
+    for (int round = 0; round < 12; round++) {
+        for (size_t i = 0; i < N; i++) {
+            if (slot[i])
+                continue;
+            slot[i] = loam_gc_alloc(h, SIZE, LOAM_ATOMIC);
+            cr_assert_not_null(slot[i]);
+            tag[i] = next_tag++;
+            gc_fill(slot[i], 0, SIZE, tag[i]);
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < N; i++)
+            sorted[n++] = (uintptr_t)slot[i];
+        qsort(sorted, n, sizeof sorted[0], cmp_uintptr);
+        for (size_t i = 1; i < n; i++)
+            cr_assert_neq(sorted[i], sorted[i - 1], "round %d: %#lx handed out twice while live", round,
+                          (unsigned long)sorted[i]);
+        for (size_t i = 0; i < N; i++)
+            cr_assert_eq(gc_check(slot[i], 0, SIZE, tag[i]), (size_t)-1, "round %d: slot %zu damaged", round, i);
+        for (size_t i = 0; i < N; i++) {
+            size_t r = gc_rng_below(&rng, 8);
+            if (r < 3) {
+                slot[i] = NULL;                   /* garbage for the collection */
+            } else if (r == 3 && round % 2) {
+                loam_free(slot[i]);               /* free before it: on a list */
+                slot[i] = NULL;
+            }
+        }
+        loam_gc_collect(h);
+        for (size_t i = 0; i < N; i++)
+            if (slot[i] && gc_rng_below(&rng, 8) == 0) {
+                loam_free(slot[i]);               /* live, freed while its slab waits */
+                slot[i] = NULL;
+            }
+    }
+    memset(slot, 0, sizeof slot);
+    loam_gc_collect(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 0);
+    loam_root_remove_range(h, slot);
+    loam_heap_destroy(h);
+}
+
+Test(gc, frees_around_lazy_sweeps_never_hand_a_block_out_twice, .timeout = 120) { frees_around_lazy_sweeps(0); }
+Test(gc, frees_around_lazy_sweeps_generational, .timeout = 120) { frees_around_lazy_sweeps(LOAM_GENERATIONAL); }
 
 Test(gc, malloc_on_collected_heap_is_conservative)
 {
