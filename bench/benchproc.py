@@ -1,5 +1,6 @@
-"""Running one benchmark process and reading its result line: shared by
-bench/runner.py and bench/gc/gcrunner.py."""
+"""Running one benchmark process, reading its result line, and the numbers
+and cells of the report: shared by bench/runner.py, bench/programs.py and
+bench/gc/gcrunner.py."""
 
 import os
 import statistics
@@ -60,3 +61,30 @@ def spread_cell(runs):
     if len(ts) >= 2 and statistics.median(ts) > 0:
         return "%.0f%%" % (100 * (max(ts) - min(ts)) / statistics.median(ts))
     return "–"
+
+
+def fnum(res, key):
+    """res[key] as a float, or None (missing or not a number)."""
+    try:
+        return float(res[key])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def median_of(runs, key):
+    """Median of the runs' key, those that have it; None if none does."""
+    vals = [fnum(r, key) for r in runs]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt_time(s):
+    if s >= 10:
+        return "%.1f s" % s
+    if s >= 1:
+        return "%.2f s" % s
+    return "%.3f s" % s
+
+
+def mib(kb):
+    return "%.1f MiB" % (kb / 1024.0)

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from benchproc import child_env, log, spread_cell  # noqa: F401  (bench/benchproc.py)
+from benchproc import child_env, fmt_time, log, median_of, mib, spread_cell  # noqa: F401  (bench/benchproc.py)
 
 GROUP = "programs"       # BENCH_ONLY=programs: all of them
 
@@ -471,23 +471,6 @@ def run(args, progs, cols, timeout):
 
 
 # ---- report ---------------------------------------------------------------------
-
-def fmt_time(s):
-    if s >= 10:
-        return "%.1f s" % s
-    if s >= 1:
-        return "%.2f s" % s
-    return "%.3f s" % s
-
-
-def mib(kb):
-    return "%.1f MiB" % (kb / 1024.0)
-
-
-def median_of(runs, key):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
-
 
 def section(L, args, progs, cols, skipped, results, notes, baseline):
     names = [c[0] for c in cols]

@@ -26,7 +26,7 @@ import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
-from benchproc import child_env, log, parse_line, run_checked, spread_cell  # noqa: E402,F401
+from benchproc import child_env, fmt_time, log, median_of, mib, parse_line, run_checked, spread_cell  # noqa: E402,F401
 import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
 import programs  # noqa: E402  (bench/programs.py: the "Real programs" section)
 
@@ -84,19 +84,6 @@ def run_once(binary, workload, lib, scale, seed, timeout):
         return None, "malloc came from %s, not %s (preload did not take)" % (
             res.get("malloc_from"), expected_provider(lib) or "libc")
     return res, None
-
-
-def fnum(res, key):
-    try:
-        return float(res[key])
-    except (KeyError, ValueError):
-        return None
-
-
-def median_of(results, key):
-    vals = [fnum(r, key) for r in results]
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def run_timed(binary, allocs, workloads, runs, scale, seed, timeout):
@@ -226,18 +213,6 @@ def run_callgrind(binary, allocs, n):
 
 
 # ---- report ------------------------------------------------------------------
-
-def mib(kb):
-    return "%.1f MiB" % (kb / 1024.0)
-
-
-def fmt_time(s):
-    if s >= 10:
-        return "%.1f s" % s
-    if s >= 1:
-        return "%.2f s" % s
-    return "%.3f s" % s
-
 
 LOAD_AT_START = os.getloadavg()
 

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-from benchproc import child_env, log, parse_line, run_checked, spread_cell  # noqa: F401  (bench/benchproc.py)
+from benchproc import child_env, fmt_time, fnum, log, median_of, mib, parse_line, run_checked, spread_cell  # noqa: F401  (bench/benchproc.py)
 
 MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -73,19 +73,6 @@ def add_arguments(ap):
     ap.add_argument("--lisp-note", default="", help="why the Lisp example is missing")
     ap.add_argument("--lisp-boehm", default="",
                     help="the Lisp example built over libgc (loam-lisp-boehm)")
-
-
-def fnum(res, key):
-    try:
-        return float(res[key])
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def median_of(runs, key):
-    vals = [fnum(r, key) for r in runs]
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 # ---- running ---------------------------------------------------------------------
@@ -253,24 +240,12 @@ def run(args, wls, cols, timeout):
 
 # ---- report ---------------------------------------------------------------------
 
-def fmt_time(s):
-    if s >= 10:
-        return "%.1f s" % s
-    if s >= 1:
-        return "%.2f s" % s
-    return "%.3f s" % s
-
-
 def fmt_ms(ms):
     if ms >= 100:
         return "%.0f ms" % ms
     if ms >= 10:
         return "%.1f ms" % ms
     return "%.2f ms" % ms
-
-
-def mib(kb):
-    return "%.1f MiB" % (kb / 1024.0)
 
 
 def summary(cell):
