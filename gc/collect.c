@@ -56,25 +56,27 @@ typedef struct sweep_chain {
     size_t        requested;           /* of the dead blocks (tracked heaps) */
 } sweep_chain_t;
 
-/* free_key is loam_free_key, start and size s's: read once per visit (the
- * stores into blocks could alias them, which would reload them for every
- * block). none_free: the slab had no free block when it became pending
- * (gc_sweep), so an unmarked block is dead without a look at its key: that
- * read was the block's first touch, a cache miss nothing overlapped (nearly
- * half the sweep's samples). A block freed since is either before the
- * cursor or marked (gc_free_allowed), and marked blocks are skipped. */
+/* free_key is loam_free_key, start and size s's, waste whether s tracks
+ * requested sizes: read once per visit (the stores into blocks could alias
+ * them, which would reload them for every block; c is the caller's local
+ * copy for the same reason). none_free: the slab had no free block when it
+ * became pending (gc_sweep), so an unmarked block is dead without a look at
+ * its key: that read was the block's first touch, a cache miss nothing
+ * overlapped (nearly half the sweep's samples). A block freed since is
+ * either before the cursor or marked (gc_free_allowed), and marked blocks
+ * are skipped. */
 static inline __attribute__((always_inline)) void
 sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c, uintptr_t free_key,
-           bool none_free, uint32_t k)
+           bool to_array, bool none_free, bool waste, uint32_t k)
 {
     free_block_t *b = (free_block_t *)(start + (size_t)k * size);
     if (!none_free && b->freed_key == free_key)
         return;                           /* free already: on a list */
-    if (LOAM_UNLIKELY(s->waste != NULL))
+    if (LOAM_UNLIKELY(waste))
         c->requested += slab_get_requested(s, k);
     mc_free(gc->heap, b);
     b->freed_key = free_key;
-    if (c->top) {
+    if (to_array) {
         *--c->top = b;
         c->n++;
         return;
@@ -89,35 +91,53 @@ sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c
  * is reached (then the slab's visit is complete: true). Marks are cleared
  * for whole words of blocks passed, so a visit stopped in a word keeps the
  * marks of that word's blocks still ahead of the cursor. */
-static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *c, uint32_t want)
+static inline __attribute__((always_inline)) bool
+sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *chain, uint32_t want, const bool to_array)
 {
     const uintptr_t free_key = loam_free_key;
     char *const start = s->start;
     const size_t size = s->block_size;
-    const bool none_free = s->visit_none_free;
+    const bool none_free = s->visit_none_free, waste = s->waste != NULL;
     uint64_t *bits = segment_side_bits(seg);
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t step = s->block_size / BLOCK_ALIGN;
     uint32_t bumped = s->bumped, k = s->visit_cursor;
     /* A generational heap's marks outlive the sweep: they say "old". */
     const bool keep_marks = gc_generational(gc);
+    sweep_chain_t c = *chain;
     if (step <= 64 && (step & (step - 1)) == 0) {
         /* Blocks of a power-of-two number of granules never straddle a word
          * of marks: a word holds 64 / step whole blocks (a slab starts on a
          * word: slabs are whole pages), its block starts are every step-th
          * bit, and only the unmarked ones are visited. */
-        uint32_t per_word = (uint32_t)(64 / step), shift = (uint32_t)__builtin_ctzll(step);
-        uint64_t starts = step == 64 ? 1 : ~(uint64_t)0 / (((uint64_t)1 << step) - 1);
+        const uint32_t shift = (uint32_t)__builtin_ctzll(step), word_shift = 6 - shift;
+        const uint32_t per_word = (uint32_t)1 << word_shift;
+        const uint64_t starts = step == 64 ? 1 : ~(uint64_t)0 / (((uint64_t)1 << step) - 1);
         uint64_t *words = bits + first / 64;
-        while (k < bumped && c->n < want) {
-            uint32_t base = k - k % per_word;   /* the word's first block */
-            uint64_t *w = &words[base / per_word];
-            uint64_t dead = ~*w & starts & (~(uint64_t)0 << ((k - base) * step));
+        while (k < bumped && c.n < want) {
+            uint32_t base = k & ~(per_word - 1);    /* the word's first block */
+            uint64_t *w = &words[base >> word_shift];
+            uint64_t dead = ~*w & starts & (~(uint64_t)0 << ((k - base) << shift));
             if (bumped - base < per_word)
-                dead &= ((uint64_t)1 << ((bumped - base) * step)) - 1;
-            while (dead && c->n < want) {
+                dead &= ((uint64_t)1 << ((bumped - base) << shift)) - 1;
+            if (to_array && none_free && !waste && dead == starts && want - c.n >= per_word) {
+                /* A word of dead blocks only (the usual case: a filled slab
+                 * whose objects died together): a pointer walk, no bit
+                 * search, no test of how many are wanted. */
+                char *b = start + (size_t)base * size, *end = b + (size_t)per_word * size;
+                void **top = c.top;
+                for (; b < end; b += size) {
+                    mc_free(gc->heap, b);
+                    ((free_block_t *)b)->freed_key = free_key;
+                    *--top = b;
+                }
+                c.top = top;
+                c.n += per_word;
+                dead = 0;
+            }
+            while (dead && c.n < want) {
                 k = base + ((uint32_t)__builtin_ctzll(dead) >> shift);
-                sweep_dead(gc, s, start, size, c, free_key, none_free, k++);
+                sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, k++);
                 dead &= dead - 1;
             }
             if (!dead) {                  /* the word is done */
@@ -127,7 +147,7 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
             }
         }
     } else {
-        for (; k < bumped && c->n < want; k++) {
+        for (; k < bumped && c.n < want; k++) {
             size_t g = first + (size_t)k * step;
             uint64_t m = (uint64_t)1 << (g & 63);
             if (bits[g >> 6] & m) {
@@ -135,15 +155,27 @@ static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t
                     bits[g >> 6] &= ~m;
                 continue;
             }
-            sweep_dead(gc, s, start, size, c, free_key, none_free, k);
+            sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, k);
         }
     }
+    /* not first_link: the chain's first link was written through c.link */
+    chain->top = c.top;
+    chain->link = c.link;
+    chain->last = c.last;
+    chain->n = c.n;
+    chain->requested = c.requested;
     if (k >= bumped) {
         s->visit_cursor = bumped;
         return true;
     }
     s->visit_cursor = k;
     return false;
+}
+
+/* The two uses apart, so that neither tests which it is for every block. */
+static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *c, uint32_t want)
+{
+    return c->top ? sweep_visit(gc, seg, s, c, want, true) : sweep_visit(gc, seg, s, c, want, false);
 }
 
 static void sweep_note(gc_state_t *gc, slab_t *s, const sweep_chain_t *c)

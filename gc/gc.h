@@ -35,11 +35,13 @@ typedef struct gc_thread {
 } gc_thread_t;
 
 /* ---- the mark stack ---------------------------------------------------------- */
+/* Two words: the block, and its size with the kind in the low bits (every
+ * block size is a multiple of BLOCK_ALIGN, 16). */
 typedef struct mark_entry {
     char   *obj;
-    size_t  size;
-    unsigned kind;
+    size_t  size_kind;
 } mark_entry_t;
+#define MARK_KIND_MASK ((size_t)BLOCK_ALIGN - 1)
 
 /* objmap.c: object address -> word (0: absent); caller holds gc->lock. */
 typedef struct objmap_entry {

@@ -93,7 +93,7 @@ static void __attribute__((noinline)) push_slow(marker_t *m, char *obj, size_t s
         m->overflow = true;             /* marked but not scanned: found again by the rescan */
         return;
     }
-    m->stack[m->sp++] = (mark_entry_t){ obj, size, kind };
+    m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
 }
 
 /* The common push stays small: the growth path is out of line, so the
@@ -108,7 +108,7 @@ push(marker_t *m, char *obj, size_t size, unsigned kind)
         push_slow(m, obj, size, kind);
         return;
     }
-    m->stack[m->sp++] = (mark_entry_t){ obj, size, kind };
+    m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
 }
 
 /* ---- finding the block behind a candidate pointer ---------------------------------- */
@@ -324,24 +324,36 @@ static void unmark_free(marker_t *m, char *block)
         *w &= ~bit;
 }
 
-static void scan(marker_t *m, const mark_entry_t *e)
+/* The heap's trace callback, read once per drain. */
+typedef struct tracer_fn {
+    loam_trace_fn trace;
+    void         *user;
+} tracer_fn_t;
+
+static tracer_fn_t tracer_of(marker_t *m)
 {
-    if (LOAM_UNLIKELY(e->kind & MARK_VERIFY)) {
-        if (((free_block_t *)e->obj)->freed_key == loam_free_key) {
-            m->marked_bytes -= e->size;     /* a free block: nothing lives there */
-            unmark_free(m, e->obj);
+    loam_heap_t *h = m->gc->heap;
+    return (tracer_fn_t){ h->cfg.trace, h->cfg.user };
+}
+
+static inline __attribute__((always_inline)) void
+scan(marker_t *m, tracer_fn_t t, char *obj, size_t size_kind)
+{
+    unsigned kind = (unsigned)(size_kind & MARK_KIND_MASK);
+    size_t size = size_kind & ~MARK_KIND_MASK;
+    if (LOAM_UNLIKELY(kind & MARK_VERIFY)) {
+        if (((free_block_t *)obj)->freed_key == loam_free_key) {
+            m->marked_bytes -= size;        /* a free block: nothing lives there */
+            unmark_free(m, obj);
             return;
         }
-        mark_entry_t checked = { e->obj, e->size, e->kind & ~MARK_VERIFY };
-        scan(m, &checked);
-        return;
+        kind &= ~MARK_VERIFY;
     }
-    if (e->kind == LOAM_TRACED) {
-        loam_heap_t *h = m->gc->heap;
-        if (h->cfg.trace)
-            h->cfg.trace(e->obj, &m->tracer, h->cfg.user);
+    if (kind == LOAM_TRACED) {
+        if (t.trace)
+            t.trace(obj, &m->tracer, t.user);
     } else {
-        mark_range(m, e->obj, e->obj + e->size);
+        mark_range(m, obj, obj + size);
     }
 }
 
@@ -350,11 +362,11 @@ static void rescan_marked(gc_state_t *gc, char *block, size_t size, unsigned kin
     (void)arg;
     marker_t *m = &gc->mk;
     if (marked && kind != LOAM_ATOMIC) {
-        mark_entry_t e = { block, size, kind };
-        scan(m, &e);
+        tracer_fn_t t = tracer_of(m);
+        scan(m, t, block, size | kind);
         while (m->sp) {
             mark_entry_t top = m->stack[--m->sp];
-            scan(m, &top);
+            scan(m, t, top.obj, top.size_kind);
         }
     }
 }
@@ -461,19 +473,34 @@ static bool share_take(marker_t *m)
 static void drain_stack(marker_t *m)
 {
     mark_entry_t ring[PREFETCH_DEPTH];
-    unsigned head = 0, n = 0;
-    while (m->sp || n) {
-        if (m->shared && m->sp >= 2 && AO_load(&pool.hungry))
-            share_give(m);
-        while (n < PREFETCH_DEPTH && m->sp) {
-            mark_entry_t e = m->stack[--m->sp];
-            __builtin_prefetch(e.obj);
-            ring[(head + n++) % PREFETCH_DEPTH] = e;
+    unsigned head = 0, n = 0;           /* the ring's oldest entry, and how many */
+    const tracer_fn_t t = tracer_of(m);
+    for (;;) {
+        /* Steady state: the ring is full, and each grey block popped takes
+         * the place of the one scanned now. */
+        while (n == PREFETCH_DEPTH && m->sp) {
+            if (m->shared && m->sp >= 2 && AO_load(&pool.hungry))
+                share_give(m);
+            mark_entry_t e = ring[head], in = m->stack[--m->sp];
+            __builtin_prefetch(in.obj);
+            ring[head] = in;
+            head = (head + 1) % PREFETCH_DEPTH;
+            scan(m, t, e.obj, e.size_kind);
         }
+        /* Filling up, or running dry. */
+        while (n < PREFETCH_DEPTH && m->sp) {
+            mark_entry_t in = m->stack[--m->sp];
+            __builtin_prefetch(in.obj);
+            ring[(head + n++) % PREFETCH_DEPTH] = in;
+        }
+        if (!n)
+            return;
+        if (n == PREFETCH_DEPTH && m->sp)
+            continue;
         mark_entry_t e = ring[head];
         head = (head + 1) % PREFETCH_DEPTH;
         n--;
-        scan(m, &e);
+        scan(m, t, e.obj, e.size_kind);
     }
 }
 
