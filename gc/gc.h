@@ -91,7 +91,8 @@ typedef struct marker {
         uint64_t   *bits;          /* its segment's side bits */
         size_t      first;         /* granule of lo in those bits */
         uint32_t    size, step;    /* block size, in bytes and in granules */
-        unsigned    tag;
+        uint32_t    tag;
+        uint32_t    pad[3];        /* 64 bytes an entry: its index is a shift */
     } slabs[MARK_SLAB_CACHE];
     mark_entry_t   *stack;
     size_t          sp, cap;

@@ -101,6 +101,22 @@ static void for_each_dirty_card(segment_t *seg, void (*fn)(gc_state_t *, segment
     }
 }
 
+/* Is any of bits [lo, hi] set? */
+static bool any_bit_in(const uint64_t *bits, size_t lo, size_t hi)
+{
+    size_t wl = lo >> 6, wh = hi >> 6;
+    uint64_t first = bits[wl] & (~(uint64_t)0 << (lo & 63));
+    uint64_t last_mask = ~(uint64_t)0 >> (63 - (hi & 63));
+    if (wl == wh)
+        return (first & last_mask) != 0;
+    if (first)
+        return true;
+    for (size_t w = wl + 1; w < wh; w++)
+        if (bits[w])
+            return true;
+    return (bits[wh] & last_mask) != 0;
+}
+
 /* Every old block overlapping card `card` of seg is scanned again. */
 static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
 {
@@ -122,7 +138,13 @@ static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
     uint64_t *bits = segment_side_bits(seg);
     size_t step = s->block_size / BLOCK_ALIGN;
     size_t first = (start - (uintptr_t)seg) / BLOCK_ALIGN;
-    for (size_t k = slab_block_index(s, lo); k <= slab_block_index(s, hi - 1); k++) {
+    size_t k0 = slab_block_index(s, lo), k1 = slab_block_index(s, hi - 1);
+    /* Most dirty cards hold young blocks only (written since they were
+     * allocated): no mark bit from the first block's start to the last's
+     * says so without a look at each block. */
+    if (!any_bit_in(bits, first + k0 * step, first + k1 * step))
+        return;
+    for (size_t k = k0; k <= k1; k++) {
         size_t g = first + k * step;
         if (!((bits[g >> 6] >> (g & 63)) & 1))
             continue;               /* young or free: nothing is marked yet this collection */

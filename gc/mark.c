@@ -121,6 +121,8 @@ push(marker_t *m, char *obj, size_t size, unsigned kind)
  * no particular order). The slabs cannot change while marking (the world is
  * stopped and marking allocates nothing); gc_mark_begin forgets them before
  * each marking. */
+_Static_assert(sizeof(struct mark_slab_cache) == 64, "a slab cache entry is 64 bytes");
+
 static inline struct mark_slab_cache *slab_entry(marker_t *m, uintptr_t w)
 {
     return &m->slabs[(w >> PAGE_SHIFT) % MARK_SLAB_CACHE];
@@ -202,9 +204,15 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
 static inline __attribute__((always_inline)) void
 mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior, bool precise)
 {
-    uintptr_t off = w - c->lo;
-    size_t idx = slab_offset_index(off, c->div_m);
-    char *block = (char *)c->lo + idx * c->size;
+    /* Everything read from the entry before the mark bit's store, which the
+     * compiler must otherwise assume can change it. */
+    const uintptr_t lo = c->lo;
+    const uint32_t size = c->size, step = c->step;
+    uint64_t *const bits = c->bits;
+    const size_t first = c->first;
+    unsigned kind = c->tag;
+    size_t idx = slab_offset_index(w - lo, c->div_m);
+    char *block = (char *)lo + idx * size;
     if (!interior && (uintptr_t)block != w)
         return;
     /* A conservative word may name a free block. Reading its free key now
@@ -212,7 +220,6 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
      * will be scanned anyway the check waits for the scan (MARK_VERIFY), and a
      * free block marked meanwhile is harmless: the sweep skips marked blocks
      * and clears their bits, and a free block is never swept. */
-    unsigned kind = c->tag;
     if (!precise) {
         if (kind == LOAM_ATOMIC) {
             if (((free_block_t *)block)->freed_key == loam_free_key)
@@ -221,9 +228,9 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
             kind |= MARK_VERIFY;
         }
     }
-    if (bit_test_and_set(c->bits, c->first + idx * c->step, m->shared))
+    if (bit_test_and_set(bits, first + idx * step, m->shared))
         return;
-    push(m, block, c->size, kind);
+    push(m, block, size, kind);
 }
 
 /* w in no cached slab: look it up (out of line: the common case stays a
