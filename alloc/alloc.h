@@ -406,6 +406,8 @@ typedef struct arena {
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
     size_t     slab_pages;              /* pages in slabs, all segments */
+    size_t     retain_floor;            /* committed free-run bytes kept at least, set by
+                                           the owner (arena_set_retain_floor); under the lock */
     slab_t    *pending[NUM_CLASSES];    /* slabs the layer above visits before use */
     size_t     pending_count;
     bool       sweeping;                /* a walk of the segments is under way: no purge */
@@ -486,6 +488,13 @@ LOAM_INTERNAL size_t   arena_decommit_excess(arena_t *a);
  * (only while alloc_background_decommit is set too); off: given back at
  * once again, and what waits goes now. Takes the lock. */
 LOAM_INTERNAL void     arena_set_decommit_later(arena_t *a, bool on);
+/* The owner expects the arena's slabs to grow back to `bytes` soon (a
+ * collected heap's, after a collection's sweeps empty them): free runs up to
+ * that much stay committed instead of going back and faulting in again.
+ * 0: none past the usual budget. */
+LOAM_INTERNAL void     arena_set_retain_floor(arena_t *a, size_t bytes);
+/* Bytes in the arena's slabs now (a snapshot). */
+LOAM_INTERNAL size_t   arena_slab_bytes(arena_t *a);
 /* Set by the runtime while its background thread runs. */
 extern LOAM_INTERNAL AO_t alloc_background_decommit;
 /* For tests: called by arena_decommit_excess with a batch of runs out of

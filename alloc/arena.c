@@ -396,6 +396,14 @@ void arena_pending_done(arena_t *a, slab_t *s)
     a->pending_count--;
 }
 
+size_t arena_slab_bytes(arena_t *a)
+{
+    arena_lock(a);
+    size_t bytes = a->slab_pages * PAGE_SIZE;
+    arena_unlock(a);
+    return bytes;
+}
+
 void arena_pending_visit_all(arena_t *a)
 {
     for (unsigned c = 0; c < NUM_CLASSES && a->pending_count; c++)

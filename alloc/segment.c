@@ -270,14 +270,34 @@ static slab_t *run_insert_free(arena_t *a, segment_t *seg, unsigned first, unsig
     return merged;
 }
 
-/* Committed free-run bytes the arena may keep: retain_max, or as much as it
- * has in slabs if that is more. The budget grows with the arena, so a heap
- * that frees and refills a share of itself each cycle (a collected heap
- * does) does not refault it. */
+/* Committed free-run bytes the arena may keep: retain_max, as much as it
+ * has in slabs, or the owner's floor, whichever is most. The budget grows
+ * with the arena, so a heap that frees and refills a share of itself each
+ * cycle (a collected heap does) does not refault it; the floor covers a
+ * cycle that empties more slabs than stay (a collected heap whose big
+ * structure died). */
 static size_t retained_budget(const arena_t *a)
 {
     size_t budget = a->slab_pages * PAGE_SIZE;
+    if (budget < a->retain_floor)
+        budget = a->retain_floor;
     return budget < alloc_tuning.retain_max ? alloc_tuning.retain_max : budget;
+}
+
+void arena_set_retain_floor(arena_t *a, size_t bytes)
+{
+    arena_lock(a);
+    a->retain_floor = bytes;
+    size_t budget = retained_budget(a);
+    if (a->retained_bytes > budget) {
+        if (a->decommit_later && AO_load(&alloc_background_decommit)) {
+            AO_char_store(&a->decommit_due, 1);
+            alloc_note_decay_due();
+        } else {
+            retained_trim_to(a, budget);
+        }
+    }
+    arena_unlock(a);
 }
 
 /* The run of a released slab becomes free and coalesces with free neighbours. */

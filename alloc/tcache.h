@@ -156,6 +156,18 @@ static inline void *tcache_bin_pop(tcache_bin_t *bin)
     return b;
 }
 
+/* The same, leaving the free key for the caller to overwrite (the
+ * collector's allocation zeroes the block's first 16 bytes at once). */
+static inline void *tcache_bin_take(tcache_bin_t *bin)
+{
+    void **top = (void **)bin->top;
+    void *b = top[-1];
+    if (LOAM_UNLIKELY(b == NULL))
+        return NULL;
+    AO_store(&bin->top, (AO_t)(top - 1));
+    return b;
+}
+
 static inline void *tcache_pop(tcache_t *tc, unsigned cls)
 {
     return tcache_bin_pop(&tc->bins[cls]);

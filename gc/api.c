@@ -80,13 +80,14 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
     if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS)) {
         unsigned bin = tcache_small_bin[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
-        char *p = tcache_bin_pop(tcache_bin_at(tc, bin));
+        char *p = tcache_bin_take(tcache_bin_at(tc, bin));
         if (LOAM_LIKELY(p != NULL)) {
             size_t size = sizeclass_size[tcache_bin_class(bin)];
             mc_alloc(h, p, size, 0);
             /* Whole block: a conservative scan reads all of it, and stale
              * words would keep dead objects alive. The free list's two words
-             * are always overwritten, even for atomic blocks. */
+             * (the free key, which tcache_bin_take leaves) are always
+             * overwritten, even for atomic blocks. */
             size_t clear = kind == LOAM_ATOMIC ? 16 : size;
             if (LOAM_LIKELY(clear <= 64))
                 clear_small(p, clear);
@@ -200,6 +201,9 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
             gc_finish_sweep(h);      /* no collection will finish it later */
             gc_forget_generations(h->gc);
         }
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+            arena_set_retain_floor(a, 0);   /* no collection cycle to refill it */
         __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
     }
     return 0;

@@ -277,6 +277,24 @@ void gc_finish_sweep(loam_heap_t *h)
     }
 }
 
+/* World stopped, at the peak of a cycle: the heap will grow back to about
+ * its present slabs before the next collection, reusing those the sweeps
+ * empty, so free runs up to that much stay committed instead of going back
+ * to the OS and faulting in again (GCBench refaulted a third of its pages).
+ * A generational heap's cycle runs from one major collection to the next:
+ * minor ones only raise the floor. Explicit and limit collections ask for
+ * memory back: no floor. */
+static void keep_for_regrowth(loam_heap_t *h, bool full, bool minor)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
+        size_t floor = full ? 0 : arena_slab_bytes(a);
+        if (minor && a->retain_floor > floor)
+            floor = a->retain_floor;        /* only collections write it */
+        arena_set_retain_floor(a, floor);
+    }
+}
+
 /* World stopped: every thread cache of the heap goes back to its slabs (their
  * threads are stopped, or the caches are disowned). */
 static void empty_thread_caches(loam_heap_t *h)
@@ -364,11 +382,12 @@ void gc_collect(loam_heap_t *h, bool full)
     gc_mark_begin(gc);
 
     empty_thread_caches(h);
-    gc_finish_sweep(h);
     /* Generational heaps: a minor collection keeps the old blocks' marks and
      * starts from the old blocks the barrier saw written; a major one starts
      * from nothing (generation.c). */
     bool minor = gc_choose_minor(gc, full);
+    keep_for_regrowth(h, full, minor);
+    gc_finish_sweep(h);
     size_t old_live = minor ? gc_old_bytes(gc) : 0;
     if (minor)
         gc_mark_remembered(gc);

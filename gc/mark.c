@@ -295,7 +295,9 @@ void gc_mark_range(gc_state_t *gc, const void *start, const void *end)
 
 void loam_mark(loam_tracer_t *t, void *p)
 {
-    if (t && p)
+    /* NULL needs no test of its own: no slab starts at 0, and the lookup
+     * that follows drops every word below 64 KiB. */
+    if (LOAM_LIKELY(t != NULL))
         mark_candidate(t->m, (uintptr_t)p, true, true);
 }
 

@@ -1032,6 +1032,49 @@ Test(gc, aligned_and_zero_size_blocks_are_collected_blocks)
     loam_heap_destroy(h);
 }
 
+/* A collection that finds a big structure dead keeps the slabs its sweeps
+ * empty committed, up to what the heap held when it began: the heap may
+ * grow back to that before the next one, and pages given back would only
+ * fault in again. The next collection of the smaller heap gives them back,
+ * and so does an explicit one at once. */
+static void build_and_drop(loam_heap_t *h, void **root)
+{
+    enum { N = 256 * 1024 };
+    node_t *holder = new_node(h, LOAM_CONSERVATIVE, N);
+    *root = holder;
+    for (int i = 0; i < N; i++)
+        holder->kid[i] = loam_gc_alloc(h, 96, LOAM_ATOMIC);      /* 24 MiB in 96-byte slabs */
+    *root = NULL;
+}
+
+/* Garbage of another class until `n` more collections have run. */
+static loam_stats_t collect_by_allocating(loam_heap_t *h, size_t n)
+{
+    size_t until = gc_stats(h).gc_collections + n;
+    while (gc_stats(h).gc_collections < until)
+        cr_assert_not_null(loam_gc_alloc(h, 200, LOAM_ATOMIC));
+    return gc_stats(h);
+}
+
+Test(gc, slabs_a_collection_empties_stay_committed_for_one_cycle)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    build_and_drop(h, &root);
+    loam_stats_t st = collect_by_allocating(h, 1);      /* gc_stats finishes the sweep */
+    cr_assert_geq(st.free_run_bytes, 16 * MiB, "only %zu KiB of free runs kept after 24 MiB died (slabs %zu KiB)",
+                  st.free_run_bytes / KiB, st.slab_bytes / KiB);
+    st = collect_by_allocating(h, 1);
+    cr_assert_leq(st.free_run_bytes, 8 * MiB, "%zu KiB of free runs kept a cycle later", st.free_run_bytes / KiB);
+    build_and_drop(h, &root);
+    loam_gc_collect(h);
+    st = gc_stats(h);
+    cr_assert_leq(st.free_run_bytes, 8 * MiB, "%zu KiB of free runs kept after loam_gc_collect",
+                  st.free_run_bytes / KiB);
+    loam_heap_destroy(h);
+}
+
 /* Memory reclaimed by collections can go back to the OS. */
 Test(gc, collected_memory_can_be_trimmed)
 {
