@@ -35,6 +35,8 @@
 #define PAGE_SHIFT         16                      /* slab page: 64 KiB */
 #define PAGE_SIZE          ((size_t)1 << PAGE_SHIFT)
 #define PAGES_PER_SEGMENT  (SEGMENT_SIZE / PAGE_SIZE)   /* 64; page 0 is the header */
+#define ARENA_HUGE_PAGES_AFTER ((size_t)8 << 20)   /* slab bytes before an arena asks for THP
+                                                      (if its owner allows it) */
 #define OS_PAGE            4096u
 #define BLOCK_ALIGN        16u
 
@@ -164,11 +166,15 @@ typedef struct segment {
                                     segment is not released meanwhile */
     uint64_t      committed_mask;/* bit per page that may be resident (charged to the budget) */
     uint64_t      empty_since_ms;/* used_pages == 0 since then */
+    bool          huge;          /* asks for transparent huge pages (segment.c: until
+                                    part of it is given back) */
     struct slab  *page_slab[PAGES_PER_SEGMENT];  /* page -> the descriptor of its run (a
                                                     pointer: the free fast path loads it and
                                                     is there, no scaling or adding) */
     slab_t        slabs[PAGES_PER_SEGMENT];      /* descriptor of each run, at its first page */
 } segment_t;
+
+LOAM_INTERNAL void segment_small_pages(segment_t *seg);   /* lock held */
 
 #define SEGMENT_HEADER_COMMIT  (((sizeof(segment_t) + OS_PAGE - 1) / OS_PAGE) * OS_PAGE)
 
@@ -406,6 +412,8 @@ typedef struct arena {
     size_t     segment_count;
     size_t     retained_bytes;          /* committed pages in free runs */
     size_t     slab_pages;              /* pages in slabs, all segments */
+    bool       huge_ok;                 /* the owner allows huge pages (arena_set_allow_huge) */
+    bool       huge_pages;              /* its segments ask for them (segment.c) */
     size_t     retain_floor;            /* committed free-run bytes kept at least, set by
                                            the owner (arena_set_retain_floor); under the lock */
     slab_t    *pending[NUM_CLASSES];    /* slabs the layer above visits before use */
@@ -493,6 +501,7 @@ LOAM_INTERNAL void     arena_set_decommit_later(arena_t *a, bool on);
  * that much stay committed instead of going back and faulting in again.
  * 0: none past the usual budget. */
 LOAM_INTERNAL void     arena_set_retain_floor(arena_t *a, size_t bytes);
+LOAM_INTERNAL void     arena_allow_huge(arena_t *a, bool ok);   /* see arena_set_allow_huge */
 /* Bytes in the arena's slabs now (a snapshot). */
 LOAM_INTERNAL size_t   arena_slab_bytes(arena_t *a);
 /* Set by the runtime while its background thread runs. */
@@ -576,12 +585,17 @@ typedef struct arena_set {
     uint8_t   slot;
     uint8_t   tag;
     bool      track;
+    bool      huge_ok;           /* its arenas may ask for huge pages (arena_set_allow_huge) */
     budget_t *budget;
 } arena_set_t;
 LOAM_INTERNAL void     arena_set_init(arena_set_t *set, void *owner, uint8_t slot, uint8_t tag,
                                       budget_t *budget, bool track, unsigned max);
 LOAM_INTERNAL void     arena_set_destroy(arena_set_t *set);
 LOAM_INTERNAL arena_t *arena_set_first(arena_set_t *set);      /* created on first use */
+/* Arenas of the set, and those it makes later, may ask for transparent huge
+ * pages once their slabs pass ARENA_HUGE_PAGES_AFTER (a collected heap's:
+ * segment.c says why not every heap's); false stops that. */
+LOAM_INTERNAL void     arena_set_allow_huge(arena_set_t *set, bool ok);
 /* Lock `preferred` if free, else another free arena, else a new one (up to
  * max), else wait for `preferred`. Returns the locked arena (NULL: no memory). */
 LOAM_INTERNAL arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred);
@@ -644,6 +658,8 @@ LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
 LOAM_INTERNAL void  *os_reserve_aligned(size_t size, size_t align);   /* committed lazily by touch */
 LOAM_INTERNAL void   os_release(void *p, size_t size);
 LOAM_INTERNAL void   os_decommit(void *p, size_t size);
+LOAM_INTERNAL void   os_advise_huge(void *p, size_t size);   /* MADV_HUGEPAGE */
+LOAM_INTERNAL void   os_advise_small(void *p, size_t size);  /* MADV_NOHUGEPAGE */
 LOAM_INTERNAL size_t os_resident(void *p, size_t size);
 LOAM_INTERNAL uint64_t os_now_ms(void);
 LOAM_INTERNAL uintptr_t os_random(void);        /* fast, seeded once from the kernel */
@@ -661,7 +677,8 @@ typedef struct alloc_tuning {
     uint64_t decay_ms;
     size_t   retain_max;      /* committed free-run bytes an arena may keep past a free,
                                  or as much as it has in slabs if that is more */
-    bool     huge_pages;      /* large blocks grown by realloc: MADV_HUGEPAGE */
+    bool     huge_pages;      /* large blocks grown by realloc, and segments of an arena
+                                 past ARENA_HUGE_PAGES_AFTER: MADV_HUGEPAGE */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
 

@@ -531,12 +531,23 @@ static arena_t *arena_set_grow(arena_set_t *set)
     if (n < set->max) {
         a = arena_new(set->owner, set->slot, set->tag, set->budget, set->track, n);
         if (a) {
+            a->huge_ok = set->huge_ok;
             set->arenas[n] = a;
             AO_store_release(&set->count, n + 1);
         }
     }
     pthread_mutex_unlock(&set->lock);
     return a;
+}
+
+void arena_set_allow_huge(arena_set_t *set, bool ok)
+{
+    pthread_mutex_lock(&set->lock);
+    set->huge_ok = ok;
+    unsigned n = (unsigned)AO_load(&set->count);
+    for (unsigned i = 0; i < n; i++)
+        arena_allow_huge(set->arenas[i], ok);
+    pthread_mutex_unlock(&set->lock);
 }
 
 arena_t *arena_set_first(arena_set_t *set)

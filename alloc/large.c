@@ -542,7 +542,7 @@ void *large_realloc(large_t *l, size_t n)
      * program touches the slack past its size. The mapping keeps the advice
      * (and a cached one with it); a kernel without THP ignores it. */
     if (map > old_map && alloc_tuning.huge_pages)
-        madvise(moved, map, MADV_HUGEPAGE);
+        os_advise_huge(moved, map);
     a->c.large_bytes += map - old_map;
     a->c.large_usable += (map - offset) - moved->size;
     AO_fetch_and_add(&a->c.large_requested, (AO_t)n - moved->requested);

@@ -96,6 +96,17 @@ void os_decommit(void *p, size_t size)
     madvise(p, size, MADV_DONTNEED);
 }
 
+void os_advise_huge(void *p, size_t size)
+{
+    /* A kernel without transparent huge pages refuses it: no harm. */
+    madvise(p, size, MADV_HUGEPAGE);
+}
+
+void os_advise_small(void *p, size_t size)
+{
+    madvise(p, size, MADV_NOHUGEPAGE);
+}
+
 size_t os_resident(void *p, size_t size)
 {
     size_t pages = (size + OS_PAGE - 1) / OS_PAGE;

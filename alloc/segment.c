@@ -119,6 +119,10 @@ static segment_t *segment_new(arena_t *a)
         return NULL;
     }
     AO_fetch_and_add(&os_committed_bytes, SEGMENT_HEADER_COMMIT);
+    if (a->huge_pages) {
+        seg->huge = true;
+        os_advise_huge(seg, SEGMENT_SIZE);
+    }
     seg->kind = SEGMENT_SLABS;
     seg->arena = a;
     seg->owner = a->owner;
@@ -150,11 +154,24 @@ static void segment_madvise_pages(segment_t *seg, uint64_t m)
     }
 }
 
+/* Part of seg goes back to the OS (lock held): the segment stops asking for
+ * huge pages, or the kernel's khugepaged could fault the rest of each 2 MiB
+ * back in to collapse it, and memory given back after a peak would return. */
+void segment_small_pages(segment_t *seg)
+{
+    if (seg->huge) {
+        seg->huge = false;
+        os_advise_small(seg, SEGMENT_SIZE);
+    }
+}
+
 /* The pages of mask stop counting as committed (lock held); returns those
  * that did, which the caller gives back (segment_madvise_pages). */
 static uint64_t segment_uncharge_pages(segment_t *seg, uint64_t mask)
 {
     uint64_t m = seg->committed_mask & mask;
+    if (m)
+        segment_small_pages(seg);
     size_t bytes = (size_t)__builtin_popcountll(m) * PAGE_SIZE;
     seg->committed_mask &= ~mask;
     seg->arena->retained_bytes -= bytes;
@@ -212,6 +229,25 @@ void segment_release_all(arena_t *a)
 
 /* ---- runs -------------------------------------------------------------- */
 
+/* An arena whose slabs pass ARENA_HUGE_PAGES_AFTER is a big heap's: where
+ * its owner allows (collected heaps), its segments ask for transparent huge
+ * pages from then on, so pages it has yet to touch fault 2 MiB at a time
+ * (GCBench's generational heap: 8,660 page faults, 6,600, x0.94 of the time
+ * over 21 interleaved runs; binary-trees depth 19: 22,600 and 14,000).
+ * Smaller heaps keep 4 KiB pages: a huge page under a segment holding one
+ * slab makes its RSS 2 MiB (the Lisp example's peak went from 6.1 to 8.0
+ * MiB). Not malloc's heaps: the fragmentation workload took about twice
+ * as long with them (0.10-0.16 s against 0.075: huge faults, and segments
+ * switching back as the workload gives pages back). */
+static void arena_go_huge(arena_t *a)
+{
+    a->huge_pages = true;
+    for (segment_t *seg = a->segments; seg; seg = seg->next) {
+        seg->huge = true;
+        os_advise_huge(seg, SEGMENT_SIZE);
+    }
+}
+
 /* A run of exactly `pages` pages for a slab, committed and charged to the
  * budget. First fit over the bins, splitting the rest off as a free run. */
 slab_t *run_alloc(arena_t *a, unsigned pages)
@@ -242,6 +278,9 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
     seg->committed_mask |= run_mask(first, pages);
     seg->used_pages += pages;
     a->slab_pages += pages;
+    if (!a->huge_pages && a->huge_ok && alloc_tuning.huge_pages &&
+        a->slab_pages >= ARENA_HUGE_PAGES_AFTER / PAGE_SIZE)
+        arena_go_huge(a);
     return run_make(seg, first, pages, RUN_SLAB);
 }
 
@@ -282,6 +321,18 @@ static size_t retained_budget(const arena_t *a)
     if (budget < a->retain_floor)
         budget = a->retain_floor;
     return budget < alloc_tuning.retain_max ? alloc_tuning.retain_max : budget;
+}
+
+void arena_allow_huge(arena_t *a, bool ok)
+{
+    arena_lock(a);
+    a->huge_ok = ok;
+    if (!ok && a->huge_pages) {
+        a->huge_pages = false;
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            segment_small_pages(seg);
+    }
+    arena_unlock(a);
 }
 
 void arena_set_retain_floor(arena_t *a, size_t bytes)

@@ -136,6 +136,7 @@ size_t slab_shrink_tail(slab_t *s)
     s->free = head;
     slab_set_bumped(s, keep);
     end = (end + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1);
+    segment_small_pages((segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK));
     os_decommit((void *)cut, end - cut);
     mc_fresh((void *)cut, end - cut);
     return end - cut;

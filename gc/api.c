@@ -162,8 +162,10 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         /* Frees of a heap with collector state take the slow path (it drops
          * finalizers and weak references of the block): slabs made from now
          * on, and those that exist, carry the no-cache slot. */
-        for (unsigned k = 0; k < HEAP_KINDS; k++)
+        for (unsigned k = 0; k < HEAP_KINDS; k++) {
             h->kinds[k].arenas.slot = TC_SLOT_NONE;
+            arena_set_allow_huge(&h->kinds[k].arenas, true);
+        }
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
             arena_lock(a);
@@ -204,6 +206,8 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
             arena_set_retain_floor(a, 0);   /* no collection cycle to refill it */
+        for (unsigned k = 0; k < HEAP_KINDS; k++)
+            arena_set_allow_huge(&h->kinds[k].arenas, false);
         __atomic_store_n(&h->mode, LOAM_MANUAL, __ATOMIC_RELEASE);
     }
     return 0;

@@ -203,8 +203,9 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   purge_thread    1: a background thread returns decayed memory and asks idle thread
  *                   caches to give their blocks back (default 1); 0: no thread, decay
  *                   runs on allocation slow paths only
- *   huge_pages      1: a large block grown by realloc asks for transparent huge pages
- *                   (MADV_HUGEPAGE), so its growth faults 2 MiB at a time (default 1)
+ *   huge_pages      1: a large block grown by realloc, and the segments of a collected
+ *                   heap past 8 MiB of slabs, ask for transparent huge pages
+ *                   (MADV_HUGEPAGE), so they fault 2 MiB at a time (default 1)
  *   retain_max      bytes of free page runs an arena keeps committed at most; past it a
  *                   freed run goes back to the OS at once, by the background thread when
  *                   it runs (manual heaps), else by the freeing thread (default 4 MiB)

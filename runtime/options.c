@@ -45,7 +45,7 @@ static option_def_t option_table[] = {
     { "purge_thread",    &loam_opts.purge_thread,    0, 1, 1,
       "1: a background thread returns decayed memory and idle caches' blocks" },
     { "huge_pages",      &loam_opts.huge_pages,      0, 1, 1,
-      "1: a large block grown by realloc asks for transparent huge pages (MADV_HUGEPAGE)" },
+      "1: large blocks grown by realloc and collected heaps past 8 MiB ask for transparent huge pages" },
 };
 #define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
 

@@ -487,6 +487,59 @@ Test(rss, large_block_grown_by_realloc_asks_for_huge_pages, .timeout = 60)
     loam_heap_destroy(h);
 }
 
+/* A collected heap whose slabs pass 8 MiB asks for huge pages on all its
+ * segments (option huge_pages); a manual heap of the same size does not. A
+ * segment part of which goes back to the OS stops asking (else khugepaged
+ * could fault the rest of each 2 MiB back in). */
+Test(rss, a_big_collected_heap_asks_for_huge_pages_until_it_gives_memory_back, .timeout = 60)
+{
+    if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0)
+        cr_skip_test("this kernel has no transparent huge pages (madvise refuses the advice)");
+    enum { N = 256 * 1024, KEEP = 4096 };           /* 64-byte blocks: 16 MiB */
+    void **held = calloc(N, sizeof *held);
+    cr_assert_not_null(held);
+    for (int on = 1; on >= 0; on--) {
+        cr_assert_eq(loam_option_set("huge_pages", on), 0);
+        loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        cr_assert_not_null(h);
+        loam_root_add_range(h, held, held + N);
+        for (size_t i = 0; i < N; i++) {
+            held[i] = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+            cr_assert_not_null(held[i]);
+            if (i == N / 16)
+                cr_assert(!mapping_advised_huge(held[0]), "a 1 MiB collected heap asks for huge pages");
+        }
+        cr_assert_eq(mapping_advised_huge(held[0]), on == 1, "huge_pages=%d: a 16 MiB collected heap's first "
+                     "segment %s", on, on ? "does not ask for huge pages" : "asks for huge pages");
+        cr_assert_eq(mapping_advised_huge(held[N - 1]), on == 1, "huge_pages=%d: its last segment %s", on,
+                     on ? "does not ask for huge pages" : "asks for huge pages");
+        /* Most of it dies; what stays keeps each segment mapped. */
+        for (size_t i = 0; i < N; i++)
+            if (i % KEEP)
+                held[i] = NULL;
+        loam_gc_collect(h);
+        loam_stats_t st;
+        loam_heap_stats(h, &st);                    /* finishes the sweep: dead slabs go */
+        cr_assert_lt(st.live_bytes, (size_t)N / KEEP * 64 * 2, "%zu bytes live", st.live_bytes);
+        loam_heap_trim(h);
+        for (size_t i = 0; i < N; i += KEEP)
+            cr_assert(!mapping_advised_huge(held[i]), "block %zu's segment still asks for huge pages after "
+                      "it gave pages back", i);
+        loam_root_remove_range(h, held);
+        loam_heap_destroy(h);
+
+        loam_heap_t *m = loam_heap_new(NULL);
+        for (size_t i = 0; i < N; i++)
+            held[i] = loam_malloc(m, 64);
+        cr_assert(!mapping_advised_huge(held[0]) && !mapping_advised_huge(held[N - 1]),
+                  "a 16 MiB manual heap asks for huge pages");
+        loam_heap_destroy(m);
+    }
+    cr_assert_eq(loam_option_set("huge_pages", 1), 0);
+    free(held);
+}
+
 /* Repeated peaks do not ratchet RSS up. */
 Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
 {
