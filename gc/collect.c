@@ -281,16 +281,19 @@ void gc_finish_sweep(loam_heap_t *h)
  * its present slabs before the next collection, reusing those the sweeps
  * empty, so free runs up to that much stay committed instead of going back
  * to the OS and faulting in again (GCBench refaulted a third of its pages).
- * A generational heap's cycle runs from one major collection to the next:
- * minor ones only raise the floor. Explicit and limit collections ask for
- * memory back: no floor. */
+ * A generational heap's cycle runs from one major collection to the next,
+ * whose peak minor ones keep, less a sixteenth of the way down to the slabs
+ * now: a heap that stays small gives the runs back over its next minor
+ * collections, major or not. Explicit and limit collections ask for memory
+ * back: no floor. */
 static void keep_for_regrowth(loam_heap_t *h, bool full, bool minor)
 {
     arena_t *a;
     for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
         size_t floor = full ? 0 : arena_slab_bytes(a);
-        if (minor && a->retain_floor > floor)
-            floor = a->retain_floor;        /* only collections write it */
+        size_t before = a->retain_floor;    /* only collections write it */
+        if (minor && before > floor)
+            floor = before - (before - floor) / 16;
         arena_set_retain_floor(a, floor);
     }
 }
