@@ -409,10 +409,12 @@ void gc_collect(loam_heap_t *h, bool full)
     AO_store(&gc->old_freed, 0);
     if (minor) {
         gc->minor_collections++;
+        gc->minors_in_a_row++;
         gc->minor_marked = gc->mk.marked_bytes;
     } else {
         gc->major_live = live;
         gc->need_major = false;
+        gc->minors_in_a_row = 0;
     }
     AO_store(&gc->alloc_since, 0);
     note_pause(gc, gc_now_ns() - t0);

@@ -146,6 +146,7 @@ typedef struct gc_state {
     size_t          major_live;    /* live bytes after the last major collection */
     AO_t            old_freed;     /* bytes of old blocks loam_free'd since the last collection */
     size_t          minor_collections;
+    unsigned        minors_in_a_row;   /* since the last major collection */
     size_t          minor_marked;  /* bytes the last minor collection marked */
     size_t          mark_expect;   /* bytes this marking should mark (mark.c: parallel or not) */
 
@@ -209,6 +210,7 @@ LOAM_INTERNAL void  gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg)
 LOAM_INTERNAL void  gc_mark_rescan(gc_state_t *gc, char *block, size_t size, unsigned kind);
 /* generation.c */
 LOAM_INTERNAL bool   gc_generational(const gc_state_t *gc);
+#define GC_MINORS_PER_MAJOR 64      /* minor collections in a row at most (generation.c) */
 LOAM_INTERNAL bool   gc_choose_minor(gc_state_t *gc, bool full);   /* world stopped */
 LOAM_INTERNAL size_t gc_old_bytes(const gc_state_t *gc);
 LOAM_INTERNAL size_t gc_generation_allowance(const gc_state_t *gc); /* bytes between collections */

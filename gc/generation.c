@@ -66,11 +66,15 @@ size_t gc_generation_allowance(const gc_state_t *gc)
 
 /* World stopped, before marking. Major when the heap is not generational,
  * when asked (loam_gc_collect, the heap's limit), when marks cannot be
- * trusted, or when the old blocks have outgrown their allowance since the
- * last major collection: old garbage is only found by a major one. */
+ * trusted, when the old blocks have outgrown their allowance since the last
+ * major collection (old garbage is only found by a major one), or after
+ * GC_MINORS_PER_MAJOR minor ones in a row: old blocks that die while the
+ * program makes only short-lived garbage do not grow the old bytes, and
+ * without it they would stay until loam_gc_collect. */
 bool gc_choose_minor(gc_state_t *gc, bool full)
 {
-    if (!gc_generational(gc) || full || gc->need_major || gc->collections == 0)
+    if (!gc_generational(gc) || full || gc->need_major || gc->collections == 0 ||
+        gc->minors_in_a_row >= GC_MINORS_PER_MAJOR)
         return false;
     return gc_old_bytes(gc) < gc->major_live + gc_generation_allowance(gc);
 }

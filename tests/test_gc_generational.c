@@ -172,6 +172,35 @@ Test(gc_generational, old_garbage_waits_for_a_major_collection)
     gen_heap_done_empty(h);
 }
 
+/* Old blocks that die while the program makes only short-lived garbage do
+ * not grow the old bytes: every 64 minor collections in a row, a major one
+ * finds them anyway. */
+Test(gc_generational, old_garbage_goes_after_64_minor_collections_in_a_row)
+{
+    loam_heap_t *h = gen_heap();
+    obj_t *a = new_obj(h, 1), *b = new_obj(h, 2);
+    root = a;
+    a->kid[0] = b;
+    loam_gc_collect(h);
+    a->kid[0] = NULL;                       /* b is old garbage now */
+    loam_write_barrier(&a->kid[0]);
+    run_minors(h, 64);
+    cr_assert_eq(gc_stats(h).live_blocks, 2, "a minor collection freed an old object");
+    size_t minors = gc_stats(h).gc_minor_collections, all = gc_stats(h).gc_collections;
+    for (size_t i = 0;; i++) {
+        cr_assert_lt(i, 10 * 1000 * 1000, "no collection came");
+        obj_t *o = new_obj(h, i);           /* garbage */
+        if (gc_stats(h).gc_collections != all) {
+            loam_free(o);                   /* made after the collection */
+            break;
+        }
+    }
+    cr_assert_eq(gc_stats(h).gc_minor_collections, minors, "a 65th minor collection in a row");
+    cr_assert_eq(gc_stats(h).live_blocks, 1, "the major collection kept old garbage");
+    expect_obj(a, 1, "the root");
+    gen_heap_done_empty(h);
+}
+
 Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
 {
     loam_heap_t *h = gen_heap();
