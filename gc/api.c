@@ -114,7 +114,7 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
 static size_t collect_threshold(gc_state_t *gc)
 {
     if (gc_generational(gc))
-        return gc_generation_allowance(gc);
+        return gc_young_allowance(gc);
     size_t growth = gc->live_after / 100 * (size_t)loam_opts.gc_growth;
     return growth > (size_t)loam_opts.gc_min_bytes ? growth : (size_t)loam_opts.gc_min_bytes;
 }
