@@ -217,8 +217,9 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   allocates from a collected heap)
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
- *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections, and
- *                   old garbage between major ones, at least (default 512 KiB)
+ *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections (two
+ *                   thirds of the growth), and old garbage between major ones (one
+ *                   third), each at least this (default 512 KiB)
  *   gc_markers      threads that mark a LOAM_PARALLEL_MARK heap, the collecting one
  *                   included (default 0: one per CPU, at most 8; 1: no helpers)
  *   gc_parallel_min live bytes found by the last collection from which marking runs in
