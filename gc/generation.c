@@ -56,13 +56,13 @@ bool gc_generational(const gc_state_t *gc)
  * collection found, so the heap peaks where it would without generations.
  * The young share is the larger: objects given more time to die before a
  * minor collection are not promoted to become old garbage (GCBench, whose
- * trees are still growing when a collection comes: x0.90 of the time and
- * 91 collections instead of 120 against two equal halves, at the same peak
- * RSS; binary-trees 19 the same time, 56 MiB instead of 59; binary-trees 16
- * 11.5 MiB instead of 10.0). The floor is gc_young_min, not gc_min_bytes: a
- * minor collection costs what survives it, not the live heap, so small
- * heaps can afford frequent ones (the Lisp example's peak RSS: 10.4 MiB
- * with 2 MiB, 5.7 MiB with 512 KiB). */
+ * trees are still growing when a collection comes: x0.80-0.89 of the time,
+ * 92 collections instead of 120 against two equal halves, peak RSS 26 MiB
+ * instead of 30; binary-trees 19 the same time at 55-56 MiB instead of 59;
+ * binary-trees 16 at 10-11.5 MiB instead of 10). The floor is
+ * gc_young_min, not gc_min_bytes: a minor collection costs what survives
+ * it, not the live heap, so small heaps can afford frequent ones (the Lisp
+ * example's peak RSS: 10.4 MiB with 2 MiB, 5.7 MiB with 512 KiB). */
 static size_t at_least_young_min(size_t bytes)
 {
     size_t floor = (size_t)loam_opts.gc_young_min;
