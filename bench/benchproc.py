@@ -63,6 +63,21 @@ def spread_cell(runs):
     return "–"
 
 
+def spread_details(L, summary, first_col, rows, names, runs_of):
+    """Each row's run-to-run spread of the times, (max - min) / median, in a
+    table folded away in the Markdown. rows: (key, label); runs_of(key,
+    name): that cell's runs."""
+    L.append("<details><summary>%s</summary>" % summary)
+    L.append("")
+    L.append("| %s | " % first_col + " | ".join(names) + " |")
+    L.append("|---|" + "---|" * len(names))
+    for key, label in rows:
+        L.append("| %s | %s |" % (label, " | ".join(spread_cell(runs_of(key, n)) for n in names)))
+    L.append("")
+    L.append("</details>")
+    L.append("")
+
+
 def fnum(res, key):
     """res[key] as a float, or None (missing or not a number)."""
     try:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from benchproc import child_env, fmt_time, log, median_of, mib, spread_cell  # noqa: F401  (bench/benchproc.py)
+from benchproc import child_env, fmt_time, log, median_of, mib, spread_details  # noqa: F401  (bench/benchproc.py)
 
 GROUP = "programs"       # BENCH_ONLY=programs: all of them
 
@@ -533,17 +533,6 @@ def section(L, args, progs, cols, skipped, results, notes, baseline):
                  "exec; the program's real peak is at most that.")
         L.append("")
     if args.runs >= 2:
-        L.append("<details><summary>Real programs: run-to-run spread of the "
-                 "times (max − min) / median</summary>")
-        L.append("")
-        L.append("| program | " + " | ".join(names) + " |")
-        L.append("|---|" + "---|" * len(names))
-        for p, label, _path in progs:
-            cells = []
-            for n in names:
-                c = results.get(p, {}).get(n)
-                cells.append(spread_cell(c["runs"] if c else []))
-            L.append("| %s | %s |" % (label, " | ".join(cells)))
-        L.append("")
-        L.append("</details>")
-        L.append("")
+        spread_details(L, "Real programs: run-to-run spread of the times (max − min) / median",
+                       "program", [(p, label) for p, label, _path in progs], names,
+                       lambda p, n: (results.get(p, {}).get(n) or {}).get("runs", []))

@@ -26,7 +26,7 @@ import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gc"))
-from benchproc import child_env, fmt_time, log, median_of, mib, parse_line, run_checked, spread_cell  # noqa: E402,F401
+from benchproc import child_env, fmt_time, log, median_of, mib, parse_line, run_checked, spread_details  # noqa: E402,F401
 import gcrunner  # noqa: E402  (bench/gc/gcrunner.py: the "Collected heap" section)
 import programs  # noqa: E402  (bench/programs.py: the "Real programs" section)
 
@@ -253,20 +253,9 @@ def package_versions(pkgs):
 
 def spread_table(L, names, results):
     """(max - min) / median of the times, folded away in the Markdown."""
-    L.append("<details><summary>Run-to-run spread of the times: (max − min) / median</summary>")
-    L.append("")
-    L.append("| workload | " + " | ".join(names) + " |")
-    L.append("|---|" + "---|" * len(names))
-    for w, label in WORKLOADS:
-        if w not in results:
-            continue
-        cells = []
-        for n in names:
-            cells.append(spread_cell(results[w][n]["runs"]))
-        L.append("| %s | %s |" % (label, " | ".join(cells)))
-    L.append("")
-    L.append("</details>")
-    L.append("")
+    spread_details(L, "Run-to-run spread of the times: (max − min) / median", "workload",
+                   [(w, label) for w, label in WORKLOADS if w in results], names,
+                   lambda w, n: results[w][n]["runs"])
 
 
 def time_section(L, args, names, results, notes):

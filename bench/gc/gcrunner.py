@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-from benchproc import child_env, fmt_time, fnum, log, median_of, mib, parse_line, run_checked, spread_cell  # noqa: F401  (bench/benchproc.py)
+from benchproc import child_env, fmt_time, fnum, log, median_of, mib, parse_line, run_checked, spread_details  # noqa: F401  (bench/benchproc.py)
 
 MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -378,17 +378,6 @@ def targets(L, wls, names, summ):
 
 
 def spread(L, wls, names, results):
-    L.append("<details><summary>Collected heap: run-to-run spread of the times "
-             "(max − min) / median</summary>")
-    L.append("")
-    L.append("| workload | " + " | ".join(names) + " |")
-    L.append("|---|" + "---|" * len(names))
-    for w, _argv, label in wls:
-        cells = []
-        for n in names:
-            c = results.get(w, {}).get(n)
-            cells.append(spread_cell(c["runs"] if c else []))
-        L.append("| %s | %s |" % (label, " | ".join(cells)))
-    L.append("")
-    L.append("</details>")
-    L.append("")
+    spread_details(L, "Collected heap: run-to-run spread of the times (max − min) / median",
+                   "workload", [(w, label) for w, _argv, label in wls], names,
+                   lambda w, n: (results.get(w, {}).get(n) or {}).get("runs", []))
