@@ -155,16 +155,24 @@ Test(gc_generational, a_large_old_object_needs_no_card)
     gen_heap_done(h);
 }
 
-Test(gc_generational, old_garbage_waits_for_a_major_collection)
+/* The root's target (value 1), old, whose only child (value 2), old too,
+ * it has just dropped: old garbage. */
+static obj_t *root_and_old_garbage(loam_heap_t *h)
 {
-    loam_heap_t *h = gen_heap();
     obj_t *a = new_obj(h, 1), *b = new_obj(h, 2);
     root = a;
     a->kid[0] = b;
     loam_gc_collect(h);
-    cr_assert_eq(gc_stats(h).live_blocks, 2);
-    a->kid[0] = NULL;                       /* b is old garbage now */
+    a->kid[0] = NULL;
     loam_write_barrier(&a->kid[0]);
+    return a;
+}
+
+Test(gc_generational, old_garbage_waits_for_a_major_collection)
+{
+    loam_heap_t *h = gen_heap();
+    root_and_old_garbage(h);
+    cr_assert_eq(gc_stats(h).live_blocks, 2);
     run_minors(h, 2);
     cr_assert_eq(gc_stats(h).live_blocks, 2, "a minor collection freed an old object");
     loam_gc_collect(h);
@@ -178,12 +186,7 @@ Test(gc_generational, old_garbage_waits_for_a_major_collection)
 Test(gc_generational, old_garbage_goes_after_64_minor_collections_in_a_row)
 {
     loam_heap_t *h = gen_heap();
-    obj_t *a = new_obj(h, 1), *b = new_obj(h, 2);
-    root = a;
-    a->kid[0] = b;
-    loam_gc_collect(h);
-    a->kid[0] = NULL;                       /* b is old garbage now */
-    loam_write_barrier(&a->kid[0]);
+    obj_t *a = root_and_old_garbage(h);
     run_minors(h, 64);
     cr_assert_eq(gc_stats(h).live_blocks, 2, "a minor collection freed an old object");
     size_t minors = gc_stats(h).gc_minor_collections, all = gc_stats(h).gc_collections;
