@@ -145,26 +145,23 @@ static inline unsigned tcache_bin_class(unsigned offset)
 extern LOAM_INTERNAL uint16_t tcache_small_bin[SMALL_MAX + 1];
 LOAM_INTERNAL void tcache_tables_init(void);
 
-static inline void *tcache_bin_pop(tcache_bin_t *bin)
-{
-    void **top = (void **)bin->top;
-    free_block_t *b = top[-1];
-    if (LOAM_UNLIKELY(b == NULL))       /* the sentinel: empty */
-        return NULL;
-    AO_store(&bin->top, (AO_t)(top - 1));   /* statistics read it from other threads */
-    b->freed_key = 0;
-    return b;
-}
-
-/* The same, leaving the free key for the caller to overwrite (the
- * collector's allocation zeroes the block's first 16 bytes at once). */
+/* Leaves the free key for the caller to overwrite (the collector's
+ * allocation zeroes the block's first 16 bytes at once). */
 static inline void *tcache_bin_take(tcache_bin_t *bin)
 {
     void **top = (void **)bin->top;
     void *b = top[-1];
-    if (LOAM_UNLIKELY(b == NULL))
+    if (LOAM_UNLIKELY(b == NULL))       /* the sentinel: empty */
         return NULL;
-    AO_store(&bin->top, (AO_t)(top - 1));
+    AO_store(&bin->top, (AO_t)(top - 1));   /* statistics read it from other threads */
+    return b;
+}
+
+static inline void *tcache_bin_pop(tcache_bin_t *bin)
+{
+    free_block_t *b = tcache_bin_take(bin);
+    if (LOAM_LIKELY(b != NULL))
+        b->freed_key = 0;
     return b;
 }
 
