@@ -93,9 +93,16 @@ static inline uintptr_t freelist_encode(free_block_t *next, uintptr_t key)
 }
 
 /* ---- budget: committed bytes charged to an owner (the heap's limit) ---- */
+struct arena;
 typedef struct budget {
     AO_t   committed;     /* bytes, all arenas and large blocks of the owner */
     size_t limit;         /* 0 = none */
+    /* Committed bytes in the free runs of all the owner's arenas, and the
+     * arenas themselves (linked by budget_next, never unlinked before the
+     * owner goes): an arena about to commit fresh pages asks the others to
+     * give back as many of theirs first (segment.c, retained_reclaim). */
+    AO_t   retained;
+    AO_t   arenas;        /* struct arena *, published with release */
 } budget_t;
 
 LOAM_INTERNAL bool budget_charge(budget_t *b, size_t bytes);    /* false: over the limit */
@@ -399,6 +406,7 @@ typedef struct arena {
     uint8_t    tag;             /* copied into every slab (the layer above's object kind) */
     bool       track_requested;
     budget_t  *budget;
+    struct arena *budget_next;  /* the next arena charging the same budget */
     uint32_t   index;
     arena_bin_t bins[NUM_CLASSES];
     slab_t    *free_runs[PAGES_PER_SEGMENT];   /* by run length; committed and not */

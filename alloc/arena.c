@@ -61,6 +61,14 @@ arena_t *arena_new(void *owner, uint8_t slot, uint8_t tag, budget_t *budget, boo
     a->budget = budget;
     a->track_requested = track_requested;
     a->index = index;
+    if (budget) {
+        /* Arenas of different kinds' sets join at once, under different locks. */
+        AO_t head;
+        do {
+            head = AO_load(&budget->arenas);
+            a->budget_next = (arena_t *)head;
+        } while (!AO_compare_and_swap_release(&budget->arenas, head, (AO_t)a));
+    }
     return a;
 }
 

@@ -81,6 +81,15 @@ static segment_t *segment_of(slab_t *r)
     return (segment_t *)((uintptr_t)r & ~SEGMENT_MASK);
 }
 
+/* Every change of an arena's retained bytes goes through here (lock held),
+ * so that its budget's total stays the sum over the owner's arenas. */
+static void retained_change(arena_t *a, intptr_t bytes)
+{
+    a->retained_bytes += (size_t)bytes;
+    if (a->budget)
+        AO_fetch_and_add(&a->budget->retained, (AO_t)bytes);
+}
+
 static uint64_t run_mask(unsigned first, unsigned pages)
 {
     uint64_t m = pages >= 64 ? ~0ull : ((1ull << pages) - 1);
@@ -174,7 +183,7 @@ static uint64_t segment_uncharge_pages(segment_t *seg, uint64_t mask)
         segment_small_pages(seg);
     size_t bytes = (size_t)__builtin_popcountll(m) * PAGE_SIZE;
     seg->committed_mask &= ~mask;
-    seg->arena->retained_bytes -= bytes;
+    retained_change(seg->arena, -(intptr_t)bytes);
     if (bytes) {
         budget_release(seg->arena->budget, bytes);
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - bytes);
@@ -210,7 +219,7 @@ static void segment_release(arena_t *a, segment_t *seg)
 
 void segment_release_all(arena_t *a)
 {
-    a->retained_bytes = 0;
+    retained_change(a, -(intptr_t)a->retained_bytes);
     a->slab_pages = 0;
     while (a->segments) {
         segment_t *seg = a->segments;
@@ -248,6 +257,54 @@ static void arena_go_huge(arena_t *a)
     }
 }
 
+/* Up to `bytes` of a's committed free-run pages go back to the OS (lock
+ * held), from the top of each run down: a run coalesced from many frees
+ * can be most of a segment, and only what is asked for goes. Returns the
+ * bytes given back. */
+static size_t retained_give_back(arena_t *a, size_t bytes)
+{
+    size_t given = 0;
+    for (segment_t *seg = a->segments; seg && given < bytes; seg = seg->next)
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT && given < bytes;) {
+            slab_t *r = &seg->slabs[p];
+            unsigned pages = r->pages;
+            if (r->state == RUN_FREE) {
+                uint64_t have = seg->committed_mask & run_mask(p, pages), take = 0;
+                for (size_t want = bytes - given; have && want; want -= want < PAGE_SIZE ? want : PAGE_SIZE) {
+                    uint64_t top = 1ull << (63 - __builtin_clzll(have));
+                    take |= top;
+                    have &= ~top;
+                }
+                if (take)
+                    given += segment_decommit_pages(seg, take);
+            }
+            p += pages;
+        }
+    return given;
+}
+
+/* a is about to commit `bytes` of fresh pages (lock held). The owner's
+ * other arenas give back as many of their retained pages first: each keeps
+ * its free runs for its own regrowth, and without this the owner's memory
+ * grew while some of it lay idle in a sibling (the Lisp example: the arena
+ * of its traced objects held 19 pages a collection had emptied while the
+ * arena of its strings faulted 6 new ones in; its peak RSS was 6.1-6.3 MiB,
+ * 5.6-5.9 with this). A sibling whose lock is taken is passed over: never
+ * waiting for a second arena lock keeps the locks free of any order. */
+static void retained_reclaim(arena_t *a, size_t bytes)
+{
+    budget_t *b = a->budget;
+    if (!b || AO_load(&b->retained) <= a->retained_bytes)
+        return;
+    for (arena_t *s = (arena_t *)AO_load_acquire(&b->arenas); s && bytes; s = s->budget_next) {
+        if (s == a || !arena_trylock(s))
+            continue;
+        size_t given = retained_give_back(s, bytes);
+        bytes -= given < bytes ? given : bytes;
+        arena_unlock(s);
+    }
+}
+
 /* A run of exactly `pages` pages for a slab, committed and charged to the
  * budget. First fit over the bins, splitting the rest off as a free run. */
 slab_t *run_alloc(arena_t *a, unsigned pages)
@@ -264,10 +321,12 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
     unsigned first = r->page_index, have = r->pages;
     uint64_t fresh = run_mask(first, pages) & ~seg->committed_mask;
     size_t charge = (size_t)__builtin_popcountll(fresh) * PAGE_SIZE;
+    if (charge)
+        retained_reclaim(a, charge);
     if (charge && !budget_charge(a->budget, charge))
         return NULL;
     AO_fetch_and_add(&os_committed_bytes, charge);
-    a->retained_bytes -= (size_t)__builtin_popcountll(run_mask(first, pages) & seg->committed_mask) * PAGE_SIZE;
+    retained_change(a, -(intptr_t)((size_t)__builtin_popcountll(run_mask(first, pages) & seg->committed_mask) * PAGE_SIZE));
     run_bin_remove(a, r);
     uint64_t freed_at = r->freed_at_ms;
     if (have > pages) {
@@ -358,7 +417,7 @@ void run_free(arena_t *a, slab_t *r)
     unsigned pages = r->pages;
     seg->used_pages -= pages;
     a->slab_pages -= pages;
-    a->retained_bytes += (size_t)pages * PAGE_SIZE;
+    retained_change(a, (intptr_t)((size_t)pages * PAGE_SIZE));
     uint64_t now = os_now_ms();
     slab_t *merged = run_insert_free(a, seg, r->page_index, pages, now);
     if (seg->used_pages == 0)

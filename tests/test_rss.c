@@ -540,6 +540,43 @@ Test(rss, a_big_collected_heap_asks_for_huge_pages_until_it_gives_memory_back, .
     free(held);
 }
 
+/* A heap's arenas share their retained pages: one about to commit fresh
+ * pages takes them from the free runs another keeps (here a collected
+ * heap's arenas of two kinds) instead of growing the heap beside them. */
+Test(rss, an_arena_takes_pages_another_arena_of_its_heap_retains, .timeout = 60)
+{
+    enum { N = 32 * 1024 };                         /* 64-byte blocks: 2 MiB */
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* no decay gives them back meanwhile */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    void **held = calloc(N, sizeof *held);
+    cr_assert_not_null(held);
+    loam_root_add_range(h, held, held + N);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    for (size_t i = 0; i < N; i++) {
+        loam_free(held[i]);
+        held[i] = NULL;
+    }
+    loam_stats_t before, after;
+    loam_heap_stats(h, &before);
+    cr_assert_geq(before.free_run_bytes, (size_t)N * 64 * 3 / 4,
+                  "the atomic blocks' slabs are not kept as free runs: %zu bytes", before.free_run_bytes);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+    loam_heap_stats(h, &after);
+    cr_assert_leq(after.committed_bytes, before.committed_bytes + 512 * 1024,
+                  "2 MiB of a second kind grew the heap from %zu to %zu committed bytes beside %zu retained",
+                  before.committed_bytes, after.committed_bytes, before.free_run_bytes);
+    cr_assert_lt(after.free_run_bytes, before.free_run_bytes / 4, "the first kind's arena kept %zu of its %zu "
+                 "retained bytes", after.free_run_bytes, before.free_run_bytes);
+    loam_root_remove_range(h, held);
+    loam_heap_destroy(h);
+    free(held);
+    cr_assert_eq(loam_option_set("decay_ms", 250), 0);
+}
+
 /* Repeated peaks do not ratchet RSS up. */
 Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
 {
