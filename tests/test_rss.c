@@ -577,6 +577,59 @@ Test(rss, an_arena_takes_pages_another_arena_of_its_heap_retains, .timeout = 60)
     cr_assert_eq(loam_option_set("decay_ms", 250), 0);
 }
 
+/* A new slab takes committed pages where the arena keeps some, before
+ * pages given back: here a one-page run given back by trim fits a slab
+ * first, but a three-page run of committed pages is there too. */
+Test(rss, a_new_slab_takes_committed_pages_before_pages_given_back, .timeout = 60)
+{
+    enum { SLABS = 12, PER = 65536 / 48, N = SLABS * PER };    /* 48-byte blocks in one-page slabs */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    void **held = calloc(N, sizeof *held);
+    cr_assert_not_null(held);
+    loam_root_add_range(h, held, held + N);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 48, LOAM_ATOMIC));
+    /* Pages in allocation order: one slab each, the first one's blocks first. */
+    uintptr_t page[SLABS];
+    size_t pages = 0;
+    for (size_t i = 0; i < N && pages < SLABS; i++)
+        if (pages == 0 || (uintptr_t)held[i] >> 16 != page[pages - 1])
+            page[pages++] = (uintptr_t)held[i] >> 16;
+    cr_assert_geq(pages, 9, "48-byte blocks spread over %zu pages", pages);
+    /* The second slab dies, its page is given back; then three in a row die. */
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < N; i++) {
+            uintptr_t pg = (uintptr_t)held[i] >> 16;
+            if (round == 0 ? pg == page[1] : (pg == page[4] || pg == page[5] || pg == page[6]))
+                held[i] = NULL;
+        }
+        loam_gc_collect(h);
+        if (round == 0)
+            loam_heap_trim(h);
+    }
+    loam_stats_t before, after;
+    loam_heap_stats(h, &before);
+    cr_assert_geq(before.free_run_bytes, 3 * 65536, "three dead slabs left %zu bytes of free runs",
+                  before.free_run_bytes);
+    enum { MORE = 2 * PER + PER / 2 };                 /* a refill takes a batch beyond: not a fourth slab */
+    void **more = calloc(MORE, sizeof *more);
+    cr_assert_not_null(more);
+    loam_root_add_range(h, more, more + MORE);
+    for (size_t i = 0; i < MORE; i++)
+        cr_assert_not_null(more[i] = loam_gc_alloc(h, 48, LOAM_ATOMIC));
+    loam_heap_stats(h, &after);
+    cr_assert_leq(after.committed_bytes, before.committed_bytes, "two and a half slabs' worth of blocks committed %zu "
+                  "bytes more beside %zu bytes of committed free runs", after.committed_bytes -
+                  before.committed_bytes, before.free_run_bytes);
+    loam_root_remove_range(h, more);
+    loam_root_remove_range(h, held);
+    loam_heap_destroy(h);
+    free(more);
+    free(held);
+}
+
 /* Repeated peaks do not ratchet RSS up. */
 Test(rss, repeated_peaks_do_not_accumulate, .timeout = 120)
 {
