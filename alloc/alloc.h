@@ -493,6 +493,10 @@ LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
  * slab emptied by its sweep stays on its partial list, stamped for decay. */
 LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last,
                                       uint32_t n);
+/* Every block out of slab s is garbage, which the layer above knows (lock
+ * held, no block of s in a cache, s not pending): the slab goes back at
+ * once, as if they had all been freed, without a read of its blocks. */
+LOAM_INTERNAL void     arena_release_dead_slab(arena_t *a, slab_t *s);
 /* Hand free runs that have stayed free past decay_ms back to the OS (lock held).
  * force: all of them now. Returns bytes decommitted; sets a->decay_left. */
 LOAM_INTERNAL size_t   arena_purge(arena_t *a, bool force);

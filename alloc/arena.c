@@ -373,6 +373,16 @@ void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *la
     }
 }
 
+void arena_release_dead_slab(arena_t *a, slab_t *s)
+{
+    if (s->used < s->capacity)          /* on its partial list exactly then */
+        partial_remove(&a->bins[s->cls], s);
+    a->c.out_bytes -= (size_t)s->used * s->block_size;
+    a->c.out_blocks -= s->used;
+    AO_int_store(&s->used, 0);
+    slab_release(a, s);
+}
+
 void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
 {
     b->freed_key = loam_free_key;

@@ -308,7 +308,45 @@ static void empty_thread_caches(loam_heap_t *h)
     heaps_unlock();
 }
 
-/* World stopped. Large blocks are unmapped now; slabs become pending. */
+/* No block of s is marked: none is live (a generational heap's old blocks
+ * keep their marks), and none needs its mark cleared. Marks are only ever
+ * set below the bump line. */
+static bool slab_has_no_mark(segment_t *seg, slab_t *s)
+{
+    const uint64_t *bits = segment_side_bits(seg);
+    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;   /* a word's first bit: slabs are whole pages */
+    size_t end = first + (size_t)s->bumped * (s->block_size / BLOCK_ALIGN);
+    for (size_t w = first / 64; w < (end + 63) / 64; w++)
+        if (bits[w])
+            return false;
+    return true;
+}
+
+/* A slab none of whose blocks is marked goes back now, whole, its blocks
+ * unread (as Boehm frees a heap block with no mark): left pending, its
+ * garbage stayed committed until a refill of its own size class swept it,
+ * or the next collection, while a program that had moved on to other sizes
+ * took new slabs beside it (the Lisp example without the generational flag
+ * peaked at 10.8 MB out for 1.5 MB live). Its run is reused by any class.
+ * Not a tracked slab: its requested bytes are only known block by block. */
+static size_t release_dead_slab(gc_state_t *gc, arena_t *a, slab_t *s)
+{
+    size_t bytes = (size_t)s->used * s->block_size;
+#ifdef LOAM_MEMCHECK
+    for (uint32_t k = 0; k < s->bumped; k++) {
+        free_block_t *b = (free_block_t *)(s->start + (size_t)k * s->block_size);
+        if (b->freed_key != loam_free_key)
+            mc_free(gc->heap, b);
+    }
+#else
+    (void)gc;
+#endif
+    arena_release_dead_slab(a, s);
+    return bytes;
+}
+
+/* World stopped. Large blocks are unmapped now; slabs with no mark are
+ * released; the others become pending. */
 size_t gc_sweep(gc_state_t *gc)
 {
     size_t freed = 0;
@@ -316,12 +354,16 @@ size_t gc_sweep(gc_state_t *gc)
     large_t *dead_large = NULL;
     for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++) {
         arena_lock(a);
+        slab_t *dead = NULL;                /* released after the walk: a release coalesces runs */
         for (segment_t *seg = a->segments; seg; seg = seg->next)
             for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages) {
                 slab_t *s = &seg->slabs[p];
                 if (s->state != RUN_SLAB)
                     continue;
-                if (s->used) {
+                if (s->used && !s->waste && slab_has_no_mark(seg, s)) {
+                    s->pending_next = dead;
+                    dead = s;
+                } else if (s->used) {
                     arena_pending_add(a, s);        /* its sweep clears its marks */
                     /* Thread caches are empty now (the world is stopped,
                      * gc_collect emptied them) and a collected heap's arenas
@@ -332,6 +374,12 @@ size_t gc_sweep(gc_state_t *gc)
                 } else
                     gc_clear_slab_marks(seg, s);    /* a free block may have been marked */
             }
+        while (dead) {
+            slab_t *s = dead;
+            dead = s->pending_next;
+            s->pending_next = NULL;
+            freed += release_dead_slab(gc, a, s);
+        }
         for (large_t *l = a->large, *next; l; l = next) {
             next = l->next;
             if (l->upper & 1) {

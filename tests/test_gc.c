@@ -1075,6 +1075,31 @@ Test(gc, slabs_a_collection_empties_stay_committed_for_one_cycle)
     loam_heap_destroy(h);
 }
 
+/* A slab none of whose blocks a collection marks goes back at that
+ * collection, not when a refill of its size class sweeps it: a program that
+ * moves on to other sizes reuses its pages instead of growing the heap. */
+Test(gc, slabs_with_no_live_block_are_reused_by_other_sizes_at_once)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
+    enum { N = 40 * 1024 };                          /* 48-byte blocks, ~2 MiB; then as much in 384-byte ones */
+    void **held = calloc(N, sizeof *held);
+    cr_assert_not_null(held);
+    loam_root_add_range(h, held, held + N);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 48, LOAM_ATOMIC));
+    size_t before = gc_stats(h).committed_bytes;     /* (stats finish a sweep: none is due yet) */
+    memset(held, 0, N * sizeof *held);
+    loam_gc_collect(h);
+    for (size_t i = 0; i < N / 8; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 384, LOAM_ATOMIC));
+    size_t after = gc_stats(h).committed_bytes;
+    cr_assert_leq(after, before + 512 * KiB, "%zu KiB of 384-byte blocks grew the heap from %zu to %zu KiB "
+                  "committed beside 48-byte garbage", (size_t)N / 8 * 384 / KiB, before / KiB, after / KiB);
+    loam_root_remove_range(h, held);
+    loam_heap_destroy(h);
+    free(held);
+}
+
 /* Memory reclaimed by collections can go back to the OS. */
 Test(gc, collected_memory_can_be_trimmed)
 {
