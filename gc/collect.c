@@ -4,8 +4,9 @@
  *   2. mark from the roots (roots.c): callback, slots, ranges, thread stacks
  *   3. clear weak references to unmarked targets (finalize.c)
  *   4. keep finalizable unmarked objects alive, queue their finalizers
- *   5. sweep, lazily: unmarked large blocks are unmapped now; every slab that
- *      holds blocks becomes *pending* in its arena. A refill that reaches a
+ *   5. sweep, lazily: unmarked large blocks are unmapped now, and slabs with
+ *      no mark go back whole; every other slab that holds blocks becomes
+ *      *pending* in its arena. A refill that reaches a
  *      pending slab sweeps it (under the arena lock, world running) only as
  *      far as it needs, the dead blocks going straight into its thread cache
  *      (sweep_take); anything else that needs the slab whole sweeps the rest
