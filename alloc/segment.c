@@ -257,29 +257,28 @@ static void arena_go_huge(arena_t *a)
     }
 }
 
-/* Up to `bytes` of a's committed free-run pages go back to the OS (lock
- * held), from the top of each run down: a run coalesced from many frees
- * can be most of a segment, and only what is asked for goes. Returns the
- * bytes given back. */
+/* Up to `bytes` of the committed pages of free run r (of seg), or of a's
+ * free runs, go back to the OS (lock held), from the top of each run down:
+ * a run coalesced from many frees can be most of a segment, and only what
+ * is asked for goes. Return the bytes given back. */
+static size_t run_give_back(segment_t *seg, const slab_t *r, size_t bytes)
+{
+    uint64_t have = seg->committed_mask & run_mask(r->page_index, r->pages), take = 0;
+    for (size_t want = bytes; have && want; want -= want < PAGE_SIZE ? want : PAGE_SIZE) {
+        uint64_t top = 1ull << (63 - __builtin_clzll(have));
+        take |= top;
+        have &= ~top;
+    }
+    return take ? segment_decommit_pages(seg, take) : 0;
+}
+
 static size_t retained_give_back(arena_t *a, size_t bytes)
 {
     size_t given = 0;
     for (segment_t *seg = a->segments; seg && given < bytes; seg = seg->next)
-        for (unsigned p = 1; p < PAGES_PER_SEGMENT && given < bytes;) {
-            slab_t *r = &seg->slabs[p];
-            unsigned pages = r->pages;
-            if (r->state == RUN_FREE) {
-                uint64_t have = seg->committed_mask & run_mask(p, pages), take = 0;
-                for (size_t want = bytes - given; have && want; want -= want < PAGE_SIZE ? want : PAGE_SIZE) {
-                    uint64_t top = 1ull << (63 - __builtin_clzll(have));
-                    take |= top;
-                    have &= ~top;
-                }
-                if (take)
-                    given += segment_decommit_pages(seg, take);
-            }
-            p += pages;
-        }
+        for (unsigned p = 1; p < PAGES_PER_SEGMENT && given < bytes; p += seg->slabs[p].pages)
+            if (seg->slabs[p].state == RUN_FREE)
+                given += run_give_back(seg, &seg->slabs[p], bytes - given);
     return given;
 }
 
@@ -458,7 +457,7 @@ void run_free(arena_t *a, slab_t *r)
     a->slab_pages -= pages;
     retained_change(a, (intptr_t)((size_t)pages * PAGE_SIZE));
     uint64_t now = os_now_ms();
-    run_insert_free(a, seg, r->page_index, pages, now);
+    slab_t *merged = run_insert_free(a, seg, r->page_index, pages, now);
     if (seg->used_pages == 0)
         seg->empty_since_ms = now;
     alloc_note_decay_due();
@@ -472,6 +471,7 @@ void run_free(arena_t *a, slab_t *r)
             AO_char_store(&a->decommit_due, 1);
             return;
         }
+        run_give_back(seg, merged, a->retained_bytes - budget);   /* no walk: the usual case */
         retained_trim_to(a, budget);
     }
 }
