@@ -213,6 +213,16 @@ int gc_set_mode(loam_heap_t *h, loam_mode_t m)
     return 0;
 }
 
+bool gc_purge_begin(loam_heap_t *h)
+{
+    return pthread_mutex_trylock(&h->gc->lock) == 0;    /* a collection holds it from stop to restart */
+}
+
+void gc_purge_end(loam_heap_t *h)
+{
+    pthread_mutex_unlock(&h->gc->lock);
+}
+
 void gc_heap_destroy(loam_heap_t *h)
 {
     gc_state_t *gc = h->gc;

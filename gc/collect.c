@@ -471,6 +471,11 @@ void gc_collect(loam_heap_t *h, bool full)
     pthread_mutex_unlock(&gc->lock);
     if (visiting)
         loam_thread_detach(h);
+    /* The runs this collection's releases keep for regrowth go back after
+     * decay_ms if the program goes quiet: the purge thread must be awake
+     * to see it. Once per collection, not per refill (purge_poke). */
+    if (AO_load(&alloc_decay_due))
+        purge_poke_slow();
 
     gc_run_ready_finalizers(gc);
 }

@@ -9,9 +9,9 @@
  * and asleep whenever nothing waits for decay, does two things every
  * decay_ms / 4:
  *
- *   - purges every arena of every manual heap that has not purged itself
- *     on a slow path for a period (an arena in use does, and taking its
- *     lock would only send its threads to another arena);
+ *   - purges every arena of every heap that has not purged itself on a
+ *     slow path for a period (an arena in use does, and taking its lock
+ *     would only send its threads to another arena);
  *   - asks each thread cache that has taken no slow path for decay_ms and
  *     still holds blocks to flush (tcache_request_flush). The owner's next
  *     free misses the cache, and its slow path gives every cached block back
@@ -19,10 +19,15 @@
  *     go back at once. The fast paths are unchanged: a request only sets
  *     the bins' limits to 0.
  *
- * Collected heaps are left alone: a collection reads segment headers
- * without arena locks, so no other thread may unmap one under it. They
- * return memory through their own slow paths and collections, and do not
- * wake the thread (purge_poke).
+ * A collected heap's arenas are purged only while the thread holds the
+ * heap's collector lock (gc_purge_begin): a collection reads segment
+ * headers without arena locks, so no other thread may unmap one under it.
+ * Its thread caches are left alone (each collection empties them), and it
+ * does not write back what its frees push past the retained budget (its
+ * own threads do, as before). Its slow paths do not wake the thread
+ * (purge_poke: its sweeps keep stamping slabs); its collections do, once
+ * each, so that the runs a collection keeps for regrowth go back once the
+ * program goes quiet.
  *
  * The thread starts when the library is loaded (see purge_start_at_load).
  * Waking: the alloc layer sets alloc_decay_due whenever it starts keeping
@@ -36,6 +41,7 @@
  *
  * The option purge_thread=0 turns it off (decay then waits for slow paths). */
 #include "runtime/runtime.h"
+#include "gc/gc.h"
 
 #include <time.h>
 
@@ -63,6 +69,34 @@ static bool cache_holds_blocks(tcache_t *tc)
     return false;
 }
 
+/* Decay in arena a, unless its own slow paths purged it within the last
+ * period: then it is in use and purges itself, and holding its lock would
+ * only send its threads to another arena (and grow the heap). true: look
+ * again soon. */
+static bool purge_quiet_arena(arena_t *a, uint64_t now, uint64_t period)
+{
+    uint64_t due = __atomic_load_n(&a->next_purge_ms, __ATOMIC_RELAXED);
+    if (now < due + period || !arena_trylock(a))
+        return true;
+    arena_purge(a, false);
+    bool left = a->decay_left;
+    arena_unlock(a);
+    return left;
+}
+
+/* A collected heap: decay only, between its collections. */
+static bool purge_collected_heap(loam_heap_t *h, uint64_t now, uint64_t period)
+{
+    if (!gc_purge_begin(h))
+        return true;
+    bool left = false;
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+        left |= purge_quiet_arena(a, now, period);
+    gc_purge_end(h);
+    return left;
+}
+
 /* true: something still waits (memory not yet decayed, a busy arena, a cache
  * not yet idle for long enough), so look again soon. */
 static bool purge_pass(void)
@@ -73,14 +107,18 @@ static bool purge_pass(void)
     bool left = false;
     heaps_lock();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
-        if (__atomic_load_n(&h->gc, __ATOMIC_ACQUIRE))
-            continue;
         /* The arenas are purged without the heap-list lock (madvise over a
          * large heap takes a while; a collection elsewhere, or a thread's
          * first allocation, must not wait for it). The hold keeps h from
          * being destroyed or made collected meanwhile. */
         h->purge_hold = true;
         heaps_unlock();
+        if (__atomic_load_n(&h->gc, __ATOMIC_ACQUIRE)) {
+            left |= purge_collected_heap(h, now, period);
+            heaps_lock();
+            heaps_release_purge(h);
+            continue;
+        }
         arena_t *a;
         for (unsigned i = 0; (a = heap_arena_at(h, i)); i++) {
             /* This thread gives back what the arena's frees push past its
@@ -89,21 +127,7 @@ static bool purge_pass(void)
                 arena_set_decommit_later(a, true);
             if (AO_char_load(&a->decommit_due))
                 arena_decommit_excess(a);
-            /* An arena whose slow paths purged it within the last period is
-             * in use and purges itself: holding its lock would only send
-             * its threads to another arena (and grow the heap). */
-            uint64_t due = __atomic_load_n(&a->next_purge_ms, __ATOMIC_RELAXED);
-            if (now < due + period) {
-                left = true;        /* look again once it has gone quiet */
-                continue;
-            }
-            if (!arena_trylock(a)) {
-                left = true;
-                continue;
-            }
-            arena_purge(a, false);
-            left |= a->decay_left;
-            arena_unlock(a);
+            left |= purge_quiet_arena(a, now, period);
         }
         heaps_lock();
         heaps_release_purge(h);

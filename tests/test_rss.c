@@ -584,6 +584,7 @@ Test(rss, an_arena_takes_pages_another_arena_of_its_heap_retains, .timeout = 60)
 Test(rss, a_new_slab_takes_committed_pages_before_pages_given_back, .timeout = 60)
 {
     enum { SLABS = 12, PER = 65536 / 48, N = SLABS * PER };    /* 48-byte blocks in one-page slabs */
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* no decay gives the runs back meanwhile */
     loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
     loam_heap_t *h = loam_heap_new(&cfg);
     cr_assert_not_null(h);
@@ -629,6 +630,44 @@ Test(rss, a_new_slab_takes_committed_pages_before_pages_given_back, .timeout = 6
     loam_root_remove_range(h, held);
     loam_heap_destroy(h);
     free(more);
+    free(held);
+    cr_assert_eq(loam_option_set("decay_ms", 250), 0);
+}
+
+/* A collected heap that goes quiet after a collection gives back, once
+ * decay_ms has passed, the runs that collection kept for regrowth: the
+ * background thread purges collected heaps too, between collections. */
+Test(rss, an_idle_collected_heap_gives_back_what_its_last_collection_kept, .timeout = 60)
+{
+    enum { N = 1024 * 1024 };                        /* 64-byte blocks: 64 MiB */
+    void **held = pointer_array(N);
+    size_t start = rss_bytes();
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    loam_root_add_range(h, held, held + N);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, 64, LOAM_ATOMIC));   /* zero-filled: touched */
+    size_t peak = rss_bytes();
+    cr_assert_geq(peak, start + 48 * MiB, "64 MiB of blocks: RSS %zu MiB from %zu", peak / MiB, start / MiB);
+    memset(held, 0, N * sizeof *held);
+    /* A collection that allocation brings (loam_gc_collect asks for the
+     * memory back at once). */
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t collections = st.gc_collections;
+    while (st.gc_collections == collections) {
+        for (int k = 0; k < 1000; k++)
+            cr_assert_not_null(loam_gc_alloc(h, 1024, LOAM_ATOMIC));
+        loam_heap_stats(h, &st);
+    }
+    size_t kept = rss_bytes();
+    cr_assert_geq(kept, start + 32 * MiB, "the collection kept only %zu MiB above the start for regrowth",
+                  (kept - start) / MiB);
+    size_t now = rss_when_back_near(start, 3000);    /* no loam call meanwhile */
+    assert_back_near(start, now, peak, "a collected heap quiet for 3 s after a collection");
+    loam_root_remove_range(h, held);
+    loam_heap_destroy(h);
     free(held);
 }
 
