@@ -81,8 +81,8 @@ extern LOAM_INTERNAL AO_t purge_asleep;
 LOAM_INTERNAL void purge_poke_slow(void);
 /* After a slow path on heap h, with no lock held: wake the purge thread (or
  * start it) if some arena began keeping memory for decay while it slept.
- * Collected heaps do not: the thread skips them, and their sweeps keep
- * stamping slabs, so each of their slow paths would wake it for nothing. */
+ * Collected heaps do not: their sweeps keep stamping slabs, so each of
+ * their slow paths would wake it; their collections do, once each. */
 static inline void purge_poke(const loam_heap_t *h)
 {
     if (LOAM_UNLIKELY(AO_load(&alloc_decay_due)) && !__atomic_load_n(&h->gc, __ATOMIC_RELAXED))
