@@ -698,9 +698,11 @@ extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
  * runtime takes it around fork. */
 LOAM_INTERNAL void alloc_prefork(void);
 LOAM_INTERNAL void alloc_postfork(void);
-/* The background decommit's lock (segment.c): before every other lock. */
-LOAM_INTERNAL void alloc_decommit_prefork(void);
-LOAM_INTERNAL void alloc_decommit_postfork(void);
+/* The background thread's lock (segment.c): taken before every other lock,
+ * by the background thread over work that fork must not cut in two (a run
+ * out of its bins, a collector's lock held) and by fork's prepare handler. */
+LOAM_INTERNAL void alloc_background_lock(void);
+LOAM_INTERNAL void alloc_background_unlock(void);
 extern LOAM_INTERNAL pthread_mutex_t segmap_lock;   /* segment.c */
 
 #endif

@@ -495,16 +495,18 @@ AO_t alloc_background_decommit;
 void (*alloc_decommit_hook)(arena_t *a, bool given_back);
 
 /* Held by the background thread while runs are out of their bins with the
- * arena lock dropped, and by fork's prepare handler (before any arena
- * lock): a child never inherits a run stuck in RUN_DECOMMITTING. */
+ * arena lock dropped (and by the runtime's purge of a collected heap, over
+ * its hold of the collector's lock), and by fork's prepare handler before
+ * any other lock: a child never inherits a run stuck in RUN_DECOMMITTING,
+ * nor a lock held by a thread it does not have. */
 static pthread_mutex_t decommit_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void alloc_decommit_prefork(void)
+void alloc_background_lock(void)
 {
     pthread_mutex_lock(&decommit_lock);
 }
 
-void alloc_decommit_postfork(void)
+void alloc_background_unlock(void)
 {
     pthread_mutex_unlock(&decommit_lock);
 }

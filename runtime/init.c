@@ -34,7 +34,7 @@ void stats_print_all_at_exit(FILE *out);
  * arenas, then release them in both processes. */
 static void fork_prepare(void)
 {
-    alloc_decommit_prefork();
+    alloc_background_lock();
     heaps_lock();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         for (unsigned k = 0; k < HEAP_KINDS; k++)
@@ -57,7 +57,7 @@ static void fork_release(void)
             pthread_mutex_unlock(&h->kinds[k].arenas.lock);
     }
     heaps_unlock();
-    alloc_decommit_postfork();
+    alloc_background_unlock();
 }
 
 static void fork_release_child(void)

@@ -84,16 +84,21 @@ static bool purge_quiet_arena(arena_t *a, uint64_t now, uint64_t period)
     return left;
 }
 
-/* A collected heap: decay only, between its collections. */
+/* A collected heap: decay only, between its collections. The background
+ * lock is held over the collector's: fork's prepare handler takes it first,
+ * so no child inherits a collector lock held by this thread. */
 static bool purge_collected_heap(loam_heap_t *h, uint64_t now, uint64_t period)
 {
-    if (!gc_purge_begin(h))
-        return true;
-    bool left = false;
-    arena_t *a;
-    for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
-        left |= purge_quiet_arena(a, now, period);
-    gc_purge_end(h);
+    alloc_background_lock();
+    bool left = true;
+    if (gc_purge_begin(h)) {
+        left = false;
+        arena_t *a;
+        for (unsigned i = 0; (a = heap_arena_at(h, i)); i++)
+            left |= purge_quiet_arena(a, now, period);
+        gc_purge_end(h);
+    }
+    alloc_background_unlock();
     return left;
 }
 

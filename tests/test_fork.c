@@ -386,6 +386,51 @@ Test(fork, fork_while_threads_allocate, .timeout = 600)
     loam_heap_destroy(shared_heap);
 }
 
+/* A collected heap: fork at moments when the background thread may be
+ * purging it, which it does holding the heap's collector lock. Each child
+ * must be able to collect (a child that inherited that lock held would
+ * wait for it for ever, and its alarm fails the test). */
+Test(fork, fork_while_the_background_thread_purges_a_collected_heap, .timeout = 300)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 1), 0);     /* kept runs decay at once */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *keep[256];
+    loam_root_add_range(h, keep, keep + 256);
+    unsigned forks = 400 * (unsigned)test_scale() / SAN_DIVISOR;
+    int failures = 0;
+    char first[200] = "";
+    for (unsigned k = 0; k < forks; k++) {
+        /* Garbage, then a collection: it releases the garbage's slabs and
+         * wakes the thread, which gives their runs back a moment later. */
+        for (int i = 0; i < 2000; i++) {
+            void *p = loam_gc_alloc(h, 16 + (size_t)(i % 64) * 16, LOAM_ATOMIC);
+            cr_assert_not_null(p);
+            keep[i % 256] = p;
+        }
+        loam_gc_collect(h);
+        struct timespec ts = { 0, (long)(k % 16) * 25 * 1000 };
+        nanosleep(&ts, NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+        if (pid == 0) {
+            signal(SIGALRM, SIG_DFL);
+            alarm(CHILD_ALARM);
+            loam_gc_collect(h);
+            _exit(loam_gc_alloc(h, 100, LOAM_ATOMIC) ? 0 : 1);
+        }
+        char buf[160];
+        const char *err = reap(pid, buf, sizeof buf);
+        if (err && !failures++)
+            snprintf(first, sizeof first, "fork %u: %s", k, err);
+    }
+    cr_expect_eq(failures, 0, "%d of %u children failed; first: %s", failures, forks, first);
+    loam_root_remove_range(h, keep);
+    loam_heap_destroy(h);
+    cr_assert_eq(loam_option_set("decay_ms", 250), 0);
+}
+
 /* The parent goes on normally after many forks: its own heaps and caches are intact. */
 Test(fork, parent_intact_after_forks, .timeout = 300)
 {
