@@ -110,6 +110,7 @@ typedef struct gc_state {
     pthread_cond_t  resume_cv;     /* the world restarts */
     AO_t            stop;          /* 1 while a collection wants or holds the world stopped */
     bool            collecting;
+    bool            fork_held;     /* fork's prepare handler holds lock (gc_prefork_try) */
     gc_thread_t    *threads;
 
     /* roots */
@@ -182,6 +183,17 @@ LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at 
  * without arena locks. false: a collection runs, or the lock is busy. */
 LOAM_INTERNAL bool gc_purge_begin(loam_heap_t *h);
 LOAM_INTERNAL void gc_purge_end(loam_heap_t *h);
+/* fork (runtime/init.c). With the heap-list lock held: take every collected
+ * heap's lock, none in a collection (a child must not inherit one half
+ * done, nor a lock held by a thread it does not have); false: one was
+ * busy, none is held. Then, without the heap-list lock, gc_prefork_wait
+ * lets a collection that waits for this thread go on, and the caller tries
+ * again. After the fork (heap-list lock held), gc_postfork releases them;
+ * in the child it first forgets every other thread's attachment (those
+ * threads do not exist there, and a collection would wait for them). */
+LOAM_INTERNAL bool gc_prefork_try(void);
+LOAM_INTERNAL void gc_prefork_wait(void);
+LOAM_INTERNAL void gc_postfork(bool child);
 
 /* ---- inside gc/ ----------------------------------------------------------------- */
 LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on first use */

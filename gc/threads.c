@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "gc/gc.h"
 
+#include <sched.h>
 #include <stdlib.h>
 
 /* This thread's attachments, one per heap it is attached to. */
@@ -254,6 +255,61 @@ void loam_leave_blocking(loam_heap_t *h)
         t->state = GC_RUNNING;
     }
     pthread_mutex_unlock(&gc->lock);
+}
+
+/* ---- fork --------------------------------------------------------------------------------- */
+
+bool gc_prefork_try(void)
+{
+    for (loam_heap_t *h = loam_heaps; h; h = h->next) {
+        gc_state_t *gc = __atomic_load_n(&h->gc, __ATOMIC_ACQUIRE);
+        if (!gc)
+            continue;
+        /* A collection waiting for its threads to park has the lock free
+         * (it sleeps on parked_cv) but is under way all the same. */
+        if (pthread_mutex_trylock(&gc->lock) != 0)
+            goto busy;
+        if (gc->collecting) {
+            pthread_mutex_unlock(&gc->lock);
+            goto busy;
+        }
+        gc->fork_held = true;
+    }
+    return true;
+busy:
+    gc_postfork(false);
+    return false;
+}
+
+void gc_prefork_wait(void)
+{
+    /* A collection of a heap this thread is attached to waits for it to
+     * stop: it parks, if so, until the world restarts. */
+    for (gc_thread_t *t = my_attachments; t; t = t->thread_next)
+        if (t->heap && t->heap->gc)
+            gc_park(t->heap->gc);
+    sched_yield();
+}
+
+void gc_postfork(bool child)
+{
+    for (loam_heap_t *h = loam_heaps; h; h = h->next) {
+        gc_state_t *gc = h->gc;
+        if (!gc || !gc->fork_held)
+            continue;
+        gc->fork_held = false;
+        if (child) {
+            gc_thread_t *me = gc_self(gc);
+            for (gc_thread_t *t = gc->threads, *next; t; t = next) {
+                next = t->next;
+                if (t != me) {
+                    unlink_thread(gc, t);
+                    meta_free(t, sizeof *t);
+                }
+            }
+        }
+        pthread_mutex_unlock(&gc->lock);
+    }
 }
 
 /* Thread exit: leave every heap this thread is attached to. */

@@ -36,6 +36,11 @@ static void fork_prepare(void)
 {
     alloc_background_lock();
     heaps_lock();
+    while (!gc_prefork_try()) {
+        heaps_unlock();
+        gc_prefork_wait();
+        heaps_lock();
+    }
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         for (unsigned k = 0; k < HEAP_KINDS; k++)
             pthread_mutex_lock(&h->kinds[k].arenas.lock);
@@ -46,7 +51,7 @@ static void fork_prepare(void)
     alloc_prefork();
 }
 
-static void fork_release(void)
+static void fork_release_in(bool child)
 {
     alloc_postfork();
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
@@ -56,13 +61,19 @@ static void fork_release(void)
         for (unsigned k = 0; k < HEAP_KINDS; k++)
             pthread_mutex_unlock(&h->kinds[k].arenas.lock);
     }
+    gc_postfork(child);
     heaps_unlock();
     alloc_background_unlock();
 }
 
+static void fork_release(void)
+{
+    fork_release_in(false);
+}
+
 static void fork_release_child(void)
 {
-    fork_release();
+    fork_release_in(true);
     purge_after_fork_child();
     gc_markers_after_fork_child();
 }

@@ -431,6 +431,74 @@ Test(fork, fork_while_the_background_thread_purges_a_collected_heap, .timeout = 
     cr_assert_eq(loam_option_set("decay_ms", 250), 0);
 }
 
+/* A collected heap with another attached thread allocating (and so
+ * collecting) while the main thread forks: each child, where that thread
+ * does not exist, must still collect (it must not wait for the thread to
+ * stop) and allocate. The main thread forks unattached, then attached. */
+static loam_heap_t *collected_heap;
+static atomic_int collector_stop;
+
+static void *collecting_worker(void *arg)
+{
+    (void)arg;
+    loam_thread_attach(collected_heap);
+    while (!atomic_load(&collector_stop))
+        for (int i = 0; i < 1000; i++)
+            if (!loam_gc_alloc(collected_heap, 64, LOAM_ATOMIC))
+                return (void *)1;
+    loam_thread_detach(collected_heap);
+    return NULL;
+}
+
+Test(fork, fork_while_another_thread_collects, .timeout = 300)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    collected_heap = loam_heap_new(&cfg);
+    cr_assert_not_null(collected_heap);
+    atomic_store(&collector_stop, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, collecting_worker, NULL), 0);
+    unsigned forks = 40 * (unsigned)test_scale() / SAN_DIVISOR;
+    int failures = 0;
+    char first[200] = "";
+    for (unsigned k = 0; k < forks; k++) {
+        bool attached = k >= forks / 2;
+        if (k == forks / 2)
+            loam_thread_attach(collected_heap);
+        struct timespec ts = { 0, (long)(1 + k % 5) * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+        if (pid == 0) {
+            signal(SIGALRM, SIG_DFL);
+            alarm(CHILD_ALARM);
+            loam_gc_collect(collected_heap);
+            for (int i = 0; i < 20000; i++)         /* collections by allocation too */
+                if (!loam_gc_alloc(collected_heap, 256, LOAM_ATOMIC))
+                    _exit(1);
+            _exit(0);
+        }
+        char buf[160];
+        if (attached)
+            loam_enter_blocking(collected_heap);    /* waiting: counted as stopped */
+        const char *err = reap(pid, buf, sizeof buf);
+        if (attached)
+            loam_leave_blocking(collected_heap);
+        if (err && !failures++)
+            snprintf(first, sizeof first, "fork %u (%s): %s", k, attached ? "attached" : "not attached", err);
+    }
+    loam_thread_detach(collected_heap);
+    atomic_store(&collector_stop, 1);
+    void *ret = (void *)1;
+    pthread_join(th, &ret);
+    cr_expect_null(ret, "the collecting thread's allocation failed");
+    cr_expect_eq(failures, 0, "%d of %u children failed; first: %s", failures, forks, first);
+    loam_stats_t st;
+    loam_heap_stats(collected_heap, &st);
+    cr_expect_gt(st.gc_collections, 0, "no collection in the parent");
+    loam_heap_destroy(collected_heap);
+}
+
 /* The parent goes on normally after many forks: its own heaps and caches are intact. */
 Test(fork, parent_intact_after_forks, .timeout = 300)
 {
