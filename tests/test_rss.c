@@ -540,6 +540,19 @@ Test(rss, a_big_collected_heap_asks_for_huge_pages_until_it_gives_memory_back, .
     free(held);
 }
 
+/* A collected heap (no stack scan) whose root range held[0..n) holds n
+ * fresh blocks of `size` bytes and kind k. */
+static loam_heap_t *collected_heap_holding(void **held, size_t n, size_t size, loam_kind_t k)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    loam_root_add_range(h, held, held + n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_not_null(held[i] = loam_gc_alloc(h, size, k));
+    return h;
+}
+
 /* A heap's arenas share their retained pages: one about to commit fresh
  * pages takes them from the free runs another keeps (here a collected
  * heap's arenas of two kinds) instead of growing the heap beside them. */
@@ -547,14 +560,9 @@ Test(rss, an_arena_takes_pages_another_arena_of_its_heap_retains, .timeout = 60)
 {
     enum { N = 32 * 1024 };                         /* 64-byte blocks: 2 MiB */
     cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* no decay gives them back meanwhile */
-    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
-    loam_heap_t *h = loam_heap_new(&cfg);
-    cr_assert_not_null(h);
     void **held = calloc(N, sizeof *held);
     cr_assert_not_null(held);
-    loam_root_add_range(h, held, held + N);
-    for (size_t i = 0; i < N; i++)
-        cr_assert_not_null(held[i] = loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    loam_heap_t *h = collected_heap_holding(held, N, 64, LOAM_ATOMIC);
     for (size_t i = 0; i < N; i++) {
         loam_free(held[i]);
         held[i] = NULL;
@@ -585,14 +593,9 @@ Test(rss, a_new_slab_takes_committed_pages_before_pages_given_back, .timeout = 6
 {
     enum { SLABS = 12, PER = 65536 / 48, N = SLABS * PER };    /* 48-byte blocks in one-page slabs */
     cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* no decay gives the runs back meanwhile */
-    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
-    loam_heap_t *h = loam_heap_new(&cfg);
-    cr_assert_not_null(h);
     void **held = calloc(N, sizeof *held);
     cr_assert_not_null(held);
-    loam_root_add_range(h, held, held + N);
-    for (size_t i = 0; i < N; i++)
-        cr_assert_not_null(held[i] = loam_gc_alloc(h, 48, LOAM_ATOMIC));
+    loam_heap_t *h = collected_heap_holding(held, N, 48, LOAM_ATOMIC);
     /* Pages in allocation order: one slab each, the first one's blocks first. */
     uintptr_t page[SLABS];
     size_t pages = 0;
@@ -642,12 +645,7 @@ Test(rss, an_idle_collected_heap_gives_back_what_its_last_collection_kept, .time
     enum { N = 1024 * 1024 };                        /* 64-byte blocks: 64 MiB */
     void **held = pointer_array(N);
     size_t start = rss_bytes();
-    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
-    loam_heap_t *h = loam_heap_new(&cfg);
-    cr_assert_not_null(h);
-    loam_root_add_range(h, held, held + N);
-    for (size_t i = 0; i < N; i++)
-        cr_assert_not_null(held[i] = loam_gc_alloc(h, 64, LOAM_ATOMIC));   /* zero-filled: touched */
+    loam_heap_t *h = collected_heap_holding(held, N, 64, LOAM_ATOMIC);   /* zero-filled: touched */
     size_t peak = rss_bytes();
     cr_assert_geq(peak, start + 48 * MiB, "64 MiB of blocks: RSS %zu MiB from %zu", peak / MiB, start / MiB);
     memset(held, 0, N * sizeof *held);
