@@ -314,13 +314,9 @@ static void empty_thread_caches(loam_heap_t *h)
  * set below the bump line. */
 static bool slab_has_no_mark(segment_t *seg, slab_t *s)
 {
-    const uint64_t *bits = segment_side_bits(seg);
-    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;   /* a word's first bit: slabs are whole pages */
+    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t end = first + (size_t)s->bumped * (s->block_size / BLOCK_ALIGN);
-    for (size_t w = first / 64; w < (end + 63) / 64; w++)
-        if (bits[w])
-            return false;
-    return true;
+    return !gc_any_bit_in(segment_side_bits(seg), first, end - 1);   /* bumped > 0: used > 0 */
 }
 
 /* A slab none of whose blocks is marked goes back now, whole, its blocks

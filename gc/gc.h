@@ -208,6 +208,21 @@ LOAM_INTERNAL void        gc_restart_world(gc_state_t *gc);        /* lock held 
 LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
 /* Clear the mark bits of a slab, or of the whole heap (world stopped). */
 LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
+/* Is any of the mark bits [lo, hi] set? (A dirty card's blocks, a slab's.) */
+static inline bool gc_any_bit_in(const uint64_t *bits, size_t lo, size_t hi)
+{
+    size_t wl = lo >> 6, wh = hi >> 6;
+    uint64_t first = bits[wl] & (~(uint64_t)0 << (lo & 63));
+    uint64_t last_mask = ~(uint64_t)0 >> (63 - (hi & 63));
+    if (wl == wh)
+        return (first & last_mask) != 0;
+    if (first)
+        return true;
+    for (size_t w = wl + 1; w < wh; w++)
+        if (bits[w])
+            return true;
+    return (bits[wh] & last_mask) != 0;
+}
 LOAM_INTERNAL void        gc_clear_all_marks(gc_state_t *gc);
 /* mark.c */
 LOAM_INTERNAL void  gc_mark_begin(gc_state_t *gc);                 /* world stopped, before any mark */

@@ -120,22 +120,6 @@ static void for_each_dirty_card(segment_t *seg, void (*fn)(gc_state_t *, segment
     }
 }
 
-/* Is any of bits [lo, hi] set? */
-static bool any_bit_in(const uint64_t *bits, size_t lo, size_t hi)
-{
-    size_t wl = lo >> 6, wh = hi >> 6;
-    uint64_t first = bits[wl] & (~(uint64_t)0 << (lo & 63));
-    uint64_t last_mask = ~(uint64_t)0 >> (63 - (hi & 63));
-    if (wl == wh)
-        return (first & last_mask) != 0;
-    if (first)
-        return true;
-    for (size_t w = wl + 1; w < wh; w++)
-        if (bits[w])
-            return true;
-    return (bits[wh] & last_mask) != 0;
-}
-
 /* Every old block overlapping card `card` of seg is scanned again. */
 static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
 {
@@ -161,7 +145,7 @@ static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
     /* Most dirty cards hold young blocks only (written since they were
      * allocated): no mark bit from the first block's start to the last's
      * says so without a look at each block. */
-    if (!any_bit_in(bits, first + k0 * step, first + k1 * step))
+    if (!gc_any_bit_in(bits, first + k0 * step, first + k1 * step))
         return;
     for (size_t k = k0; k <= k1; k++) {
         size_t g = first + k * step;
