@@ -167,9 +167,18 @@ void alloc_free_slow(void *p)
             loam_fault(ai.large->arena->owner, "double free (of a large block)", p, 0);
             return;
         }
-        loam_fault(ai.large || ai.slab ? (ai.large ? ai.large->arena : ai.slab->arena)->owner : NULL,
-                   "free of an address inside a loam heap that is no block (never allocated)", p, 0);
+    {
+        loam_heap_t *owner = ai.large || ai.slab ? (ai.large ? ai.large->arena : ai.slab->arena)->owner : NULL;
+        /* A collection releases a slab none of whose blocks it marked: a
+         * block kept past it by a pointer the collector cannot see lies in
+         * no slab now. */
+        loam_fault(owner, owner && owner->gc
+                              ? "free of an address inside a loam heap that is no block (never allocated, "
+                                "or reclaimed by the collector: use after collection)"
+                              : "free of an address inside a loam heap that is no block (never allocated)",
+                   p, 0);
         return;
+    }
     case ADDR_INTERIOR:
         loam_fault(block_heap(&ai), "free of an interior pointer (not the start of a block)", p, ai.size);
         return;

@@ -527,6 +527,24 @@ Test(callback, free_of_a_block_the_collector_found_unreachable)
     loam_heap_destroy(h);
 }
 
+/* The same when none of a slab's blocks was reachable: the collection
+ * releases the slab whole, and the block lies in no slab at all. */
+Test(callback, free_of_a_block_whose_slab_the_collector_released)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_NO_STACK_SCAN);
+    enum { N = 4096 };                  /* 64-byte blocks: four slabs, none reachable */
+    static void *lost[N];
+    for (int i = 0; i < N; i++)
+        cr_assert_not_null(lost[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+    loam_gc_collect(h);
+    loam_free(lost[N / 2]);
+    assert_reported(&rec, h, lost[N / 2], "free of a block in a released slab",
+                    (const char *const[]){ "use after collection", NULL });
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
 Test(callback, free_of_a_live_block_between_collection_and_sweep)
 {
     err_record_t rec;
