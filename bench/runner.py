@@ -45,6 +45,7 @@ BASELINE = "mimalloc"
 WORKLOADS = [
     ("pair", "malloc/free pair, 64 B"),
     ("batch", "batch: 1000 mallocs, 1000 frees"),
+    ("batch-random", "batch of 50,000 mixed 16–256 B, freed in random order"),
     ("churn-512", "churn 8–512 B, 16 Ki live"),
     ("churn-4k", "churn 8–4096 B, 16 Ki live"),
     ("large", "large 64 KiB–4 MiB, touched"),

@@ -100,6 +100,7 @@ long bench_churn(bench_rng_t *rng, long ops, size_t lo, size_t hi, uint64_t *sum
 /* ---- the workloads (one function each) ---------------------------------- */
 int wl_pair(const bench_opts_t *o);
 int wl_batch(const bench_opts_t *o);
+int wl_batch_random(const bench_opts_t *o);
 int wl_churn_512(const bench_opts_t *o);
 int wl_churn_4k(const bench_opts_t *o);
 int wl_large(const bench_opts_t *o);

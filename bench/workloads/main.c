@@ -20,6 +20,7 @@ static const struct {
 } workloads[] = {
     { "pair",           wl_pair,           "malloc(64)/free pair in a tight loop" },
     { "batch",          wl_batch,          "1000 x malloc(64), then 1000 frees, repeated" },
+    { "batch-random",   wl_batch_random,   "50000 x malloc(16-256 B), then the frees in random order, repeated" },
     { "churn-512",      wl_churn_512,      "random replace in a live set of 16384 blocks, 8-512 B" },
     { "churn-4k",       wl_churn_4k,       "random replace in a live set of 16384 blocks, 8-4096 B" },
     { "large",          wl_large,          "random replace of 16 blocks of 64 KiB-4 MiB, every page touched" },

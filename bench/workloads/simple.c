@@ -1,7 +1,11 @@
-/* Speed workloads on one thread: pair, batch, churn-512, churn-4k, large. */
+/* Speed workloads on one thread: pair, batch, batch-random, churn-512,
+ * churn-4k, large. */
 #include "bench.h"
 
 #include <stdlib.h>
+
+/* A block of a workload's live set: where, its size, its stamp. */
+typedef struct { void *p; size_t n; uint64_t tag; } slot_t;
 
 /* ---- pair: the fast path, nothing else live ------------------------------ */
 int wl_pair(const bench_opts_t *o)
@@ -60,8 +64,62 @@ int wl_batch(const bench_opts_t *o)
     return bench_end(sum, bad);
 }
 
+/* ---- batch-random: 50,000 mixed sizes, then freed in a random order ------
+ * A program that builds a big structure (a hash table, a tree) and later
+ * frees all of it in an order unrelated to the allocation order (walking the
+ * buckets or the tree), then builds it again. Unlike batch, the frees land
+ * all over the size classes' pages, and the batch is far beyond any thread
+ * cache. The order is one permutation, drawn before the timed part. */
+#define BATCH_RANDOM 50000
+int wl_batch_random(const bench_opts_t *o)
+{
+    long rounds = bench_scaled(o, 20000000) / BATCH_RANDOM;
+    if (rounds < 1)
+        rounds = 1;
+    bench_rng_t rng = { o->seed };
+    slot_t *s = bench_map(sizeof(slot_t) * BATCH_RANDOM);
+    uint32_t *order = bench_map(sizeof(uint32_t) * BATCH_RANDOM);
+    for (uint32_t i = 0; i < BATCH_RANDOM; i++)
+        order[i] = i;
+    for (uint32_t i = BATCH_RANDOM - 1; i > 0; i--) {      /* Fisher-Yates */
+        uint32_t j = (uint32_t)(bench_rand(&rng) % (uint64_t)(i + 1));
+        uint32_t tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+    uint64_t sum = 0;
+    long bad = 0;
+    double t0 = bench_now();
+    for (long r = 0; r < rounds; r++) {
+        for (long i = 0; i < BATCH_RANDOM; i++) {
+            slot_t *e = &s[i];
+            e->n = bench_range(&rng, 16, 256);
+            e->tag = (uint64_t)(r * BATCH_RANDOM + i);
+            e->p = malloc(e->n);
+            if (!e->p)
+                bench_die("malloc");
+            bench_stamp(e->p, e->n, e->tag);
+        }
+        bench_escape(s);
+        for (long i = 0; i < BATCH_RANDOM; i++) {
+            slot_t *e = &s[order[i]];
+            bad += !bench_check(e->p, e->n, e->tag);
+            sum += ((unsigned char *)e->p)[0];
+            free(e->p);
+        }
+    }
+    double t = bench_now() - t0;
+    bench_unmap(order, sizeof(uint32_t) * BATCH_RANDOM);
+    bench_unmap(s, sizeof(slot_t) * BATCH_RANDOM);
+    bench_begin("batch-random", o);
+    bench_kv_long("ops", rounds * BATCH_RANDOM);
+    bench_kv_long("batch", BATCH_RANDOM);
+    bench_kv_double("time_s", t);
+    bench_kv_double("ns_per_op", t * 1e9 / (double)(rounds * BATCH_RANDOM));
+    return bench_end(sum, bad);
+}
+
 /* ---- churn: replace a random block of a live set with a new random size -- */
-typedef struct { void *p; size_t n; uint64_t tag; } slot_t;
 
 long bench_churn(bench_rng_t *rng, long ops, size_t lo, size_t hi, uint64_t *sum)
 {
