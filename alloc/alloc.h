@@ -72,10 +72,13 @@ static inline unsigned sizeclass_of(size_t n)
 }
 
 /* ---- blocks ------------------------------------------------------------ */
-/* A free block holds its (encoded) successor and the double-free key. Every
- * block is at least 16 bytes, so both words always fit. */
+/* A free block holds the double-free key in its second word (every block is
+ * at least 16 bytes). Nothing else of loam's: which blocks of a slab are free
+ * is in the slab's free set, a bitmap outside the blocks (slab.c), and a
+ * thread cache holds addresses in an array. The first word is the program's
+ * (the collector's sweep chains dead blocks through it for a moment). */
 typedef struct free_block {
-    uintptr_t next_enc;
+    uintptr_t word0;
     uintptr_t freed_key;
 } free_block_t;
 
@@ -83,14 +86,6 @@ typedef struct free_block {
  * block is handed out: a free of a block already carrying it is a double free. */
 extern LOAM_INTERNAL uintptr_t loam_free_key;
 
-static inline free_block_t *freelist_decode(uintptr_t enc, uintptr_t key)
-{
-    return (free_block_t *)(enc ^ key);
-}
-static inline uintptr_t freelist_encode(free_block_t *next, uintptr_t key)
-{
-    return (uintptr_t)next ^ key;
-}
 
 /* ---- budget: committed bytes charged to an owner (the heap's limit) ---- */
 struct arena;
@@ -127,7 +122,7 @@ typedef struct slab {
     uint32_t     start_below;    /* bumped * slab_div_step(block_size): off * div_m is below
                                     it iff off is a block start below the bump line. Written
                                     with bumped (slab_set_bumped), read lock-free (AO_int) */
-    uint32_t     pad;            /* free: the descriptor stays 128 bytes */
+    uint32_t     free_lo;        /* free set: no bit below word free_lo (a hint, arena lock) */
     uint8_t      owner_slot;     /* the thread-cache slot the free fast path pushes to:
                                     home_slot, or the no-cache slot while draining (AO_char) */
     uint8_t      cls;
@@ -145,8 +140,9 @@ typedef struct slab {
     uint32_t     drain_below;    /* at or below this many used, frees bypass thread caches:
                                     capacity/8, or 0 while the slab is its class's allocation
                                     slab (the partial list's head). Lock-free read (AO_int) */
-    uintptr_t    key;            /* free-list encoding secret */
-    free_block_t *free;          /* free list (decoded head) */
+    uint64_t     free_word;      /* the free set of a slab of at most 64 blocks */
+    uint64_t    *free_bits;      /* the free set: bit i set = block i (below the bump line)
+                                    is free in the slab, not out. &free_word, or metadata */
     struct arena *arena;
     struct slab  *next, *prev;   /* arena's partial list of the class, or a free-run bin */
     uint16_t    *waste;          /* per block: block_size - requested (track_requested), see slab_set_waste */
@@ -350,6 +346,20 @@ static inline void slab_set_bumped(slab_t *s, uint32_t bumped)
     AO_int_store(&s->start_below, (uint32_t)(bumped * slab_div_step(s->block_size)));
 }
 
+/* Block i of s goes back into its slab's free set (arena lock held). Its
+ * bit set already means a block freed twice that got past the free key (a
+ * write into the freed block overwrote it): slab_free_twice stops there. */
+LOAM_INTERNAL void slab_free_twice(slab_t *s, uint32_t i);
+static inline void slab_put_free(slab_t *s, uint32_t i)
+{
+    uint64_t *w = &s->free_bits[i / 64], bit = (uint64_t)1 << (i % 64);
+    if (LOAM_UNLIKELY(*w & bit))
+        slab_free_twice(s, i);
+    *w |= bit;
+    if (i / 64 < s->free_lo)
+        s->free_lo = i / 64;
+}
+
 /* What an address is, for frees, heap_of and (later) conservative scanning. */
 typedef enum {
     ADDR_FOREIGN = 0,     /* not inside any loam mapping */
@@ -482,17 +492,17 @@ static inline uint32_t slab_run_end(void *const *blocks, uint32_t i, uint32_t n,
     return i;
 }
 /* Return n free blocks of slab s (carrying the free key) at once (lock
- * held): linked with the slab's key, newest first, then arena_free_run. */
+ * held): into its free set, then arena_blocks_returned. */
 LOAM_INTERNAL void     arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */
 LOAM_INTERNAL void     arena_free_block(arena_t *a, slab_t *s, free_block_t *b);
-/* Return n blocks of slab s at once (lock held): first..last are linked with
- * the slab's key (last's link is set here) and carry the free key. A pending
- * slab emptied by its sweep stays on its partial list, stamped for decay. */
-LOAM_INTERNAL void     arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last,
-                                      uint32_t n);
+/* n blocks of slab s are back in its free set (slab_put_free, lock held):
+ * the counts, the partial list, and the slab's release once it is empty. A
+ * pending slab emptied by its sweep stays on its partial list, stamped for
+ * decay. */
+LOAM_INTERNAL void     arena_blocks_returned(arena_t *a, slab_t *s, uint32_t n);
 /* Every block out of slab s is garbage, which the layer above knows (lock
  * held, no block of s in a cache, s not pending): the slab goes back at
  * once, as if they had all been freed, without a read of its blocks. */
@@ -581,7 +591,7 @@ static inline void slab_note_draining(slab_t *s)
 }
 
 /* Release kept empty slabs and decommit every free run now (lock held).
- * Sparse slabs also give back their free tails, walking their free lists:
+ * Sparse slabs also give back their free tails, scanning their free sets:
  * at most *walk blocks in all (decremented). */
 LOAM_INTERNAL size_t   arena_trim(arena_t *a, size_t *walk);
 

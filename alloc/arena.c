@@ -17,7 +17,7 @@ AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);
 
-void slab_init(slab_t *s, arena_t *a, unsigned cls);
+bool slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
 unsigned slab_take_blocks(slab_t *s, unsigned n, void **top);
 
@@ -177,7 +177,10 @@ static slab_t *slab_new(arena_t *a, unsigned cls)
     slab_t *s = run_alloc(a, sizeclass_pages[cls]);
     if (!s)
         return NULL;
-    slab_init(s, a, cls);
+    if (!slab_init(s, a, cls)) {
+        run_free(a, s);
+        return NULL;
+    }
     a->c.slabs_made++;
     return s;
 }
@@ -261,13 +264,11 @@ static unsigned xfer_take(arena_t *a, unsigned cls, unsigned n, void **top)
 
 void arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n)
 {
-    free_block_t *last = blocks[0], *first = last;
-    for (uint32_t k = 1; k < n; k++) {
-        free_block_t *b = blocks[k];            /* newer: it goes ahead (LIFO reuse) */
-        b->next_enc = freelist_encode(first, s->key);
-        first = b;
-    }
-    arena_free_run(a, s, first, last, n);
+    const uintptr_t lo = (uintptr_t)s->start;
+    const uint64_t m = s->div_m;
+    for (uint32_t k = 0; k < n; k++)
+        slab_put_free(s, (uint32_t)slab_offset_index((uintptr_t)blocks[k] - lo, m));
+    arena_blocks_returned(a, s, n);
 }
 
 /* The transfer cache's blocks back to their slabs, a run of one slab at a
@@ -343,12 +344,10 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
     return got;
 }
 
-void arena_free_run(arena_t *a, slab_t *s, free_block_t *first, free_block_t *last, uint32_t n)
+void arena_blocks_returned(arena_t *a, slab_t *s, uint32_t n)
 {
     arena_bin_t *bin = &a->bins[s->cls];
     bool was_full = s->used == s->capacity;
-    last->next_enc = freelist_encode(s->free, s->key);
-    s->free = first;
     AO_int_store(&s->used, s->used - n);
     slab_note_draining(s);
     a->c.out_bytes -= (size_t)n * s->block_size;
@@ -386,7 +385,8 @@ void arena_release_dead_slab(arena_t *a, slab_t *s)
 void arena_free_block(arena_t *a, slab_t *s, free_block_t *b)
 {
     b->freed_key = loam_free_key;
-    arena_free_run(a, s, b, b, 1);
+    slab_put_free(s, (uint32_t)slab_block_index(s, (uintptr_t)b));
+    arena_blocks_returned(a, s, 1);
 }
 
 void arena_pending_add(arena_t *a, slab_t *s)
@@ -459,7 +459,7 @@ size_t arena_trim(arena_t *a, size_t *walk)
     arena_release_kept_slabs(a, true, 0);
     size_t bytes = arena_purge(a, true);
     /* Sparse slabs give back their free tails (a dense one has little to
-     * give, and walking its list would cost more). */
+     * give). */
     for (unsigned c = 0; c < NUM_CLASSES; c++)
         for (slab_t *s = a->bins[c].partial; s && *walk; s = s->next)
             if (!s->pending && s->used <= s->capacity / 8) {

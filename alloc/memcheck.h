@@ -10,8 +10,9 @@
  * free is reported by loam, not twice); destroying a heap drops its pool.
  * Memcheck then reports reads and writes of freed blocks with the stacks of
  * the allocation and the free.
- *  - The first two words of a free block stay accessible: they hold loam's
- *    list link and free key, which loam reads and writes while it is free.
+ *  - The second word of a free block stays accessible: it holds the free
+ *    key, which loam reads and writes while the block is free (and nothing
+ *    else of loam's: alloc.h).
  *  - The second word of a block handed out is defined (zero): loam reads it
  *    to tell free blocks, so an uninitialised read of that word is not
  *    reported.
@@ -49,7 +50,7 @@ static inline void mc_alloc(const void *heap, const void *p, size_t size, int ze
 static inline void mc_free(const void *heap, const void *p)
 {
     VALGRIND_MEMPOOL_FREE(heap, p);
-    VALGRIND_MAKE_MEM_UNDEFINED(p, 2 * sizeof(void *));
+    VALGRIND_MAKE_MEM_UNDEFINED((const char *)p + sizeof(void *), sizeof(void *));
 }
 
 /* A block that moved (large realloc by mremap) or changed size in place. */

@@ -85,9 +85,9 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
             size_t size = sizeclass_size[tcache_bin_class(bin)];
             mc_alloc(h, p, size, 0);
             /* Whole block: a conservative scan reads all of it, and stale
-             * words would keep dead objects alive. The free list's two words
-             * (the free key, which tcache_bin_take leaves) are always
-             * overwritten, even for atomic blocks. */
+             * words would keep dead objects alive. The first two words (the
+             * second holds the free key, which tcache_bin_take leaves) are
+             * always overwritten, even for atomic blocks. */
             size_t clear = kind == LOAM_ATOMIC ? 16 : size;
             if (LOAM_LIKELY(clear <= 64))
                 clear_small(p, clear);

@@ -20,8 +20,8 @@
  * take it for dead.
  *
  * Free blocks are told apart from allocated ones by the free key in their
- * second word (alloc.h): a block sitting in a thread cache or a free list is
- * free, and the sweep skips it, so no block is ever in two places. No free
+ * second word (alloc.h): a block sitting in a thread cache or a slab's free set
+ * is free, and the sweep skips it, so no block is ever in two places. No free
  * block is scanned (a conservative word may mark one: see mark.c). */
 #include "gc/gc.h"
 
@@ -45,17 +45,12 @@ uint64_t gc_now_ns(void)
  * order, in one pass: its memory is written once here and next when it is
  * handed out. A refill takes only the blocks it wants (sweep_take), their
  * addresses straight into the thread cache's array; a full visit
- * (sweep_pending) links the dead blocks into a chain with the slab's key
- * and hands it to the slab. */
-typedef struct sweep_chain {
-    void        **top;                 /* a refill's array, filled downwards; NULL: a chain */
-    uintptr_t     key;
-    uintptr_t     first_link;          /* the link slot before the first block */
-    uintptr_t    *link;                /* where the next block's link goes */
-    free_block_t *last;
+ * (sweep_pending) puts the dead blocks into the slab's free set. */
+typedef struct sweep_out {
+    void        **top;                 /* a refill's array, filled downwards; NULL: the free set */
     uint32_t      n;
     size_t        requested;           /* of the dead blocks (tracked heaps) */
-} sweep_chain_t;
+} sweep_out_t;
 
 /* free_key is loam_free_key, start and size s's, waste whether s tracks
  * requested sizes: read once per visit (the stores into blocks could alias
@@ -67,7 +62,7 @@ typedef struct sweep_chain {
  * either before the cursor or marked (gc_free_allowed), and marked blocks
  * are skipped. */
 static inline __attribute__((always_inline)) void
-sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c, uintptr_t free_key,
+sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, uintptr_t free_key,
            bool to_array, bool none_free, bool waste, uint32_t k)
 {
     free_block_t *b = (free_block_t *)(start + (size_t)k * size);
@@ -82,18 +77,16 @@ sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_chain_t *c
         c->n++;
         return;
     }
-    *c->link = freelist_encode(b, c->key);
-    c->link = &b->next_enc;
-    c->last = b;
+    slab_put_free(s, k);
     c->n++;
 }
 
-/* Sweep s from its cursor until `want` dead blocks are chained or the end
+/* Sweep s from its cursor until `want` dead blocks are out (in the array or the free set) or the end
  * is reached (then the slab's visit is complete: true). Marks are cleared
  * for whole words of blocks passed, so a visit stopped in a word keeps the
  * marks of that word's blocks still ahead of the cursor. */
 static inline __attribute__((always_inline)) bool
-sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *chain, uint32_t want, const bool to_array)
+sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *chain, uint32_t want, const bool to_array)
 {
     const uintptr_t free_key = loam_free_key;
     char *const start = s->start;
@@ -105,7 +98,7 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *chain, uin
     uint32_t bumped = s->bumped, k = s->visit_cursor;
     /* A generational heap's marks outlive the sweep: they say "old". */
     const bool keep_marks = gc_generational(gc);
-    sweep_chain_t c = *chain;
+    sweep_out_t c = *chain;
     if (step <= 64 && (step & (step - 1)) == 0) {
         /* Blocks of a power-of-two number of granules never straddle a word
          * of marks: a word holds 64 / step whole blocks (a slab starts on a
@@ -159,10 +152,7 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *chain, uin
             sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, k);
         }
     }
-    /* not first_link: the chain's first link was written through c.link */
     chain->top = c.top;
-    chain->link = c.link;
-    chain->last = c.last;
     chain->n = c.n;
     chain->requested = c.requested;
     if (k >= bumped) {
@@ -174,12 +164,12 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *chain, uin
 }
 
 /* The two uses apart, so that neither tests which it is for every block. */
-static bool sweep_chain(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_chain_t *c, uint32_t want)
+static bool sweep_some(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *c, uint32_t want)
 {
     return c->top ? sweep_visit(gc, seg, s, c, want, true) : sweep_visit(gc, seg, s, c, want, false);
 }
 
-static void sweep_note(gc_state_t *gc, slab_t *s, const sweep_chain_t *c)
+static void sweep_note(gc_state_t *gc, slab_t *s, const sweep_out_t *c)
 {
     if (c->requested)
         AO_fetch_and_add(&gc->heap->requested, (AO_t)0 - c->requested);
@@ -198,12 +188,11 @@ static segment_t *segment_of_slab(slab_t *s)
 static void sweep_pending(arena_t *a, slab_t *s)
 {
     gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
-    sweep_chain_t c = { .key = s->key };
-    c.link = &c.first_link;
-    sweep_chain(gc, segment_of_slab(s), s, &c, UINT32_MAX);
+    sweep_out_t c = { 0 };
+    sweep_some(gc, segment_of_slab(s), s, &c, UINT32_MAX);
     arena_pending_done(a, s);
     if (c.n)
-        arena_free_run(a, s, freelist_decode(c.first_link, s->key), c.last, c.n);
+        arena_blocks_returned(a, s, c.n);
     sweep_note(gc, s, &c);
 }
 
@@ -212,8 +201,8 @@ static void sweep_pending(arena_t *a, slab_t *s)
 static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, void **top)
 {
     gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
-    sweep_chain_t c = { .top = top };
-    bool done = sweep_chain(gc, segment_of_slab(s), s, &c, n);
+    sweep_out_t c = { .top = top };
+    bool done = sweep_some(gc, segment_of_slab(s), s, &c, n);
     if (done)
         arena_pending_done(a, s);
     sweep_note(gc, s, &c);
@@ -364,10 +353,10 @@ size_t gc_sweep(gc_state_t *gc)
                     arena_pending_add(a, s);        /* its sweep clears its marks */
                     /* Thread caches are empty now (the world is stopped,
                      * gc_collect emptied them) and a collected heap's arenas
-                     * keep no transfer cache: a slab's free blocks are all on
-                     * its list, and every block below its bump line that is
+                     * keep no transfer cache: a slab's free blocks are all in
+                     * its free set, and every block below its bump line that is
                      * not is allocated. */
-                    s->visit_none_free = s->free == NULL && s->used == s->bumped;
+                    s->visit_none_free = s->used == s->bumped;
                 } else
                     gc_clear_slab_marks(seg, s);    /* a free block may have been marked */
             }

@@ -7,7 +7,7 @@
  *
  * Invariant kept here: a block is pushed at most once per collection (its bit
  * is set when pushed), and only allocated blocks are marked — a block whose
- * second word carries the free key is free (in a free list or a thread cache)
+ * second word carries the free key is free (in a slab's free set or a thread cache)
  * and is never pushed, so a trace callback never sees a free block.
  *
  * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers, once

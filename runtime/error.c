@@ -54,7 +54,7 @@ void loam_fault(loam_heap_t *h, const char *fault, const void *addr, size_t size
     abort();
 }
 
-/* Corruption found inside the core (a free list that points outside its slab). */
+/* Corruption found inside the core (a free block's key overwritten). */
 static void core_fault(const char *what, void *addr)
 {
     char buf[256];

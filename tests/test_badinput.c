@@ -121,11 +121,11 @@ Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
     loam_free(p);
 }
 
-/* A write through a dangling pointer into a block on its slab's free list
- * (no thread cache: the free went straight to the slab) corrupts the list's
- * link: the next refill that follows it stops the process, naming heap
- * corruption, rather than hand out an address chosen by the write. */
-Test(abort, written_free_list_link_is_caught, .signal = SIGABRT)
+/* A write through a dangling pointer over a block in its slab's free set
+ * (no thread cache: the free went straight to the slab) wipes its free key:
+ * the refill that takes it stops the process, naming heap corruption,
+ * rather than hand out a block whose double free could no longer be told. */
+Test(abort, written_free_block_is_caught, .signal = SIGABRT)
 {
     loam_option_set("tcache_max", 0);
     loam_heap_t *h = loam_heap_new(NULL);
@@ -134,11 +134,10 @@ Test(abort, written_free_list_link_is_caught, .signal = SIGABRT)
     void *q = loam_malloc(h, 64);
     (void)keep;
     loam_free(q);
-    loam_free(p);                         /* the list: p, then q */
-    memcpy(p, &(void *){ static_buffer }, sizeof(void *));
-    void *a = loam_malloc(h, 64);         /* p: its link is followed here */
-    void *b = loam_malloc(h, 64);
-    cr_log_error("not caught: malloc returned %p and %p (static buffer %p)", a, b, (void *)static_buffer);
+    loam_free(p);
+    memset(p, 0x41, 64);
+    void *a = loam_malloc(h, 64);         /* p, the lowest free block: its key is checked */
+    cr_log_error("not caught: malloc returned %p (the written block %p)", a, p);
 }
 
 Test(abort, double_free_after_trim, .signal = SIGABRT)
@@ -756,6 +755,36 @@ Test(callback, write_into_cached_block_cannot_steer_malloc)
     for (int i = 0; i < N; i++)
         loam_free(p[i]);
     for (int i = 0; i < N; i++)           /* the first word: where a list's link would be */
+        memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
+    for (int i = 0; i < N; i++) {
+        again[i] = loam_malloc(h, 64);
+        cr_assert_not_null(again[i]);
+        cr_assert_neq(again[i], (void *)static_buffer, "malloc handed out the address written into a free block");
+        cr_assert_eq(loam_heap_of(again[i]), h, "malloc %d returned %p, not a block of the heap", i, again[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
+    }
+    cr_assert_eq(rec.calls, 0, "a fault was reported: %s", rec.msg);
+    for (int i = 0; i < N; i++)
+        loam_free(again[i]);
+    loam_heap_destroy(h);
+}
+
+/* A block in its slab's free set (no thread cache) with its first word
+ * written (where a free list would keep its link): no later malloc is steered by it, since loam keeps
+ * no pointer in a free block. */
+Test(callback, write_into_free_block_in_its_slab_cannot_steer_malloc)
+{
+    loam_option_set("tcache_max", 0);
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    enum { N = 8 };
+    void *p[N], *again[N];
+    for (int i = 0; i < N; i++)
+        p[i] = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        loam_free(p[i]);
+    for (int i = 0; i < N; i++)
         memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
     for (int i = 0; i < N; i++) {
         again[i] = loam_malloc(h, 64);
