@@ -130,20 +130,7 @@ uint64_t os_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Secrets for free-list encoding are needed per slab and per cache: a
- * splitmix64 stream seeded once from the kernel, not a syscall each. */
-static AO_t random_state;
-
-uintptr_t os_random(void)
-{
-    if (LOAM_UNLIKELY(AO_load(&random_state) == 0))
-        AO_compare_and_swap(&random_state, 0, os_random_seed());
-    uintptr_t z = AO_fetch_and_add(&random_state, 0x9E3779B97F4A7C15ull) + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (z ^ (z >> 31)) | 1;
-}
-
+/* The process's free key (runtime/init.c). */
 uintptr_t os_random_seed(void)
 {
     uintptr_t r = 0;

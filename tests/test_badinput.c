@@ -140,6 +140,23 @@ Test(abort, written_free_block_is_caught, .signal = SIGABRT)
     cr_log_error("not caught: malloc returned %p (the written block %p)", a, p);
 }
 
+/* A double free whose block had its free key overwritten in between (a
+ * write through the same dangling pointer) gets past the key; its slab then
+ * finds the block in its free set already and stops the process, rather
+ * than let it out twice. */
+Test(abort, double_free_of_a_written_free_block, .signal = SIGABRT)
+{
+    loam_option_set("tcache_max", 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    (void)keep;
+    loam_free(p);
+    memset(p, 0, 64);
+    loam_free(p);
+    cr_log_error("not caught: the second free of %p returned", p);
+}
+
 Test(abort, double_free_after_trim, .signal = SIGABRT)
 {
     /* the block's slab was emptied and handed back: the address is no block now */
