@@ -164,6 +164,8 @@ typedef struct segment {
     struct arena *arena;
     void         *owner;         /* the arena's owner, one load away for lookups */
     struct segment *next, *prev; /* the arena's segments */
+    struct segment *dirty_next, *dirty_prev;   /* the arena's dirty list (segment.c) */
+    bool          dirty;         /* on it */
     uint32_t      used_pages;    /* pages in slabs */
     uint32_t      decommitting;  /* runs being given back with the lock dropped: the
                                     segment is not released meanwhile */
@@ -421,6 +423,10 @@ typedef struct arena {
     arena_bin_t bins[NUM_CLASSES];
     slab_t    *free_runs[PAGES_PER_SEGMENT];   /* by run length; committed and not */
     segment_t *segments;
+    /* Segments that may hold committed free pages, or no slab: the only
+     * ones decay and give-back have work in, so their walks cost what is
+     * there to give, not the size of the heap (segment.c). */
+    segment_t *dirty;
     large_t   *large;
     /* Freed mappings kept for reuse (large.c), oldest first. An array in the
      * arena, not a list through the mappings: choosing one read every
@@ -434,6 +440,8 @@ typedef struct arena {
     bool       huge_pages;              /* its segments ask for them (segment.c) */
     size_t     retain_floor;            /* committed free-run bytes kept at least, set by
                                            the owner (arena_set_retain_floor); under the lock */
+    uint64_t   kept_classes[(NUM_CLASSES + 63) / 64];   /* bit per class that may have an
+                                           empty slab kept on its partial list */
     slab_t    *pending[NUM_CLASSES];    /* slabs the layer above visits before use */
     size_t     pending_count;
     bool       sweeping;                /* a walk of the segments is under way: no purge */

@@ -365,6 +365,7 @@ void arena_blocks_returned(arena_t *a, slab_t *s, uint32_t n)
              * signal the thread on every turn). A purge that runs for other
              * memory releases it once decay_ms has passed. */
             s->freed_at_ms = os_now_ms();
+            a->kept_classes[s->cls / 64] |= (uint64_t)1 << (s->cls % 64);
             return;
         }
         partial_remove(bin, s);
@@ -429,24 +430,39 @@ void arena_pending_visit_all(arena_t *a)
             alloc_pending_hook(a, a->pending[c]);
 }
 
+/* Only the classes that kept an empty slab since their last look are
+ * walked (kept_classes), unless forced: the partial lists of a big
+ * fragmented heap hold most of its slabs. */
 bool arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
 {
     bool left = false;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        uint64_t bit = (uint64_t)1 << (c % 64);
+        if (!force && !(a->kept_classes[c / 64] & bit))
+            continue;
+        bool kept = false;
         slab_t *next;
         for (slab_t *s = a->bins[c].partial; s; s = next) {
             next = s->next;
-            if (s->used != 0 || s->pending)
+            if (s->used != 0)
                 continue;
+            if (s->pending) {
+                kept = true;            /* empty once its visit is done: look again */
+                continue;
+            }
             if (force || now - s->freed_at_ms >= alloc_tuning.decay_ms) {
                 partial_remove(&a->bins[c], s);
                 slab_fini(s);
                 a->c.slabs_released++;
                 run_free(a, s);
             } else {
-                left = true;
+                kept = left = true;
             }
         }
+        if (kept)
+            a->kept_classes[c / 64] |= bit;
+        else
+            a->kept_classes[c / 64] &= ~bit;
     }
     return left;
 }

@@ -118,6 +118,38 @@ static slab_t *run_make(segment_t *seg, unsigned first, unsigned pages, enum run
 
 /* ---- segments ---------------------------------------------------------- */
 
+/* The dirty list: every segment with a free run that holds committed pages,
+ * and every segment with no slab, is on it (others may be too). A segment
+ * joins when a run is freed into it or it is made, and leaves when a purge
+ * finds nothing there to give back or release. Decay once walked every run
+ * of every segment, a twentieth of a second apart: with 8 GiB live in 1 KiB
+ * blocks, 13 % of a malloc/free loop's time went to arena_purge. */
+static void dirty_add(arena_t *a, segment_t *seg)
+{
+    if (seg->dirty)
+        return;
+    seg->dirty = true;
+    seg->dirty_prev = NULL;
+    seg->dirty_next = a->dirty;
+    if (a->dirty)
+        a->dirty->dirty_prev = seg;
+    a->dirty = seg;
+}
+
+static void dirty_remove(arena_t *a, segment_t *seg)
+{
+    if (!seg->dirty)
+        return;
+    seg->dirty = false;
+    if (seg->dirty_prev)
+        seg->dirty_prev->dirty_next = seg->dirty_next;
+    else
+        a->dirty = seg->dirty_next;
+    if (seg->dirty_next)
+        seg->dirty_next->dirty_prev = seg->dirty_prev;
+    seg->dirty_next = seg->dirty_prev = NULL;
+}
+
 static segment_t *segment_new(arena_t *a)
 {
     if (!budget_charge(a->budget, SEGMENT_HEADER_COMMIT))
@@ -145,6 +177,7 @@ static segment_t *segment_new(arena_t *a)
         a->segments->prev = seg;
     a->segments = seg;
     a->segment_count++;
+    dirty_add(a, seg);
     segmap_set((uintptr_t)seg, SEGMENT_SIZE, seg);
     segkind_set((uintptr_t)seg, SEGMENT_SLABS);
     return seg;
@@ -202,6 +235,7 @@ static void segment_release(arena_t *a, segment_t *seg)
 {
     slab_t *r = &seg->slabs[1];
     run_bin_remove(a, r);
+    dirty_remove(a, seg);
     segment_decommit_pages(seg, ~0ull);
     if (seg->prev)
         seg->prev->next = seg->next;
@@ -233,6 +267,7 @@ void segment_release_all(arena_t *a)
         os_release(seg, SEGMENT_SIZE);
     }
     a->segment_count = 0;
+    a->dirty = NULL;
     memset(a->free_runs, 0, sizeof a->free_runs);
 }
 
@@ -275,7 +310,7 @@ static size_t run_give_back(segment_t *seg, const slab_t *r, size_t bytes)
 static size_t retained_give_back(arena_t *a, size_t bytes)
 {
     size_t given = 0;
-    for (segment_t *seg = a->segments; seg && given < bytes; seg = seg->next)
+    for (segment_t *seg = a->dirty; seg && given < bytes; seg = seg->dirty_next)
         for (unsigned p = 1; p < PAGES_PER_SEGMENT && given < bytes; p += seg->slabs[p].pages)
             if (seg->slabs[p].state == RUN_FREE)
                 given += run_give_back(seg, &seg->slabs[p], bytes - given);
@@ -403,6 +438,7 @@ static slab_t *run_insert_free(arena_t *a, segment_t *seg, unsigned first, unsig
     slab_t *merged = run_make(seg, first, pages, RUN_FREE);
     merged->freed_at_ms = now;
     run_bin_insert(a, merged);
+    dirty_add(a, seg);
     return merged;
 }
 
@@ -533,8 +569,8 @@ size_t arena_decommit_excess(arena_t *a)
         AO_char_store(&a->decommit_due, 0);
         large_t *unmap = large_cache_take_excess_locked(a);
         size_t budget = retained_budget(a);
-        for (segment_t *seg = a->segments; seg && n < DECOMMIT_BATCH && a->retained_bytes > budget;
-             seg = seg->next)
+        for (segment_t *seg = a->dirty; seg && n < DECOMMIT_BATCH && a->retained_bytes > budget;
+             seg = seg->dirty_next)
             for (unsigned p = 1; p < PAGES_PER_SEGMENT && n < DECOMMIT_BATCH &&
                                  a->retained_bytes > budget;) {
                 slab_t *r = &seg->slabs[p];
@@ -603,8 +639,8 @@ size_t arena_purge(arena_t *a, bool force)
     if (!force)
         left = arena_release_kept_slabs(a, false, now);
     segment_t *next;
-    for (segment_t *seg = a->segments; seg; seg = next) {
-        next = seg->next;
+    for (segment_t *seg = a->dirty; seg; seg = next) {
+        next = seg->dirty_next;
         if (seg->used_pages == 0 && seg->decommitting == 0) {
             /* A wholly free segment goes back entirely once its decay passes. */
             if (force || now - seg->empty_since_ms >= decay) {
@@ -616,16 +652,19 @@ size_t arena_purge(arena_t *a, bool force)
             }
             continue;
         }
+        bool keeps = false;         /* committed free pages still waiting for decay */
         for (unsigned p = 1; p < PAGES_PER_SEGMENT;) {
             slab_t *r = &seg->slabs[p];
             if (r->state == RUN_FREE && (seg->committed_mask & run_mask(p, r->pages))) {
                 if (force || now - r->freed_at_ms >= decay)
                     bytes += segment_decommit_pages(seg, run_mask(p, r->pages));
                 else
-                    left = true;
+                    keeps = left = true;
             }
             p += r->pages;
         }
+        if (!keeps && seg->used_pages != 0)
+            dirty_remove(a, seg);   /* a run freed or decommitted later brings it back */
     }
     bytes += large_cache_purge(a, force, now, &left);
     a->decay_left = left;

@@ -792,6 +792,75 @@ Test(rss, without_purge_thread_an_idle_heap_keeps_memory, .timeout = 60)
                   "only %zu KiB resident: something else returned the memory", st.resident_bytes / KiB);
 }
 
+/* A slab that empties while it is its class's only one is kept for the next
+ * malloc of the class. Once it has stayed empty past decay_ms, the next
+ * purge releases it, whatever runs that purge (here: a refill of another
+ * class, with no background thread, which would trim the idle heap whole).
+ * Decay looks only at the classes that kept a slab since its last look
+ * (arena.c, kept_classes): this checks that the kept slab was noted. */
+Test(rss, an_empty_slab_kept_for_reuse_goes_back_after_decay, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    cr_assert_eq(loam_option_set("tcache_max", 0), 0);     /* frees go to the slabs */
+    cr_assert_eq(loam_option_set("purge_thread", 0), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    loam_free(loam_malloc(h, 64));
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.slab_bytes, 64 * KiB, "the empty slab should be kept at first: %zu KiB in slabs",
+                 st.slab_bytes / KiB);
+    sleep_ms(100);
+    enum { N = 256 };                   /* 1 KiB blocks: four slabs of 64 KiB */
+    void *q[N];
+    for (int i = 0; i < N; i++)
+        q[i] = loam_malloc(h, 1024);
+    for (int i = 0; i < N; i++)
+        loam_free(q[i]);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.slab_bytes, 64 * KiB,
+                 "%zu KiB in slabs: the 1 KiB class keeps one, and the 64 B class's kept slab "
+                 "should be gone", st.slab_bytes / KiB);
+    loam_heap_destroy(h);
+}
+
+/* Decay walks only the segments that may have something to give (segment.c,
+ * the dirty list): one it found full leaves the list, and must come back
+ * when runs are freed into it later, or their pages would stay committed
+ * for ever. */
+Test(rss, runs_freed_into_a_segment_decay_found_full_decay_too, .timeout = 60)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 50), 0);
+    cr_assert_eq(loam_option_set("tcache_max", 0), 0);     /* every malloc refills: purges run */
+    cr_assert_eq(loam_option_set("purge_thread", 0), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    enum { N = 12 * 1024 };             /* 12 MiB of 1 KiB blocks: three segments and more */
+    void **q = malloc(N * sizeof *q);
+    cr_assert_not_null(q);
+    for (int i = 0; i < N; i++)
+        q[i] = loam_malloc(h, 1024);
+    sleep_ms(100);
+    loam_free(loam_malloc(h, 64));      /* a purge: it finds the full segments clean */
+    for (int i = 0; i < N / 2; i++)     /* the first half: whole slabs empty, runs go free */
+        loam_free(q[i]);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_geq(st.free_run_bytes, 4 * MiB, "only %zu KiB of free runs kept", st.free_run_bytes / KiB);
+    /* The next purges: the runs are past decay_ms. The first also releases
+     * the class's kept slab, whose segment is then empty since that moment,
+     * and goes back at the second. */
+    for (int purge = 0; purge < 2; purge++) {
+        sleep_ms(100);
+        loam_free(loam_malloc(h, 64));
+    }
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.free_run_bytes, 0, "%zu KiB of free runs still committed past decay_ms",
+                 st.free_run_bytes / KiB);
+    for (int i = N / 2; i < N; i++)
+        loam_free(q[i]);
+    free(q);
+    loam_heap_destroy(h);
+}
+
 /* Trim shrinks a sparse slab to just past its last allocated block: the
  * pages beyond are no longer resident, the blocks there are handed out again
  * (fresh), and a second free of one of them is still a fault. */
