@@ -73,7 +73,7 @@ int wl_batch(const bench_opts_t *o)
 #define BATCH_RANDOM 50000
 int wl_batch_random(const bench_opts_t *o)
 {
-    long rounds = bench_scaled(o, 20000000) / BATCH_RANDOM;
+    long rounds = bench_scaled(o, 8000000) / BATCH_RANDOM;
     if (rounds < 1)
         rounds = 1;
     bench_rng_t rng = { o->seed };
