@@ -55,19 +55,20 @@ typedef struct sweep_out {
 /* free_key is loam_free_key, start and size s's, waste whether s tracks
  * requested sizes: read once per visit (the stores into blocks could alias
  * them, which would reload them for every block; c is the caller's local
- * copy for the same reason). none_free: the slab had no free block when it
- * became pending (gc_sweep), so an unmarked block is dead without a look at
- * its key: that read was the block's first touch, a cache miss nothing
- * overlapped (nearly half the sweep's samples). A block freed since is
- * either before the cursor or marked (gc_free_allowed), and marked blocks
- * are skipped. */
+ * copy for the same reason). An unmarked block is dead unless it is in the
+ * slab's free set (thread caches are empty: gc_collect flushed them before
+ * the slab became pending). The set is read, not the block's free key: that
+ * read was the block's first touch, a cache miss nothing overlapped (nearly
+ * half the sweep's samples). none_free: the set was empty when the slab
+ * became pending (gc_sweep), and a block freed since is either before the
+ * cursor or marked (gc_free_allowed), so not even the set is read. */
 static inline __attribute__((always_inline)) void
 sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, uintptr_t free_key,
            bool to_array, bool none_free, bool waste, uint32_t k)
 {
     free_block_t *b = (free_block_t *)(start + (size_t)k * size);
-    if (!none_free && b->freed_key == free_key)
-        return;                           /* free already: on a list */
+    if (!none_free && (s->free_bits[k / 64] >> (k % 64) & 1))
+        return;                           /* free already: in the free set */
     if (LOAM_UNLIKELY(waste))
         c->requested += slab_get_requested(s, k);
     mc_free(gc->heap, b);
@@ -81,12 +82,13 @@ sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, 
     c->n++;
 }
 
-/* Sweep s from its cursor until `want` dead blocks are out (in the array or the free set) or the end
- * is reached (then the slab's visit is complete: true). Marks are cleared
- * for whole words of blocks passed, so a visit stopped in a word keeps the
- * marks of that word's blocks still ahead of the cursor. */
+/* Sweep s from its cursor until `want` dead blocks are out (in the array or
+ * the free set) or the end is reached (then the slab's visit is complete:
+ * true). Marks are cleared for whole words of blocks passed, so a visit
+ * stopped in a word keeps the marks of that word's blocks still ahead of
+ * the cursor. */
 static inline __attribute__((always_inline)) bool
-sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *chain, uint32_t want, const bool to_array)
+sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_t want, const bool to_array)
 {
     const uintptr_t free_key = loam_free_key;
     char *const start = s->start;
@@ -98,7 +100,7 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *chain, uint3
     uint32_t bumped = s->bumped, k = s->visit_cursor;
     /* A generational heap's marks outlive the sweep: they say "old". */
     const bool keep_marks = gc_generational(gc);
-    sweep_out_t c = *chain;
+    sweep_out_t c = *out;
     if (step <= 64 && (step & (step - 1)) == 0) {
         /* Blocks of a power-of-two number of granules never straddle a word
          * of marks: a word holds 64 / step whole blocks (a slab starts on a
@@ -152,9 +154,9 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *chain, uint3
             sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, k);
         }
     }
-    chain->top = c.top;
-    chain->n = c.n;
-    chain->requested = c.requested;
+    out->top = c.top;
+    out->n = c.n;
+    out->requested = c.requested;
     if (k >= bumped) {
         s->visit_cursor = bumped;
         return true;
