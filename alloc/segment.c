@@ -357,14 +357,23 @@ static unsigned run_committed_window(const slab_t *r, unsigned pages)
  * smallest run that fitted, often one given back, while committed runs
  * waited in bigger bins (GCBench faulted 2,100 of its 2,400 fresh pages
  * with 124 pages retained). */
+#define RUN_FIND_COMMITTED_LOOKS 64
+
 static slab_t *run_find_committed(arena_t *a, unsigned pages, unsigned *at)
 {
     if (a->retained_bytes < (size_t)pages * PAGE_SIZE)
         return NULL;
+    /* At most RUN_FIND_COMMITTED_LOOKS runs, smallest first: a big heap
+     * with many free runs given back would otherwise be walked whole for
+     * each new slab. */
+    unsigned looks = RUN_FIND_COMMITTED_LOOKS;
     for (unsigned p = pages; p < PAGES_PER_SEGMENT; p++)
-        for (slab_t *r = a->free_runs[p]; r; r = r->next)
+        for (slab_t *r = a->free_runs[p]; r; r = r->next) {
             if ((*at = run_committed_window(r, pages)) != 0)
                 return r;
+            if (--looks == 0)
+                return NULL;
+        }
     return NULL;
 }
 
