@@ -351,7 +351,7 @@ static inline void slab_set_bumped(slab_t *s, uint32_t bumped)
 /* Block i of s goes back into its slab's free set (arena lock held). Its
  * bit set already means a block freed twice that got past the free key (a
  * write into the freed block overwrote it): slab_free_twice stops there. */
-LOAM_INTERNAL void slab_free_twice(slab_t *s, uint32_t i);
+LOAM_INTERNAL _Noreturn void slab_free_twice(slab_t *s, uint32_t i) __attribute__((cold));
 static inline void slab_put_free(slab_t *s, uint32_t i)
 {
     uint64_t *w = &s->free_bits[i / 64], bit = (uint64_t)1 << (i % 64);

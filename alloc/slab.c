@@ -24,14 +24,14 @@
 
 void (*alloc_fault_hook)(const char *what, void *addr);
 
-static void slab_fault(const char *what, void *addr)
+static _Noreturn void slab_fault(const char *what, void *addr)
 {
     if (alloc_fault_hook)
         alloc_fault_hook(what, addr);
     __builtin_trap();
 }
 
-void slab_free_twice(slab_t *s, uint32_t i)
+_Noreturn void slab_free_twice(slab_t *s, uint32_t i)
 {
     slab_fault("double free (the block is free in its slab already)", s->start + (size_t)i * s->block_size);
 }
