@@ -788,8 +788,8 @@ Test(callback, write_into_cached_block_cannot_steer_malloc)
 }
 
 /* A block in its slab's free set (no thread cache) with its first word
- * written (where a free list would keep its link): no later malloc is steered by it, since loam keeps
- * no pointer in a free block. */
+ * written (where a free list would keep its link): no later malloc is
+ * steered by it, since loam keeps no pointer in a free block. */
 Test(callback, write_into_free_block_in_its_slab_cannot_steer_malloc)
 {
     loam_option_set("tcache_max", 0);

@@ -630,7 +630,7 @@ Test(gc, loam_free_of_collected_blocks)
 
 /* The lazy sweep takes an unmarked block for dead without reading it when
  * its slab had no free block at the collection (slabs filled to the last
- * block). Blocks freed before a collection (on free lists), and live ones
+ * block). Blocks freed before a collection (in free sets), and live ones
  * freed while their slabs still wait for the sweep, must still never be
  * handed out twice: every round checks that no two live slots share an
  * address and that every live block kept its contents. Both heaps: plain

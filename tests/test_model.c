@@ -384,7 +384,7 @@ Test(model, no_cache_eager_decay, .fini = free_model)
 }
 
 /* A small live set: nearly every allocation reuses a just-freed block, which
- * exercises thread caches and free lists hard. */
+ * exercises thread caches and slabs' free sets hard. */
 Test(model, churn_small_live_set, .fini = free_model)
 {
     run_model("model/churn_small_live_set", 2, 0, 48, 600000);
