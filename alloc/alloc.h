@@ -75,8 +75,8 @@ static inline unsigned sizeclass_of(size_t n)
 /* A free block holds the double-free key in its second word (every block is
  * at least 16 bytes). Nothing else of loam's: which blocks of a slab are free
  * is in the slab's free set, a bitmap outside the blocks (slab.c), and a
- * thread cache holds addresses in an array. The first word is the program's
- * (the collector's sweep chains dead blocks through it for a moment). */
+ * thread cache holds addresses in an array. The first word is the
+ * program's. */
 typedef struct free_block {
     uintptr_t word0;
     uintptr_t freed_key;
@@ -85,7 +85,6 @@ typedef struct free_block {
 /* Process secret written into every block that is free, and cleared when the
  * block is handed out: a free of a block already carrying it is a double free. */
 extern LOAM_INTERNAL uintptr_t loam_free_key;
-
 
 /* ---- budget: committed bytes charged to an owner (the heap's limit) ---- */
 struct arena;

@@ -351,14 +351,14 @@ static unsigned run_committed_window(const slab_t *r, unsigned pages)
     return w ? (unsigned)__builtin_ctzll(w) : 0;
 }
 
+#define RUN_FIND_COMMITTED_LOOKS 64
+
 /* A free run holding `pages` committed pages in a row, and where they start
  * (*at), or NULL. Only when the arena retains that much: committed pages
  * are reused before fresh ones are faulted in. First fit alone took the
  * smallest run that fitted, often one given back, while committed runs
  * waited in bigger bins (GCBench faulted 2,100 of its 2,400 fresh pages
  * with 124 pages retained). */
-#define RUN_FIND_COMMITTED_LOOKS 64
-
 static slab_t *run_find_committed(arena_t *a, unsigned pages, unsigned *at)
 {
     if (a->retained_bytes < (size_t)pages * PAGE_SIZE)

@@ -10,9 +10,10 @@
  *     its own (a hash table, a tree) then had every refill follow links
  *     from one cold block to the next, each load waiting for the one before
  *     (bench's batch-random, 50,000 mixed blocks freed at random: 94 ns per
- *     malloc and free against mimalloc's 22; 51 ns with the bitmap). From the bitmap, blocks go out in address
- *     order: the loads of their keys are independent, and the program that
- *     fills them goes through memory forwards.
+ *     malloc and free against mimalloc's 22; 51 ns with the bitmap). From
+ *     the bitmap, blocks go out in address order: the loads of their keys
+ *     are independent, and the program that fills them goes through memory
+ *     forwards.
  *   - Safety: no pointer of loam's lives in a free block, so a write through
  *     a dangling pointer cannot aim an allocation; the only word loam reads
  *     there is the free key, checked as each block leaves. */
