@@ -110,13 +110,22 @@ Test(abort, double_free_of_a_block_in_the_transfer_cache, .signal = SIGABRT)
     loam_free(xf_q[0]);
 }
 
-Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
+/* A heap with no thread caches (frees go straight to the slab), one 64-byte
+ * block kept out so the slab never empties, and *p a second one. */
+static loam_heap_t *slab_path_heap(void **p)
 {
     loam_option_set("tcache_max", 0);
     loam_heap_t *h = loam_heap_new(NULL);
     void *keep = loam_malloc(h, 64);
-    void *p = loam_malloc(h, 64);
     (void)keep;
+    *p = loam_malloc(h, 64);
+    return h;
+}
+
+Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
+{
+    void *p;
+    slab_path_heap(&p);
     loam_free(p);
     loam_free(p);
 }
@@ -127,12 +136,9 @@ Test(abort, double_free_without_thread_cache, .signal = SIGABRT)
  * rather than hand out a block whose double free could no longer be told. */
 Test(abort, written_free_block_is_caught, .signal = SIGABRT)
 {
-    loam_option_set("tcache_max", 0);
-    loam_heap_t *h = loam_heap_new(NULL);
-    void *keep = loam_malloc(h, 64);
-    void *p = loam_malloc(h, 64);
+    void *p;
+    loam_heap_t *h = slab_path_heap(&p);
     void *q = loam_malloc(h, 64);
-    (void)keep;
     loam_free(q);
     loam_free(p);
     memset(p, 0x41, 64);
@@ -146,11 +152,8 @@ Test(abort, written_free_block_is_caught, .signal = SIGABRT)
  * than let it out twice. */
 Test(abort, double_free_of_a_written_free_block, .signal = SIGABRT)
 {
-    loam_option_set("tcache_max", 0);
-    loam_heap_t *h = loam_heap_new(NULL);
-    void *keep = loam_malloc(h, 64);
-    void *p = loam_malloc(h, 64);
-    (void)keep;
+    void *p;
+    slab_path_heap(&p);
     loam_free(p);
     memset(p, 0, 64);
     loam_free(p);
