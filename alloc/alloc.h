@@ -498,9 +498,13 @@ static inline uint32_t slab_run_end(void *const *blocks, uint32_t i, uint32_t n,
     *sp = s;
     return i;
 }
-/* Return n free blocks of slab s (carrying the free key) at once (lock
- * held): into its free set, then arena_blocks_returned. */
-LOAM_INTERNAL void     arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n);
+/* n free blocks of one size class (carrying the free key), each of any
+ * slab and arena, back into their slabs one at a time: a cache flushed after random-order frees
+ * holds runs of one block, for which the run-at-a-time path costs twice as
+ * much. *held is the arena whose lock the caller holds (NULL: none); the
+ * lock moves to each block's arena as needed, and the caller releases
+ * *held's at the end. */
+LOAM_INTERNAL void     arena_free_blocks(arena_t **held, void *const *blocks, uint32_t n);
 /* Raise the arena's high-water mark (lock held). */
 LOAM_INTERNAL void     arena_note_peak(arena_t *a);
 /* Return a block to its slab (the slab's arena lock held). */

@@ -262,18 +262,15 @@ static unsigned xfer_take(arena_t *a, unsigned cls, unsigned n, void **top)
     return k;
 }
 
-/* arena_blocks_returned, inline where blocks go back one slab's run at a
- * time (a thread freeing a big heap in random order flushes runs of one
- * block: the call was a third of their cost). */
-static inline __attribute__((always_inline)) void blocks_returned(arena_t *a, slab_t *s, uint32_t n)
+/* A slab's used count fell from `before` to s->used, and that crossed one
+ * of its edges: it was full (back onto its partial list), it drains (frees
+ * bypass caches), or it is empty (released, or kept). Out of line: the
+ * common block back changes only the counts. */
+static __attribute__((noinline)) void slab_used_fell(arena_t *a, slab_t *s, uint32_t before)
 {
     arena_bin_t *bin = &a->bins[s->cls];
-    bool was_full = s->used == s->capacity;
-    AO_int_store(&s->used, s->used - n);
     slab_note_draining(s);
-    a->c.out_bytes -= (size_t)n * s->block_size;
-    a->c.out_blocks -= n;
-    if (was_full)
+    if (before == s->capacity)
         partial_push_tail(bin, s);
     if (s->used == 0) {
         /* Keep a pending slab (the layer above has not visited it yet), and
@@ -294,29 +291,80 @@ static inline __attribute__((always_inline)) void blocks_returned(arena_t *a, sl
     }
 }
 
+/* n blocks are back in slab s's free set: its used count, and its edges.
+ * owner_slot needs no update unless used fell to drain_below: above it the
+ * slot is the home slot already (slab_note_draining's invariant). The
+ * arena's counts are the caller's. */
+static inline __attribute__((always_inline)) void slab_used_sub(arena_t *a, slab_t *s, uint32_t n)
+{
+    uint32_t before = s->used, used = before - n;
+    AO_int_store(&s->used, used);
+    if (LOAM_UNLIKELY(before == s->capacity || used <= s->drain_below))
+        slab_used_fell(a, s, before);
+}
+
+/* arena_blocks_returned, inline for arena_free_block. */
+static inline __attribute__((always_inline)) void blocks_returned(arena_t *a, slab_t *s, uint32_t n)
+{
+    a->c.out_bytes -= (size_t)n * s->block_size;
+    a->c.out_blocks -= n;
+    slab_used_sub(a, s, n);
+}
+
 void arena_blocks_returned(arena_t *a, slab_t *s, uint32_t n)
 {
     blocks_returned(a, s, n);
 }
 
-void arena_free_slab_blocks(arena_t *a, slab_t *s, void *const *blocks, uint32_t n)
+/* Blocks [from, to) of a flush went back to arena a's slabs: its counts. */
+static void arena_blocks_back(arena_t *a, uint32_t from, uint32_t to, size_t size)
 {
-    const uintptr_t lo = (uintptr_t)s->start;
-    const uint64_t m = s->div_m;
-    for (uint32_t k = 0; k < n; k++)
-        slab_put_free(s, (uint32_t)slab_offset_index((uintptr_t)blocks[k] - lo, m));
-    blocks_returned(a, s, n);
+    a->c.out_bytes -= (size_t)(to - from) * size;
+    a->c.out_blocks -= to - from;
 }
 
-/* The transfer cache's blocks back to their slabs, a run of one slab at a
- * time. */
-static void xfer_free_to_slabs(arena_t *a, void *const *blocks, uint32_t n)
+void arena_free_blocks(arena_t **held, void *const *blocks, uint32_t n)
 {
-    for (uint32_t i = 0, end; i < n; i = end) {
-        slab_t *s;
-        end = slab_run_end(blocks, i, n, &s);
-        arena_free_slab_blocks(a, s, &blocks[i], end - i);
+    arena_t *a = *held;
+    uint32_t a_from = 0;                /* the first block of a's part */
+    size_t size = 0;                    /* every block's (one class) */
+    slab_t *run = NULL;                 /* the slab of the blocks just before */
+    uint32_t run_n = 0;
+    uintptr_t run_lo = 0, run_span = 0;
+    uint64_t run_m = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uintptr_t b = (uintptr_t)blocks[k];
+        if (b - run_lo >= run_span) {
+            /* Another slab. Its counts change once per run of one slab (a
+             * cache often holds blocks freed together), and the lock only
+             * with the arena. */
+            slab_t *s = segment_slab_at((segment_t *)(b & ~SEGMENT_MASK), b);
+            if (run)
+                slab_used_sub(a, run, run_n);       /* run may be gone after this */
+            if (LOAM_UNLIKELY(s->arena != a)) {
+                if (a) {
+                    arena_blocks_back(a, a_from, k, size);
+                    arena_unlock(a);
+                }
+                a = s->arena;
+                arena_lock(a);
+                a_from = k;
+            }
+            size = s->block_size;
+            run = s;
+            run_n = 0;
+            run_lo = (uintptr_t)s->start;
+            run_span = (uintptr_t)s->pages << PAGE_SHIFT;
+            run_m = s->div_m;
+        }
+        slab_put_free(run, (uint32_t)slab_offset_index(b - run_lo, run_m));
+        run_n++;
     }
+    if (run) {
+        slab_used_sub(a, run, run_n);
+        arena_blocks_back(a, a_from, n, size);
+    }
+    *held = a;
 }
 
 void arena_xfer_drain(arena_t *a)
@@ -329,7 +377,8 @@ void arena_xfer_drain(arena_t *a)
             uint32_t n = x->count;
             x->count = 0;
             a->xfer_blocks -= n;
-            xfer_free_to_slabs(a, x->slots, n);
+            arena_t *held = a;           /* its blocks are all a's */
+            arena_free_blocks(&held, x->slots, n);
         }
     }
 }

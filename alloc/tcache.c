@@ -257,13 +257,11 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
 }
 
 /* The oldest blocks go back, the newest (likeliest still in the CPU's
- * cache) stay. They go in runs that share a slab (a cache mostly holds runs
- * of blocks freed together): each run is linked with its slab's key, newest
- * first, and spliced onto the slab's list with one update of its counts;
- * or, flushing a bin that overflowed (to_xfer), it goes to its arena's
- * transfer cache as it is where there is room.
- * Only the links are written into the blocks, so their cache misses
- * overlap. */
+ * cache) stay. Flushing a bin that overflowed (to_xfer), runs of blocks
+ * that share a slab (a cache mostly holds runs of blocks freed together) go
+ * to their arena's transfer cache while it has room; the rest go to their
+ * slabs' free sets one block at a time (arena_free_blocks), which reads
+ * no block. */
 static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
 {
     arena_t *held = NULL;
@@ -274,7 +272,7 @@ static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
         return;
     uint32_t out = count - keep;
     void **slots = tc->info[cls].base;
-    for (uint32_t i = 0, end; i < out; i = end) {
+    for (uint32_t i = 0, end; to_xfer && i < out; i = end) {
         slab_t *s;
         end = slab_run_end(slots, i, out, &s);
         if (s->arena != held) {
@@ -283,16 +281,18 @@ static void flush_bin(tcache_t *tc, unsigned cls, uint32_t keep, bool to_xfer)
             held = s->arena;
             arena_lock(held);
         }
-        uint32_t put = to_xfer ? arena_xfer_put(held, cls, &slots[i], end - i) : 0;
+        uint32_t put = arena_xfer_put(held, cls, &slots[i], end - i);
         if (put == end - i)
             continue;
         /* Full (or refused): the rest goes to the slabs without asking
          * again. A thread freeing a big heap in random order flushes runs
          * of one block, each of which asked a full cache before (a twelfth
          * of free-all's instructions). */
-        to_xfer = false;
-        arena_free_slab_blocks(held, s, &slots[i + put], end - i - put);
+        arena_free_blocks(&held, &slots[i + put], out - i - put);
+        break;
     }
+    if (!to_xfer)
+        arena_free_blocks(&held, slots, out);
     if (held)
         arena_unlock(held);
     memmove(slots, slots + out, (size_t)keep * sizeof(void *));
