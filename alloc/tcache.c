@@ -10,6 +10,14 @@
 #define TCACHE_BASE_MAX 128
 #define TCACHE_GROWN_BIN_BYTES ((size_t)128 * 1024)
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
+/* A cache that frees may grow further, drawing from a budget all caches
+ * share (tcache_grow says why). */
+#define TCACHE_SHARED_BIN_BYTES ((size_t)512 * 1024)
+#define TCACHE_SHARED_CACHE_MAX ((size_t)8 * 1024 * 1024)
+#define TCACHE_SHARED_TOTAL ((size_t)32 * 1024 * 1024)
+
+/* Bytes of growth past TCACHE_GROWN_BYTES_MAX, all caches together. */
+static AO_t tcache_shared_taken;
 
 _Static_assert(sizeof(tcache_t) <= 2048, "a cache fits the metadata bins (alloc/meta.c)");
 
@@ -44,8 +52,44 @@ static void bin_refuse(tcache_bin_t *bin)
     AO_store(&bin->end, 0);
 }
 
+/* Bins back at their base limits (or refusing): the cache's draw on the
+ * shared budget goes back. Idempotent, and safe against a racing second
+ * call (heap destroy abandons caches from another thread). */
+static void tcache_shared_release(tcache_t *tc)
+{
+    for (;;) {
+        AO_t mine = AO_load(&tc->shared_bytes);
+        if (mine == 0)
+            return;
+        if (AO_compare_and_swap(&tc->shared_bytes, mine, 0)) {
+            AO_fetch_and_add(&tcache_shared_taken, (AO_t)0 - mine);
+            return;
+        }
+    }
+}
+
+/* Take bytes from the shared budget: false if it has not that much left. */
+static bool tcache_shared_take(tcache_t *tc, size_t bytes)
+{
+    for (;;) {
+        AO_t taken = AO_load(&tcache_shared_taken);
+        if (taken + bytes > TCACHE_SHARED_TOTAL)
+            return false;
+        if (AO_compare_and_swap(&tcache_shared_taken, taken, taken + bytes)) {
+            AO_fetch_and_add(&tc->shared_bytes, bytes);
+            return true;
+        }
+    }
+}
+
+size_t tcache_shared_bytes(void)
+{
+    return AO_load(&tcache_shared_taken);
+}
+
 static void tcache_set_limits(tcache_t *tc)
 {
+    tcache_shared_release(tc);
     tc->grown_bytes = 0;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
         uint32_t base = tcache_base_cap(c);
@@ -115,6 +159,7 @@ static bool slots_in_store(const tcache_t *tc, void **slots)
 
 void tcache_free_slots(tcache_t *tc)
 {
+    tcache_shared_release(tc);
     if (!tc->info)
         return;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
@@ -219,41 +264,82 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
     return true;
 }
 
+/* Give back bytes taken by tcache_shared_take and not used: no more than
+ * the cache still holds (a racing release may have taken them already). */
+static void tcache_shared_untake(tcache_t *tc, size_t bytes)
+{
+    for (;;) {
+        AO_t mine = AO_load(&tc->shared_bytes);
+        AO_t back = mine < bytes ? mine : bytes;
+        if (back == 0)
+            return;
+        if (AO_compare_and_swap(&tc->shared_bytes, mine, mine - back)) {
+            AO_fetch_and_add(&tcache_shared_taken, (AO_t)0 - back);
+            return;
+        }
+    }
+}
+
+/* Growth past the cache's own allowance, which the shared budget pays. */
+static size_t shared_part(size_t grown)
+{
+    return grown > TCACHE_GROWN_BYTES_MAX ? grown - TCACHE_GROWN_BYTES_MAX : 0;
+}
+
 /* A bin that overflows after it ran empty since its last flush serves a
  * thread that allocates and frees in batches bigger than the bin: each
- * batch would go through an arena lock twice, blocks relinked one by one
- * (cg-batch, 1000 at a time: 140 instructions per malloc+free pair, 85 once
- * the batch fits). It doubles, up to tcache_max blocks and 128 KiB of them
- * (a flush keeps half, so a batch of 64 KiB needs that), while the cache's
- * growth in all stays under 1 MiB. A cache flushed because it is idle
- * (runtime/purge.c) comes back at the base limits. The compare-and-swap
- * loses to a flush request, which sets end to 0 from another thread. */
+ * batch would go through an arena lock twice, every block going back to its
+ * slab and out again (cg-batch, 1000 at a time: 140 instructions per
+ * malloc+free pair, 85 once the batch fits). It doubles, up to tcache_max
+ * blocks and 128 KiB of them (a flush keeps half, so a batch of 64 KiB needs
+ * that), while the cache's growth in all stays under 1 MiB.
+ * A cache that frees (not a collected heap's, whose bins grow on refills
+ * alone) may go on to 512 KiB a class and 8 MiB in all, the growth past
+ * 1 MiB drawn from a budget of 32 MiB that every thread's caches share (as
+ * tcmalloc bounds its thread caches): a program that frees a structure of
+ * 50,000 blocks in random order and builds it again (bench's batch-random)
+ * otherwise sends most blocks through their slabs and back, twice the
+ * instructions of mimalloc's run. The shared budget keeps many threads from
+ * holding 8 MiB each.
+ * A cache flushed because it is idle (runtime/purge.c) comes back at the
+ * base limits, and returns what it drew. The compare-and-swap loses to a
+ * flush request, which sets end to 0 from another thread. */
 bool tcache_grow(tcache_t *tc, unsigned cls)
 {
     if (!refilled_take(tc, cls))
         return false;
     size_t size = sizeclass_size[cls];
+    bool frees = !tc->allocates_only;
+    size_t bin_bytes = frees ? TCACHE_SHARED_BIN_BYTES : TCACHE_GROWN_BIN_BYTES;
     size_t cap = tc->limit;
-    if (cap > TCACHE_GROWN_BIN_BYTES / size)
-        cap = TCACHE_GROWN_BIN_BYTES / size;
+    if (cap > bin_bytes / size)
+        cap = bin_bytes / size;
     tcache_bin_info_t *in = &tc->info[cls];
     uint32_t max = in->max;
     if (AO_load(&tc->bins[cls].end) == 0 || max >= cap)
         return false;
     uint32_t grown = (size_t)max * 2 < cap ? max * 2 : (uint32_t)cap;
     size_t bytes = (size_t)(grown - max) * size;
-    if (tc->grown_bytes + bytes > TCACHE_GROWN_BYTES_MAX)
+    size_t after = tc->grown_bytes + bytes;
+    if (after > (frees ? TCACHE_SHARED_CACHE_MAX : TCACHE_GROWN_BYTES_MAX))
+        return false;
+    size_t draw = shared_part(after) - shared_part(tc->grown_bytes);
+    if (draw && !tcache_shared_take(tc, draw))
         return false;
     if (grown > in->cap && !tcache_widen(tc, cls, grown))
-        return false;
+        goto undo;
     /* Read end again: widening moved the slots, and a flush request (end
      * set to 0) must win over this. */
     AO_t end = AO_load(&tc->bins[cls].end);
     if (end == 0 || !AO_compare_and_swap(&tc->bins[cls].end, end, (AO_t)(in->base + grown)))
-        return false;
+        goto undo;
     in->max = grown;
-    tc->grown_bytes += bytes;
+    tc->grown_bytes = after;
     return true;
+undo:
+    if (draw)
+        tcache_shared_untake(tc, draw);
+    return false;
 }
 
 /* The oldest blocks go back, the newest (likeliest still in the CPU's
@@ -329,6 +415,8 @@ void tcache_abandon(tcache_t *tc)
         }
     }
     AO_store(&tc->flush_req, 0);
+    tcache_shared_release(tc);
+    tc->grown_bytes = 0;
     if (tc->arenas && tc->allocates)
         AO_fetch_and_sub1(&tc->arenas->users);
     tc->allocates = false;

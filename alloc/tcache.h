@@ -66,6 +66,9 @@ typedef struct tcache {
     uint64_t      refilled[(NUM_CLASSES + 63) / 64];   /* bit per class: the bin ran empty
                                                           since its last flush */
     size_t        grown_bytes;                 /* bins' growth past their base limits, in bytes */
+    AO_t          shared_bytes;                /* of it, drawn from the budget all caches share
+                                                  (tcache_grow); AO: a heap's destroy releases it
+                                                  from another thread */
     bool          allocates_only;              /* its owner never frees through it (set by the
                                                   runtime for collected heaps): refills grow */
     tcache_bin_info_t *info;                   /* [NUM_CLASSES], at the start of the
@@ -99,6 +102,8 @@ LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
 /* The bin of cls is full, or empty again with no flush since its last
  * refill: true if it grew (tcache.c says when). */
 LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
+/* Bytes all caches have drawn from their shared growth budget. */
+LOAM_INTERNAL size_t tcache_shared_bytes(void);
 /* Flush the bin of cls down to `keep` blocks, into their slabs. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
 /* The same for a bin that overflowed on a free: the blocks may go to their

@@ -211,10 +211,12 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   it runs (manual heaps), else by the freeing thread (default 4 MiB)
  *   verbose         1: print each heap's statistics at exit and warnings on stderr
  *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
- *   tcache_max      most blocks per size class in a thread cache (default 2048, 0 = no
- *                   cache); a class starts at min(128, 64 KiB) and grows towards it, 128 KiB
- *                   at most, when a thread allocates and frees in batches (or
- *                   allocates from a collected heap)
+ *   tcache_max      most blocks per size class in a thread cache (default 8192, 0 = no
+ *                   cache); a class starts at min(128, 64 KiB) and grows towards it when a
+ *                   thread allocates and frees in batches (or allocates from a collected
+ *                   heap): 128 KiB a class and 1 MiB a cache on its own, and for a cache
+ *                   that frees up to 512 KiB a class and 8 MiB in all, the part past
+ *                   1 MiB drawn from 32 MiB that every thread's caches share
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
  *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections (two

@@ -71,7 +71,7 @@ Test(options, documented_defaults)
     cr_assert_eq(loam_option_get("decay_ms"), 250);
     cr_assert_eq(loam_option_get("purge_thread"), 1);
     cr_assert_eq(loam_option_get("verbose"), 0);
-    cr_assert_eq(loam_option_get("tcache_max"), 2048);
+    cr_assert_eq(loam_option_get("tcache_max"), 8192);
     cr_assert_eq(loam_option_get("retain_max"), 4L * 1024 * 1024);
     cr_assert_eq(loam_option_get("huge_pages"), 1);
     long tr = loam_option_get("track_requested");

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "loam.h"
+#include "alloc/tcache.h"             /* tcache_shared_bytes: the caches' shared growth budget */
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -1170,5 +1171,191 @@ Test(threads, a_heap_made_collected_empties_its_transfer_caches, .timeout = 60)
     loam_gc_collect(h);
     loam_heap_stats(h, &st);
     cr_assert_eq(st.live_blocks, 0);
+    loam_heap_destroy(h);
+}
+
+/* ---- cache growth: batches bigger than a cache, and the budget caches share -- */
+
+/* 50,000 blocks of 16-256 B, freed in random order, again and again (bench's
+ * batch-random): each free phase overflows the bins that the malloc phase
+ * emptied, so they grow, a class at most 512 KiB and a cache 8 MiB, the
+ * growth past 1 MiB drawn from a budget of 32 MiB all caches share. */
+#define GB_BLOCKS 50000
+#define GB_ROUNDS 8
+#define GB_THREADS 8
+#define GB_MIB ((size_t)1024 * 1024)
+/* Blocks a cache holds before it grows: at most 128 a class, 16 classes. */
+#define GB_BASE (128 * (size_t)(16 + 256) * 16 / 2)
+
+typedef struct {
+    loam_heap_t       *h;
+    uint64_t           seed;
+    pthread_barrier_t *held;     /* all threads hold their cached blocks */
+    pthread_barrier_t *looked;   /* the main thread has read the statistics */
+    bool               look;     /* read cached_bytes and the shared budget's use before
+                                    exiting, into: */
+    size_t             cached_seen, shared_seen;
+    size_t             bad;
+} gb_arg_t;
+
+static void *gb_batches(void *p)
+{
+    gb_arg_t *a = p;
+    rng_t r = { a->seed };
+    void **blocks = malloc(GB_BLOCKS * sizeof *blocks);
+    uint32_t *order = malloc(GB_BLOCKS * sizeof *order);
+    for (uint32_t i = 0; i < GB_BLOCKS; i++)
+        order[i] = i;
+    for (uint32_t i = GB_BLOCKS - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)rng_below(&r, i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (int round = 0; round < GB_ROUNDS; round++) {
+        for (uint32_t i = 0; i < GB_BLOCKS; i++) {
+            size_t n = 16 + 16 * (i % 16);
+            blocks[i] = loam_malloc(a->h, n);
+            if (!blocks[i]) {
+                a->bad++;
+                continue;
+            }
+            fill(blocks[i], n, (uint64_t)round << 32 | i);
+        }
+        for (uint32_t k = 0; k < GB_BLOCKS; k++) {
+            uint32_t i = order[k];
+            if (!blocks[i])
+                continue;
+            if (check(blocks[i], 16 + 16 * (i % 16), (uint64_t)round << 32 | i) != (size_t)-1)
+                a->bad++;
+            loam_free(blocks[i]);
+        }
+    }
+    free(order);
+    free(blocks);
+    if (a->look) {
+        loam_stats_t st;
+        loam_heap_stats(a->h, &st);
+        a->cached_seen = st.cached_bytes;
+        a->shared_seen = tcache_shared_bytes();
+    }
+    if (a->held) {
+        pthread_barrier_wait(a->held);
+        pthread_barrier_wait(a->looked);
+    }
+    return NULL;
+}
+
+static loam_heap_t *gb_heap(void)
+{
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);     /* caches on */
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);       /* no idle flush while we look */
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    return h;
+}
+
+Test(threads, a_cache_grows_for_batches_bigger_than_it_within_its_bound, .timeout = 120)
+{
+    loam_heap_t *h = gb_heap();
+    gb_arg_t a = { .h = h, .seed = test_seed("a_cache_grows_for_batches") };
+    gb_batches(&a);
+    cr_assert_eq(a.bad, 0, "%zu blocks failed or were overwritten", a.bad);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0, "%zu blocks live after every block was freed", st.live_blocks);
+    fprintf(stderr, "one thread's cache holds %zu bytes, %zu drawn from the shared budget\n",
+            st.cached_bytes, tcache_shared_bytes());
+    cr_assert_gt(tcache_shared_bytes(), 0, "the cache drew nothing from the shared budget");
+    /* Past the 1 MiB a cache may grow on its own: the shared budget paid. */
+    cr_assert_gt(st.cached_bytes, 3 * GB_MIB, "the cache holds %zu bytes after batches of 6.8 MB",
+                 st.cached_bytes);
+    cr_assert_leq(st.cached_bytes, 8 * GB_MIB + GB_BASE, "the cache holds %zu bytes, past its 8 MiB",
+                  st.cached_bytes);
+    loam_heap_destroy(h);
+}
+
+Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
+{
+    loam_heap_t *h = gb_heap();
+    uint64_t seed = test_seed("caches_share_one_growth_budget");
+    pthread_barrier_t held, looked;
+    pthread_barrier_init(&held, NULL, GB_THREADS + 1);
+    pthread_barrier_init(&looked, NULL, GB_THREADS + 1);
+    gb_arg_t a[GB_THREADS];
+    pthread_t t[GB_THREADS];
+    for (int i = 0; i < GB_THREADS; i++) {
+        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = &held, .looked = &looked };
+        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
+    }
+    pthread_barrier_wait(&held);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    /* Eight caches could hold 8 MiB each; past their own 1 MiB they share
+     * 32 MiB. */
+    size_t shared = tcache_shared_bytes();
+    size_t bound = GB_THREADS * (GB_MIB + GB_BASE) + 32 * GB_MIB;
+    fprintf(stderr, "%d threads' caches hold %zu bytes, %zu of them drawn from the shared budget\n",
+            GB_THREADS, st.cached_bytes, shared);
+    /* Eight caches would grow 7 MiB each past their own 1 MiB; they share
+     * 32 MiB. */
+    cr_assert_leq(shared, 32 * GB_MIB, "%d caches drew %zu bytes from a budget of 32 MiB", GB_THREADS,
+                  shared);
+    cr_assert_gt(shared, 16 * GB_MIB, "%d caches that each want 7 MiB drew only %zu bytes", GB_THREADS,
+                 shared);
+    cr_assert_leq(st.cached_bytes, bound, "%d caches hold %zu bytes, past %zu", GB_THREADS,
+                  st.cached_bytes, bound);
+    pthread_barrier_wait(&looked);
+    for (int i = 0; i < GB_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
+    }
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.cached_bytes, 0, "%zu bytes cached after every thread exited", st.cached_bytes);
+    cr_assert_eq(tcache_shared_bytes(), 0, "exited threads' caches still hold %zu bytes of the budget",
+                 tcache_shared_bytes());
+    cr_assert_eq(st.live_blocks, 0);
+    /* The exited threads gave their share back: one thread grows past its
+     * own 1 MiB again. */
+    gb_arg_t one = { .h = h, .seed = seed + GB_THREADS, .look = true };
+    pthread_t t1;
+    cr_assert_eq(pthread_create(&t1, NULL, gb_batches, &one), 0);
+    pthread_join(t1, NULL);
+    cr_assert_gt(one.cached_seen, 3 * GB_MIB, "after the others exited, a cache grew to %zu bytes only",
+                 one.cached_seen);
+    cr_assert_gt(one.shared_seen, 0);
+    cr_assert_eq(tcache_shared_bytes(), 0);
+    pthread_barrier_destroy(&held);
+    pthread_barrier_destroy(&looked);
+    loam_heap_destroy(h);
+}
+
+/* A cache that goes idle is asked to give its blocks back (the purge
+ * thread, after decay_ms); answering, it returns to its base limits and
+ * gives its draw on the shared budget back. */
+Test(threads, an_idle_cache_gives_its_share_of_the_budget_back, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);     /* caches on */
+    cr_assert_eq(loam_option_set("decay_ms", 20), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    gb_arg_t a = { .h = h, .seed = test_seed("an_idle_cache_gives_its_share") };
+    gb_batches(&a);
+    cr_assert_eq(a.bad, 0);
+    size_t drawn = tcache_shared_bytes();
+    cr_assert_gt(drawn, 0, "the cache drew nothing from the shared budget");
+    /* Idle for a while (its slow paths stop): the purge thread asks the
+     * cache to flush, and the next free answers. */
+    size_t left = drawn;
+    for (int i = 0; i < 300 && left; i++) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        loam_free(loam_malloc(h, 4000));
+        left = tcache_shared_bytes();
+    }
+    cr_assert_eq(left, 0, "an idle cache kept %zu of its %zu bytes of the shared budget for 3 s", left,
+                 drawn);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_lt(st.cached_bytes, GB_MIB, "the idle cache still holds %zu bytes", st.cached_bytes);
     loam_heap_destroy(h);
 }
