@@ -12,7 +12,7 @@
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
 /* A cache that frees may grow further, drawing from a budget all caches
  * share (tcache_grow says why). */
-#define TCACHE_SHARED_BIN_BYTES ((size_t)512 * 1024)
+#define TCACHE_SHARED_BIN_BYTES ((size_t)1024 * 1024)
 #define TCACHE_SHARED_CACHE_MAX ((size_t)8 * 1024 * 1024)
 #define TCACHE_SHARED_TOTAL ((size_t)32 * 1024 * 1024)
 
@@ -294,7 +294,7 @@ static size_t shared_part(size_t grown)
  * blocks and 128 KiB of them (a flush keeps half, so a batch of 64 KiB needs
  * that), while the cache's growth in all stays under 1 MiB.
  * A cache that frees (not a collected heap's, whose bins grow on refills
- * alone) may go on to 512 KiB a class and 8 MiB in all, the growth past
+ * alone) may go on to 1 MiB a class and 8 MiB in all, the growth past
  * 1 MiB drawn from a budget of 32 MiB that every thread's caches share (as
  * tcmalloc bounds its thread caches): a program that frees a structure of
  * 50,000 blocks in random order and builds it again (bench's batch-random)

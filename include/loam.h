@@ -215,7 +215,7 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   cache); a class starts at min(128, 64 KiB) and grows towards it when a
  *                   thread allocates and frees in batches (or allocates from a collected
  *                   heap): 128 KiB a class and 1 MiB a cache on its own, and for a cache
- *                   that frees up to 512 KiB a class and 8 MiB in all, the part past
+ *                   that frees up to 1 MiB a class and 8 MiB in all, the part past
  *                   1 MiB drawn from 32 MiB that every thread's caches share
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)

@@ -1178,7 +1178,7 @@ Test(threads, a_heap_made_collected_empties_its_transfer_caches, .timeout = 60)
 
 /* 50,000 blocks of 16-256 B, freed in random order, again and again (bench's
  * batch-random): each free phase overflows the bins that the malloc phase
- * emptied, so they grow, a class at most 512 KiB and a cache 8 MiB, the
+ * emptied, so they grow, a class at most 1 MiB and a cache 8 MiB, the
  * growth past 1 MiB drawn from a budget of 32 MiB all caches share. */
 #define GB_BLOCKS 50000
 #define GB_ROUNDS 8
