@@ -548,7 +548,9 @@ extern LOAM_INTERNAL void (*alloc_decommit_hook)(arena_t *a, bool given_back);
 LOAM_INTERNAL bool     arena_release_kept_slabs(arena_t *a, bool force, uint64_t now);
 /* Set (never cleared here) whenever an arena starts keeping memory that only
  * decay will give back: a free run, an emptied segment, a cached large
- * mapping (not the one empty slab a class keeps for its next allocation).
+ * mapping (not the one empty slab a class keeps for its next allocation);
+ * and when a thread cache grows, since only the purge thread asks an idle
+ * cache to give its blocks back (tcache_grow).
  * The runtime's background purge clears it and looks (runtime/purge.c). */
 extern LOAM_INTERNAL AO_t alloc_decay_due;
 static inline void alloc_note_decay_due(void)

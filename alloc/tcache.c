@@ -335,6 +335,13 @@ bool tcache_grow(tcache_t *tc, unsigned cls)
         goto undo;
     in->max = grown;
     tc->grown_bytes = after;
+    /* The background purge must look at this cache until it is idle: a
+     * thread that stops with its bins full would keep them for ever (the
+     * purge thread sleeps while no arena keeps memory for decay, and
+     * pushes and pops never wake it). Not for a collected heap's cache,
+     * which each collection empties. */
+    if (frees)
+        alloc_note_decay_due();
     return true;
 undo:
     if (draw)

@@ -234,8 +234,12 @@ void alloc_free_slow(void *p)
         return;
     }
     if (tc) {
-        if (tcache_push(tc, cls, p) || (tcache_grow(tc, cls) && tcache_push(tc, cls, p)))
+        if (tcache_push(tc, cls, p))
             return;
+        if (tcache_grow(tc, cls) && tcache_push(tc, cls, p)) {
+            purge_poke(h);              /* to watch the grown cache (tcache_grow) */
+            return;
+        }
         uint32_t max = tcache_limit(tc, cls);
         if (max) {
             tcache_flush_overflow(tc, cls, max / 2);
