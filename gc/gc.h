@@ -193,6 +193,9 @@ LOAM_INTERNAL void gc_purge_end(loam_heap_t *h);
  * threads do not exist there, and a collection would wait for them). */
 LOAM_INTERNAL bool gc_prefork_try(void);
 LOAM_INTERNAL void gc_prefork_wait(void);
+/* A marking helper works for gc's collection (NULL: for none), so that a
+ * fork from its trace callbacks is known for what it is. */
+LOAM_INTERNAL void gc_helper_marks_for(gc_state_t *gc);
 LOAM_INTERNAL void gc_postfork(bool child);
 
 /* ---- inside gc/ ----------------------------------------------------------------- */

@@ -539,12 +539,14 @@ static void *helper_main(void *arg)
         pool.joined++;
         m->gc = pool.job;
         pthread_mutex_unlock(&pool.lock);
+        gc_helper_marks_for(m->gc);
         m->shared = true;
         m->marked_bytes = 0;
         m->overflow = false;
         m->sp = 0;
         forget_slab(m);
         mark_shared(m);
+        gc_helper_marks_for(NULL);
         pthread_mutex_lock(&pool.lock);
         pool.finished++;
         pthread_cond_signal(&pool.done_cv);

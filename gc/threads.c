@@ -22,6 +22,17 @@
 /* This thread's attachments, one per heap it is attached to. */
 static __thread gc_thread_t *my_attachments;
 
+/* The collection this thread works for: the collecting thread's from
+ * stopping the world to restarting it, a marking helper's while it marks.
+ * A fork it makes meanwhile can only come from a roots or trace callback
+ * (gc_prefork_try). */
+static __thread gc_state_t *my_collection;
+
+void gc_helper_marks_for(gc_state_t *gc)
+{
+    my_collection = gc;
+}
+
 gc_thread_t *gc_self(gc_state_t *gc)
 {
     for (gc_thread_t *t = my_attachments; t; t = t->thread_next)
@@ -153,6 +164,7 @@ bool gc_stop_world(gc_state_t *gc)
         return false;
     }
     gc->collecting = true;
+    my_collection = gc;
     AO_store_release(&gc->stop, 1);
     if (me) {
         save_context(me);
@@ -169,6 +181,8 @@ void gc_restart_world(gc_state_t *gc)
     if (me)
         me->state = GC_RUNNING;
     gc->collecting = false;
+    if (my_collection == gc)
+        my_collection = NULL;
     AO_store_release(&gc->stop, 0);
     pthread_cond_broadcast(&gc->resume_cv);
 }
@@ -261,16 +275,30 @@ void loam_leave_blocking(loam_heap_t *h)
 
 bool gc_prefork_try(void)
 {
+    /* A fork from a callback of a collection this thread works for would
+     * wait for that collection to end, for ever. If the heap's error
+     * callback returns, the fork goes on without the lock of any heap in a
+     * collection (that collection finishes in the parent; the child must
+     * not use the heap). */
+    bool in_collection = my_collection != NULL;
+    if (in_collection)
+        loam_fault(my_collection->heap, "fork() inside a collection (from a roots or trace callback)",
+                   NULL, 0);
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         gc_state_t *gc = __atomic_load_n(&h->gc, __ATOMIC_ACQUIRE);
         if (!gc)
             continue;
         /* A collection waiting for its threads to park has the lock free
          * (it sleeps on parked_cv) but is under way all the same. */
-        if (pthread_mutex_trylock(&gc->lock) != 0)
+        if (pthread_mutex_trylock(&gc->lock) != 0) {
+            if (in_collection)
+                continue;
             goto busy;
+        }
         if (gc->collecting) {
             pthread_mutex_unlock(&gc->lock);
+            if (in_collection)
+                continue;
             goto busy;
         }
         gc->fork_held = true;

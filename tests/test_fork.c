@@ -574,3 +574,132 @@ Test(fork, parent_intact_after_forks, .timeout = 300)
     cr_expect_eq(st.live_bytes, 0);
     loam_heap_destroy(h);
 }
+
+/* ---- fork from inside a collection ----------------------------------------------- */
+
+/* A roots callback that forks: the fork's handlers would wait for the
+ * collection under way, which is the forking thread's own, for ever. loam
+ * names the fault instead; with an error callback that returns, the fork
+ * goes on, the child exits, and the collection finishes in the parent. */
+static atomic_int cb_forks, cb_child_status = -1, cb_faults;
+static char cb_fault_text[160];
+
+static void cb_on_error(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)h, (void)addr, (void)user;
+    if (atomic_fetch_add(&cb_faults, 1) == 0)
+        snprintf(cb_fault_text, sizeof cb_fault_text, "%s", message);
+}
+
+static void cb_roots_that_fork(loam_tracer_t *t, void *user)
+{
+    (void)t, (void)user;
+    if (atomic_fetch_add(&cb_forks, 1) != 0)
+        return;
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(7);                   /* the child must not use the heap: it only leaves */
+    int status = 0;
+    if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+        atomic_store(&cb_child_status, WEXITSTATUS(status));
+}
+
+Test(fork, fork_from_a_roots_callback_is_named_not_a_hang, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .roots = cb_roots_that_fork, .error = cb_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    void *keep = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cr_assert_not_null(keep);
+    memset(keep, 0x5a, 64);
+    loam_gc_collect(h);
+    cr_assert_eq(atomic_load(&cb_forks), 1);
+    cr_assert_eq(atomic_load(&cb_faults), 1, "the fork inside the collection was reported %d times",
+                 atomic_load(&cb_faults));
+    cr_assert(strstr(cb_fault_text, "fork() inside a collection") != NULL, "the fault said: %s",
+              cb_fault_text);
+    cr_assert_eq(atomic_load(&cb_child_status), 7, "the child did not exit normally");
+    /* The parent's heap goes on: the block on the stack survived, and
+     * allocation and collection work. */
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(((unsigned char *)keep)[i], 0x5a);
+    for (int i = 0; i < 10000; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 48, LOAM_CONSERVATIVE));
+    loam_gc_collect(h);
+    loam_heap_destroy(h);
+}
+
+/* The same from a trace callback run by a marking helper (a thread of
+ * loam's): the collecting thread waits for the helper, which would wait
+ * in fork's handler for the collection. The tree is wide so that helpers
+ * take part; a helper forks the first time one traces. */
+typedef struct cb_node { struct cb_node *kid[2]; uint64_t payload; } cb_node_t;
+static atomic_int cb_helper_forks;
+
+static void cb_trace_that_forks(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    cb_node_t *n = obj;
+    if (gettid() != getpid() && atomic_fetch_add(&cb_helper_forks, 1) == 0) {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(7);
+        int status = 0;
+        if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+            atomic_store(&cb_child_status, WEXITSTATUS(status));
+    }
+    loam_mark(t, n->kid[0]);
+    loam_mark(t, n->kid[1]);
+}
+
+static cb_node_t *cb_tree(loam_heap_t *h, int depth, uint64_t *count)
+{
+    cb_node_t *n = loam_gc_alloc(h, sizeof *n, LOAM_TRACED);
+    cr_assert_not_null(n);
+    n->payload = (*count)++;
+    n->kid[0] = depth ? cb_tree(h, depth - 1, count) : NULL;
+    n->kid[1] = depth ? cb_tree(h, depth - 1, count) : NULL;
+    return n;
+}
+
+static uint64_t cb_tree_count(const cb_node_t *n)
+{
+    return n ? 1 + cb_tree_count(n->kid[0]) + cb_tree_count(n->kid[1]) : 0;
+}
+
+Test(fork, fork_from_a_marking_helpers_trace_callback_is_named, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 4), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_PARALLEL_MARK | LOAM_NO_STACK_SCAN,
+                          .trace = cb_trace_that_forks, .error = cb_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static cb_node_t *root;
+    loam_root_add(h, (void **)&root);
+    uint64_t count = 0;
+    root = cb_tree(h, 15, &count);
+    for (int i = 0; i < 50 && atomic_load(&cb_helper_forks) == 0; i++)
+        loam_gc_collect(h);
+    cr_assert_gt(atomic_load(&cb_helper_forks), 0, "no marking helper traced in 50 collections");
+    cr_assert_eq(atomic_load(&cb_faults), 1, "the fork inside the collection was reported %d times",
+                 atomic_load(&cb_faults));
+    cr_assert(strstr(cb_fault_text, "fork() inside a collection") != NULL, "the fault said: %s",
+              cb_fault_text);
+    cr_assert_eq(atomic_load(&cb_child_status), 7, "the child did not exit normally");
+    cr_assert_eq(cb_tree_count(root), count, "the tree lost nodes");
+    loam_gc_collect(h);
+    cr_assert_eq(cb_tree_count(root), count);
+    loam_heap_destroy(h);
+}
+
+#ifndef LOAM_TEST_STANDALONE           /* (the shim cannot expect a signal) */
+/* Without an error callback, the fault's reaction is to abort. */
+Test(fork, fork_from_a_roots_callback_aborts_by_default, .signal = SIGABRT, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .roots = cb_roots_that_fork };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    loam_gc_collect(h);
+}
+#endif
