@@ -14,7 +14,6 @@
  * share (tcache_grow says why). */
 #define TCACHE_SHARED_BIN_BYTES ((size_t)1024 * 1024)
 #define TCACHE_SHARED_CACHE_MAX ((size_t)8 * 1024 * 1024)
-#define TCACHE_SHARED_TOTAL ((size_t)32 * 1024 * 1024)
 
 /* Bytes of growth past TCACHE_GROWN_BYTES_MAX, all caches together. */
 static AO_t tcache_shared_taken;

@@ -506,6 +506,9 @@ Test(stats, print_json)
     cr_assert_eq(json_number_of(json, "live_blocks"), (long long)st.live_blocks,
                  "JSON live_blocks disagrees with loam_heap_stats (%zu)", st.live_blocks);
     cr_assert_eq(json_number_of(json, "large_count"), (long long)st.large_count);
+    cr_assert_eq(json_number_of(json, "cache_shared_growth_max"), 32ll * 1024 * 1024,
+                 "the caches' shared growth budget is not reported:\n%s", json);
+    cr_assert_geq(json_number_of(json, "cache_shared_growth_bytes"), 0);
     free(json);
     for (int i = 0; i < 40; i++)
         loam_free(keep[i]);
