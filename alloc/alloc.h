@@ -715,6 +715,8 @@ typedef struct alloc_tuning {
                                  or as much as it has in slabs if that is more */
     bool     huge_pages;      /* large blocks grown by realloc, and segments of an arena
                                  past ARENA_HUGE_PAGES_AFTER: MADV_HUGEPAGE */
+    size_t   tcache_budget;   /* cache growth past each cache's own allowance that all
+                                 caches share (tcache_grow) */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
 

@@ -12,7 +12,10 @@
 
 #define ARENA_SPINS 200
 
-alloc_tuning_t alloc_tuning = { 128 * 1024, 250, 4 * 1024 * 1024, true };
+alloc_tuning_t alloc_tuning = {       /* the options' defaults (runtime/options.c sets them) */
+    .mmap_threshold = 128 * 1024, .decay_ms = 250, .retain_max = 4 * 1024 * 1024,
+    .huge_pages = true, .tcache_budget = 32 * 1024 * 1024,
+};
 AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);

@@ -11,7 +11,7 @@
 #define TCACHE_GROWN_BIN_BYTES ((size_t)128 * 1024)
 #define TCACHE_GROWN_BYTES_MAX ((size_t)1024 * 1024)
 /* A cache that frees may grow further, drawing from a budget all caches
- * share (tcache_grow says why). */
+ * share (alloc_tuning.tcache_budget; tcache_grow says why). */
 #define TCACHE_SHARED_BIN_BYTES ((size_t)1024 * 1024)
 #define TCACHE_SHARED_CACHE_MAX ((size_t)8 * 1024 * 1024)
 
@@ -72,7 +72,7 @@ static bool tcache_shared_take(tcache_t *tc, size_t bytes)
 {
     for (;;) {
         AO_t taken = AO_load(&tcache_shared_taken);
-        if (taken + bytes > TCACHE_SHARED_TOTAL)
+        if (taken + bytes > alloc_tuning.tcache_budget)
             return false;
         if (AO_compare_and_swap(&tcache_shared_taken, taken, taken + bytes)) {
             AO_fetch_and_add(&tc->shared_bytes, bytes);
@@ -294,12 +294,12 @@ static size_t shared_part(size_t grown)
  * that), while the cache's growth in all stays under 1 MiB.
  * A cache that frees (not a collected heap's, whose bins grow on refills
  * alone) may go on to 1 MiB a class and 8 MiB in all, the growth past
- * 1 MiB drawn from a budget of 32 MiB that every thread's caches share (as
- * tcmalloc bounds its thread caches): a program that frees a structure of
- * 50,000 blocks in random order and builds it again (bench's batch-random)
- * otherwise sends most blocks through their slabs and back, twice the
- * instructions of mimalloc's run. The shared budget keeps many threads from
- * holding 8 MiB each.
+ * 1 MiB drawn from a budget (option tcache_budget, 32 MiB) that every
+ * thread's caches share, as tcmalloc bounds its thread caches: a program
+ * that frees a structure of 50,000 blocks in random order and builds it
+ * again (bench's batch-random) otherwise sends most blocks through their
+ * slabs and back, twice the instructions of mimalloc's run. The shared
+ * budget keeps many threads from holding 8 MiB each.
  * A cache flushed because it is idle (runtime/purge.c) comes back at the
  * base limits, and returns what it drew. The compare-and-swap loses to a
  * flush request, which sets end to 0 from another thread. */

@@ -102,9 +102,8 @@ LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
 /* The bin of cls is full, or empty again with no flush since its last
  * refill: true if it grew (tcache.c says when). */
 LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
-/* The growth past a cache's own 1 MiB that all caches share (tcache_grow),
- * and how much of it they have drawn. */
-#define TCACHE_SHARED_TOTAL ((size_t)32 * 1024 * 1024)
+/* Of the growth past a cache's own 1 MiB that all caches share
+ * (alloc_tuning.tcache_budget, tcache_grow), how much they have drawn. */
 LOAM_INTERNAL size_t tcache_shared_bytes(void);
 /* Flush the bin of cls down to `keep` blocks, into their slabs. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);

@@ -216,7 +216,9 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   thread allocates and frees in batches (or allocates from a collected
  *                   heap): 128 KiB a class and 1 MiB a cache on its own, and for a cache
  *                   that frees up to 1 MiB a class and 8 MiB in all, the part past
- *                   1 MiB drawn from 32 MiB that every thread's caches share
+ *                   1 MiB drawn from tcache_budget
+ *   tcache_budget   bytes of cache growth past each cache's own 1 MiB that every
+ *                   thread's caches share (default 32 MiB; 0: no cache grows past 1 MiB)
  *   gc_growth       percent of the live heap allocated between collections (default 100)
  *   gc_min_bytes    allocation between collections at least (default 4 MiB)
  *   gc_young_min    LOAM_GENERATIONAL heaps instead: allocation between collections (two

@@ -42,6 +42,8 @@ static option_def_t option_table[] = {
       "keep exact requested bytes (heaps from loam_heap_new; the default heap only if set)" },
     { "tcache_max",      &loam_opts.tcache_max,      0, 65536, 8192,
       "most blocks per size class in a thread cache (0: no caches); bins start at 128, grow in batches" },
+    { "tcache_budget",   &loam_opts.tcache_budget,   0, 1L << 40, 32L * 1024 * 1024,
+      "bytes of cache growth past each cache's own 1 MiB that all threads' caches share" },
     { "purge_thread",    &loam_opts.purge_thread,    0, 1, 1,
       "1: a background thread returns decayed memory and idle caches' blocks" },
     { "huge_pages",      &loam_opts.huge_pages,      0, 1, 1,
@@ -55,6 +57,7 @@ static void options_apply(void)
     alloc_tuning.decay_ms = (uint64_t)loam_opts.decay_ms;
     alloc_tuning.retain_max = (size_t)loam_opts.retain_max;
     alloc_tuning.huge_pages = loam_opts.huge_pages != 0;
+    alloc_tuning.tcache_budget = (size_t)loam_opts.tcache_budget;
 }
 
 void options_defaults(void)

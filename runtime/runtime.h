@@ -100,6 +100,7 @@ LOAM_INTERNAL int background_thread_start(void *(*fn)(void *), void *arg, size_t
 /* ---- options --------------------------------------------------------------- */
 typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
+    long tcache_budget;
     long purge_thread, huge_pages;
     long gc_growth, gc_min_bytes, gc_young_min, gc_markers, gc_parallel_min;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */

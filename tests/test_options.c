@@ -23,7 +23,8 @@
 extern char **environ;
 
 static const char *const keys[] = { "mmap_threshold", "arena_max", "decay_ms", "verbose",
-                                    "track_requested", "tcache_max", "retain_max", "purge_thread" };
+                                    "track_requested", "tcache_max", "tcache_budget", "retain_max",
+                                    "purge_thread" };
 #define NKEYS (sizeof keys / sizeof *keys)
 
 /* Capture what is written to fd 2 (by stdio or write(2)) between
@@ -72,6 +73,7 @@ Test(options, documented_defaults)
     cr_assert_eq(loam_option_get("purge_thread"), 1);
     cr_assert_eq(loam_option_get("verbose"), 0);
     cr_assert_eq(loam_option_get("tcache_max"), 8192);
+    cr_assert_eq(loam_option_get("tcache_budget"), 32 * (long)MiB);
     cr_assert_eq(loam_option_get("retain_max"), 4L * 1024 * 1024);
     cr_assert_eq(loam_option_get("huge_pages"), 1);
     long tr = loam_option_get("track_requested");

@@ -1274,6 +1274,22 @@ Test(threads, a_cache_grows_for_batches_bigger_than_it_within_its_bound, .timeou
     loam_heap_destroy(h);
 }
 
+/* tcache_budget=0: no cache grows past its own 1 MiB. */
+Test(threads, a_cache_grows_no_further_than_its_own_mib_with_no_budget, .timeout = 120)
+{
+    loam_heap_t *h = gb_heap();
+    cr_assert_eq(loam_option_set("tcache_budget", 0), 0);
+    gb_arg_t a = { .h = h, .seed = test_seed("a_cache_grows_no_further") };
+    gb_batches(&a);
+    cr_assert_eq(a.bad, 0);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(tcache_shared_bytes(), 0, "with no budget, the cache drew %zu bytes", tcache_shared_bytes());
+    cr_assert_leq(st.cached_bytes, GB_MIB + GB_BASE, "with no budget, the cache holds %zu bytes",
+                  st.cached_bytes);
+    loam_heap_destroy(h);
+}
+
 Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
 {
     loam_heap_t *h = gb_heap();
