@@ -438,10 +438,38 @@ void tcache_request_flush(tcache_t *tc)
         AO_store(&tc->bins[c].end, 0);
 }
 
+/* Every bin is empty: those that grew wider than their slots in the store
+ * go back to them, and their wide arrays back to the system. A grown bin of
+ * a small class has 8,192 slots, 64 KiB, which an idle thread would
+ * otherwise keep until it exits (batch-random's cache: about 400 KB). As in
+ * tcache_widen, the move is a sequence-lock write for tcache_count_racy.
+ * The store's slots of a class are as tcache_slots_init laid them out, its
+ * sentinel still NULL (nothing writes below a base). */
+static void tcache_narrow(tcache_t *tc)
+{
+    void **home = (void **)(tc->info + NUM_CLASSES) + 1;
+    for (unsigned c = 0; c < NUM_CLASSES; home += 1 + tcache_base_cap(c), c++) {
+        tcache_bin_info_t *in = &tc->info[c];
+        if (in->base == home)
+            continue;
+        void **old = in->base;
+        uint32_t old_cap = in->cap;
+        AO_store(&tc->resize_seq, tc->resize_seq + 1);
+        AO_nop_write();
+        AO_store((volatile AO_t *)&in->base, (AO_t)home);
+        in->cap = tcache_base_cap(c);
+        in->max = in->max < in->cap ? in->max : in->cap;
+        bin_set_top(tc, c, 0);
+        AO_store_release(&tc->resize_seq, tc->resize_seq + 1);
+        meta_free(old - 1, (size_t)(old_cap + 1) * sizeof(void *));
+    }
+}
+
 void tcache_answer_flush(tcache_t *tc)
 {
     AO_store(&tc->flush_req, 0);
     tcache_flush_all(tc);
+    tcache_narrow(tc);
     if (tc->owner)              /* a disowned cache keeps refusing every push */
         tcache_set_limits(tc);
 }

@@ -32,6 +32,7 @@
 
 #include "loam.h"
 #include "alloc/tcache.h"             /* tcache_shared_bytes: the caches' shared growth budget */
+#include "runtime/runtime.h"          /* a heap's cache slot, for the idle cache's slot arrays */
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -1378,6 +1379,12 @@ Test(threads, an_idle_cache_gives_its_share_of_the_budget_back, .timeout = 120)
     }
     cr_assert_eq(left, 0, "an idle cache kept %zu of its %zu bytes of the shared budget for 10 s", left,
                  drawn);
+    /* Its bins are back in their first slots: the grown arrays (8,192
+     * slots for the small classes) are gone. */
+    tcache_t *tc = loam_tls_cache[h->alloc_slot];
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        cr_assert_leq(tc->info[c].cap, 128, "class %u kept %u slots after the idle flush", c,
+                      tc->info[c].cap);
     loam_stats_t st;
     loam_heap_stats(h, &st);
     cr_assert_lt(st.cached_bytes, GB_MIB, "the idle cache still holds %zu bytes", st.cached_bytes);
