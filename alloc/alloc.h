@@ -311,10 +311,6 @@ static inline size_t slab_offset_index(uint64_t off, uint64_t m)
 {
     return (size_t)(((unsigned __int128)off * m) >> 64);
 }
-static inline bool slab_offset_is_block_start(uint64_t off, uint64_t m)
-{
-    return off * m < m;
-}
 
 /* segment_slab_at for the free fast path, from g = a >> SEGMENT_SHIFT (which
  * it has computed for the kind map): seg->page_slab[(a >> PAGE_SHIFT) % 64]

@@ -51,20 +51,28 @@ static void bin_refuse(tcache_bin_t *bin)
     AO_store(&bin->end, 0);
 }
 
-/* Bins back at their base limits (or refusing): the cache's draw on the
- * shared budget goes back. Idempotent, and safe against a racing second
- * call (heap destroy abandons caches from another thread). */
-static void tcache_shared_release(tcache_t *tc)
+/* Give back up to `bytes` of the cache's draw on the shared budget, no more
+ * than it still holds: a racing give-back may have taken it already (heap
+ * destroy abandons caches from another thread). */
+static void tcache_shared_untake(tcache_t *tc, size_t bytes)
 {
     for (;;) {
         AO_t mine = AO_load(&tc->shared_bytes);
-        if (mine == 0)
+        AO_t back = mine < bytes ? mine : bytes;
+        if (back == 0)
             return;
-        if (AO_compare_and_swap(&tc->shared_bytes, mine, 0)) {
-            AO_fetch_and_add(&tcache_shared_taken, (AO_t)0 - mine);
+        if (AO_compare_and_swap(&tc->shared_bytes, mine, mine - back)) {
+            AO_fetch_and_add(&tcache_shared_taken, (AO_t)0 - back);
             return;
         }
     }
+}
+
+/* Bins back at their base limits (or refusing): all of the cache's draw goes
+ * back. Idempotent. */
+static void tcache_shared_release(tcache_t *tc)
+{
+    tcache_shared_untake(tc, SIZE_MAX);
 }
 
 /* Take bytes from the shared budget: false if it has not that much left. */
@@ -261,22 +269,6 @@ static bool tcache_widen(tcache_t *tc, unsigned cls, uint32_t slots)
     if (!slots_in_store(tc, old))
         meta_free(old - 1, (size_t)(old_cap + 1) * sizeof(void *));
     return true;
-}
-
-/* Give back bytes taken by tcache_shared_take and not used: no more than
- * the cache still holds (a racing release may have taken them already). */
-static void tcache_shared_untake(tcache_t *tc, size_t bytes)
-{
-    for (;;) {
-        AO_t mine = AO_load(&tc->shared_bytes);
-        AO_t back = mine < bytes ? mine : bytes;
-        if (back == 0)
-            return;
-        if (AO_compare_and_swap(&tc->shared_bytes, mine, mine - back)) {
-            AO_fetch_and_add(&tcache_shared_taken, (AO_t)0 - back);
-            return;
-        }
-    }
 }
 
 /* Growth past the cache's own allowance, which the shared budget pays. */

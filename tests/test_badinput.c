@@ -761,6 +761,32 @@ Test(callback, foreign_free_still_aborts, .signal = SIGABRT)
     loam_free(&local);
 }
 
+/* Free N blocks of heap h, write an address into each one's first word (where
+ * a free list would keep its link), then malloc N blocks: none may be that
+ * address or another heap's, none may come twice, and nothing is reported. */
+static void written_free_blocks_cannot_steer_malloc(loam_heap_t *h, const err_record_t *rec)
+{
+    enum { N = 8 };
+    void *p[N], *again[N];
+    for (int i = 0; i < N; i++)
+        p[i] = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        loam_free(p[i]);
+    for (int i = 0; i < N; i++)
+        memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
+    for (int i = 0; i < N; i++) {
+        again[i] = loam_malloc(h, 64);
+        cr_assert_not_null(again[i]);
+        cr_assert_neq(again[i], (void *)static_buffer, "malloc handed out the address written into a free block");
+        cr_assert_eq(loam_heap_of(again[i]), h, "malloc %d returned %p, not a block of the heap", i, again[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
+    }
+    cr_assert_eq(rec->calls, 0, "a fault was reported: %s", rec->msg);
+    for (int i = 0; i < N; i++)
+        loam_free(again[i]);
+}
+
 /* A block in a thread cache holds no link (the cache keeps addresses in an
  * array of its own): a write through a dangling pointer into it changes no
  * later malloc, which still hands out this heap's blocks, each once. */
@@ -768,55 +794,18 @@ Test(callback, write_into_cached_block_cannot_steer_malloc)
 {
     err_record_t rec;
     loam_heap_t *h = heap_with_callback(&rec);
-    enum { N = 8 };
-    void *p[N], *again[N];
-    for (int i = 0; i < N; i++)
-        p[i] = loam_malloc(h, 64);
-    for (int i = 0; i < N; i++)
-        loam_free(p[i]);
-    for (int i = 0; i < N; i++)           /* the first word: where a list's link would be */
-        memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
-    for (int i = 0; i < N; i++) {
-        again[i] = loam_malloc(h, 64);
-        cr_assert_not_null(again[i]);
-        cr_assert_neq(again[i], (void *)static_buffer, "malloc handed out the address written into a free block");
-        cr_assert_eq(loam_heap_of(again[i]), h, "malloc %d returned %p, not a block of the heap", i, again[i]);
-        for (int j = 0; j < i; j++)
-            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
-    }
-    cr_assert_eq(rec.calls, 0, "a fault was reported: %s", rec.msg);
-    for (int i = 0; i < N; i++)
-        loam_free(again[i]);
+    written_free_blocks_cannot_steer_malloc(h, &rec);
     loam_heap_destroy(h);
 }
 
-/* A block in its slab's free set (no thread cache) with its first word
- * written (where a free list would keep its link): no later malloc is
- * steered by it, since loam keeps no pointer in a free block. */
+/* The same for blocks in their slab's free set (no thread cache): loam
+ * keeps no pointer in a free block there either. */
 Test(callback, write_into_free_block_in_its_slab_cannot_steer_malloc)
 {
     loam_option_set("tcache_max", 0);
     err_record_t rec;
     loam_heap_t *h = heap_with_callback(&rec);
-    enum { N = 8 };
-    void *p[N], *again[N];
-    for (int i = 0; i < N; i++)
-        p[i] = loam_malloc(h, 64);
-    for (int i = 0; i < N; i++)
-        loam_free(p[i]);
-    for (int i = 0; i < N; i++)
-        memcpy(p[i], &(void *){ static_buffer }, sizeof(void *));
-    for (int i = 0; i < N; i++) {
-        again[i] = loam_malloc(h, 64);
-        cr_assert_not_null(again[i]);
-        cr_assert_neq(again[i], (void *)static_buffer, "malloc handed out the address written into a free block");
-        cr_assert_eq(loam_heap_of(again[i]), h, "malloc %d returned %p, not a block of the heap", i, again[i]);
-        for (int j = 0; j < i; j++)
-            cr_assert_neq(again[i], again[j], "block %p handed out twice", again[i]);
-    }
-    cr_assert_eq(rec.calls, 0, "a fault was reported: %s", rec.msg);
-    for (int i = 0; i < N; i++)
-        loam_free(again[i]);
+    written_free_blocks_cannot_steer_malloc(h, &rec);
     loam_heap_destroy(h);
 }
 
