@@ -15,7 +15,13 @@
  * A frame's names list is the closure's parameter list, or a let's binding
  * list: an element is a symbol, or a binding (symbol init) whose car is the
  * name. A dotted tail (lambda (a . rest) ...) or a lone symbol
- * (lambda args ...) names the last slot. */
+ * (lambda args ...) names the last slot.
+ *
+ * Two shortcuts keep the walk cheap. A symbol that no frame can name (the
+ * `local` flag, see "environments") is looked up straight in its global
+ * binding, without searching the frames. And a subexpression that is a
+ * variable or a constant, as most arguments are, is evaluated on the spot
+ * (eval_sub), without a recursive call of eval. */
 #include "lisp.h"
 
 #include <setjmp.h>
@@ -66,10 +72,50 @@ static val_t binding_name(val_t entry)
     return is_cons(entry) ? car(entry) : entry;
 }
 
-/* ---- environments ------------------------------------------------------------ */
+/* ---- environments ------------------------------------------------------------
+ * Most variables a program names are globals (+, car, its own functions):
+ * searching every frame of the chain before the global binding would be
+ * wasted. A symbol's `local` flag (lisp.h) says whether it may name a slot
+ * of some frame; only then are the frames searched. The flag is set before
+ * any frame that names the symbol exists, and never cleared:
+ *   - a call's frame (bind) is named by its closure's parameter list, whose
+ *     names closure() flags when it makes the closure;
+ *   - every other frame (let, let*, letrec, named let) is made by
+ *     new_frame(), which flags the names first;
+ *   - an internal define flags its name before adding it to a frame.
+ * A names list is program text, never changed once it names a frame.
+ * The flag is a plain byte, not a pointer: no write barrier. */
 
-/* The slot of sym in frame f alone, or NULL. */
-static val_t *frame_slot(frame_t *f, val_t sym)
+static void note_local(val_t name)
+{
+    if (is_symbol(name))
+        AS(symbol_t, name)->local = true;
+}
+
+/* A frame for a let form. Its n names are flagged first, read as frame_slot
+ * reads them. */
+static val_t new_frame(val_t parent, val_t names, size_t n)
+{
+    val_t p = names;
+    for (size_t i = 0; i < n; i++, p = is_cons(p) ? cdr(p) : NIL)
+        note_local(is_cons(p) ? binding_name(car(p)) : p);
+    return make_frame(parent, names, n);
+}
+
+/* Every closure is made here, so that its parameters are flagged before
+ * any call can bind them. */
+static val_t closure(val_t params, val_t body, val_t env, val_t name)
+{
+    val_t p = params;
+    for (; is_cons(p); p = cdr(p))
+        note_local(binding_name(car(p)));     /* a named let's: (var init) */
+    note_local(p);                             /* a dotted tail, or a lone rest symbol */
+    return make_closure(params, body, env, name);
+}
+
+/* The slot of sym in frame f alone, or NULL. Inline: lookup_slot runs it
+ * for every frame it searches. */
+static inline val_t *frame_slot(frame_t *f, val_t sym)
 {
     val_t names = f->names;
     for (size_t i = 0; i < f->n; i++) {
@@ -89,6 +135,8 @@ static val_t *frame_slot(frame_t *f, val_t sym)
  * local, the stack scan accepts interior pointers. */
 static val_t *lookup_slot(val_t sym, val_t env)
 {
+    if (!AS(symbol_t, sym)->local)
+        return NULL;                           /* in no frame: a global (or unbound) */
     for (val_t e = env; e != NIL; e = AS(frame_t, e)->parent) {
         val_t *slot = frame_slot(AS(frame_t, e), sym);
         if (slot)
@@ -97,7 +145,7 @@ static val_t *lookup_slot(val_t sym, val_t env)
     return NULL;
 }
 
-static val_t lookup(val_t sym, val_t env)
+static inline val_t lookup(val_t sym, val_t env)
 {
     val_t *slot = lookup_slot(sym, env);
     if (slot)
@@ -117,6 +165,7 @@ static void define(val_t sym, val_t value, val_t env)
         global_set(sym, value);
         return;
     }
+    note_local(sym);                           /* before the frame can hold it */
     val_t *slot = frame_slot(AS(frame_t, env), sym);
     if (slot) {
         *slot = value;                         /* redefining a name of this frame */
@@ -155,6 +204,18 @@ static val_t bind(val_t c, val_t *args, int nargs)
     return frame;
 }
 
+/* eval(x, env) for a subexpression that is not in tail position (an
+ * operator, an argument, a test, an init...). Most are a variable or a
+ * constant, and those are done here, without the cost of a call of eval. */
+static inline val_t eval_sub(val_t x, val_t env)
+{
+    if (is_symbol(x))
+        return lookup(x, env);
+    if (!is_cons(x))
+        return x;
+    return eval(x, env);
+}
+
 /* Evaluate every form of body but the last, and return the last (for the
  * caller to evaluate in tail position). */
 static val_t body_prefix(val_t body, val_t env)
@@ -162,7 +223,7 @@ static val_t body_prefix(val_t body, val_t env)
     if (body == NIL)
         return UNSPEC;
     while (is_cons(cdr(body))) {
-        eval(car(body), env);
+        eval_sub(car(body), env);
         body = cdr(body);
     }
     return car(body);
@@ -172,7 +233,7 @@ static val_t body_prefix(val_t body, val_t env)
 static val_t init_value(val_t binding, val_t env)
 {
     if (is_cons(binding) && is_cons(cdr(binding)))
-        return eval(car(cdr(binding)), env);
+        return eval_sub(car(cdr(binding)), env);
     return UNSPEC;
 }
 
@@ -213,7 +274,7 @@ val_t eval(val_t x, val_t env)
         case SF_IF: {
             val_t test = pop_arg(&rest, form);
             val_t then = pop_arg(&rest, form);
-            if (is_true(eval(test, env)))
+            if (is_true(eval_sub(test, env)))
                 x = then;
             else if (rest != NIL)
                 x = pop_arg(&rest, form);
@@ -226,9 +287,9 @@ val_t eval(val_t x, val_t env)
             val_t target = pop_arg(&rest, form);
             if (is_cons(target)) {             /* (define (name . params) body...) */
                 val_t name = car(target);
-                define(name, make_closure(cdr(target), rest, env, name), env);
+                define(name, closure(cdr(target), rest, env, name), env);
             } else {
-                val_t value = rest == NIL ? UNSPEC : eval(pop_arg(&rest, form), env);
+                val_t value = rest == NIL ? UNSPEC : eval_sub(pop_arg(&rest, form), env);
                 if (is_type(value, T_CLOSURE) && AS(closure_t, value)->name == NIL)
                 {
                     AS(closure_t, value)->name = target;
@@ -241,7 +302,9 @@ val_t eval(val_t x, val_t env)
 
         case SF_SET: {
             val_t sym = pop_arg(&rest, form);
-            val_t value = eval(pop_arg(&rest, form), env);
+            val_t value = eval_sub(pop_arg(&rest, form), env);
+            if (!is_symbol(sym))
+                lisp_error("set!: not a symbol", sym);
             val_t *slot = lookup_slot(sym, env);
             if (slot) {
                 *slot = value;
@@ -258,7 +321,7 @@ val_t eval(val_t x, val_t env)
 
         case SF_LAMBDA: {
             val_t params = pop_arg(&rest, form);
-            return make_closure(params, rest, env, NIL);
+            return closure(params, rest, env, NIL);
         }
 
         case SF_BEGIN:
@@ -271,8 +334,8 @@ val_t eval(val_t x, val_t env)
                  * a closure whose environment binds loop to itself. */
                 val_t name = pop_arg(&rest, form);
                 val_t bindings = pop_arg(&rest, form);
-                val_t loop_env = make_frame(env, cons(name, NIL), 1);
-                val_t loop = make_closure(bindings, rest, loop_env, name);
+                val_t loop_env = new_frame(env, cons(name, NIL), 1);
+                val_t loop = closure(bindings, rest, loop_env, name);
                 AS(frame_t, loop_env)->vals[0] = loop;
                 written(&AS(frame_t, loop_env)->vals[0]);
                 size_t base = L.sp;
@@ -291,7 +354,7 @@ val_t eval(val_t x, val_t env)
             val_t bindings = pop_arg(&rest, form);
             size_t n = list_length(bindings, form);
             if (special == SF_LETREC) {
-                env = make_frame(env, bindings, n);
+                env = new_frame(env, bindings, n);
                 for (size_t i = 0; i < n; i++, bindings = cdr(bindings)) {
                     val_t v = init_value(car(bindings), env);
                     AS(frame_t, env)->vals[i] = v;
@@ -301,7 +364,7 @@ val_t eval(val_t x, val_t env)
                 size_t base = L.sp;
                 for (val_t b = bindings; b != NIL; b = cdr(b))
                     push(init_value(car(b), env));
-                val_t frame = make_frame(env, bindings, n);
+                val_t frame = new_frame(env, bindings, n);
                 memcpy(AS(frame_t, frame)->vals, stack_at(base), n * sizeof(val_t));
                 L.sp = base;
                 env = frame;
@@ -316,7 +379,7 @@ val_t eval(val_t x, val_t env)
             val_t bindings = pop_arg(&rest, form);
             for (; is_cons(bindings); bindings = cdr(bindings)) {
                 val_t v = init_value(car(bindings), env);
-                val_t frame = make_frame(env, bindings, 1);
+                val_t frame = new_frame(env, bindings, 1);
                 AS(frame_t, frame)->vals[0] = v;
                 env = frame;
             }
@@ -330,7 +393,7 @@ val_t eval(val_t x, val_t env)
                 val_t clause = car(rest);
                 if (!is_cons(clause))
                     lisp_error("bad syntax", form);
-                if (car(clause) == S.else_ || is_true(result = eval(car(clause), env)))
+                if (car(clause) == S.else_ || is_true(result = eval_sub(car(clause), env)))
                     break;
             }
             if (!is_cons(rest))
@@ -348,7 +411,7 @@ val_t eval(val_t x, val_t env)
             if (rest == NIL)
                 return make_bool(is_and);
             while (is_cons(cdr(rest))) {
-                val_t v = eval(car(rest), env);
+                val_t v = eval_sub(car(rest), env);
                 if (is_true(v) != is_and)
                     return v;
                 rest = cdr(rest);
@@ -359,7 +422,7 @@ val_t eval(val_t x, val_t env)
 
         case SF_WHEN:
         case SF_UNLESS: {
-            val_t test = eval(pop_arg(&rest, form), env);
+            val_t test = eval_sub(pop_arg(&rest, form), env);
             if (is_true(test) != (special == SF_WHEN))
                 return UNSPEC;
             x = body_prefix(rest, env);
@@ -368,11 +431,11 @@ val_t eval(val_t x, val_t env)
         }
 
         /* An application. */
-        val_t f = eval(op, env);
+        val_t f = eval_sub(op, env);
         size_t base = L.sp;
         int nargs = 0;
         for (; is_cons(rest); rest = cdr(rest), nargs++)
-            push(eval(car(rest), env));
+            push(eval_sub(car(rest), env));
         if (rest != NIL)
             lisp_error("bad syntax", form);
 

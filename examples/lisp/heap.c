@@ -146,13 +146,6 @@ void *gc_alloc(size_t size, loam_kind_t kind)
     return p;
 }
 
-void push(val_t v)
-{
-    if (L.sp == L.stack_size)
-        lisp_error("value stack overflow", UNSPEC);
-    L.stack[L.sp++] = v;
-}
-
 /* ---- constructors ----------------------------------------------------------
  * Traced blocks come back zero-filled, so a constructor may allocate, then
  * fill in fields in any order. Atomic blocks are not cleared: fill them in
@@ -381,13 +374,6 @@ val_t intern(const char *name, size_t len)
     s->name[len] = 0;
     table_add(L.symbols, (val_t)s, TRUE_V);   /* s: a C local, seen by the stack scan */
     return (val_t)s;
-}
-
-val_t global_ref(val_t sym, bool *found)
-{
-    val_t pair = AS(symbol_t, sym)->global;
-    *found = pair != NIL;
-    return pair != NIL ? cdr(pair) : UNSPEC;
 }
 
 void global_set(val_t sym, val_t value)

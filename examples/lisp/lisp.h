@@ -70,8 +70,18 @@ struct obj { uintptr_t tag; };
 typedef struct { uintptr_t tag; val_t car, cdr; } cons_t;
 typedef struct { uintptr_t tag; size_t len; char bytes[]; } string_t;
 /* global: the symbol's (symbol . value) pair in the global table, or () —
- * a shortcut, so that a global variable is found without hashing. */
-typedef struct { uintptr_t tag; val_t global; uint32_t hash, len, special; char name[]; } symbol_t;
+ * a shortcut, so that a global variable is found without hashing.
+ * local: the symbol may name a variable of some frame (eval.c sets it before
+ * any such frame exists, and never clears it); without it, a variable
+ * lookup goes straight to global instead of searching the frames. (It sits
+ * in what was padding: a symbol takes no more memory for it.) */
+typedef struct {
+    uintptr_t tag;
+    val_t global;
+    uint32_t hash, len, special;
+    bool local;
+    char name[];
+} symbol_t;
 
 /* symbol_t.special: the special form a symbol names (set by builtins_init). */
 enum { SF_NONE = 0, SF_QUOTE, SF_IF, SF_DEFINE, SF_SET, SF_LAMBDA, SF_LET, SF_LET_STAR,
@@ -132,13 +142,21 @@ void *gc_alloc(size_t size, loam_kind_t kind);   /* raises a Lisp error on failu
  * minor collection must see the store (docs/embedding.md §6.1). */
 static inline void written(void *slot) { loam_write_barrier(slot); }
 
-void  push(val_t v);
+_Noreturn void lisp_error(const char *msg, val_t irritant);   /* eval.c */
+
+/* Inline: the evaluator pushes every argument of every call. */
+static inline void push(val_t v)
+{
+    if (L.sp == L.stack_size)
+        lisp_error("value stack overflow", UNSPEC);
+    L.stack[L.sp++] = v;
+}
 static inline val_t *stack_at(size_t i) { return &L.stack[i]; }
 
 val_t cons(val_t a, val_t d);
 val_t make_string(const char *bytes, size_t len);
 val_t make_vector(size_t n, val_t fill);
-val_t make_closure(val_t params, val_t body, val_t env, val_t name);
+val_t make_closure(val_t params, val_t body, val_t env, val_t name);   /* via eval.c's closure() */
 val_t make_frame(val_t parent, val_t names, size_t n);
 val_t make_prim(const char *name, prim_fn fn, int min_args, int max_args);
 val_t make_weak(val_t target);
@@ -146,8 +164,16 @@ val_t weak_get(val_t w);
 val_t make_resource(val_t name);
 void  close_resource(val_t r);
 val_t intern(const char *name, size_t len);
-val_t global_ref(val_t sym, bool *found);
 void  global_set(val_t sym, val_t value);
+
+/* A global variable's value (found: whether it has one). Inline: the
+ * evaluator looks up a global in most calls (+, car, the program's functions). */
+static inline val_t global_ref(val_t sym, bool *found)
+{
+    val_t pair = AS(symbol_t, sym)->global;
+    *found = pair != NIL;
+    return pair != NIL ? cdr(pair) : UNSPEC;
+}
 
 /* ---- reader.c / printer.c ----------------------------------------------- */
 typedef struct { const char *p, *end; int line; } reader_t;
@@ -159,7 +185,6 @@ val_t eval(val_t expr, val_t env);
 val_t apply(val_t f, val_t *args, int nargs);
 void  eval_init(void);
 bool  run_text(const char *text, size_t len);   /* false: some form failed */
-_Noreturn void lisp_error(const char *msg, val_t irritant);
 extern char *stack_base;               /* main's frame: for the recursion limit */
 
 /* ---- builtins.c ------------------------------------------------------------- */
