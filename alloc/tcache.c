@@ -70,7 +70,7 @@ static void tcache_shared_untake(tcache_t *tc, size_t bytes)
 
 /* Bins back at their base limits (or refusing): all of the cache's draw goes
  * back. Idempotent. */
-static void tcache_shared_release(tcache_t *tc)
+void tcache_shared_release(tcache_t *tc)
 {
     tcache_shared_untake(tc, SIZE_MAX);
 }

@@ -105,6 +105,9 @@ LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
 /* Of the growth past a cache's own 1 MiB that all caches share
  * (alloc_tuning.tcache_budget, tcache_grow), how much they have drawn. */
 LOAM_INTERNAL size_t tcache_shared_bytes(void);
+/* All of tc's draw on it goes back (idempotent): its bins are back at their
+ * base limits, it refuses pushes, or nobody will use it again. */
+LOAM_INTERNAL void  tcache_shared_release(tcache_t *tc);
 /* Flush the bin of cls down to `keep` blocks, into their slabs. */
 LOAM_INTERNAL void  tcache_flush(tcache_t *tc, unsigned cls, uint32_t keep);
 /* The same for a bin that overflowed on a free: the blocks may go to their

@@ -305,6 +305,27 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
     return mine;
 }
 
+/* In the child of fork (which runs only the forking thread): the caches of
+ * the parent's other threads will never be used again, so their draws on
+ * the shared growth budget go back, which the child's own caches may then
+ * grow into. Only the draws: those caches' blocks stay where they are,
+ * lost to the child, because their owners may have been halfway through a
+ * push, a pop or a flush when the fork came, and flushing them again could
+ * hand a block to its slab twice. */
+void heap_caches_after_fork_child(void)
+{
+    heaps_lock();
+    for (loam_heap_t *h = loam_heaps; h; h = h->next)
+        for (tcache_t *tc = h->caches; tc; tc = tc->owner_next) {
+            bool mine = false;
+            for (tcache_t *t = thread_caches; t && !mine; t = t->thread_next)
+                mine = t == tc;
+            if (!mine)
+                tcache_shared_release(tc);
+        }
+    heaps_unlock();
+}
+
 /* Runs at thread exit (pthread key destructor): every cache goes back. */
 void heap_thread_exit(void)
 {

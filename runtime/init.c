@@ -74,6 +74,7 @@ static void fork_release(void)
 static void fork_release_child(void)
 {
     fork_release_in(true);
+    heap_caches_after_fork_child();
     purge_after_fork_child();
     gc_markers_after_fork_child();
 }

@@ -127,6 +127,7 @@ LOAM_INTERNAL arena_t *heap_arena_at(loam_heap_t *h, unsigned i);
 /* Allocate n bytes of kind k aligned to align from h (slow path of every allocation). */
 LOAM_INTERNAL void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind);
 LOAM_INTERNAL void heap_thread_exit(void);
+LOAM_INTERNAL void heap_caches_after_fork_child(void);
 /* loam_heap_trim, walking at most `walk` free blocks to shrink sparse slabs
  * (loam_heap_trim: no bound). */
 LOAM_INTERNAL size_t heap_trim(loam_heap_t *h, size_t walk);

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "loam.h"
 #include "alloc/tcache.h"             /* tcache_shared_bytes: the caches' shared growth budget */
@@ -1340,6 +1341,64 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
     cr_assert_gt(one.cached_seen, 3 * GB_MIB, "after the others exited, a cache grew to %zu bytes only",
                  one.cached_seen);
     cr_assert_gt(one.shared_seen, 0);
+    cr_assert_eq(tcache_shared_bytes(), 0);
+    pthread_barrier_destroy(&held);
+    pthread_barrier_destroy(&looked);
+    loam_heap_destroy(h);
+}
+
+/* A fork while other threads hold grown caches: in the child those caches
+ * will never be used again, and their draws on the shared budget go back
+ * (heap_caches_after_fork_child), so the child's own caches can grow as a
+ * new process's would. Without it the child started with 4 threads' draws
+ * taken (about 28 of the 32 MiB). */
+Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 300)
+{
+    enum { FORK_GB_THREADS = 4 };
+    loam_heap_t *h = gb_heap();
+    uint64_t seed = test_seed("a_fork_child_gets_back_the_budget");
+    pthread_barrier_t held, looked;
+    pthread_barrier_init(&held, NULL, FORK_GB_THREADS + 1);
+    pthread_barrier_init(&looked, NULL, FORK_GB_THREADS + 1);
+    gb_arg_t a[FORK_GB_THREADS];
+    pthread_t t[FORK_GB_THREADS];
+    for (int i = 0; i < FORK_GB_THREADS; i++) {
+        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = &held, .looked = &looked };
+        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
+    }
+    pthread_barrier_wait(&held);         /* they hold their grown caches */
+    size_t drawn = tcache_shared_bytes();
+    cr_assert_gt(drawn, 16 * GB_MIB, "%d caches that each want 7 MiB drew only %zu bytes",
+                 FORK_GB_THREADS, drawn);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int code = 0;
+        if (tcache_shared_bytes() != 0) {
+            code = 1;
+        } else {
+            gb_arg_t one = { .h = h, .seed = seed + FORK_GB_THREADS, .look = true };
+            gb_batches(&one);            /* the child's only thread grows its cache */
+            code = one.bad ? 2 : one.shared_seen == 0 ? 3 : 0;
+        }
+        _exit(code);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "the child died (status 0x%x)", status);
+    cr_assert_neq(WEXITSTATUS(status), 1, "the child started with the other threads' draws on the budget");
+    cr_assert_neq(WEXITSTATUS(status), 2, "the child's blocks failed or were overwritten");
+    cr_assert_neq(WEXITSTATUS(status), 3, "the child's cache drew nothing from the budget");
+    cr_assert_eq(WEXITSTATUS(status), 0);
+    cr_assert_eq(tcache_shared_bytes(), drawn, "the parent's draws moved: %zu, were %zu",
+                 tcache_shared_bytes(), drawn);
+    pthread_barrier_wait(&looked);
+    for (int i = 0; i < FORK_GB_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
+    }
     cr_assert_eq(tcache_shared_bytes(), 0);
     pthread_barrier_destroy(&held);
     pthread_barrier_destroy(&looked);
