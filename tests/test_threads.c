@@ -1256,6 +1256,32 @@ static loam_heap_t *gb_heap(void)
     return h;
 }
 
+/* n threads run gb_batches on h and hold their grown caches: this returns
+ * once they all do, and they exit after gb_let_go. */
+static void gb_start_holding(loam_heap_t *h, uint64_t seed, int n, pthread_barrier_t *held,
+                             pthread_barrier_t *looked, gb_arg_t *a, pthread_t *t)
+{
+    pthread_barrier_init(held, NULL, (unsigned)n + 1);
+    pthread_barrier_init(looked, NULL, (unsigned)n + 1);
+    for (int i = 0; i < n; i++) {
+        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = held, .looked = looked };
+        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
+    }
+    pthread_barrier_wait(held);
+}
+
+static void gb_let_go(int n, pthread_barrier_t *held, pthread_barrier_t *looked, gb_arg_t *a,
+                      pthread_t *t)
+{
+    pthread_barrier_wait(looked);
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
+    }
+    pthread_barrier_destroy(held);
+    pthread_barrier_destroy(looked);
+}
+
 Test(threads, a_cache_grows_for_batches_bigger_than_it_within_its_bound, .timeout = 120)
 {
     loam_heap_t *h = gb_heap();
@@ -1297,15 +1323,9 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
     loam_heap_t *h = gb_heap();
     uint64_t seed = test_seed("caches_share_one_growth_budget");
     pthread_barrier_t held, looked;
-    pthread_barrier_init(&held, NULL, GB_THREADS + 1);
-    pthread_barrier_init(&looked, NULL, GB_THREADS + 1);
     gb_arg_t a[GB_THREADS];
     pthread_t t[GB_THREADS];
-    for (int i = 0; i < GB_THREADS; i++) {
-        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = &held, .looked = &looked };
-        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
-    }
-    pthread_barrier_wait(&held);
+    gb_start_holding(h, seed, GB_THREADS, &held, &looked, a, t);
     loam_stats_t st;
     loam_heap_stats(h, &st);
     /* Eight caches could hold 8 MiB each; past their own 1 MiB they share
@@ -1322,11 +1342,7 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
                  shared);
     cr_assert_leq(st.cached_bytes, bound, "%d caches hold %zu bytes, past %zu", GB_THREADS,
                   st.cached_bytes, bound);
-    pthread_barrier_wait(&looked);
-    for (int i = 0; i < GB_THREADS; i++) {
-        pthread_join(t[i], NULL);
-        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
-    }
+    gb_let_go(GB_THREADS, &held, &looked, a, t);
     loam_heap_stats(h, &st);
     cr_assert_eq(st.cached_bytes, 0, "%zu bytes cached after every thread exited", st.cached_bytes);
     cr_assert_eq(tcache_shared_bytes(), 0, "exited threads' caches still hold %zu bytes of the budget",
@@ -1342,8 +1358,6 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
                  one.cached_seen);
     cr_assert_gt(one.shared_seen, 0);
     cr_assert_eq(tcache_shared_bytes(), 0);
-    pthread_barrier_destroy(&held);
-    pthread_barrier_destroy(&looked);
     loam_heap_destroy(h);
 }
 
@@ -1358,15 +1372,9 @@ Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 3
     loam_heap_t *h = gb_heap();
     uint64_t seed = test_seed("a_fork_child_gets_back_the_budget");
     pthread_barrier_t held, looked;
-    pthread_barrier_init(&held, NULL, FORK_GB_THREADS + 1);
-    pthread_barrier_init(&looked, NULL, FORK_GB_THREADS + 1);
     gb_arg_t a[FORK_GB_THREADS];
     pthread_t t[FORK_GB_THREADS];
-    for (int i = 0; i < FORK_GB_THREADS; i++) {
-        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = &held, .looked = &looked };
-        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
-    }
-    pthread_barrier_wait(&held);         /* they hold their grown caches */
+    gb_start_holding(h, seed, FORK_GB_THREADS, &held, &looked, a, t);
     size_t drawn = tcache_shared_bytes();
     cr_assert_gt(drawn, 16 * GB_MIB, "%d caches that each want 7 MiB drew only %zu bytes",
                  FORK_GB_THREADS, drawn);
@@ -1394,14 +1402,8 @@ Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 3
     cr_assert_eq(WEXITSTATUS(status), 0);
     cr_assert_eq(tcache_shared_bytes(), drawn, "the parent's draws moved: %zu, were %zu",
                  tcache_shared_bytes(), drawn);
-    pthread_barrier_wait(&looked);
-    for (int i = 0; i < FORK_GB_THREADS; i++) {
-        pthread_join(t[i], NULL);
-        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
-    }
+    gb_let_go(FORK_GB_THREADS, &held, &looked, a, t);
     cr_assert_eq(tcache_shared_bytes(), 0);
-    pthread_barrier_destroy(&held);
-    pthread_barrier_destroy(&looked);
     loam_heap_destroy(h);
 }
 
