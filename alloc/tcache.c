@@ -137,6 +137,17 @@ static bool refilled_take(tcache_t *tc, unsigned cls)
 
 /* The store: the bins' info, then for each class a NULL sentinel and its
  * base slots (fresh metadata is zero, and nothing writes below a base). */
+/* The store's layout: after the classes' info, each class's NULL sentinel
+ * and then its base slots. home[c] is where class c's slots begin. */
+static void store_homes(tcache_bin_info_t *info, void **home[NUM_CLASSES])
+{
+    void **next = (void **)(info + NUM_CLASSES);
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        home[c] = next + 1;
+        next += 1 + tcache_base_cap(c);
+    }
+}
+
 static bool tcache_slots_init(tcache_t *tc)
 {
     if (tc->info)
@@ -148,11 +159,11 @@ static bool tcache_slots_init(tcache_t *tc)
     tcache_bin_info_t *info = meta_alloc(bytes);
     if (!info)
         return false;
-    void **next = (void **)(info + NUM_CLASSES);
+    void **home[NUM_CLASSES];
+    store_homes(info, home);
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        info[c].base = next + 1;
+        info[c].base = home[c];
         info[c].cap = tcache_base_cap(c);
-        next += 1 + info[c].cap;
     }
     tc->info = info;
     tc->store_bytes = bytes;
@@ -435,20 +446,21 @@ void tcache_request_flush(tcache_t *tc)
  * a small class has 8,192 slots, 64 KiB, which an idle thread would
  * otherwise keep until it exits (batch-random's cache: about 400 KB). As in
  * tcache_widen, the move is a sequence-lock write for tcache_count_racy.
- * The store's slots of a class are as tcache_slots_init laid them out, its
- * sentinel still NULL (nothing writes below a base). */
+ * The store's slots of a class are where store_homes says, its sentinel
+ * still NULL (nothing writes below a base). */
 static void tcache_narrow(tcache_t *tc)
 {
-    void **home = (void **)(tc->info + NUM_CLASSES) + 1;
-    for (unsigned c = 0; c < NUM_CLASSES; home += 1 + tcache_base_cap(c), c++) {
+    void **home[NUM_CLASSES];
+    store_homes(tc->info, home);
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
         tcache_bin_info_t *in = &tc->info[c];
-        if (in->base == home)
+        if (in->base == home[c])
             continue;
         void **old = in->base;
         uint32_t old_cap = in->cap;
         AO_store(&tc->resize_seq, tc->resize_seq + 1);
         AO_nop_write();
-        AO_store((volatile AO_t *)&in->base, (AO_t)home);
+        AO_store((volatile AO_t *)&in->base, (AO_t)home[c]);
         in->cap = tcache_base_cap(c);
         in->max = in->max < in->cap ? in->max : in->cap;
         bin_set_top(tc, c, 0);

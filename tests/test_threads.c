@@ -1256,30 +1256,37 @@ static loam_heap_t *gb_heap(void)
     return h;
 }
 
-/* n threads run gb_batches on h and hold their grown caches: this returns
- * once they all do, and they exit after gb_let_go. */
-static void gb_start_holding(loam_heap_t *h, uint64_t seed, int n, pthread_barrier_t *held,
-                             pthread_barrier_t *looked, gb_arg_t *a, pthread_t *t)
+/* Threads that run gb_batches and then hold their grown caches. */
+typedef struct {
+    int               n;
+    pthread_barrier_t held, looked;
+    gb_arg_t          a[GB_THREADS];
+    pthread_t         t[GB_THREADS];
+} gb_group_t;
+
+/* n (at most GB_THREADS) threads run gb_batches on h: this returns once they
+ * all hold their caches, and they exit after gb_let_go. */
+static void gb_start_holding(gb_group_t *g, loam_heap_t *h, uint64_t seed, int n)
 {
-    pthread_barrier_init(held, NULL, (unsigned)n + 1);
-    pthread_barrier_init(looked, NULL, (unsigned)n + 1);
+    g->n = n;
+    pthread_barrier_init(&g->held, NULL, (unsigned)n + 1);
+    pthread_barrier_init(&g->looked, NULL, (unsigned)n + 1);
     for (int i = 0; i < n; i++) {
-        a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = held, .looked = looked };
-        cr_assert_eq(pthread_create(&t[i], NULL, gb_batches, &a[i]), 0);
+        g->a[i] = (gb_arg_t){ .h = h, .seed = seed + (uint64_t)i, .held = &g->held, .looked = &g->looked };
+        cr_assert_eq(pthread_create(&g->t[i], NULL, gb_batches, &g->a[i]), 0);
     }
-    pthread_barrier_wait(held);
+    pthread_barrier_wait(&g->held);
 }
 
-static void gb_let_go(int n, pthread_barrier_t *held, pthread_barrier_t *looked, gb_arg_t *a,
-                      pthread_t *t)
+static void gb_let_go(gb_group_t *g)
 {
-    pthread_barrier_wait(looked);
-    for (int i = 0; i < n; i++) {
-        pthread_join(t[i], NULL);
-        cr_assert_eq(a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, a[i].bad);
+    pthread_barrier_wait(&g->looked);
+    for (int i = 0; i < g->n; i++) {
+        pthread_join(g->t[i], NULL);
+        cr_assert_eq(g->a[i].bad, 0, "thread %d: %zu blocks failed or were overwritten", i, g->a[i].bad);
     }
-    pthread_barrier_destroy(held);
-    pthread_barrier_destroy(looked);
+    pthread_barrier_destroy(&g->held);
+    pthread_barrier_destroy(&g->looked);
 }
 
 Test(threads, a_cache_grows_for_batches_bigger_than_it_within_its_bound, .timeout = 120)
@@ -1322,10 +1329,8 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
 {
     loam_heap_t *h = gb_heap();
     uint64_t seed = test_seed("caches_share_one_growth_budget");
-    pthread_barrier_t held, looked;
-    gb_arg_t a[GB_THREADS];
-    pthread_t t[GB_THREADS];
-    gb_start_holding(h, seed, GB_THREADS, &held, &looked, a, t);
+    gb_group_t g;
+    gb_start_holding(&g, h, seed, GB_THREADS);
     loam_stats_t st;
     loam_heap_stats(h, &st);
     /* Eight caches could hold 8 MiB each; past their own 1 MiB they share
@@ -1342,7 +1347,7 @@ Test(threads, caches_share_one_growth_budget_and_give_it_back, .timeout = 300)
                  shared);
     cr_assert_leq(st.cached_bytes, bound, "%d caches hold %zu bytes, past %zu", GB_THREADS,
                   st.cached_bytes, bound);
-    gb_let_go(GB_THREADS, &held, &looked, a, t);
+    gb_let_go(&g);
     loam_heap_stats(h, &st);
     cr_assert_eq(st.cached_bytes, 0, "%zu bytes cached after every thread exited", st.cached_bytes);
     cr_assert_eq(tcache_shared_bytes(), 0, "exited threads' caches still hold %zu bytes of the budget",
@@ -1371,10 +1376,8 @@ Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 3
     enum { FORK_GB_THREADS = 4 };
     loam_heap_t *h = gb_heap();
     uint64_t seed = test_seed("a_fork_child_gets_back_the_budget");
-    pthread_barrier_t held, looked;
-    gb_arg_t a[FORK_GB_THREADS];
-    pthread_t t[FORK_GB_THREADS];
-    gb_start_holding(h, seed, FORK_GB_THREADS, &held, &looked, a, t);
+    gb_group_t g;
+    gb_start_holding(&g, h, seed, FORK_GB_THREADS);
     size_t drawn = tcache_shared_bytes();
     cr_assert_gt(drawn, 16 * GB_MIB, "%d caches that each want 7 MiB drew only %zu bytes",
                  FORK_GB_THREADS, drawn);
@@ -1402,7 +1405,7 @@ Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 3
     cr_assert_eq(WEXITSTATUS(status), 0);
     cr_assert_eq(tcache_shared_bytes(), drawn, "the parent's draws moved: %zu, were %zu",
                  tcache_shared_bytes(), drawn);
-    gb_let_go(FORK_GB_THREADS, &held, &looked, a, t);
+    gb_let_go(&g);
     cr_assert_eq(tcache_shared_bytes(), 0);
     loam_heap_destroy(h);
 }
