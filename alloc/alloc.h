@@ -695,6 +695,8 @@ LOAM_INTERNAL void   os_advise_huge(void *p, size_t size);   /* MADV_HUGEPAGE */
 LOAM_INTERNAL void   os_advise_small(void *p, size_t size);  /* MADV_NOHUGEPAGE */
 LOAM_INTERNAL size_t os_resident(void *p, size_t size);
 LOAM_INTERNAL uint64_t os_now_ms(void);
+LOAM_INTERNAL unsigned os_cpu_count(void);         /* CPUs the process may run on */
+LOAM_INTERNAL unsigned os_runnable_threads(void);  /* machine-wide, now; 0: unknown */
 LOAM_INTERNAL uintptr_t os_random_seed(void);   /* from the kernel (getrandom) */
 extern LOAM_INTERNAL AO_t os_reserved_bytes;    /* process-wide, all loam mappings */
 extern LOAM_INTERNAL AO_t os_committed_bytes;

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -128,6 +129,47 @@ uint64_t os_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* CPUs this process may run on: its affinity mask (taskset, a container's
+ * cpuset), else the CPUs online. */
+unsigned os_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return (unsigned)CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+/* Threads runnable on the whole machine at this moment, the caller
+ * included: the "runnable/total" field of /proc/loadavg, or 0 when it
+ * cannot be read. System calls only: stdio could allocate, and loam may be
+ * the malloc (the caller may hold its locks). A few microseconds. */
+unsigned os_runnable_threads(void)
+{
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* "0.50 0.40 0.30 2/345 12345": the fourth field's numerator. */
+    const char *p = buf;
+    for (int field = 0; field < 3; field++) {
+        while (*p && *p != ' ')
+            p++;
+        while (*p == ' ')
+            p++;
+    }
+    unsigned r = 0;
+    const char *digits = p;
+    while (*p >= '0' && *p <= '9')
+        r = r * 10 + (unsigned)(*p++ - '0');
+    return p > digits && *p == '/' ? r : 0;
 }
 
 /* The process's free key (runtime/init.c). */

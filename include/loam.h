@@ -225,7 +225,8 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *                   thirds of the growth), and old garbage between major ones (one
  *                   third), each at least this (default 512 KiB)
  *   gc_markers      threads that mark a LOAM_PARALLEL_MARK heap, the collecting one
- *                   included (default 0: one per CPU, at most 8; 1: no helpers)
+ *                   included (default 0: one per CPU, at most 8, fewer while other
+ *                   threads keep CPUs busy; 1: no helpers)
  *   gc_parallel_min live bytes found by the last collection from which marking runs in
  *                   parallel (default 1 MiB; a minor collection: bytes the last minor
  *                   one marked)

@@ -33,7 +33,7 @@ static option_def_t option_table[] = {
       "LOAM_GENERATIONAL heaps: bytes allocated between collections, and of old garbage "
       "between major ones, at least (instead of gc_min_bytes)" },
     { "gc_markers",      &loam_opts.gc_markers,      0, 8, 0,
-      "threads marking a LOAM_PARALLEL_MARK heap (0: one per CPU, at most 8)" },
+      "threads marking a LOAM_PARALLEL_MARK heap (0: one per idle CPU, at most 8)" },
     { "gc_parallel_min", &loam_opts.gc_parallel_min, 0, 1L << 40, 1L << 20,
       "live bytes (found by the last collection) from which marking runs in parallel" },
     { "verbose",         &loam_opts.verbose,         0, 2, 0,
@@ -62,10 +62,10 @@ static void options_apply(void)
 
 void options_defaults(void)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = (long)os_cpu_count();
     for (size_t i = 0; i < NUM_OPTIONS; i++) {
         if (option_table[i].value == &loam_opts.arena_max)
-            option_table[i].def = 8 * (cpus > 0 ? cpus : 1);
+            option_table[i].def = 8 * cpus;
         *option_table[i].value = option_table[i].def;
     }
     options_apply();

@@ -26,6 +26,8 @@
 #include <criterion/criterion.h>
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1213,6 +1215,65 @@ Test(gc, parallel_marking_marks_exactly_the_reachable_blocks, .timeout = 120)
         cr_assert_eq(st.gc_bytes_marked, n * 32);
         cr_assert_eq(st.gc_bytes_marked_helpers, 0, "a helper marked with gc_markers=1");
     }
+    root = NULL;
+    loam_gc_collect(h);
+    expect_live(h, 0, "tree dropped");
+    loam_heap_destroy(h);
+}
+
+/* With gc_markers left to its default (a marker per CPU), a marking takes
+ * helpers only for the CPUs idle at its start: one that must share a CPU is
+ * preempted with work in its stack, and the collection waits for it. Here
+ * a thread spins on every CPU the process may use, so no helper marks. */
+static volatile int spinners_stop;
+
+static void *spin_until_stopped(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&spinners_stop, __ATOMIC_RELAXED))
+        ;
+    return NULL;
+}
+
+Test(gc, parallel_marking_takes_no_helper_while_every_cpu_is_busy, .timeout = 120)
+{
+    cpu_set_t set;
+    cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int cpus = CPU_COUNT(&set);
+#ifdef LOAM_MEMCHECK
+    if (RUNNING_ON_VALGRIND)
+        cr_skip_test("valgrind runs one thread at a time: the spinners would starve the test");
+#endif
+    if (cpus < 2)
+        cr_skip_test("one CPU: a marking never takes a helper");
+    cr_assert_eq(loam_option_set("gc_markers", 0), 0);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    root = top;
+    size_t n = 1;
+    grow_tree(h, top, 16, &n);                      /* 4 MiB: past gc_parallel_min */
+    loam_gc_collect(h);                             /* the first eligible marking runs alone */
+
+    pthread_t spinner[64];
+    int spinners = cpus < 64 ? cpus : 64;
+    spinners_stop = 0;
+    for (int i = 0; i < spinners; i++)
+        cr_assert_eq(pthread_create(&spinner[i], NULL, spin_until_stopped, NULL), 0);
+    size_t helpers = 0;
+    for (int round = 0; round < 10; round++) {
+        loam_gc_collect(h);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_eq(st.gc_bytes_marked, n * 32, "round %d", round);
+        helpers += st.gc_bytes_marked_helpers;
+    }
+    __atomic_store_n(&spinners_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < spinners; i++)
+        pthread_join(spinner[i], NULL);
+    cr_assert_eq(helpers, 0, "helpers marked %zu bytes while %d threads kept all %d CPUs busy", helpers,
+                 spinners, cpus);
+    cr_assert_eq(count_tree(top), n);
     root = NULL;
     loam_gc_collect(h);
     expect_live(h, 0, "tree dropped");
