@@ -506,6 +506,16 @@ static const char prelude[] =
     "        (else (assq key (cdr alist)))))\n"
     "(define (heap-stat key) (cdr (assq key (heap-stats))))\n";
 
+/* The primitives compiled calls may do inline (eval.c), as long as the
+ * global still holds the primitive. */
+static const struct { const char *name; int op; } inline_ops[] = {
+    { "+", PRIM_ADD }, { "-", PRIM_SUB }, { "*", PRIM_MUL }, { "=", PRIM_NUM_EQ },
+    { "<", PRIM_LT }, { ">", PRIM_GT }, { "<=", PRIM_LE }, { ">=", PRIM_GE },
+    { "quotient", PRIM_QUOTIENT }, { "remainder", PRIM_REMAINDER }, { "car", PRIM_CAR },
+    { "cdr", PRIM_CDR }, { "cons", PRIM_CONS }, { "null?", PRIM_NULL }, { "pair?", PRIM_PAIR },
+    { "not", PRIM_NOT }, { "eq?", PRIM_EQ }, { "vector-ref", PRIM_VECTOR_REF },
+};
+
 void builtins_init(void)
 {
     static const struct { const char *name; int form; } forms[] = {
@@ -522,6 +532,10 @@ void builtins_init(void)
     for (size_t i = 0; i < sizeof prims / sizeof prims[0]; i++) {
         val_t sym = intern(prims[i].name, strlen(prims[i].name));
         global_set(sym, make_prim(prims[i].name, prims[i].fn, prims[i].min, prims[i].max));
+    }
+    for (size_t i = 0; i < sizeof inline_ops / sizeof inline_ops[0]; i++) {
+        val_t sym = intern(inline_ops[i].name, strlen(inline_ops[i].name));
+        AS(prim_t, cdr(AS(symbol_t, sym)->global))->inline_op = inline_ops[i].op;
     }
     if (!run_text(prelude, sizeof prelude - 1)) {
         fputs("lisp: the prelude failed\n", stderr);

@@ -1,27 +1,32 @@
-/* eval.c — the evaluator.
+/* eval.c — the evaluator: a compiler, and the loop that runs what it makes.
  *
- * eval(expr, env) walks the expression. env is () for the global
- * environment, or a T_FRAME. Expressions in tail position (the branches of
- * if, the last form of a body, a closure's body after the call) are not
- * evaluated by a recursive call: the loop replaces expr and env and goes
- * round again, so a tail-recursive loop runs in constant C stack.
+ * Each top-level form is compiled once into a tree of code nodes (code_t,
+ * lisp.h), then run; a lambda's body is compiled with the form around it,
+ * once, and shared by every closure made from it. Compiling does the work
+ * a tree walker would redo at each step:
+ *   - the special forms are recognised once;
+ *   - a variable is resolved to a frame slot, (depth, index): how many
+ *     parent links to follow from the current frame, then which slot; or
+ *     to a global, read through the symbol's global binding cell;
+ *   - a body's internal defines are given slots in its frame;
+ *   - a call knows its argument count, and a call of + car null? ... whose
+ *     global still holds the builtin does the work on the spot for fixnums
+ *     and pairs (anything else goes through the primitive itself).
+ * Code nodes are heap objects (T_CODE, traced by heap.c): a node keeps its
+ * sub-nodes, quoted constants and symbols alive, and a closure keeps its
+ * compiled lambda.
  *
- * A call evaluates its operator, then pushes each argument on the value
- * stack (heap.c), where the collector's roots callback sees them; primitives
- * get a pointer to their arguments there. Everything else the evaluator holds
- * (expr, env, the function, a half-built frame) is in C locals, which the
- * collector finds by scanning the C stack conservatively.
+ * run(code, env) runs a node; env is () at the top level, or the current
+ * T_FRAME. Nodes in tail position (the branches of if, the last form of a
+ * body, a closure's body after the call) are not run by a recursive call:
+ * the loop replaces code and env and goes round again, so a tail-recursive
+ * loop runs in constant C stack.
  *
- * A frame's names list is the closure's parameter list, or a let's binding
- * list: an element is a symbol, or a binding (symbol init) whose car is the
- * name. A dotted tail (lambda (a . rest) ...) or a lone symbol
- * (lambda args ...) names the last slot.
- *
- * Two shortcuts keep the walk cheap. A symbol that no frame can name (the
- * `local` flag, see "environments") is looked up straight in its global
- * binding, without searching the frames. And a subexpression that is a
- * variable or a constant, as most arguments are, is evaluated on the spot
- * (eval_sub), without a recursive call of eval. */
+ * A call pushes each argument on the value stack (heap.c), where the
+ * collector's roots callback sees them; primitives get a pointer to their
+ * arguments there. Everything else the evaluator holds (code, env, the
+ * function, a half-built frame or node) is in C locals, which the collector
+ * finds by scanning the C stack conservatively. */
 #include "lisp.h"
 
 #include <setjmp.h>
@@ -53,148 +58,580 @@ void eval_init(void)
     stack_limit = 8u << 20;
     if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         stack_limit = (size_t)rl.rlim_cur;
-    stack_limit = stack_limit / 4 * 3;        /* leave room for C code under eval */
+    stack_limit = stack_limit / 4 * 3;        /* leave room for C code under run */
 }
 
-/* ---- syntax helpers ----------------------------------------------------- */
+/* ---- code nodes ---------------------------------------------------------------
+ * What each op keeps in its node (a..d are small integers, x[] values):
+ *   K_CONST        x0 the value
+ *   K_LOCAL        a depth, b slot
+ *   K_LOCAL_DEF    a depth, b slot of an internal define; x0 the code for the
+ *                  same name outside, run while the define has not run yet
+ *   K_GLOBAL       x0 the symbol
+ *   K_SET_LOCAL    a depth, b slot; x0 the value's code
+ *   K_SET_GLOBAL   x0 the symbol, x1 the value's code
+ *   K_DEFINE       x0 the symbol, x1 the value's code; a = -1 for a global,
+ *                  else the slot in the current frame
+ *   K_LAMBDA       a fixed parameters, b frame slots, c 1 with a rest
+ *                  parameter; x0 the parameter list, x1 the body's code,
+ *                  x2 the name or (), x3 the slots' names
+ *   K_IF           x0 test, x1 then, x2 else
+ *   K_SEQ, K_AND, K_OR   x0..x(n-1) the forms' code
+ *   K_LET, K_LETREC a bindings, b frame slots; x0..x(a-1) the inits,
+ *                  x(a) the body, x(a+1) the slots' names
+ *   K_NAMED_LET    a bindings; x0..x(a-1) the inits, x(a) the loop's
+ *                  K_LAMBDA, x(a+1) the names of the frame holding the loop
+ *   K_CALL         a arguments; x0 the operator's code, x1.. the arguments'
+ *   K_CALL_GLOBAL  a arguments; x0 the operator's symbol, x1.. the arguments'
+ *   K_PRIM         a arguments (1..3), b the PRIM_ op; x0 the symbol, x1 the
+ *                  primitive it held when compiled, x2.. the arguments' code
+ *   K_ERROR        x0 the message (a string), x1 the irritant
+ * Compiled nodes are filled in right after their allocation, with their
+ * sub-nodes made before: no write barrier is needed. */
+enum {
+    K_CONST, K_LOCAL, K_LOCAL_DEF, K_GLOBAL, K_SET_LOCAL, K_SET_GLOBAL, K_DEFINE,
+    K_LAMBDA, K_IF, K_SEQ, K_AND, K_OR, K_LET, K_LETREC, K_NAMED_LET,
+    K_CALL, K_CALL_GLOBAL, K_PRIM, K_ERROR
+};
+
+enum { PRIM_INLINE_MAX = 3 };   /* arguments a K_PRIM node evaluates into C locals */
+
+#define CODE(v) AS(code_t, v)
+
+static val_t node(uint32_t op, uint32_t n, int32_t a, int32_t b)
+{
+    val_t v = make_code(op, n);
+    CODE(v)->a = a;
+    CODE(v)->b = b;
+    return v;
+}
+
+static val_t node1(uint32_t op, val_t x0)
+{
+    val_t v = make_code(op, 1);
+    CODE(v)->x[0] = x0;
+    return v;
+}
+
+static val_t node2(uint32_t op, val_t x0, val_t x1)
+{
+    val_t v = make_code(op, 2);
+    CODE(v)->x[0] = x0;
+    CODE(v)->x[1] = x1;
+    return v;
+}
+
+static val_t constant(val_t v) { return node1(K_CONST, v); }
+
+/* ---- syntax errors -------------------------------------------------------------
+ * A syntax error does not stop the compiler: the faulty form compiles to a
+ * K_ERROR node that reports it when it runs, as the error would have been
+ * met by a tree walker (an error in a function never called stays silent;
+ * one in a branch not taken too). compile() catches it at the innermost
+ * form. The message waits in these statics until compile() makes the node:
+ * nothing allocates between the raise and the catch. */
+static jmp_buf *syntax_catch;
+static const char *syntax_msg;
+static val_t syntax_irritant;
+
+_Noreturn static void syntax_error(const char *msg, val_t irritant)
+{
+    syntax_msg = msg;
+    syntax_irritant = irritant;
+    longjmp(*syntax_catch, 1);
+}
+
+static val_t error_node(const char *msg, val_t irritant)
+{
+    val_t text = make_string(msg, strlen(msg));
+    return node2(K_ERROR, text, irritant);
+}
 
 static val_t pop_arg(val_t *list, val_t form)
 {
     if (!is_cons(*list))
-        lisp_error("bad syntax", form);
+        syntax_error("bad syntax", form);
     val_t v = car(*list);
     *list = cdr(*list);
     return v;
 }
 
+/* A let binding (var init), or a parameter, is named by its car. */
 static val_t binding_name(val_t entry)
 {
     return is_cons(entry) ? car(entry) : entry;
 }
 
-/* ---- environments ------------------------------------------------------------
- * Most variables a program names are globals (+, car, its own functions):
- * searching every frame of the chain before the global binding would be
- * wasted. A symbol's `local` flag (lisp.h) says whether it may name a slot
- * of some frame; only then are the frames searched. The flag is set before
- * any frame that names the symbol exists, and never cleared:
- *   - a call's frame (bind) is named by its closure's parameter list, whose
- *     names closure() flags when it makes the closure;
- *   - every other frame (let, let*, letrec, named let) is made by
- *     new_frame(), which flags the names first;
- *   - an internal define flags its name before adding it to a frame.
- * A names list is program text, never changed once it names a frame.
- * The flag is a plain byte, not a pointer: no write barrier. */
-
-static void note_local(val_t name)
+static size_t list_length(val_t list, val_t form)
 {
-    if (is_symbol(name))
-        AS(symbol_t, name)->local = true;
+    size_t n = 0;
+    for (; is_cons(list); list = cdr(list))
+        n++;
+    if (list != NIL)
+        syntax_error("bad syntax", form);
+    return n;
 }
 
-/* A frame for a let form. Its n names are flagged first, read as frame_slot
- * reads them. */
-static val_t new_frame(val_t parent, val_t names, size_t n)
-{
-    val_t p = names;
-    for (size_t i = 0; i < n; i++, p = is_cons(p) ? cdr(p) : NIL)
-        note_local(is_cons(p) ? binding_name(car(p)) : p);
-    return make_frame(parent, names, n);
-}
+/* ---- scopes ------------------------------------------------------------------
+ * At compile time each frame the code will run in is a scope: the names of
+ * its slots, in order. Slots from `bound` on belong to internal defines:
+ * they hold UNDEF until their define runs, and until then the name means
+ * what it means outside (a tree walker would not find it in the frame yet).
+ * Scopes live on the C stack of the compiler; names is a heap list, seen
+ * there by the stack scan. */
+typedef struct scope {
+    struct scope *parent;
+    val_t names, last;         /* the slots' names; its last pair, to append */
+    int32_t n, bound;          /* slots; how many are bound when the frame is made */
+} scope_t;
 
-/* Every closure is made here, so that its parameters are flagged before
- * any call can bind them. */
-static val_t closure(val_t params, val_t body, val_t env, val_t name)
+static void add_slot(scope_t *sc, val_t name)
 {
-    val_t p = params;
-    for (; is_cons(p); p = cdr(p))
-        note_local(binding_name(car(p)));     /* a named let's: (var init) */
-    note_local(p);                             /* a dotted tail, or a lone rest symbol */
-    return make_closure(params, body, env, name);
-}
-
-/* The slot of sym in frame f alone, or NULL. Inline: lookup_slot runs it
- * for every frame it searches. */
-static inline val_t *frame_slot(frame_t *f, val_t sym)
-{
-    val_t names = f->names;
-    for (size_t i = 0; i < f->n; i++) {
-        val_t name = is_cons(names) ? binding_name(car(names)) : names;
-        if (name == sym)
-            return &f->vals[i];
-        names = is_cons(names) ? cdr(names) : NIL;
+    val_t cell = cons(name, NIL);
+    if (sc->last == NIL) {
+        sc->names = cell;
+    } else {
+        AS(cons_t, sc->last)->cdr = cell;   /* last may be old: cons allocated */
+        written(&AS(cons_t, sc->last)->cdr);
     }
-    for (val_t a = f->extra; a != NIL; a = cdr(a))
-        if (car(car(a)) == sym)
-            return &AS(cons_t, car(a))->cdr;
-    return NULL;
+    sc->last = cell;
+    sc->n++;
 }
 
-/* The slot holding sym's value in env's frames, or NULL (a global, or
- * unbound). An interior pointer into a frame or a pair: fine to hold in a C
- * local, the stack scan accepts interior pointers. */
-static val_t *lookup_slot(val_t sym, val_t env)
+static int32_t slot_of(const scope_t *sc, val_t name)
 {
-    if (!AS(symbol_t, sym)->local)
-        return NULL;                           /* in no frame: a global (or unbound) */
-    for (val_t e = env; e != NIL; e = AS(frame_t, e)->parent) {
-        val_t *slot = frame_slot(AS(frame_t, e), sym);
-        if (slot)
-            return slot;
+    int32_t i = 0;
+    for (val_t p = sc->names; p != NIL; p = cdr(p), i++)
+        if (car(p) == name)
+            return i;
+    return -1;
+}
+
+static val_t compile(val_t x, scope_t *sc);
+
+/* The code reading variable sym from the scope sc, which is depth frames
+ * out from where the code runs. */
+static val_t compile_ref_from(val_t sym, scope_t *sc, int32_t depth)
+{
+    for (; sc; sc = sc->parent, depth++) {
+        int32_t i = slot_of(sc, sym);
+        if (i < 0)
+            continue;
+        if (i < sc->bound)
+            return node(K_LOCAL, 0, depth, i);
+        val_t outside = compile_ref_from(sym, sc->parent, depth + 1);
+        val_t v = node(K_LOCAL_DEF, 1, depth, i);
+        CODE(v)->x[0] = outside;
+        return v;
     }
-    return NULL;
+    return node1(K_GLOBAL, sym);
 }
 
-static inline val_t lookup(val_t sym, val_t env)
+/* ---- compiling special forms ------------------------------------------------ */
+
+/* Internal defines: a body's (define name ...) forms, and those of a begin
+ * in it, get slots in the body's frame before any of the body is compiled,
+ * so that code before them (a procedure calling one defined after it) can
+ * refer to them. At the top level (no scope) a define is global. */
+static void scan_defines(val_t body, scope_t *sc)
 {
-    val_t *slot = lookup_slot(sym, env);
-    if (slot)
-        return *slot;
-    bool found;
-    val_t v = global_ref(sym, &found);
-    if (!found)
-        lisp_error("unbound variable", sym);
+    for (; is_cons(body); body = cdr(body)) {
+        val_t form = car(body);
+        if (!is_cons(form) || !is_symbol(car(form)))
+            continue;
+        uint32_t special = AS(symbol_t, car(form))->special;
+        if (special == SF_BEGIN)
+            scan_defines(cdr(form), sc);
+        if (special != SF_DEFINE || !is_cons(cdr(form)))
+            continue;
+        val_t name = binding_name(car(cdr(form)));
+        if (is_symbol(name) && slot_of(sc, name) < 0)
+            add_slot(sc, name);
+    }
+}
+
+/* Code for a body (a list of forms): the last runs in tail position. */
+static val_t compile_body(val_t body, scope_t *sc)
+{
+    if (sc)
+        scan_defines(body, sc);
+    size_t base = L.sp, n = 0;
+    for (; is_cons(body); body = cdr(body), n++)
+        push(compile(car(body), sc));          /* the stack holds the pieces: a root */
+    val_t v;
+    if (n == 0)
+        v = constant(UNSPEC);
+    else if (n == 1)
+        v = *stack_at(base);
+    else {
+        v = make_code(K_SEQ, (uint32_t)n);
+        memcpy(CODE(v)->x, stack_at(base), n * sizeof(val_t));
+    }
+    L.sp = base;
     return v;
 }
 
-static void define(val_t sym, val_t value, val_t env)
+static val_t compile_lambda(val_t params, val_t body, val_t name, scope_t *sc)
 {
+    scope_t inner = { sc, NIL, NIL, 0, 0 };
+    int32_t fixed = 0;
+    val_t p = params;
+    for (; is_cons(p); p = cdr(p), fixed++)
+        add_slot(&inner, binding_name(car(p)));   /* a named let's: (var init) */
+    bool rest = p != NIL;                      /* a dotted tail, or a lone rest symbol */
+    if (rest)
+        add_slot(&inner, p);
+    inner.bound = inner.n;
+    val_t code = compile_body(body, &inner);
+    val_t v = node(K_LAMBDA, 4, fixed, inner.n);
+    CODE(v)->c = rest;
+    CODE(v)->x[0] = params;
+    CODE(v)->x[1] = code;
+    CODE(v)->x[2] = name;
+    CODE(v)->x[3] = inner.names;
+    return v;
+}
+
+/* The init of a let binding (var init), or unspecified for (var) or var. */
+static val_t compile_init(val_t binding, scope_t *sc)
+{
+    if (is_cons(binding) && is_cons(cdr(binding)))
+        return compile(car(cdr(binding)), sc);
+    return constant(UNSPEC);
+}
+
+/* (let ((var init) ...) body...) and letrec: one frame, whose slots are the
+ * bindings'; letrec compiles the inits inside it. */
+static val_t compile_let(val_t form, val_t rest, bool letrec, scope_t *sc)
+{
+    val_t bindings = pop_arg(&rest, form);
+    size_t n = list_length(bindings, form);
+    scope_t inner = { sc, NIL, NIL, 0, 0 };
+    for (val_t b = bindings; b != NIL; b = cdr(b))
+        add_slot(&inner, binding_name(car(b)));
+    inner.bound = inner.n;
+    size_t base = L.sp;
+    for (val_t b = bindings; b != NIL; b = cdr(b))
+        push(compile_init(car(b), letrec ? &inner : sc));
+    push(compile_body(rest, &inner));
+    val_t v = node(letrec ? K_LETREC : K_LET, (uint32_t)n + 2, (int32_t)n, inner.n);
+    memcpy(CODE(v)->x, stack_at(base), (n + 1) * sizeof(val_t));
+    CODE(v)->x[n + 1] = inner.names;
+    L.sp = base;
+    return v;
+}
+
+/* Named let: (let loop ((var init) ...) body...) is a call of a closure
+ * whose environment, a frame of its own, binds loop to itself. */
+static val_t compile_named_let(val_t form, val_t rest, scope_t *sc)
+{
+    val_t name = pop_arg(&rest, form);
+    val_t bindings = pop_arg(&rest, form);
+    scope_t loop_scope = { sc, NIL, NIL, 0, 0 };
+    add_slot(&loop_scope, name);
+    loop_scope.bound = 1;
+    size_t base = L.sp;
+    size_t n = 0;
+    for (val_t b = bindings; is_cons(b); b = cdr(b), n++)
+        push(compile_init(car(b), sc));
+    push(compile_lambda(bindings, rest, name, &loop_scope));
+    val_t v = node(K_NAMED_LET, (uint32_t)n + 2, (int32_t)n, 0);
+    memcpy(CODE(v)->x, stack_at(base), (n + 1) * sizeof(val_t));
+    CODE(v)->x[n + 1] = loop_scope.names;
+    L.sp = base;
+    return v;
+}
+
+/* let*: one frame per binding, each a scope of one slot inside the last. */
+static val_t compile_let_star(val_t bindings, val_t body, scope_t *sc)
+{
+    if (!is_cons(bindings))
+        return compile_body(body, sc);
+    val_t init = compile_init(car(bindings), sc);
+    scope_t inner = { sc, NIL, NIL, 0, 0 };
+    add_slot(&inner, binding_name(car(bindings)));
+    inner.bound = 1;
+    val_t code = compile_let_star(cdr(bindings), body, &inner);
+    val_t v = node(K_LET, 3, 1, inner.n);
+    CODE(v)->x[0] = init;
+    CODE(v)->x[1] = code;
+    CODE(v)->x[2] = inner.names;
+    return v;
+}
+
+/* cond, one clause at a time: (test body...) is an if, (test) an or, and
+ * a clause that is not a list an error where a tree walker would meet it.
+ * tested: some test ran before (an else with no body gives its #f). */
+static val_t compile_cond(val_t form, val_t clauses, bool tested, scope_t *sc)
+{
+    if (!is_cons(clauses))
+        return constant(UNSPEC);               /* no clause chosen */
+    val_t clause = car(clauses);
+    if (!is_cons(clause))
+        return error_node("bad syntax", form);
+    if (car(clause) == S.else_)
+        return cdr(clause) == NIL ? constant(tested ? FALSE_V : UNSPEC)
+                                  : compile_body(cdr(clause), sc);
+    val_t test = compile(car(clause), sc);
+    val_t otherwise = compile_cond(form, cdr(clauses), true, sc);
+    if (cdr(clause) == NIL)
+        return node2(K_OR, test, otherwise);
+    val_t then = compile_body(cdr(clause), sc);
+    val_t v = make_code(K_IF, 3);
+    CODE(v)->x[0] = test;
+    CODE(v)->x[1] = then;
+    CODE(v)->x[2] = otherwise;
+    return v;
+}
+
+/* and, or: (and) is #t, (or) #f, one form is itself. */
+static val_t compile_and_or(uint32_t op, val_t rest, scope_t *sc)
+{
+    if (!is_cons(rest))
+        return constant(make_bool(op == K_AND));
+    if (!is_cons(cdr(rest)))
+        return compile(car(rest), sc);
+    size_t base = L.sp, n = 0;
+    for (; is_cons(rest); rest = cdr(rest), n++)
+        push(compile(car(rest), sc));
+    val_t v = make_code(op, (uint32_t)n);
+    memcpy(CODE(v)->x, stack_at(base), n * sizeof(val_t));
+    L.sp = base;
+    return v;
+}
+
+static val_t compile_if(val_t test, val_t then, val_t otherwise)
+{
+    val_t v = make_code(K_IF, 3);
+    CODE(v)->x[0] = test;
+    CODE(v)->x[1] = then;
+    CODE(v)->x[2] = otherwise;
+    return v;
+}
+
+/* The code that raises msg after running value (set! and define of
+ * something not a symbol evaluate the value first). */
+static val_t value_then_error(val_t value, const char *msg, val_t irritant)
+{
+    val_t error = error_node(msg, irritant);
+    return node2(K_SEQ, value, error);
+}
+
+static val_t compile_define(val_t form, val_t rest, scope_t *sc)
+{
+    val_t target = pop_arg(&rest, form);
+    val_t name = target, value;
+    if (is_cons(target)) {                     /* (define (name . params) body...) */
+        name = car(target);
+        value = compile_lambda(cdr(target), rest, name, sc);
+    } else {
+        value = rest == NIL ? constant(UNSPEC) : compile(pop_arg(&rest, form), sc);
+    }
+    if (!is_symbol(name))
+        return value_then_error(value, "define: not a symbol", name);
+    int32_t slot = -1;
+    if (sc) {
+        slot = slot_of(sc, name);
+        if (slot < 0) {                        /* not at a body's top: a slot now */
+            slot = sc->n;
+            add_slot(sc, name);
+        }
+    }
+    val_t v = node(K_DEFINE, 2, slot, 0);
+    CODE(v)->x[0] = name;
+    CODE(v)->x[1] = value;
+    return v;
+}
+
+static val_t compile_set(val_t form, val_t rest, scope_t *sc)
+{
+    val_t sym = pop_arg(&rest, form);
+    val_t value = compile(pop_arg(&rest, form), sc);
     if (!is_symbol(sym))
-        lisp_error("define: not a symbol", sym);
-    if (env == NIL) {
-        global_set(sym, value);
-        return;
+        return value_then_error(value, "set!: not a symbol", sym);
+    val_t where = compile_ref_from(sym, sc, 0);
+    if (CODE(where)->op == K_GLOBAL)
+        return node2(K_SET_GLOBAL, sym, value);
+    /* An internal define's slot is set even before its define has run. */
+    val_t v = node(K_SET_LOCAL, 1, CODE(where)->a, CODE(where)->b);
+    CODE(v)->x[0] = value;
+    return v;
+}
+
+/* An application: the operator's code (or its global symbol), then the
+ * arguments'. */
+static val_t compile_call(val_t form, scope_t *sc)
+{
+    val_t op = car(form), args = cdr(form);
+    size_t nargs = list_length(args, form);
+    val_t callee = is_symbol(op) ? compile_ref_from(op, sc, 0) : compile(op, sc);
+    uint32_t kind = K_CALL, first = 1;
+    int32_t inline_op = PRIM_CALL;
+    if (CODE(callee)->op == K_GLOBAL) {
+        kind = K_CALL_GLOBAL;
+        callee = op;
+        val_t cell = AS(symbol_t, op)->global;
+        prim_t *p = cell != NIL && is_type(cdr(cell), T_PRIM) ? AS(prim_t, cdr(cell)) : NULL;
+        /* Only calls the primitive accepts: the others fail in the generic path. */
+        if (p && p->inline_op != PRIM_CALL && nargs >= 1 && nargs <= PRIM_INLINE_MAX &&
+            (int)nargs >= p->min_args && (p->max_args < 0 || (int)nargs <= p->max_args)) {
+            kind = K_PRIM;
+            first = 2;
+            inline_op = p->inline_op;
+        }
     }
-    note_local(sym);                           /* before the frame can hold it */
-    val_t *slot = frame_slot(AS(frame_t, env), sym);
-    if (slot) {
-        *slot = value;                         /* redefining a name of this frame */
-        written(slot);
-        return;
+    size_t base = L.sp;
+    push(callee);
+    if (kind == K_PRIM)
+        push(cdr(AS(symbol_t, op)->global));
+    for (; args != NIL; args = cdr(args))
+        push(compile(car(args), sc));
+    val_t v = node(kind, first + (uint32_t)nargs, (int32_t)nargs, inline_op);
+    memcpy(CODE(v)->x, stack_at(base), (first + nargs) * sizeof(val_t));
+    L.sp = base;
+    return v;
+}
+
+static val_t compile_form(val_t form, scope_t *sc)
+{
+    val_t op = car(form), rest = cdr(form);
+    uint32_t special = is_symbol(op) ? AS(symbol_t, op)->special : SF_NONE;
+    switch (special) {
+    case SF_QUOTE:
+        return constant(pop_arg(&rest, form));
+    case SF_IF: {
+        val_t test = compile(pop_arg(&rest, form), sc);
+        val_t then = compile(pop_arg(&rest, form), sc);
+        val_t otherwise = rest != NIL ? compile(pop_arg(&rest, form), sc) : constant(UNSPEC);
+        return compile_if(test, then, otherwise);
     }
-    val_t pair = cons(sym, value);
-    val_t extra = cons(pair, AS(frame_t, env)->extra);
-    AS(frame_t, env)->extra = extra;           /* env, a local, kept the frame alive */
-    written(&AS(frame_t, env)->extra);
+    case SF_DEFINE:
+        return compile_define(form, rest, sc);
+    case SF_SET:
+        return compile_set(form, rest, sc);
+    case SF_LAMBDA: {
+        val_t params = pop_arg(&rest, form);
+        return compile_lambda(params, rest, NIL, sc);
+    }
+    case SF_BEGIN:
+        return compile_body(rest, sc);
+    case SF_LET:
+        if (is_cons(rest) && is_symbol(car(rest)))
+            return compile_named_let(form, rest, sc);
+        return compile_let(form, rest, false, sc);
+    case SF_LETREC:
+        return compile_let(form, rest, true, sc);
+    case SF_LET_STAR: {
+        val_t bindings = pop_arg(&rest, form);
+        return compile_let_star(bindings, rest, sc);
+    }
+    case SF_COND:
+        return compile_cond(form, rest, false, sc);
+    case SF_AND:
+        return compile_and_or(K_AND, rest, sc);
+    case SF_OR:
+        return compile_and_or(K_OR, rest, sc);
+    case SF_WHEN:
+    case SF_UNLESS: {
+        val_t test = compile(pop_arg(&rest, form), sc);
+        val_t body = compile_body(rest, sc);
+        val_t none = constant(UNSPEC);
+        return special == SF_WHEN ? compile_if(test, body, none) : compile_if(test, none, body);
+    }
+    default:
+        return compile_call(form, sc);
+    }
+}
+
+/* The code for expression x in scope sc (NULL: the top level). */
+static val_t compile(val_t x, scope_t *sc)
+{
+    if (is_symbol(x))
+        return compile_ref_from(x, sc, 0);
+    if (!is_cons(x))
+        return constant(x);                    /* numbers, strings, #t, () ... */
+
+    jmp_buf here;
+    jmp_buf *outer = syntax_catch;
+    size_t sp = L.sp;
+    if (setjmp(here)) {
+        syntax_catch = outer;
+        L.sp = sp;                             /* the pieces of forms left half done */
+        val_t irritant = syntax_irritant;      /* a local now: make_string may collect */
+        syntax_irritant = NIL;
+        return error_node(syntax_msg, irritant);
+    }
+    syntax_catch = &here;
+    val_t code = compile_form(x, sc);
+    syntax_catch = outer;
+    return code;
+}
+
+/* ---- running code --------------------------------------------------------------- */
+
+static val_t run(val_t code, val_t env);
+
+static inline val_t *local_slot(val_t env, int32_t depth, int32_t slot)
+{
+    for (; depth > 0; depth--)
+        env = AS(frame_t, env)->parent;
+    return &AS(frame_t, env)->vals[slot];
+}
+
+static inline val_t global_value(val_t sym)
+{
+    val_t cell = AS(symbol_t, sym)->global;
+    if (cell == NIL)
+        lisp_error("unbound variable", sym);   /* not defined (yet) */
+    return cdr(cell);
+}
+
+/* Run code that is not in tail position (an operator, an argument, a test,
+ * an init...). Most are a variable or a constant, and those are done here,
+ * without the cost of a call of run. */
+static inline val_t run_sub(val_t code, val_t env)
+{
+    code_t *c = CODE(code);
+    switch (c->op) {
+    case K_CONST:
+        return c->x[0];
+    case K_LOCAL:
+        return *local_slot(env, c->a, c->b);
+    case K_GLOBAL:
+        return global_value(c->x[0]);
+    default:
+        return run(code, env);
+    }
+}
+
+/* A frame for slots names, its first `bound` slots copied from vals; the
+ * internal defines' slots after them start UNDEF. */
+static val_t new_frame(val_t parent, val_t names, const val_t *vals, size_t bound, size_t slots)
+{
+    val_t frame = make_frame(parent, names, slots);
+    frame_t *f = AS(frame_t, frame);
+    if (bound)
+        memcpy(f->vals, vals, bound * sizeof(val_t));
+    for (size_t i = bound; i < slots; i++)
+        f->vals[i] = UNDEF;
+    return frame;
 }
 
 /* A new frame for calling closure c with args[0..nargs). */
 static val_t bind(val_t c, val_t *args, int nargs)
 {
-    closure_t *cl = AS(closure_t, c);
-    int fixed = 0;
-    val_t p = cl->params;
-    for (; is_cons(p); p = cdr(p))
-        fixed++;
-    bool rest = p != NIL;
+    code_t *lambda = CODE(AS(closure_t, c)->body);
+    int fixed = lambda->a;
+    bool rest = lambda->c;
     if (nargs < fixed || (!rest && nargs > fixed))
         lisp_error("wrong number of arguments", c);
 
-    val_t frame = make_frame(cl->env, cl->params, (size_t)fixed + rest);
+    val_t frame = new_frame(AS(closure_t, c)->env, lambda->x[3], args, (size_t)fixed,
+                            (size_t)lambda->b);
     frame_t *f = AS(frame_t, frame);
-    for (int i = 0; i < fixed; i++)
-        f->vals[i] = args[i];
+    f->proc = c;
     if (rest) {
+        f->vals[fixed] = NIL;                  /* not UNDEF: the list is built below */
         val_t list = NIL;
         for (int i = nargs - 1; i >= fixed; i--)
             list = cons(args[i], list);
@@ -204,241 +641,237 @@ static val_t bind(val_t c, val_t *args, int nargs)
     return frame;
 }
 
-/* eval(x, env) for a subexpression that is not in tail position (an
- * operator, an argument, a test, an init...). Most are a variable or a
- * constant, and those are done here, without the cost of a call of eval. */
-static inline val_t eval_sub(val_t x, val_t env)
+/* A K_PRIM node's work done on the spot, when the arguments suit; false
+ * sends the call to the primitive itself (which then reports any error). */
+static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
 {
-    if (is_symbol(x))
-        return lookup(x, env);
-    if (!is_cons(x))
-        return x;
-    return eval(x, env);
-}
-
-/* Evaluate every form of body but the last, and return the last (for the
- * caller to evaluate in tail position). */
-static val_t body_prefix(val_t body, val_t env)
-{
-    if (body == NIL)
-        return UNSPEC;
-    while (is_cons(cdr(body))) {
-        eval_sub(car(body), env);
-        body = cdr(body);
+    intptr_t r;
+    switch (op) {
+    case PRIM_ADD:
+    case PRIM_MUL:
+        r = op == PRIM_ADD ? 0 : 1;
+        for (int i = 0; i < n; i++) {
+            if (!is_fixnum(v[i]))
+                return false;
+            bool overflow = op == PRIM_ADD ? __builtin_add_overflow(r, fixnum_value(v[i]), &r)
+                                           : __builtin_mul_overflow(r, fixnum_value(v[i]), &r);
+            if (overflow)
+                return false;
+        }
+        break;
+    case PRIM_SUB:
+        if (!is_fixnum(v[0]))
+            return false;
+        r = n == 1 ? -fixnum_value(v[0]) : fixnum_value(v[0]);
+        for (int i = 1; i < n; i++)
+            if (!is_fixnum(v[i]) || __builtin_sub_overflow(r, fixnum_value(v[i]), &r))
+                return false;
+        break;
+    case PRIM_NUM_EQ: case PRIM_LT: case PRIM_GT: case PRIM_LE: case PRIM_GE:
+        if (n != 2 || !is_fixnum(v[0]) || !is_fixnum(v[1]))
+            return false;
+        {
+            intptr_t x = fixnum_value(v[0]), y = fixnum_value(v[1]);
+            bool b = op == PRIM_NUM_EQ ? x == y : op == PRIM_LT ? x < y : op == PRIM_GT ? x > y
+                   : op == PRIM_LE ? x <= y : x >= y;
+            *result = make_bool(b);
+        }
+        return true;
+    case PRIM_QUOTIENT:
+    case PRIM_REMAINDER:
+        if (!is_fixnum(v[0]) || !is_fixnum(v[1]) || fixnum_value(v[1]) == 0)
+            return false;
+        r = op == PRIM_QUOTIENT ? fixnum_value(v[0]) / fixnum_value(v[1])
+                                : fixnum_value(v[0]) % fixnum_value(v[1]);
+        break;
+    case PRIM_CAR:
+    case PRIM_CDR:
+        if (!is_cons(v[0]))
+            return false;
+        *result = op == PRIM_CAR ? car(v[0]) : cdr(v[0]);
+        return true;
+    case PRIM_CONS:
+        *result = cons(v[0], v[1]);
+        return true;
+    case PRIM_NULL:
+        *result = make_bool(v[0] == NIL);
+        return true;
+    case PRIM_PAIR:
+        *result = make_bool(is_cons(v[0]));
+        return true;
+    case PRIM_NOT:
+        *result = make_bool(v[0] == FALSE_V);
+        return true;
+    case PRIM_EQ:
+        *result = make_bool(v[0] == v[1]);
+        return true;
+    case PRIM_VECTOR_REF:
+        if (!is_type(v[0], T_VECTOR) || !is_fixnum(v[1]) || fixnum_value(v[1]) < 0 ||
+            (size_t)fixnum_value(v[1]) >= AS(vector_t, v[0])->n)
+            return false;
+        *result = AS(vector_t, v[0])->items[fixnum_value(v[1])];
+        return true;
+    default:
+        return false;
     }
-    return car(body);
+    if (r < FIXNUM_MIN || r > FIXNUM_MAX)
+        return false;                          /* the primitive reports the overflow */
+    *result = make_fixnum(r);
+    return true;
 }
 
-/* The value of a let binding (var init), or unspecified for (var) or var. */
-static val_t init_value(val_t binding, val_t env)
+/* A closure that was just made, and is stored under name: it takes the
+ * name, unless it has one (define of a lambda, say). */
+static void name_closure(val_t value, val_t name)
 {
-    if (is_cons(binding) && is_cons(cdr(binding)))
-        return eval_sub(car(cdr(binding)), env);
-    return UNSPEC;
+    if (is_type(value, T_CLOSURE) && AS(closure_t, value)->name == NIL) {
+        AS(closure_t, value)->name = name;
+        written(&AS(closure_t, value)->name);
+    }
 }
 
-static size_t list_length(val_t list, val_t form)
-{
-    size_t n = 0;
-    for (; is_cons(list); list = cdr(list))
-        n++;
-    if (list != NIL)
-        lisp_error("bad syntax", form);
-    return n;
-}
-
-/* ---- eval ------------------------------------------------------------------ */
-
-val_t eval(val_t x, val_t env)
+static val_t run(val_t code, val_t env)
 {
     char here;
     if ((uintptr_t)stack_base - (uintptr_t)&here > stack_limit)
         lisp_error("recursion too deep", UNSPEC);
 
+    val_t f;                                   /* a call: the function, its arguments */
+    size_t base;                               /* on the value stack from base */
+    int nargs;
     for (;;) {
-        if (is_symbol(x))
-            return lookup(x, env);
-        if (!is_cons(x))
-            return x;                          /* numbers, strings, #t, () ... */
-
-        val_t form = x, op = car(x), rest = cdr(x);
-        int special = is_symbol(op) ? AS(symbol_t, op)->special : SF_NONE;
-
-        switch (special) {
-        case SF_NONE:
-            break;                             /* an application: below */
-
-        case SF_QUOTE:
-            return pop_arg(&rest, form);
-
-        case SF_IF: {
-            val_t test = pop_arg(&rest, form);
-            val_t then = pop_arg(&rest, form);
-            if (is_true(eval_sub(test, env)))
-                x = then;
-            else if (rest != NIL)
-                x = pop_arg(&rest, form);
-            else
-                return UNSPEC;
+        code_t *c = CODE(code);
+        switch (c->op) {
+        case K_CONST:
+            return c->x[0];
+        case K_LOCAL:
+            return *local_slot(env, c->a, c->b);
+        case K_LOCAL_DEF: {
+            val_t v = *local_slot(env, c->a, c->b);
+            if (v != UNDEF)
+                return v;
+            code = c->x[0];                    /* its define has not run: the outer name */
             continue;
         }
+        case K_GLOBAL:
+            return global_value(c->x[0]);
 
-        case SF_DEFINE: {
-            val_t target = pop_arg(&rest, form);
-            if (is_cons(target)) {             /* (define (name . params) body...) */
-                val_t name = car(target);
-                define(name, closure(cdr(target), rest, env, name), env);
-            } else {
-                val_t value = rest == NIL ? UNSPEC : eval_sub(pop_arg(&rest, form), env);
-                if (is_type(value, T_CLOSURE) && AS(closure_t, value)->name == NIL)
-                {
-                    AS(closure_t, value)->name = target;
-                    written(&AS(closure_t, value)->name);
-                }
-                define(target, value, env);
-            }
+        case K_SET_LOCAL: {
+            val_t v = run_sub(c->x[0], env);
+            val_t *slot = local_slot(env, c->a, c->b);
+            *slot = v;
+            written(slot);
             return UNSPEC;
         }
-
-        case SF_SET: {
-            val_t sym = pop_arg(&rest, form);
-            val_t value = eval_sub(pop_arg(&rest, form), env);
-            if (!is_symbol(sym))
-                lisp_error("set!: not a symbol", sym);
-            val_t *slot = lookup_slot(sym, env);
-            if (slot) {
-                *slot = value;
+        case K_SET_GLOBAL: {
+            val_t v = run_sub(c->x[1], env);
+            val_t cell = AS(symbol_t, c->x[0])->global;
+            if (cell == NIL)
+                lisp_error("set!: unbound variable", c->x[0]);
+            AS(cons_t, cell)->cdr = v;
+            written(&AS(cons_t, cell)->cdr);
+            return UNSPEC;
+        }
+        case K_DEFINE: {
+            val_t v = run_sub(c->x[1], env);
+            name_closure(v, c->x[0]);
+            if (c->a < 0) {
+                global_set(c->x[0], v);
+            } else {
+                val_t *slot = &AS(frame_t, env)->vals[c->a];
+                *slot = v;
                 written(slot);
-            } else {
-                bool found;
-                global_ref(sym, &found);
-                if (!found)
-                    lisp_error("set!: unbound variable", sym);
-                global_set(sym, value);
             }
             return UNSPEC;
         }
+        case K_LAMBDA:
+            return make_closure(c->x[0], code, env, c->x[2]);
 
-        case SF_LAMBDA: {
-            val_t params = pop_arg(&rest, form);
-            return closure(params, rest, env, NIL);
-        }
-
-        case SF_BEGIN:
-            x = body_prefix(rest, env);
+        case K_IF:
+            code = is_true(run_sub(c->x[0], env)) ? c->x[1] : c->x[2];
             continue;
-
-        case SF_LET:
-            if (is_symbol(car(rest))) {
-                /* Named let: (let loop ((var init) ...) body...) is a call of
-                 * a closure whose environment binds loop to itself. */
-                val_t name = pop_arg(&rest, form);
-                val_t bindings = pop_arg(&rest, form);
-                val_t loop_env = new_frame(env, cons(name, NIL), 1);
-                val_t loop = closure(bindings, rest, loop_env, name);
-                AS(frame_t, loop_env)->vals[0] = loop;
-                written(&AS(frame_t, loop_env)->vals[0]);
-                size_t base = L.sp;
-                int n = 0;
-                for (val_t b = bindings; is_cons(b); b = cdr(b), n++)
-                    push(init_value(car(b), env));
-                env = bind(loop, stack_at(base), n);
-                L.sp = base;
-                x = body_prefix(rest, env);
-                continue;
-            }
-            /* fall through */
-        case SF_LETREC: {
-            /* (let ((var init) ...) body...): one frame, whose names list is
-             * the binding list itself. letrec evaluates the inits inside it. */
-            val_t bindings = pop_arg(&rest, form);
-            size_t n = list_length(bindings, form);
-            if (special == SF_LETREC) {
-                env = new_frame(env, bindings, n);
-                for (size_t i = 0; i < n; i++, bindings = cdr(bindings)) {
-                    val_t v = init_value(car(bindings), env);
-                    AS(frame_t, env)->vals[i] = v;
-                    written(&AS(frame_t, env)->vals[i]);
-                }
-            } else {
-                size_t base = L.sp;
-                for (val_t b = bindings; b != NIL; b = cdr(b))
-                    push(init_value(car(b), env));
-                val_t frame = new_frame(env, bindings, n);
-                memcpy(AS(frame_t, frame)->vals, stack_at(base), n * sizeof(val_t));
-                L.sp = base;
-                env = frame;
-            }
-            x = body_prefix(rest, env);
+        case K_SEQ:
+            for (uint32_t i = 0; i + 1 < c->n; i++)
+                run_sub(c->x[i], env);
+            code = c->x[c->n - 1];
             continue;
-        }
-
-        case SF_LET_STAR: {
-            /* One frame per binding; each frame's names list is the binding
-             * list from that binding on, and only its first entry counts. */
-            val_t bindings = pop_arg(&rest, form);
-            for (; is_cons(bindings); bindings = cdr(bindings)) {
-                val_t v = init_value(car(bindings), env);
-                val_t frame = new_frame(env, bindings, 1);
-                AS(frame_t, frame)->vals[0] = v;
-                env = frame;
-            }
-            x = body_prefix(rest, env);
-            continue;
-        }
-
-        case SF_COND: {
-            val_t result = UNSPEC;
-            for (; is_cons(rest); rest = cdr(rest)) {
-                val_t clause = car(rest);
-                if (!is_cons(clause))
-                    lisp_error("bad syntax", form);
-                if (car(clause) == S.else_ || is_true(result = eval_sub(car(clause), env)))
-                    break;
-            }
-            if (!is_cons(rest))
-                return UNSPEC;                 /* no clause chosen */
-            val_t body = cdr(car(rest));
-            if (body == NIL)
-                return result;                 /* (cond (test) ...) gives the test's value */
-            x = body_prefix(body, env);
-            continue;
-        }
-
-        case SF_AND:
-        case SF_OR: {
-            bool is_and = special == SF_AND;
-            if (rest == NIL)
-                return make_bool(is_and);
-            while (is_cons(cdr(rest))) {
-                val_t v = eval_sub(car(rest), env);
+        case K_AND:
+        case K_OR: {
+            bool is_and = c->op == K_AND;
+            uint32_t i = 0;
+            for (; i + 1 < c->n; i++) {
+                val_t v = run_sub(c->x[i], env);
                 if (is_true(v) != is_and)
                     return v;
-                rest = cdr(rest);
             }
-            x = car(rest);
+            code = c->x[i];
             continue;
         }
 
-        case SF_WHEN:
-        case SF_UNLESS: {
-            val_t test = eval_sub(pop_arg(&rest, form), env);
-            if (is_true(test) != (special == SF_WHEN))
-                return UNSPEC;
-            x = body_prefix(rest, env);
+        case K_LET:
+            base = L.sp;
+            for (int32_t i = 0; i < c->a; i++)
+                push(run_sub(c->x[i], env));
+            env = new_frame(env, c->x[c->a + 1], stack_at(base), (size_t)c->a, (size_t)c->b);
+            L.sp = base;
+            code = c->x[c->a];
             continue;
-        }
+        case K_LETREC:
+            env = new_frame(env, c->x[c->a + 1], NULL, 0, (size_t)c->b);
+            for (int32_t i = 0; i < c->a; i++)
+                AS(frame_t, env)->vals[i] = NIL;   /* not UNDEF: a letrec variable is bound */
+            for (int32_t i = 0; i < c->a; i++) {
+                val_t v = run_sub(c->x[i], env);
+                AS(frame_t, env)->vals[i] = v;
+                written(&AS(frame_t, env)->vals[i]);
+            }
+            code = c->x[c->a];
+            continue;
+        case K_NAMED_LET: {
+            code_t *lambda = CODE(c->x[c->a]);
+            val_t loop_env = make_frame(env, c->x[c->a + 1], 1);
+            f = make_closure(lambda->x[0], c->x[c->a], loop_env, lambda->x[2]);
+            AS(frame_t, loop_env)->vals[0] = f;
+            written(&AS(frame_t, loop_env)->vals[0]);
+            base = L.sp;
+            nargs = c->a;
+            for (int32_t i = 0; i < nargs; i++)
+                push(run_sub(c->x[i], env));
+            goto call;
         }
 
-        /* An application. */
-        val_t f = eval_sub(op, env);
-        size_t base = L.sp;
-        int nargs = 0;
-        for (; is_cons(rest); rest = cdr(rest), nargs++)
-            push(eval_sub(car(rest), env));
-        if (rest != NIL)
-            lisp_error("bad syntax", form);
+        case K_CALL:
+            f = run_sub(c->x[0], env);
+            goto arguments;
+        case K_CALL_GLOBAL:
+            f = global_value(c->x[0]);
+        arguments:
+            base = L.sp;
+            nargs = c->a;
+            for (int32_t i = 1; i <= nargs; i++)
+                push(run_sub(c->x[i], env));
+            goto call;
+        case K_PRIM: {
+            f = global_value(c->x[0]);
+            val_t v[PRIM_INLINE_MAX];
+            nargs = c->a;
+            for (int i = 0; i < nargs; i++)
+                v[i] = run_sub(c->x[2 + i], env);
+            val_t result;
+            if (f == c->x[1] && prim_inline(c->b, v, nargs, &result))
+                return result;
+            base = L.sp;                       /* + redefined, or not fixnums: a call */
+            for (int i = 0; i < nargs; i++)
+                push(v[i]);
+            goto call;
+        }
 
+        case K_ERROR:
+            lisp_error(AS(string_t, c->x[0])->bytes, c->x[1]);
+        }
+        abort();                               /* not an op */
+
+    call:
         if (is_type(f, T_PRIM)) {
             prim_t *p = AS(prim_t, f);
             if (nargs < p->min_args || (p->max_args >= 0 && nargs > p->max_args))
@@ -451,7 +884,7 @@ val_t eval(val_t x, val_t env)
             lisp_error("not a procedure", f);
         env = bind(f, stack_at(base), nargs);
         L.sp = base;
-        x = body_prefix(AS(closure_t, f)->body, env);   /* the tail call */
+        code = CODE(AS(closure_t, f)->body)->x[1];   /* the tail call */
     }
 }
 
@@ -467,10 +900,29 @@ val_t apply(val_t f, val_t *args, int nargs)
     if (!is_type(f, T_CLOSURE))
         lisp_error("not a procedure", f);
     val_t env = bind(f, args, nargs);
-    return eval(body_prefix(AS(closure_t, f)->body, env), env);
+    return run(CODE(AS(closure_t, f)->body)->x[1], env);
+}
+
+val_t eval(val_t expr)
+{
+    val_t code = compile(expr, NULL);          /* a local: the stack scan keeps it */
+    return run(code, NIL);
 }
 
 /* ---- the top level ------------------------------------------------------------ */
+
+/* An abandoned form's frames are left on the C stack below the top level.
+ * The next form's frames, which the collector scans, overwrite most of
+ * them, but not every word (padding, locals not set yet): a stale pointer
+ * there would keep the abandoned form's data alive — after an out of memory
+ * error, everything the failed form had built. Clear that part of the stack
+ * (its first 64 KiB, below which the next forms hardly reach soon). */
+static __attribute__((noinline)) void clear_dead_stack(void)
+{
+    char dead[64 * 1024];
+    memset(dead, 0, sizeof dead);
+    __asm__ volatile("" : : "r"(dead) : "memory");   /* the stores are not dead */
+}
 
 /* Read and evaluate one form. An error abandons it (and the value stack
  * above it); an error while reading also ends the text. */
@@ -483,7 +935,9 @@ static bool run_one(reader_t *r, bool *at_end)
 
     if (setjmp(here)) {
         error_catch = outer;
+        syntax_catch = NULL;
         L.sp = sp;
+        clear_dead_stack();
         *at_end = reading;
         return false;
     }
@@ -493,7 +947,7 @@ static bool run_one(reader_t *r, bool *at_end)
     if (form == EOF_V)
         *at_end = true;
     else
-        eval(form, NIL);
+        eval(form);
     error_catch = outer;
     return true;
 }

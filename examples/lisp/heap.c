@@ -56,7 +56,7 @@ static void trace_obj(void *p, loam_tracer_t *t, void *user)
         frame_t *f = AS(frame_t, v);
         mark(t, f->parent);
         mark(t, f->names);
-        mark(t, f->extra);
+        mark(t, f->proc);
         for (size_t i = 0; i < f->n; i++)
             mark(t, f->vals[i]);
         break;
@@ -73,6 +73,10 @@ static void trace_obj(void *p, loam_tracer_t *t, void *user)
         break;
     case T_SYMBOL:
         mark(t, AS(symbol_t, v)->global);
+        break;
+    case T_CODE:
+        for (uint32_t i = 0; i < AS(code_t, v)->n; i++)
+            mark(t, AS(code_t, v)->x[i]);
         break;
     default:                       /* T_FREE, and atomic kinds (never traced) */
         break;
@@ -209,10 +213,20 @@ val_t make_frame(val_t parent, val_t names, size_t n)
     return (val_t)f;
 }
 
+/* x[] start as () (zero); the compiler fills them in. */
+val_t make_code(uint32_t op, uint32_t n)
+{
+    code_t *c = gc_alloc(sizeof *c + n * sizeof(val_t), LOAM_TRACED);
+    c->op = op;
+    c->n = n;
+    c->tag = T_CODE;
+    return (val_t)c;
+}
+
 val_t make_prim(const char *name, prim_fn fn, int min_args, int max_args)
 {
     prim_t *p = gc_alloc(sizeof *p, LOAM_ATOMIC);
-    *p = (prim_t){ T_PRIM, name, fn, min_args, max_args };
+    *p = (prim_t){ T_PRIM, name, fn, min_args, max_args, PRIM_CALL };
     return (val_t)p;
 }
 

@@ -6,7 +6,9 @@
  *               stack, allocation, symbols, hash tables, weak refs, resources
  *   reader.c    text -> objects
  *   printer.c   objects -> text (display / write)
- *   eval.c      the evaluator (special forms, tail calls, closures)
+ *   eval.c      the compiler (forms -> trees of code nodes, variables
+ *               resolved to frame slots or global cells) and the loop that
+ *               runs the code (tail calls, closures, errors)
  *   builtins.c  primitives and the Lisp prelude
  *   main.c      command line, statistics at exit
  *
@@ -39,6 +41,9 @@ typedef struct obj *val_t;
 #define TRUE_V   ((val_t)(uintptr_t)0x06)
 #define UNSPEC   ((val_t)(uintptr_t)0x0a)
 #define EOF_V    ((val_t)(uintptr_t)0x0e)
+/* An internal define's frame slot before the define has run (eval.c): a
+ * program never gets it as a value. */
+#define UNDEF    ((val_t)(uintptr_t)0x12)
 
 #define FIXNUM_MAX ((intptr_t)(INTPTR_MAX >> 1))
 #define FIXNUM_MIN ((intptr_t)(INTPTR_MIN >> 1))
@@ -63,6 +68,7 @@ typedef enum {
     T_PRIM,       /* atomic   a C function */
     T_WEAK,       /* atomic   a loam weak reference (the target is not traced) */
     T_RESOURCE,   /* traced   name; has a finalizer while open */
+    T_CODE,       /* traced   a compiled node: operands x[] (eval.c) */
 } type_t;
 
 struct obj { uintptr_t tag; };
@@ -70,35 +76,47 @@ struct obj { uintptr_t tag; };
 typedef struct { uintptr_t tag; val_t car, cdr; } cons_t;
 typedef struct { uintptr_t tag; size_t len; char bytes[]; } string_t;
 /* global: the symbol's (symbol . value) pair in the global table, or () —
- * a shortcut, so that a global variable is found without hashing.
- * local: the symbol may name a variable of some frame (eval.c sets it before
- * any such frame exists, and never clears it); without it, a variable
- * lookup goes straight to global instead of searching the frames. (It sits
- * in what was padding: a symbol takes no more memory for it.) */
+ * the cell compiled code reads and writes a global variable through, so
+ * that it is found without hashing (and a later define or set! is seen). */
 typedef struct {
     uintptr_t tag;
     val_t global;
     uint32_t hash, len, special;
-    bool local;
     char name[];
 } symbol_t;
 
 /* symbol_t.special: the special form a symbol names (set by builtins_init). */
 enum { SF_NONE = 0, SF_QUOTE, SF_IF, SF_DEFINE, SF_SET, SF_LAMBDA, SF_LET, SF_LET_STAR,
        SF_LETREC, SF_BEGIN, SF_COND, SF_AND, SF_OR, SF_WHEN, SF_UNLESS };
+/* params: the parameter list as written; body: the compiled lambda (a
+ * T_CODE, eval.c) that says how to bind the arguments, and the code to run. */
 typedef struct { uintptr_t tag; val_t params, body, env, name; } closure_t;
-/* A call's frame: names is the closure's parameter list (shared, not copied),
- * vals[i] the value of the i-th name. Internal defines go to the alist extra. */
-typedef struct { uintptr_t tag; val_t parent, names, extra; size_t n; val_t vals[]; } frame_t;
+/* A frame: the variables of a call, a let or a letrec; vals[i] is the i-th
+ * slot, as the compiler numbered them (the parameters or bindings, then the
+ * body's internal defines). names lists the slots' names (a list the
+ * compiler made, shared by all such frames) and proc is the closure called
+ * (() for a let's frame): code never reads either, they are there for a
+ * debugger or a backtrace — and keep a frame the size it had under the
+ * tree-walking evaluator, so that the benchmark's heap stays the same. */
+typedef struct { uintptr_t tag; val_t parent, names, proc; size_t n; val_t vals[]; } frame_t;
 typedef struct { uintptr_t tag; size_t n; val_t items[]; } vector_t;
 typedef struct { uintptr_t tag; size_t count; val_t buckets; } table_t;
 
 typedef val_t (*prim_fn)(val_t *args, int nargs);
-typedef struct { uintptr_t tag; const char *name; prim_fn fn; int min_args, max_args; } prim_t;
+/* inline: a PRIM_ code when compiled calls may do the primitive's work on
+ * the spot for fixnums and pairs (eval.c), else PRIM_CALL. */
+typedef struct { uintptr_t tag; const char *name; prim_fn fn; int min_args, max_args, inline_op; } prim_t;
+enum { PRIM_CALL = 0, PRIM_ADD, PRIM_SUB, PRIM_MUL, PRIM_NUM_EQ, PRIM_LT, PRIM_GT, PRIM_LE,
+       PRIM_GE, PRIM_QUOTIENT, PRIM_REMAINDER, PRIM_CAR, PRIM_CDR, PRIM_CONS, PRIM_NULL,
+       PRIM_PAIR, PRIM_NOT, PRIM_EQ, PRIM_VECTOR_REF };
 /* ref: the loam weak reference, NULL when the target is not a heap object;
  * then immediate holds the target itself (a fixnum, a constant, ()). */
 typedef struct { uintptr_t tag; loam_weak_t *ref; val_t immediate; } weak_t;
 typedef struct { uintptr_t tag; val_t name; intptr_t id; intptr_t open; } resource_t;
+/* A node of compiled code. op says what it does (eval.c lists the ops and
+ * what each keeps in a..d and x[]); x[0..n) are values the trace callback
+ * marks: sub-nodes, constants, symbols. */
+typedef struct { uintptr_t tag; uint32_t op, n; int32_t a, b, c, d; val_t x[]; } code_t;
 
 static inline type_t type_of(val_t v) { return is_obj(v) ? (type_t)v->tag : T_FREE; }
 static inline bool is_type(val_t v, type_t t) { return is_obj(v) && v->tag == (uintptr_t)t; }
@@ -158,6 +176,7 @@ val_t make_string(const char *bytes, size_t len);
 val_t make_vector(size_t n, val_t fill);
 val_t make_closure(val_t params, val_t body, val_t env, val_t name);   /* via eval.c's closure() */
 val_t make_frame(val_t parent, val_t names, size_t n);
+val_t make_code(uint32_t op, uint32_t n);
 val_t make_prim(const char *name, prim_fn fn, int min_args, int max_args);
 val_t make_weak(val_t target);
 val_t weak_get(val_t w);
@@ -166,22 +185,13 @@ void  close_resource(val_t r);
 val_t intern(const char *name, size_t len);
 void  global_set(val_t sym, val_t value);
 
-/* A global variable's value (found: whether it has one). Inline: the
- * evaluator looks up a global in most calls (+, car, the program's functions). */
-static inline val_t global_ref(val_t sym, bool *found)
-{
-    val_t pair = AS(symbol_t, sym)->global;
-    *found = pair != NIL;
-    return pair != NIL ? cdr(pair) : UNSPEC;
-}
-
 /* ---- reader.c / printer.c ----------------------------------------------- */
 typedef struct { const char *p, *end; int line; } reader_t;
 val_t read_form(reader_t *r);          /* EOF_V at the end of the text */
 void  print_value(FILE *out, val_t v, bool write);
 
 /* ---- eval.c ------------------------------------------------------------------ */
-val_t eval(val_t expr, val_t env);
+val_t eval(val_t expr);                /* compile, then run, in the global environment */
 val_t apply(val_t f, val_t *args, int nargs);
 void  eval_init(void);
 bool  run_text(const char *text, size_t len);   /* false: some form failed */
