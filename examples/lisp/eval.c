@@ -570,6 +570,7 @@ static val_t compile(val_t x, scope_t *sc)
 /* ---- running code --------------------------------------------------------------- */
 
 static val_t run(val_t code, val_t env);
+static val_t run_prim(val_t code, val_t env);
 
 static inline val_t *local_slot(val_t env, int32_t depth, int32_t slot)
 {
@@ -599,6 +600,8 @@ static inline val_t run_sub(val_t code, val_t env)
         return *local_slot(env, c->a, c->b);
     case K_GLOBAL:
         return global_value(c->x[0]);
+    case K_PRIM:
+        return run_prim(code, env);
     default:
         return run(code, env);
     }
@@ -606,19 +609,19 @@ static inline val_t run_sub(val_t code, val_t env)
 
 /* A frame for slots names, its first `bound` slots copied from vals; the
  * internal defines' slots after them start UNDEF. */
-static val_t new_frame(val_t parent, val_t names, const val_t *vals, size_t bound, size_t slots)
+static inline val_t new_frame(val_t parent, val_t names, const val_t *vals, size_t bound, size_t slots)
 {
     val_t frame = make_frame(parent, names, slots);
     frame_t *f = AS(frame_t, frame);
-    if (bound)
-        memcpy(f->vals, vals, bound * sizeof(val_t));
+    for (size_t i = 0; i < bound; i++)        /* a loop: a frame has few slots */
+        f->vals[i] = vals[i];
     for (size_t i = bound; i < slots; i++)
         f->vals[i] = UNDEF;
     return frame;
 }
 
 /* A new frame for calling closure c with args[0..nargs). */
-static val_t bind(val_t c, val_t *args, int nargs)
+static inline val_t bind(val_t c, val_t *args, int nargs)
 {
     code_t *lambda = CODE(AS(closure_t, c)->body);
     int fixed = lambda->a;
@@ -642,9 +645,11 @@ static val_t bind(val_t c, val_t *args, int nargs)
 }
 
 /* A K_PRIM node's work done on the spot, when the arguments suit; false
- * sends the call to the primitive itself (which then reports any error). */
+ * sends the call to the primitive itself (which then reports any error).
+ * With one argument v[1] is a dummy: the compiler checked the arity. */
 static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
 {
+    val_t a = v[0], b = v[1];
     intptr_t r;
     switch (op) {
     case PRIM_ADD:
@@ -660,56 +665,55 @@ static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
         }
         break;
     case PRIM_SUB:
-        if (!is_fixnum(v[0]))
+        if (n > 2 || !is_fixnum(a) || (n == 2 && !is_fixnum(b)))
             return false;
-        r = n == 1 ? -fixnum_value(v[0]) : fixnum_value(v[0]);
-        for (int i = 1; i < n; i++)
-            if (!is_fixnum(v[i]) || __builtin_sub_overflow(r, fixnum_value(v[i]), &r))
-                return false;
+        r = n == 1 ? -fixnum_value(a) : fixnum_value(a) - fixnum_value(b);   /* 63 bits: no overflow */
         break;
-    case PRIM_NUM_EQ: case PRIM_LT: case PRIM_GT: case PRIM_LE: case PRIM_GE:
-        if (n != 2 || !is_fixnum(v[0]) || !is_fixnum(v[1]))
+    case PRIM_NUM_EQ:
+    case PRIM_LT:
+    case PRIM_GT:
+    case PRIM_LE:
+    case PRIM_GE: {
+        if (n != 2 || !is_fixnum(a) || !is_fixnum(b))
             return false;
-        {
-            intptr_t x = fixnum_value(v[0]), y = fixnum_value(v[1]);
-            bool b = op == PRIM_NUM_EQ ? x == y : op == PRIM_LT ? x < y : op == PRIM_GT ? x > y
-                   : op == PRIM_LE ? x <= y : x >= y;
-            *result = make_bool(b);
-        }
+        intptr_t x = fixnum_value(a), y = fixnum_value(b);
+        *result = make_bool(op == PRIM_NUM_EQ ? x == y : op == PRIM_LT ? x < y
+                          : op == PRIM_GT ? x > y : op == PRIM_LE ? x <= y : x >= y);
         return true;
+    }
     case PRIM_QUOTIENT:
     case PRIM_REMAINDER:
-        if (!is_fixnum(v[0]) || !is_fixnum(v[1]) || fixnum_value(v[1]) == 0)
+        if (!is_fixnum(a) || !is_fixnum(b) || fixnum_value(b) == 0)
             return false;
-        r = op == PRIM_QUOTIENT ? fixnum_value(v[0]) / fixnum_value(v[1])
-                                : fixnum_value(v[0]) % fixnum_value(v[1]);
+        r = op == PRIM_QUOTIENT ? fixnum_value(a) / fixnum_value(b)
+                                : fixnum_value(a) % fixnum_value(b);
         break;
     case PRIM_CAR:
     case PRIM_CDR:
-        if (!is_cons(v[0]))
+        if (!is_cons(a))
             return false;
-        *result = op == PRIM_CAR ? car(v[0]) : cdr(v[0]);
+        *result = op == PRIM_CAR ? car(a) : cdr(a);
         return true;
     case PRIM_CONS:
-        *result = cons(v[0], v[1]);
+        *result = cons(a, b);
         return true;
     case PRIM_NULL:
-        *result = make_bool(v[0] == NIL);
+        *result = make_bool(a == NIL);
         return true;
     case PRIM_PAIR:
-        *result = make_bool(is_cons(v[0]));
+        *result = make_bool(is_cons(a));
         return true;
     case PRIM_NOT:
-        *result = make_bool(v[0] == FALSE_V);
+        *result = make_bool(a == FALSE_V);
         return true;
     case PRIM_EQ:
-        *result = make_bool(v[0] == v[1]);
+        *result = make_bool(a == b);
         return true;
     case PRIM_VECTOR_REF:
-        if (!is_type(v[0], T_VECTOR) || !is_fixnum(v[1]) || fixnum_value(v[1]) < 0 ||
-            (size_t)fixnum_value(v[1]) >= AS(vector_t, v[0])->n)
+        if (!is_type(a, T_VECTOR) || !is_fixnum(b) || fixnum_value(b) < 0 ||
+            (size_t)fixnum_value(b) >= AS(vector_t, a)->n)
             return false;
-        *result = AS(vector_t, v[0])->items[fixnum_value(v[1])];
+        *result = AS(vector_t, a)->items[fixnum_value(b)];
         return true;
     default:
         return false;
@@ -718,6 +722,35 @@ static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
         return false;                          /* the primitive reports the overflow */
     *result = make_fixnum(r);
     return true;
+}
+
+/* A K_PRIM node: the function its symbol holds now in *f, the arguments
+ * in v[]; true when the work was done on the spot, with the value in *result. */
+static inline bool prim_node(const code_t *c, val_t env, val_t *f, val_t *v, val_t *result)
+{
+    *f = global_value(c->x[0]);
+    int32_t n = c->a;
+    v[0] = run_sub(c->x[2], env);              /* unrolled: one to three arguments */
+    v[1] = n > 1 ? run_sub(c->x[3], env) : UNSPEC;
+    if (n > 2)
+        v[2] = run_sub(c->x[4], env);
+    return *f == c->x[1] && prim_inline(c->b, v, n, result);
+}
+
+/* A K_PRIM node not in tail position (an argument, a test: most of them).
+ * A function of its own, much smaller than run: (car x) or (- n 1) costs
+ * no more than a call of it. */
+static __attribute__((noinline)) val_t run_prim(val_t code, val_t env)
+{
+    val_t f, v[PRIM_INLINE_MAX], result;
+    if (prim_node(CODE(code), env, &f, v, &result))
+        return result;
+    size_t base = L.sp;                        /* + redefined, or not fixnums: a call */
+    for (int32_t i = 0; i < CODE(code)->a; i++)
+        push(v[i]);
+    result = apply(f, stack_at(base), CODE(code)->a);
+    L.sp = base;
+    return result;
 }
 
 /* A closure that was just made, and is stored under name: it takes the
@@ -852,18 +885,14 @@ static val_t run(val_t code, val_t env)
                 push(run_sub(c->x[i], env));
             goto call;
         case K_PRIM: {
-            f = global_value(c->x[0]);
-            val_t v[PRIM_INLINE_MAX];
-            nargs = c->a;
-            for (int i = 0; i < nargs; i++)
-                v[i] = run_sub(c->x[2 + i], env);
-            val_t result;
-            if (f == c->x[1] && prim_inline(c->b, v, nargs, &result))
+            val_t v[PRIM_INLINE_MAX], result;
+            if (prim_node(c, env, &f, v, &result))
                 return result;
             base = L.sp;                       /* + redefined, or not fixnums: a call */
-            for (int i = 0; i < nargs; i++)
+            nargs = c->a;
+            for (int32_t i = 0; i < nargs; i++)
                 push(v[i]);
-            goto call;
+            goto call;                         /* still a tail call */
         }
 
         case K_ERROR:
