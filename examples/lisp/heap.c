@@ -21,7 +21,7 @@ syms_t S;
 
 /* Slots of the value stack. Deep recursion must meet the C stack's limit
  * (eval.c, "recursion too deep") before this one: with 65,536 slots, a
- * build whose eval frame is small (-O2) ran out of slots first, at one
+ * build whose evaluator frame is small (-O2) ran out of slots first, at one
  * pending argument per level. 8 MiB reserved; pages never reached are
  * never touched (calloc maps them). */
 enum { STACK_SLOTS = 1 << 20 };

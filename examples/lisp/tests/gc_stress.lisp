@@ -26,7 +26,7 @@
 (newline)
 
 ;; a long list built by non-tail recursion: the partial results live only
-;; in C locals of nested eval calls
+;; in C locals of nested calls of the evaluator (run)
 (define (build n) (if (= n 0) '() (cons (make-tree 2) (build (- n 1)))))
 (define (check l n) (if (null? l) n (check (cdr l) (+ n (tree-size (car l))))))
 (display (check (build 5000) 0)) (newline)

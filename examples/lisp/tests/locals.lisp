@@ -1,9 +1,9 @@
-;; Variables in frames and in the global environment. A symbol that no frame
-;; has ever named is looked up straight in its global binding, without
-;; searching the frames (eval.c, the symbol's `local` flag). Here globals are
-;; used first as globals, then named in a frame (a parameter, a rest
-;; parameter, a let, let* or letrec binding, an internal define, a named
-;; let); every lookup and set! after that must still find the right binding.
+;; Variables in frames and in the global environment. The compiler resolves
+;; each variable once: to a frame slot (eval.c, "scopes") or to the symbol's
+;; global binding cell. Here globals are used first as globals, then named
+;; in a frame (a parameter, a rest parameter, a let, let* or letrec binding,
+;; an internal define, a named let); every lookup and set! after that must
+;; still find the right binding.
 (define (show x) (write x) (newline))
 
 ;; a parameter
