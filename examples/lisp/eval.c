@@ -123,6 +123,15 @@ static val_t node2(uint32_t op, val_t x0, val_t x1)
 
 static val_t constant(val_t v) { return node1(K_CONST, v); }
 
+static val_t make_if(val_t test, val_t then, val_t otherwise)
+{
+    val_t v = make_code(K_IF, 3);
+    CODE(v)->x[0] = test;
+    CODE(v)->x[1] = then;
+    CODE(v)->x[2] = otherwise;
+    return v;
+}
+
 /* ---- syntax errors -------------------------------------------------------------
  * A syntax error does not stop the compiler: the faulty form compiles to a
  * K_ERROR node that reports it when it runs, as the error would have been
@@ -377,11 +386,7 @@ static val_t compile_cond(val_t form, val_t clauses, bool tested, scope_t *sc)
     if (cdr(clause) == NIL)
         return node2(K_OR, test, otherwise);
     val_t then = compile_body(cdr(clause), sc);
-    val_t v = make_code(K_IF, 3);
-    CODE(v)->x[0] = test;
-    CODE(v)->x[1] = then;
-    CODE(v)->x[2] = otherwise;
-    return v;
+    return make_if(test, then, otherwise);
 }
 
 /* and, or: (and) is #t, (or) #f, one form is itself. */
@@ -397,15 +402,6 @@ static val_t compile_and_or(uint32_t op, val_t rest, scope_t *sc)
     val_t v = make_code(op, (uint32_t)n);
     memcpy(CODE(v)->x, stack_at(base), n * sizeof(val_t));
     L.sp = base;
-    return v;
-}
-
-static val_t compile_if(val_t test, val_t then, val_t otherwise)
-{
-    val_t v = make_code(K_IF, 3);
-    CODE(v)->x[0] = test;
-    CODE(v)->x[1] = then;
-    CODE(v)->x[2] = otherwise;
     return v;
 }
 
@@ -503,7 +499,7 @@ static val_t compile_form(val_t form, scope_t *sc)
         val_t test = compile(pop_arg(&rest, form), sc);
         val_t then = compile(pop_arg(&rest, form), sc);
         val_t otherwise = rest != NIL ? compile(pop_arg(&rest, form), sc) : constant(UNSPEC);
-        return compile_if(test, then, otherwise);
+        return make_if(test, then, otherwise);
     }
     case SF_DEFINE:
         return compile_define(form, rest, sc);
@@ -536,7 +532,7 @@ static val_t compile_form(val_t form, scope_t *sc)
         val_t test = compile(pop_arg(&rest, form), sc);
         val_t body = compile_body(rest, sc);
         val_t none = constant(UNSPEC);
-        return special == SF_WHEN ? compile_if(test, body, none) : compile_if(test, none, body);
+        return special == SF_WHEN ? make_if(test, body, none) : make_if(test, none, body);
     }
     default:
         return compile_call(form, sc);
