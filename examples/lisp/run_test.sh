@@ -6,6 +6,8 @@
 # A line ";; args: ..." in the script adds command-line options, and a line
 # ";; env: NAME=value ..." environment variables (LOAM_OPTIONS, say).
 # Fails on a difference or when the interpreter dies of a signal.
+# LISP_UNDER, when set, is a command to run the interpreter under (valgrind
+# and its options, in a LOAM_VALGRIND build): what it reports differs too.
 set -u
 lisp=$1 script=$2
 shift 2
@@ -14,8 +16,8 @@ args=$(sed -n 's/^;; args: //p' "$script" | head -n 1)
 vars=$(sed -n 's/^;; env: //p' "$script" | head -n 1)
 actual=$(mktemp)
 trap 'rm -f "$actual"' EXIT
-# shellcheck disable=SC2086   # args and vars are split on purpose
-env $vars "$lisp" -q $args "$@" "$script" >"$actual" 2>&1
+# shellcheck disable=SC2086   # args, vars and LISP_UNDER are split on purpose
+env $vars ${LISP_UNDER:-} "$lisp" -q $args "$@" "$script" >"$actual" 2>&1
 status=$?
 if [ $status -ge 128 ]; then
   echo "FAIL: $script: the interpreter died (status $status)"
