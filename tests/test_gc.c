@@ -1166,16 +1166,27 @@ static size_t count_tree(const node_t *n)
     return 1 + count_tree(n->kid[0]) + count_tree(n->kid[1]);
 }
 
+/* A LOAM_PARALLEL_MARK heap (stacks not scanned) whose root slot *root
+ * holds a tree of depth 16: 131071 nodes of 32 bytes (*n), 4 MiB, past
+ * gc_parallel_min. */
+static loam_heap_t *parallel_heap_with_tree(void **root, size_t *n)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
+    loam_root_add(h, root);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    *root = top;
+    *n = 1;
+    grow_tree(h, top, 16, n);
+    return h;
+}
+
 Test(gc, parallel_marking_marks_exactly_the_reachable_blocks, .timeout = 120)
 {
     cr_assert_eq(loam_option_set("gc_markers", 2), 0);
-    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
     static void *root;
-    loam_root_add(h, &root);
-    node_t *top = new_node(h, LOAM_TRACED, 2);
-    root = top;
-    size_t n = 1;
-    grow_tree(h, top, 16, &n);                      /* 131071 nodes of 32 bytes */
+    size_t n;
+    loam_heap_t *h = parallel_heap_with_tree(&root, &n);
+    node_t *top = root;
     cr_assert_eq(loam_usable_size(top), 32);
     size_t helpers = 0;
     for (int round = 0; round < 20; round++) {
@@ -1247,13 +1258,10 @@ Test(gc, parallel_marking_takes_no_helper_while_every_cpu_is_busy, .timeout = 12
     if (cpus < 2)
         cr_skip_test("one CPU: a marking never takes a helper");
     cr_assert_eq(loam_option_set("gc_markers", 0), 0);
-    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
     static void *root;
-    loam_root_add(h, &root);
-    node_t *top = new_node(h, LOAM_TRACED, 2);
-    root = top;
-    size_t n = 1;
-    grow_tree(h, top, 16, &n);                      /* 4 MiB: past gc_parallel_min */
+    size_t n;
+    loam_heap_t *h = parallel_heap_with_tree(&root, &n);
+    node_t *top = root;
     loam_gc_collect(h);                             /* the first eligible marking runs alone */
 
     pthread_t spinner[64];
