@@ -111,12 +111,28 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
     AO_fetch_and_add(&h->gc->alloc_since, bytes);
 }
 
+/* The heap's pacing: its config's, else the options (read each time: a
+ * program may change them). */
+size_t gc_growth_percent(const gc_state_t *gc)
+{
+    unsigned own = gc->heap->cfg.gc_growth;
+    return own ? own : (size_t)loam_opts.gc_growth;
+}
+
+size_t gc_floor_bytes(const gc_state_t *gc)
+{
+    size_t own = gc->heap->cfg.gc_min_bytes;
+    if (own)
+        return own;
+    return (size_t)(gc_generational(gc) ? loam_opts.gc_young_min : loam_opts.gc_min_bytes);
+}
+
 static size_t collect_threshold(gc_state_t *gc)
 {
     if (gc_generational(gc))
         return gc_young_allowance(gc);
-    size_t growth = gc->live_after / 100 * (size_t)loam_opts.gc_growth;
-    return growth > (size_t)loam_opts.gc_min_bytes ? growth : (size_t)loam_opts.gc_min_bytes;
+    size_t growth = gc->live_after / 100 * gc_growth_percent(gc), floor = gc_floor_bytes(gc);
+    return growth > floor ? growth : floor;
 }
 
 void gc_alloc_slow_hook(loam_heap_t *h)

@@ -250,6 +250,8 @@ LOAM_INTERNAL bool   gc_choose_minor(gc_state_t *gc, bool full);   /* world stop
 LOAM_INTERNAL size_t gc_old_bytes(const gc_state_t *gc);
 LOAM_INTERNAL size_t gc_young_allowance(const gc_state_t *gc);  /* allocated between collections */
 LOAM_INTERNAL size_t gc_old_allowance(const gc_state_t *gc);    /* old garbage between major ones */
+LOAM_INTERNAL size_t gc_growth_percent(const gc_state_t *gc);   /* the heap's pacing (api.c) */
+LOAM_INTERNAL size_t gc_floor_bytes(const gc_state_t *gc);
 LOAM_INTERNAL void   gc_mark_remembered(gc_state_t *gc);           /* minor: old blocks on dirty cards */
 LOAM_INTERNAL void   gc_begin_major(gc_state_t *gc);               /* generational major: no marks, no cards */
 LOAM_INTERNAL void   gc_forget_generations(gc_state_t *gc);        /* the heap turns manual */

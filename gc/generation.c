@@ -60,23 +60,24 @@ bool gc_generational(const gc_state_t *gc)
  * 92 collections instead of 120 against two equal halves, peak RSS 26 MiB
  * instead of 30; binary-trees 19 the same time at 55-56 MiB instead of 59;
  * binary-trees 16 at 10-11.5 MiB instead of 10). The floor is
- * gc_young_min, not gc_min_bytes: a minor collection costs what survives
- * it, not the live heap, so small heaps can afford frequent ones (the Lisp
- * example's peak RSS: 10.4 MiB with 2 MiB, 5.7 MiB with 512 KiB). */
-static size_t at_least_young_min(size_t bytes)
+ * gc_young_min, not gc_min_bytes (unless the heap has its own,
+ * gc_floor_bytes): a minor collection costs what survives it, not the live
+ * heap, so small heaps can afford frequent ones (the Lisp example's peak
+ * RSS: 10.4 MiB with 2 MiB, 5.7 MiB with 512 KiB). */
+static size_t at_least_floor(const gc_state_t *gc, size_t bytes)
 {
-    size_t floor = (size_t)loam_opts.gc_young_min;
+    size_t floor = gc_floor_bytes(gc);
     return bytes > floor ? bytes : floor;
 }
 
 size_t gc_young_allowance(const gc_state_t *gc)
 {
-    return at_least_young_min(gc->major_live / 150 * (size_t)loam_opts.gc_growth);
+    return at_least_floor(gc, gc->major_live / 150 * gc_growth_percent(gc));
 }
 
 size_t gc_old_allowance(const gc_state_t *gc)
 {
-    return at_least_young_min(gc->major_live / 300 * (size_t)loam_opts.gc_growth);
+    return at_least_floor(gc, gc->major_live / 300 * gc_growth_percent(gc));
 }
 
 /* World stopped, before marking. Major when the heap is not generational,

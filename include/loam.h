@@ -72,6 +72,12 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
     loam_oom_fn   oom;            /* called when the limit is reached */
     loam_error_fn error;          /* NULL: print the message and abort */
     void         *user;           /* passed to every callback */
+    /* Collected heaps' pacing, this heap's own (0: the process-wide options,
+     * loam_option_set): allocation between collections, in percent of the
+     * live heap (like GOGC), and at least this many bytes (the option
+     * gc_min_bytes, or gc_young_min for a LOAM_GENERATIONAL heap). */
+    unsigned      gc_growth;      /* at most 100000 */
+    size_t        gc_min_bytes;
 } loam_config_t;
 
 /* ---- heaps ------------------------------------------------------------- */
@@ -112,7 +118,8 @@ LOAM_API size_t loam_usable_size(const void *p);
  * must read as "no pointers"); ATOMIC blocks are not cleared.
  * Collections start at allocations (when allocation since the last one
  * passes gc_growth percent of the live heap, at least gc_min_bytes, or at the
- * heap's limit) and at loam_gc_collect. loam_free of a collected block
+ * heap's limit; the config's fields of those names, else the options) and at
+ * loam_gc_collect. loam_free of a collected block
  * reclaims it at once. */
 LOAM_API void  *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind) LOAM_MALLOC_ATTR;
 LOAM_API void   loam_gc_collect(loam_heap_t *h);

@@ -804,6 +804,81 @@ Test(gc, pacing_follows_gc_min_bytes)
     loam_heap_destroy(h);
 }
 
+/* Collections of a heap that allocates `garbage` bytes of 256-byte atomic
+ * blocks, none kept (its config's pacing: growth and floor). */
+static size_t collections_for_garbage(unsigned flags, unsigned growth, size_t floor, size_t garbage)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN | flags,
+                          .gc_growth = growth, .gc_min_bytes = floor };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    for (size_t i = 0; i < garbage / 256; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
+    size_t n = gc_stats(h).gc_collections;
+    loam_heap_destroy(h);
+    return n;
+}
+
+/* A heap's own pacing (config gc_growth, gc_min_bytes) wins over the
+ * options, for that heap only: an embedder with many small heaps gives
+ * each a small floor. */
+Test(gc, a_heap_paces_itself_with_its_config)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", (long)(4 * MiB)), 0);
+    cr_assert_eq(loam_option_set("gc_young_min", (long)(4 * MiB)), 0);
+    size_t with_option = collections_for_garbage(0, 0, 0, 64 * MiB);
+    size_t small_floor = collections_for_garbage(0, 0, 512 * KiB, 64 * MiB);
+    size_t large_floor = collections_for_garbage(0, 0, 16 * MiB, 64 * MiB);
+    size_t young_floor = collections_for_garbage(LOAM_GENERATIONAL, 0, 512 * KiB, 64 * MiB);
+    fprintf(stderr, "gc/a_heap_paces_itself: 64 MiB of garbage: %zu collections with the 4 MiB option, "
+            "%zu with a 512 KiB floor, %zu with 16 MiB, %zu generational with 512 KiB\n",
+            with_option, small_floor, large_floor, young_floor);
+    /* 64 MiB / floor collections, give or take the thread cache's batches */
+    cr_assert(with_option >= 12 && with_option <= 17, "%zu collections with the 4 MiB option", with_option);
+    cr_assert(small_floor >= 100 && small_floor <= 140, "%zu collections with a 512 KiB floor", small_floor);
+    cr_assert(large_floor >= 3 && large_floor <= 5, "%zu collections with a 16 MiB floor", large_floor);
+    cr_assert(young_floor >= 100 && young_floor <= 140, "%zu collections, generational, 512 KiB floor",
+              young_floor);
+    /* The process-wide options are untouched by a heap's config. */
+    cr_assert_eq(loam_option_get("gc_min_bytes"), (long)(4 * MiB));
+
+    /* gc_growth: with 8 MiB live, a collection per 4 MiB allocated at 50 %,
+     * per 16 MiB at 200 % (the floor, 1 MiB, below both). */
+    size_t counts[2];
+    unsigned growths[2] = { 50, 200 };
+    for (int g = 0; g < 2; g++) {
+        loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .gc_growth = growths[g],
+                              .gc_min_bytes = 1 * MiB };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        cr_assert_not_null(h);
+        enum { KEPT = 8 * 1024 };
+        void **kept = calloc(KEPT, sizeof *kept);
+        cr_assert_not_null(kept);
+        loam_root_add_range(h, kept, kept + KEPT);
+        for (size_t i = 0; i < KEPT; i++)
+            cr_assert_not_null(kept[i] = loam_gc_alloc(h, 1024, LOAM_ATOMIC));   /* 8 MiB live */
+        loam_gc_collect(h);
+        size_t before = gc_stats(h).gc_collections;
+        for (size_t i = 0; i < 64 * MiB / 256; i++)
+            cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
+        counts[g] = gc_stats(h).gc_collections - before;
+        loam_root_remove_range(h, kept);
+        loam_heap_destroy(h);
+        free(kept);
+    }
+    fprintf(stderr, "gc/a_heap_paces_itself: over 8 MiB live: %zu collections at gc_growth 50, %zu at 200\n",
+            counts[0], counts[1]);
+    cr_assert(counts[0] >= 13 && counts[0] <= 17, "%zu collections for 64 MiB at gc_growth 50 over 8 MiB live",
+              counts[0]);
+    cr_assert(counts[1] >= 3 && counts[1] <= 5, "%zu collections for 64 MiB at gc_growth 200 over 8 MiB live",
+              counts[1]);
+
+    loam_config_t bad = { .mode = LOAM_GC, .gc_growth = 100001 };
+    errno = 0;
+    cr_assert_null(loam_heap_new(&bad), "a gc_growth past 100000 was accepted");
+    cr_assert_eq(errno, EINVAL);
+}
+
 /* ---- statistics ------------------------------------------------------------------------------- */
 
 static int fin_count;
