@@ -112,19 +112,31 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
 }
 
 /* The heap's pacing: its config's, else the options (read each time: a
- * program may change them). */
+ * program may change either, loam_heap_set_gc_pacing or loam_option_set,
+ * while other threads allocate). */
 size_t gc_growth_percent(const gc_state_t *gc)
 {
-    unsigned own = gc->heap->cfg.gc_growth;
+    unsigned own = __atomic_load_n(&gc->heap->cfg.gc_growth, __ATOMIC_RELAXED);
     return own ? own : (size_t)loam_opts.gc_growth;
 }
 
 size_t gc_floor_bytes(const gc_state_t *gc)
 {
-    size_t own = gc->heap->cfg.gc_min_bytes;
+    size_t own = __atomic_load_n(&gc->heap->cfg.gc_min_bytes, __ATOMIC_RELAXED);
     if (own)
         return own;
     return (size_t)(gc_generational(gc) ? loam_opts.gc_young_min : loam_opts.gc_min_bytes);
+}
+
+int loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes)
+{
+    if (!h || gc_growth > 100000) {
+        errno = EINVAL;
+        return -1;
+    }
+    __atomic_store_n(&h->cfg.gc_growth, gc_growth, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->cfg.gc_min_bytes, gc_min_bytes, __ATOMIC_RELAXED);
+    return 0;
 }
 
 static size_t collect_threshold(gc_state_t *gc)

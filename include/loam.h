@@ -123,6 +123,11 @@ LOAM_API size_t loam_usable_size(const void *p);
  * reclaims it at once. */
 LOAM_API void  *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind) LOAM_MALLOC_ATTR;
 LOAM_API void   loam_gc_collect(loam_heap_t *h);
+/* A heap's own pacing from now on, as the config's gc_growth and
+ * gc_min_bytes (0: the options): a program entering a phase of its own (a
+ * game loading a level, a server between requests) may change it. 0, or -1
+ * with errno EINVAL for a gc_growth past 100000. */
+LOAM_API int    loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes);
 LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/roots callbacks */
 /* LOAM_GENERATIONAL heaps: `where` (any address inside a collected object)
  * was just written with a pointer. Cheap (no lock, one byte stored); any other

@@ -804,17 +804,24 @@ Test(gc, pacing_follows_gc_min_bytes)
     loam_heap_destroy(h);
 }
 
-/* Collections of a heap that allocates `garbage` bytes of 256-byte atomic
- * blocks, none kept (its config's pacing: growth and floor). */
+/* 256-byte atomic garbage into h: collections it brought. */
+static size_t collections_while_allocating(loam_heap_t *h, size_t garbage)
+{
+    size_t before = gc_stats(h).gc_collections;
+    for (size_t i = 0; i < garbage / 256; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
+    return gc_stats(h).gc_collections - before;
+}
+
+/* Collections of a new heap with this config's pacing (growth and floor)
+ * that allocates `garbage` bytes, none kept. */
 static size_t collections_for_garbage(unsigned flags, unsigned growth, size_t floor, size_t garbage)
 {
     loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN | flags,
                           .gc_growth = growth, .gc_min_bytes = floor };
     loam_heap_t *h = loam_heap_new(&cfg);
     cr_assert_not_null(h);
-    for (size_t i = 0; i < garbage / 256; i++)
-        cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
-    size_t n = gc_stats(h).gc_collections;
+    size_t n = collections_while_allocating(h, garbage);
     loam_heap_destroy(h);
     return n;
 }
@@ -858,10 +865,7 @@ Test(gc, a_heap_paces_itself_with_its_config)
         for (size_t i = 0; i < KEPT; i++)
             cr_assert_not_null(kept[i] = loam_gc_alloc(h, 1024, LOAM_ATOMIC));   /* 8 MiB live */
         loam_gc_collect(h);
-        size_t before = gc_stats(h).gc_collections;
-        for (size_t i = 0; i < 64 * MiB / 256; i++)
-            cr_assert_not_null(loam_gc_alloc(h, 256, LOAM_ATOMIC));
-        counts[g] = gc_stats(h).gc_collections - before;
+        counts[g] = collections_while_allocating(h, 64 * MiB);
         loam_root_remove_range(h, kept);
         loam_heap_destroy(h);
         free(kept);
@@ -877,6 +881,29 @@ Test(gc, a_heap_paces_itself_with_its_config)
     errno = 0;
     cr_assert_null(loam_heap_new(&bad), "a gc_growth past 100000 was accepted");
     cr_assert_eq(errno, EINVAL);
+}
+
+/* loam_heap_set_gc_pacing changes a heap's pacing from then on. */
+Test(gc, a_heap_pacing_can_change_while_it_runs)
+{
+    cr_assert_eq(loam_option_set("gc_min_bytes", (long)(4 * MiB)), 0);
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .gc_min_bytes = 512 * KiB };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    size_t small = collections_while_allocating(h, 16 * MiB);
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 8 * MiB), 0);
+    size_t large = collections_while_allocating(h, 32 * MiB);
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 0), 0);
+    size_t option = collections_while_allocating(h, 32 * MiB);
+    fprintf(stderr, "gc/a_heap_pacing_can_change: %zu collections for 16 MiB at a 512 KiB floor, %zu for 32 MiB "
+            "at 8 MiB, %zu for 32 MiB at the option's 4 MiB\n", small, large, option);
+    cr_assert(small >= 25 && small <= 35, "%zu collections for 16 MiB at a 512 KiB floor", small);
+    cr_assert(large >= 3 && large <= 5, "%zu collections for 32 MiB at an 8 MiB floor", large);
+    cr_assert(option >= 7 && option <= 9, "%zu collections for 32 MiB at the option's 4 MiB", option);
+    errno = 0;
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 100001, 0), -1);
+    cr_assert_eq(errno, EINVAL);
+    loam_heap_destroy(h);
 }
 
 /* ---- statistics ------------------------------------------------------------------------------- */
