@@ -130,7 +130,7 @@ size_t gc_floor_bytes(const gc_state_t *gc)
 
 int loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes)
 {
-    if (!h || gc_growth > 100000) {
+    if (!h || gc_growth > LOAM_GC_GROWTH_MAX) {
         errno = EINVAL;
         return -1;
     }

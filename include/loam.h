@@ -63,6 +63,8 @@ typedef void (*loam_error_fn)(loam_heap_t *h, const char *message, void *addr, v
 typedef void (*loam_finalizer_fn)(void *obj, void *data);
 typedef void (*loam_leak_fn)(void *block, size_t size, void *user);
 
+#define LOAM_GC_GROWTH_MAX 100000u   /* gc_growth's largest value, here and as an option */
+
 typedef struct loam_config {      /* all zero: a manual heap with defaults */
     loam_mode_t   mode;
     size_t        limit;          /* bytes of committed memory; 0 = no limit */
@@ -76,7 +78,7 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
      * loam_option_set): allocation between collections, in percent of the
      * live heap (like GOGC), and at least this many bytes (the option
      * gc_min_bytes, or gc_young_min for a LOAM_GENERATIONAL heap). */
-    unsigned      gc_growth;      /* at most 100000 */
+    unsigned      gc_growth;      /* at most LOAM_GC_GROWTH_MAX */
     size_t        gc_min_bytes;
 } loam_config_t;
 
@@ -126,7 +128,7 @@ LOAM_API void   loam_gc_collect(loam_heap_t *h);
 /* A heap's own pacing from now on, as the config's gc_growth and
  * gc_min_bytes (0: the options): a program entering a phase of its own (a
  * game loading a level, a server between requests) may change it. 0, or -1
- * with errno EINVAL for a gc_growth past 100000. */
+ * with errno EINVAL for a gc_growth past LOAM_GC_GROWTH_MAX. */
 LOAM_API int    loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes);
 LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/roots callbacks */
 /* LOAM_GENERATIONAL heaps: `where` (any address inside a collected object)

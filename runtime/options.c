@@ -25,7 +25,7 @@ static option_def_t option_table[] = {
       "ms a free page run stays committed before it goes back to the OS" },
     { "retain_max",      &loam_opts.retain_max,      0, 1L << 40, 4L * 1024 * 1024,
       "bytes of free page runs an arena keeps committed (the rest goes back at once)" },
-    { "gc_growth",       &loam_opts.gc_growth,       1, 100000, 100,
+    { "gc_growth",       &loam_opts.gc_growth,       1, LOAM_GC_GROWTH_MAX, 100,
       "percent of the live heap allocated between collections (like GOGC)" },
     { "gc_min_bytes",    &loam_opts.gc_min_bytes,    0, 1L << 40, 4L * 1024 * 1024,
       "bytes allocated between collections at least" },

@@ -749,6 +749,15 @@ static __attribute__((noinline)) val_t run_prim(val_t code, val_t env)
     return result;
 }
 
+/* Call primitive f with args[0..nargs), its arity checked. */
+static inline val_t call_prim(val_t f, val_t *args, int nargs)
+{
+    prim_t *p = AS(prim_t, f);
+    if (nargs < p->min_args || (p->max_args >= 0 && nargs > p->max_args))
+        lisp_error("wrong number of arguments", f);
+    return p->fn(args, nargs);
+}
+
 /* A closure that was just made, and is stored under name: it takes the
  * name, unless it has one (define of a lambda, say). */
 static void name_closure(val_t value, val_t name)
@@ -898,10 +907,7 @@ static val_t run(val_t code, val_t env)
 
     call:
         if (is_type(f, T_PRIM)) {
-            prim_t *p = AS(prim_t, f);
-            if (nargs < p->min_args || (p->max_args >= 0 && nargs > p->max_args))
-                lisp_error("wrong number of arguments", f);
-            val_t result = p->fn(stack_at(base), nargs);
+            val_t result = call_prim(f, stack_at(base), nargs);
             L.sp = base;
             return result;
         }
@@ -916,12 +922,8 @@ static val_t run(val_t code, val_t env)
 /* Call f from C (the apply primitive, and anything else that needs to). */
 val_t apply(val_t f, val_t *args, int nargs)
 {
-    if (is_type(f, T_PRIM)) {
-        prim_t *p = AS(prim_t, f);
-        if (nargs < p->min_args || (p->max_args >= 0 && nargs > p->max_args))
-            lisp_error("wrong number of arguments", f);
-        return p->fn(args, nargs);
-    }
+    if (is_type(f, T_PRIM))
+        return call_prim(f, args, nargs);
     if (!is_type(f, T_CLOSURE))
         lisp_error("not a procedure", f);
     val_t env = bind(f, args, nargs);
