@@ -98,6 +98,7 @@ typedef struct marker {
     size_t          sp, cap;
     bool            overflow;      /* a push was dropped: rescan marked blocks */
     bool            shared;        /* other markers run: mark bits are set atomically */
+    bool            may_share;     /* helpers wait for work: give them some when hungry */
     size_t          marked_bytes;
 } marker_t;
 

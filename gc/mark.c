@@ -19,9 +19,13 @@
  * with a stack of its own. A marker whose stack holds work while another is
  * idle gives away the bottom half of its stack (the oldest entries, nearest
  * the roots: the biggest pieces of the graph) through a shared pool; marking
- * ends when every marker is idle and the pool is empty. While helpers run,
- * mark bits are set with an atomic or, so two markers never lose each
- * other's bits in a shared word, and exactly one of them pushes a block.
+ * ends when every marker is idle and the pool is empty. From the first time
+ * the collecting thread gives work away, every marker sets mark bits with an
+ * atomic or, so two markers never lose each other's bits in a shared word,
+ * and exactly one of them pushes a block. Until then it marks alone with
+ * plain stores (a helper marks nothing before it takes work from the pool):
+ * a marking that a helper joins late, or never, pays no locked instruction
+ * for the blocks marked before.
  */
 #include "gc/gc.h"
 #include "alloc/memcheck.h"
@@ -140,6 +144,7 @@ void gc_mark_begin(gc_state_t *gc)
     gc->mk.marked_bytes = 0;
     gc->helper_marked = 0;
     gc->mk.shared = false;
+    gc->mk.may_share = false;
     forget_slab(&gc->mk);
 }
 
@@ -412,6 +417,11 @@ static struct mark_pool {
 static void share_give(marker_t *m)
 {
     size_t give = m->sp / 2;
+    /* From now on another marker may set bits in the words this one sets:
+     * atomically, both. Until here the collecting thread marked alone, with
+     * plain stores (a helper marks nothing before it takes work from the
+     * pool, under the lock released below). */
+    m->shared = true;
     pthread_mutex_lock(&pool.lock);
     if (pool.n + give > pool.cap) {
         size_t cap = pool.cap ? pool.cap : 1024;
@@ -487,7 +497,7 @@ static void drain_stack(marker_t *m)
         /* Steady state: the ring is full, and each grey block popped takes
          * the place of the one scanned now. */
         while (n == PREFETCH_DEPTH && m->sp) {
-            if (m->shared && m->sp >= 2 && AO_load(&pool.hungry))
+            if (m->may_share && m->sp >= 2 && AO_load(&pool.hungry))
                 share_give(m);
             mark_entry_t e = ring[head], in = m->stack[--m->sp];
             __builtin_prefetch(in.obj);
@@ -540,6 +550,7 @@ static void *helper_main(void *arg)
         pthread_mutex_unlock(&pool.lock);
         gc_helper_marks_for(m->gc);
         m->shared = true;
+        m->may_share = true;
         m->marked_bytes = 0;
         m->overflow = false;
         m->sp = 0;
@@ -651,7 +662,7 @@ static bool drain_parallel(gc_state_t *gc)
     pool.ended = false;
     pool.n = 0;
     AO_store(&pool.hungry, 0);
-    gc->mk.shared = true;
+    gc->mk.may_share = true;        /* shared from its first share_give */
     pthread_cond_broadcast(&pool.job_cv);
     pthread_mutex_unlock(&pool.lock);
 
@@ -674,6 +685,7 @@ static bool drain_parallel(gc_state_t *gc)
     pool.job = NULL;
     pthread_mutex_unlock(&pool.lock);
     gc->mk.shared = false;
+    gc->mk.may_share = false;
     return true;
 }
 
