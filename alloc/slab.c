@@ -121,12 +121,20 @@ unsigned slab_take_blocks(slab_t *s, unsigned n, void **top)
         }
         s->free_lo = w;
     }
-    unsigned bumped = bumped_before;
-    while (got < n && bumped < s->capacity) {
-        free_block_t *b = (free_block_t *)(lo + (size_t)bumped++ * size);
-        b->freed_key = free_key;
-        *--top = b;
-        got++;
+    /* Past the bump line, a count known in advance: a pointer walk with
+     * nothing else to count (a collected heap whose slabs die whole takes
+     * most of its blocks here, fresh). */
+    unsigned bumped = bumped_before, fresh = s->capacity - bumped;
+    if (fresh > n - got)
+        fresh = n - got;
+    if (fresh) {
+        char *b = (char *)lo + (size_t)bumped * size, *end = b + (size_t)fresh * size;
+        for (; b < end; b += size) {
+            ((free_block_t *)b)->freed_key = free_key;
+            *--top = b;
+        }
+        bumped += fresh;
+        got += fresh;
     }
     slab_set_bumped(s, bumped);
     AO_int_store(&s->used, s->used + got);

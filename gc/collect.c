@@ -101,26 +101,36 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
     /* A generational heap's marks outlive the sweep: they say "old". */
     const bool keep_marks = gc_generational(gc);
     sweep_out_t c = *out;
-    if (step <= 64 && (step & (step - 1)) == 0) {
-        /* Blocks of a power-of-two number of granules never straddle a word
-         * of marks: a word holds 64 / step whole blocks (a slab starts on a
-         * word: slabs are whole pages), its block starts are every step-th
-         * bit, and only the unmarked ones are visited. */
-        const uint32_t shift = (uint32_t)__builtin_ctzll(step), word_shift = 6 - shift;
-        const uint32_t per_word = (uint32_t)1 << word_shift;
-        const uint64_t starts = step == 64 ? 1 : ~(uint64_t)0 / (((uint64_t)1 << step) - 1);
-        uint64_t *words = bits + first / 64;
+    if (step <= 64) {
+        /* A word of marks at a time. The block starts in word w are every
+         * step-th bit from the first one, r: the pattern of bits 0, step,
+         * 2 step, ... shifted up by r. A block of a step that is not a
+         * power of two may straddle two words; its bit is its start's, so
+         * each word is still visited once, and only its unmarked starts.
+         * Divisions by step, of numbers below 64, are a multiplication by
+         * recip (exact: 2^16 >= 64 * 64). */
+        uint64_t pattern = 0;
+        for (uint32_t b = 0; b < 64; b += (uint32_t)step)
+            pattern |= (uint64_t)1 << b;
+        const uint32_t recip = (65536u + (uint32_t)step - 1) / (uint32_t)step;
+        size_t g = first + (size_t)k * step;
         while (k < bumped && c.n < want) {
-            uint32_t base = k & ~(per_word - 1);    /* the word's first block */
-            uint64_t *w = &words[base >> word_shift];
-            uint64_t dead = ~*w & starts & (~(uint64_t)0 << ((k - base) << shift));
-            if (bumped - base < per_word)
-                dead &= ((uint64_t)1 << ((bumped - base) << shift)) - 1;
-            if (to_array && none_free && !waste && dead == starts && want - c.n >= per_word) {
-                /* A word of dead blocks only (the usual case: a filled slab
-                 * whose objects died together): a pointer walk, no bit
-                 * search, no test of how many are wanted. */
-                char *b = start + (size_t)base * size, *end = b + (size_t)per_word * size;
+            uint64_t *w = &bits[g >> 6];
+            const uint32_t r = (uint32_t)(g & 63);
+            uint32_t count = (((63 - r) * recip) >> 16) + 1;    /* starts in this word */
+            uint64_t starts = pattern << r;
+            if (LOAM_UNLIKELY(count > bumped - k)) {             /* the bump line is in it */
+                count = bumped - k;
+                const uint32_t last = r + (count - 1) * (uint32_t)step;
+                if (last < 63)
+                    starts &= ((uint64_t)2 << last) - 1;
+            }
+            uint64_t dead = ~*w & starts;
+            if (to_array && none_free && !waste && dead == starts && want - c.n >= count) {
+                /* Every block starting here is dead (the usual case: a
+                 * filled slab whose objects died together): a pointer
+                 * walk, no bit search, no test of how many are wanted. */
+                char *b = start + (size_t)k * size, *end = b + (size_t)count * size;
                 void **top = c.top;
                 for (; b < end; b += size) {
                     mc_free(gc->heap, b);
@@ -128,19 +138,24 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
                     *--top = b;
                 }
                 c.top = top;
-                c.n += per_word;
+                c.n += count;
                 dead = 0;
             }
+            uint32_t next = k;
             while (dead && c.n < want) {
-                k = base + ((uint32_t)__builtin_ctzll(dead) >> shift);
-                sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, k++);
+                uint32_t at = k + ((((uint32_t)__builtin_ctzll(dead) - r) * recip) >> 16);
+                sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, at);
+                next = at + 1;
                 dead &= dead - 1;
             }
-            if (!dead) {                  /* the word is done */
-                if (!keep_marks)
-                    *w = 0;
-                k = base + per_word;
+            if (dead) {                   /* stopped inside the word */
+                k = next;
+                break;
             }
+            if (!keep_marks)
+                *w = 0;
+            k += count;
+            g += (size_t)count * step;
         }
     } else {
         for (; k < bumped && c.n < want; k++) {
@@ -255,6 +270,7 @@ void gc_large_freed(loam_heap_t *h, large_t *l)
 /* At process start (runtime/init.c), before any heap exists. */
 void gc_install_hooks(void)
 {
+    gc_alloc_tables_init();
     alloc_pending_hook = sweep_pending;
     alloc_pending_take_hook = sweep_take;
 }

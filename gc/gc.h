@@ -179,6 +179,7 @@ LOAM_INTERNAL bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index);
 /* loam_free of large block l (before it is unmapped or cached). */
 LOAM_INTERNAL void gc_large_freed(loam_heap_t *h, large_t *l);
 LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at process start */
+LOAM_INTERNAL void gc_alloc_tables_init(void);                      /* by gc_install_hooks */
 /* The purge thread's turn at a collected heap's arenas (runtime/purge.c):
  * no collection may start meanwhile, since one reads segment headers
  * without arena locks. false: a collection runs, or the lock is busy. */
