@@ -636,10 +636,19 @@ Test(gc, loam_free_of_collected_blocks)
  * freed while their slabs still wait for the sweep, must still never be
  * handed out twice: every round checks that no two live slots share an
  * address and that every live block kept its contents. Both heaps: plain
- * and generational. */
+ * and generational. The sizes are 3, 5 and 7 granules: their blocks
+ * straddle words of mark bits, which the sweep visits a word at a time. */
+static void frees_around_lazy_sweeps_of(unsigned flags, size_t SIZE);
 static void frees_around_lazy_sweeps(unsigned flags)
 {
-    enum { N = 24000, SIZE = 48 };
+    frees_around_lazy_sweeps_of(flags, 48);
+    frees_around_lazy_sweeps_of(flags, 80);
+    frees_around_lazy_sweeps_of(flags, 112);
+}
+
+static void frees_around_lazy_sweeps_of(unsigned flags, size_t SIZE)
+{
+    enum { N = 24000 };
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | flags, NULL, NULL, NULL);
     static unsigned char *slot[N];
     static uint64_t tag[N];
