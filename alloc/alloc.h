@@ -108,6 +108,7 @@ enum run_state { RUN_HEADER = 0, RUN_FREE = 1, RUN_SLAB = 2,
                                               thread gives its pages back (segment.c) */
 
 struct arena;
+struct tcache_bin;
 
 typedef struct slab {
     /* hot: read by the free fast path */
@@ -175,6 +176,9 @@ typedef struct segment {
     struct slab  *page_slab[PAGES_PER_SEGMENT];  /* page -> the descriptor of its run (a
                                                     pointer: the free fast path loads it and
                                                     is there, no scaling or adding) */
+    struct tcache_bin *bump_holder[PAGES_PER_SEGMENT];  /* at a slab's first page: the cache
+                                                    bin holding a bump range of the slab, or
+                                                    NULL (arena lock; see arena_take_bump) */
     slab_t        slabs[PAGES_PER_SEGMENT];      /* descriptor of each run, at its first page */
 } segment_t;
 
@@ -473,6 +477,30 @@ LOAM_INTERNAL void     arena_unlock(arena_t *a);
  * one cache miss after another. Returns how many (0: out of memory or over
  * budget). */
 LOAM_INTERNAL unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top);
+/* Bump ranges (tcache.h): up to max free blocks of class cls next to each
+ * other in one slab, for the cache bin `holder` (lock held). They come from
+ * a pending slab's visit (alloc_pending_bump_hook: a run of dead blocks) or
+ * from past a slab's bump line; a slab whose free blocks are in its free
+ * set, or that has a range out already, gives none. Returns how many (0:
+ * none here, refill the bin instead) and *start, the first one's address.
+ *   - A slab has at most one range out, and records its holder
+ *     (segment_t.bump_holder), so that a free of a block the holder has not
+ *     handed out yet is refused (arena_in_bump_range).
+ *   - The blocks are out of the slab, as a cache's are. The holder keeps
+ *     the last one, the anchor, until it returns the range: the slab cannot
+ *     empty meanwhile, so the holder can always find it again. */
+LOAM_INTERNAL unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max,
+                                       struct tcache_bin *holder, char **start);
+/* The range's blocks [from, to) of slab s come back unused (lock held): past
+ * the bump line again if they end at it, else into the free set, each with
+ * the free key. The slab forgets its holder. */
+LOAM_INTERNAL void     arena_return_bump(arena_t *a, slab_t *s, char *from, char *to);
+/* The holder of s's range has used it up to its anchor (lock held): the
+ * slab forgets it; the anchor stays out, for the holder to hand out. */
+LOAM_INTERNAL void     arena_end_bump(slab_t *s);
+/* p (a block start of s, lock held) lies in a bump range and has not been
+ * handed out. */
+LOAM_INTERNAL bool     arena_in_bump_range(slab_t *s, const void *p);
 /* The arena's transfer cache (arena.c; lock held): put the first of a
  * thread cache's batch of n free blocks of class cls, all of this arena, as
  * they are, as many as there is room for (returned; the caller frees the
@@ -650,6 +678,12 @@ LOAM_INTERNAL void arena_pending_done(arena_t *a, slab_t *s);       /* lock held
 LOAM_INTERNAL void arena_pending_visit_all(arena_t *a);            /* lock held */
 extern LOAM_INTERNAL void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 extern LOAM_INTERNAL unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);
+/* For a bump range (arena_take_bump): the next run of at most max blocks
+ * of the visit that were out and are garbage, next to each other, and its
+ * first block's index in *first. The visit moves past them; the blocks stay
+ * counted as out and get no free key. Returns 0 only once the visit is
+ * complete (arena_pending_done called). Blocks of 1 KiB or less. */
+extern LOAM_INTERNAL unsigned (*alloc_pending_bump_hook)(arena_t *a, slab_t *s, unsigned max, uint32_t *first);
 
 /* Set by the runtime: reports heap corruption found inside the core (then the core traps). */
 extern LOAM_INTERNAL void (*alloc_fault_hook)(const char *what, void *addr);

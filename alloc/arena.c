@@ -7,6 +7,7 @@
  * tail, so allocation keeps filling the slab at the head and emptier slabs get
  * the chance to drain and go back to their segment. */
 #include "alloc/alloc.h"
+#include "alloc/tcache.h"
 
 #include <string.h>
 
@@ -19,6 +20,7 @@ alloc_tuning_t alloc_tuning = {       /* the options' defaults (runtime/options.
 AO_t alloc_decay_due;
 void (*alloc_pending_hook)(arena_t *a, slab_t *s);
 unsigned (*alloc_pending_take_hook)(arena_t *a, slab_t *s, unsigned n, void **top);
+unsigned (*alloc_pending_bump_hook)(arena_t *a, slab_t *s, unsigned max, uint32_t *first);
 
 bool slab_init(slab_t *s, arena_t *a, unsigned cls);
 void slab_fini(slab_t *s);
@@ -431,6 +433,103 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
     a->c.out_blocks += got - still_out;
     arena_note_peak(a);
     return got;
+}
+
+/* ---- bump ranges ----------------------------------------------------------- */
+
+static struct tcache_bin **bump_holder_of(slab_t *s)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
+    return &seg->bump_holder[s->page_index];
+}
+
+unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_bin *holder, char **start)
+{
+    arena_bin_t *bin = &a->bins[cls];
+    if (os_now_ms() >= a->next_purge_ms)
+        arena_purge(a, false);
+    for (;;) {
+        slab_t *s = bin->partial;
+        if (!s)
+            s = a->pending[cls];
+        if (s && *bump_holder_of(s))
+            return 0;                   /* one range a slab */
+        if (s && s->pending) {
+            uint32_t first;
+            /* (A tracked slab's sweep reads each dead block's size.) */
+            unsigned k = alloc_pending_bump_hook && !s->waste && s->block_size <= 64 * BLOCK_ALIGN
+                             ? alloc_pending_bump_hook(a, s, max, &first) : 0;
+            if (k) {
+                /* Out already (garbage found by the visit): no count changes. */
+                *start = s->start + (size_t)first * s->block_size;
+                *bump_holder_of(s) = holder;
+                return k;
+            }
+            if (s->pending)
+                return 0;               /* no hook: the bin's refill visits it */
+            continue;                   /* visited: take from it as from any slab */
+        }
+        if (!s) {
+            s = slab_new(a, cls);
+            if (!s)
+                return 0;
+            partial_push_tail(bin, s);
+        }
+        uint32_t bumped = s->bumped;
+        if (bumped > s->used || bumped == s->capacity)
+            return 0;                   /* its free blocks are in its free set */
+        unsigned k = s->capacity - bumped;
+        if (k > max)
+            k = max;
+        *start = s->start + (size_t)bumped * s->block_size;
+        slab_set_bumped(s, bumped + k);
+        AO_int_store(&s->used, s->used + k);
+        slab_note_draining(s);
+        if (s->used == s->capacity)
+            partial_remove(bin, s);
+        a->c.out_bytes += (size_t)k * s->block_size;
+        a->c.out_blocks += k;
+        arena_note_peak(a);
+        *bump_holder_of(s) = holder;
+        return k;
+    }
+}
+
+void arena_return_bump(arena_t *a, slab_t *s, char *from, char *to)
+{
+    *bump_holder_of(s) = NULL;
+    uint32_t lo = (uint32_t)slab_block_index(s, (uintptr_t)from);
+    uint32_t hi = (uint32_t)slab_block_index(s, (uintptr_t)to);
+    if (lo == hi)
+        return;
+    if (hi == s->bumped && !s->pending) {
+        /* Untouched as far as the slab is concerned: past the bump line
+         * again, where nothing reads a block. */
+        slab_set_bumped(s, lo);
+    } else {
+        const uintptr_t free_key = loam_free_key;
+        for (uint32_t i = lo; i < hi; i++) {
+            ((free_block_t *)(s->start + (size_t)i * s->block_size))->freed_key = free_key;
+            slab_put_free(s, i);
+        }
+    }
+    blocks_returned(a, s, hi - lo);
+}
+
+void arena_end_bump(slab_t *s)
+{
+    *bump_holder_of(s) = NULL;
+}
+
+bool arena_in_bump_range(slab_t *s, const void *p)
+{
+    struct tcache_bin *h = *bump_holder_of(s);
+    if (!h)
+        return false;
+    /* The holder's bump moves up without the lock; its end does not move
+     * while the slab names it (both change only under this lock). */
+    const char *lo = (const char *)AO_load(&h->bump), *anchor = (const char *)AO_load(&h->bump_end);
+    return (const char *)p >= lo && (const char *)p <= anchor;
 }
 
 void arena_release_dead_slab(arena_t *a, slab_t *s)

@@ -2,14 +2,14 @@
  * thread caches, side arrays). Kept apart from user blocks so a heap overflow
  * cannot reach it, and never from malloc, so loam can be the malloc.
  *
- * Power-of-two bins from 64 B to 2 KiB carved from 64 KiB chunks; larger
+ * Power-of-two bins from 64 B to 4 KiB carved from 64 KiB chunks; larger
  * requests get a mapping of their own. Zeroed on return. */
 #include "alloc/alloc.h"
 
 #include <string.h>
 
 #define META_MIN_SHIFT 6
-#define META_BINS      6            /* 64 .. 2048 */
+#define META_BINS      7            /* 64 .. 4096 */
 #define META_CHUNK     ((size_t)64 * 1024)
 
 static pthread_mutex_t meta_lock = PTHREAD_MUTEX_INITIALIZER;

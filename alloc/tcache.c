@@ -14,11 +14,17 @@
  * share (alloc_tuning.tcache_budget; tcache_grow says why). */
 #define TCACHE_SHARED_BIN_BYTES ((size_t)1024 * 1024)
 #define TCACHE_SHARED_CACHE_MAX ((size_t)8 * 1024 * 1024)
+/* A range holds at most 64 KiB (a slab of the smallest classes). One shorter
+ * than TCACHE_BUMP_MIN blocks comes with a bin refill as well: a slab whose
+ * garbage lies between live blocks would otherwise cost a refill for every
+ * few allocations. */
+#define TCACHE_BUMP_BYTES ((size_t)64 * 1024)
+#define TCACHE_BUMP_MIN 16
 
 /* Bytes of growth past TCACHE_GROWN_BYTES_MAX, all caches together. */
 static AO_t tcache_shared_taken;
 
-_Static_assert(sizeof(tcache_t) <= 2048, "a cache fits the metadata bins (alloc/meta.c)");
+_Static_assert(sizeof(tcache_t) <= 4096, "a cache fits the metadata bins (alloc/meta.c)");
 
 uint16_t tcache_small_bin[SMALL_MAX + 1];
 void *tcache_no_blocks[1];
@@ -116,8 +122,15 @@ uint32_t tcache_count_racy(tcache_t *tc, unsigned cls)
         void **base = (void **)AO_load((volatile AO_t *)&tc->info[cls].base);
         AO_nop_read();
         AO_t seq2 = AO_load(&tc->resize_seq);
-        if (!(seq & 1) && seq == seq2)
-            return top >= base ? (uint32_t)(top - base) : 0;
+        if (!(seq & 1) && seq == seq2) {
+            uint32_t n = top >= base ? (uint32_t)(top - base) : 0;
+            /* The bump range and its anchor; a refill between the two
+             * reads gives a span no range has, which counts as none. */
+            char *b = (char *)AO_load(&tc->bins[cls].bump), *e = (char *)AO_load(&tc->bins[cls].bump_end);
+            if (e && e >= b && (size_t)(e - b) < TCACHE_BUMP_BYTES)
+                n += (uint32_t)((size_t)(e - b) / sizeclass_size[cls]) + 1;
+            return n;
+        }
     }
 }
 
@@ -213,9 +226,25 @@ bool tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, unsigned tcache
     return true;
 }
 
-void *tcache_refill_pop(tcache_t *tc, unsigned cls)
+/* A refill: the owner's count of slow events, and its arena set's count of
+ * allocating threads. */
+static void refill_note(tcache_t *tc)
 {
-    tcache_bin_t *bin = &tc->bins[cls];
+    AO_int_store(&tc->slow_events, tc->slow_events + 1);
+    if (!tc->allocates && ++tc->refills >= TCACHE_USER_REFILLS) {
+        /* An allocating thread: one more that may have an arena of its own
+         * (a thread that only frees does not need one, nor does one that
+         * made a few allocations at its start and then only frees, as a
+         * consumer does: counted, it gave a producer/consumer pair a second
+         * arena, and the producer's heap spread over both). */
+        tc->allocates = true;
+        AO_fetch_and_add1(&tc->arenas->users);
+    }
+}
+
+/* Fill the bin of cls from arena a (locked): returns how many came. */
+static unsigned bin_fill(tcache_t *tc, unsigned cls, arena_t *a)
+{
     /* A cache that only allocates gets bigger refills: each one is a slow
      * path with an arena lock (binary-trees on a collected heap: 10-20 %
      * faster with refills of 256 blocks than of 64). Not for a cache that
@@ -223,6 +252,7 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
      * 4.3 -> 5.3 MiB). */
     if (tc->allocates_only)
         tcache_grow(tc, cls);           /* grows only if it ran empty before */
+    refilled_set(tc, cls);              /* (after: it is what tcache_grow reads) */
     tcache_bin_info_t *in = &tc->info[cls];
     unsigned count = tcache_count(tc, cls);
     unsigned want = in->max / 2;
@@ -233,30 +263,95 @@ void *tcache_refill_pop(tcache_t *tc, unsigned cls)
         want = batch_max;
     if (want > in->cap - count)
         want = in->cap - count;
-    AO_int_store(&tc->slow_events, tc->slow_events + 1);
-    refilled_set(tc, cls);
-    if (!tc->allocates && ++tc->refills >= TCACHE_USER_REFILLS) {
-        /* An allocating thread: one more that may have an arena of its own
-         * (a thread that only frees does not need one, nor does one that
-         * made a few allocations at its start and then only frees, as a
-         * consumer does: counted, it gave a producer/consumer pair a second
-         * arena, and the producer's heap spread over both). */
-        tc->allocates = true;
-        AO_fetch_and_add1(&tc->arenas->users);
+    void **top = in->base + count + want;
+    unsigned n = arena_alloc_blocks(a, cls, want, top);
+    if (n && n < want)                  /* short: close the gap below them */
+        memmove(in->base + count, top - n, (size_t)n * sizeof(void *));
+    bin_set_top(tc, cls, count + n);
+    return n;
+}
+
+void *tcache_refill_pop(tcache_t *tc, unsigned cls)
+{
+    refill_note(tc);
+    arena_t *a = arena_set_lock_some(tc->arenas, tc->arena);
+    if (!a)
+        return NULL;
+    tc->arena = a;
+    unsigned n = bin_fill(tc, cls, a);
+    arena_unlock(a);
+    return n ? tcache_bin_pop(&tc->bins[cls]) : NULL;
+}
+
+/* ---- bump ranges ------------------------------------------------------------ */
+
+static slab_t *slab_of_block(const char *p)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)p & ~(uintptr_t)SEGMENT_MASK);
+    return segment_slab_at(seg, (uintptr_t)p);
+}
+
+static void bump_forget(tcache_bin_t *bin)
+{
+    AO_store(&bin->bump_end, 0);
+    AO_store(&bin->bump, 0);
+}
+
+/* The range of cls, whatever is left of it, anchor included, goes back to
+ * its slab. The anchor keeps the slab (and its arena) in place. */
+static void bump_return(tcache_t *tc, unsigned cls)
+{
+    tcache_bin_t *bin = &tc->bins[cls];
+    char *anchor = (char *)bin->bump_end;
+    if (!anchor)
+        return;
+    slab_t *s = slab_of_block(anchor);
+    arena_t *a = s->arena;
+    arena_lock(a);
+    arena_return_bump(a, s, (char *)bin->bump, anchor + s->block_size);
+    bump_forget(bin);
+    arena_unlock(a);
+}
+
+void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes)
+{
+    tcache_bin_t *bin = &tc->bins[cls];
+    const size_t size = sizeclass_size[cls];
+    *bytes = 0;
+    refill_note(tc);
+    char *anchor = (char *)bin->bump_end;
+    if (anchor) {
+        /* Used up to its anchor, which is this allocation (counted when
+         * the range came); the next refill takes a new range. */
+        slab_t *s = slab_of_block(anchor);
+        arena_t *a = s->arena;
+        arena_lock(a);
+        arena_end_bump(s);
+        bump_forget(bin);
+        arena_unlock(a);
+        return anchor;
     }
     arena_t *a = arena_set_lock_some(tc->arenas, tc->arena);
     if (!a)
         return NULL;
     tc->arena = a;
-    void **top = in->base + count + want;
-    unsigned n = arena_alloc_blocks(a, cls, want, top);
+    char *start = NULL;
+    unsigned k = arena_take_bump(a, cls, (unsigned)(TCACHE_BUMP_BYTES / size), bin, &start);
+    void *p = NULL;
+    if (k == 1) {
+        arena_end_bump(slab_of_block(start));   /* a range of its anchor alone */
+        p = start;
+    } else if (k) {
+        AO_store(&bin->bump_end, (AO_t)(start + (k - 1) * size));
+        AO_store(&bin->bump, (AO_t)(start + size));
+        p = start;
+    }
+    unsigned n = k < TCACHE_BUMP_MIN ? bin_fill(tc, cls, a) : 0;
     arena_unlock(a);
-    if (n == 0)
-        return NULL;
-    if (n < want)                       /* short: close the gap below them */
-        memmove(in->base + count, top - n, (size_t)n * sizeof(void *));
-    bin_set_top(tc, cls, count + n);
-    return tcache_bin_pop(bin);
+    *bytes = (size_t)(k + n) * size;
+    if (!p && n)
+        p = tcache_bin_take(bin);
+    return p;
 }
 
 /* Room for `slots` blocks in the bin of cls (the owner's, on a slow path:
@@ -406,9 +501,12 @@ void tcache_flush_overflow(tcache_t *tc, unsigned cls, uint32_t keep)
 
 void tcache_flush_all(tcache_t *tc)
 {
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        if (tc->bins[c].bump_end)
+            bump_return(tc, c);
         if (tcache_count(tc, c))
             tcache_flush(tc, c, 0);
+    }
 }
 
 void tcache_abandon(tcache_t *tc)
@@ -416,6 +514,7 @@ void tcache_abandon(tcache_t *tc)
     /* end = 0: pushes fail too, so a disowned cache can never take a block
      * (the free fast path relies on this instead of comparing owners). */
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
+        bump_forget(&tc->bins[c]);      /* its slab is gone, or the range went back */
         if (tc->info) {
             bin_set_top(tc, c, 0);
             AO_store(&tc->bins[c].end, 0);

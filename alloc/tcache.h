@@ -34,6 +34,16 @@ typedef struct tcache_bin {
     AO_t          end;         /* void **: pushes fail once top reaches it: base + max, or
                                   0 (every push fails) while a flush is requested or the
                                   cache is disowned. Set from other threads (AO) */
+    /* The bump range: free blocks [bump, bump_end) next to each other in one
+     * slab, handed out by moving bump up one block (tcache_bin_bump). Only a
+     * cache that only allocates takes one (tcache_refill_bump: the
+     * collector's allocation); bump == bump_end when it holds none. Its
+     * blocks are out of their slab, as the bin's are, but carry no free key
+     * and were never listed: a refill costs nothing per block, and a block
+     * is first touched when it is handed out. Written by the owner (AO:
+     * frees and statistics read it from other threads). */
+    AO_t          bump;        /* char * */
+    AO_t          bump_end;    /* char * */
 } tcache_bin_t;
 
 /* The rest of a bin, read on slow paths only, kept with the slots. */
@@ -48,7 +58,7 @@ typedef struct tcache_bin_info {
 extern LOAM_INTERNAL void *tcache_no_blocks[1];
 #define TCACHE_REFUSING_BIN { .top = (AO_t)&tcache_no_blocks[1], .end = 0 }
 
-/* Under 2 KiB (asserted in tcache.c), so a cache comes from the metadata
+/* Under 4 KiB (asserted in tcache.c), so a cache comes from the metadata
  * bins (meta.c), not a mapping of its own. */
 typedef struct tcache {
     tcache_bin_t  bins[NUM_CLASSES];
@@ -99,6 +109,14 @@ LOAM_INTERNAL bool  tcache_init(tcache_t *tc, void *owner, arena_set_t *arenas, 
 LOAM_INTERNAL void  tcache_free_slots(tcache_t *tc);
 /* Refill the bin of cls and pop one block (NULL: out of memory). */
 LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
+/* A cache that only allocates (the collector's): give the bin of cls a new
+ * bump range, and a batch in the bin too when the range is short (a slab
+ * whose free blocks are scattered), then hand out one block. *bytes: what
+ * the refill put into the cache, the block included (the collector's
+ * pacing counts it as allocated). NULL: out of memory. */
+LOAM_INTERNAL void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes);
+/* Blocks left in the bin's bump range (the owner's view). */
+static inline uint32_t tcache_bump_count(const tcache_t *tc, unsigned cls);
 /* The bin of cls is full, or empty again with no flush since its last
  * refill: true if it grew (tcache.c says when). */
 LOAM_INTERNAL bool  tcache_grow(tcache_t *tc, unsigned cls);
@@ -184,6 +202,18 @@ static inline bool tcache_top_at_end(tcache_bin_t *bin, void **top)
 #endif
 }
 
+/* The next block of the bin's bump range (size: the class's), or NULL when
+ * the range is used up. One load the block's address depends on, where a
+ * pop has two (top, then the slot). */
+static inline void *tcache_bin_bump(tcache_bin_t *bin, size_t size)
+{
+    char *p = (char *)bin->bump;
+    if (LOAM_UNLIKELY(p >= (char *)bin->bump_end))
+        return NULL;
+    AO_store(&bin->bump, (AO_t)(p + size));
+    return p;
+}
+
 /* Leaves the free key for the caller to overwrite (the collector's
  * allocation zeroes the block's first 16 bytes at once). */
 static inline void *tcache_bin_take(tcache_bin_t *bin)
@@ -248,8 +278,13 @@ static inline uint32_t tcache_count(const tcache_t *tc, unsigned cls)
 {
     return (uint32_t)((void **)tc->bins[cls].top - tc->info[cls].base);
 }
-/* The same from another thread while the owner runs: a snapshot, never
- * torn by a bin moving to wider slots. */
+static inline uint32_t tcache_bump_count(const tcache_t *tc, unsigned cls)
+{
+    const tcache_bin_t *bin = &tc->bins[cls];
+    return (uint32_t)((bin->bump_end - bin->bump) / sizeclass_size[cls]);
+}
+/* The same from another thread while the owner runs, bump range included: a
+ * snapshot, never torn by a bin moving to wider slots. */
 LOAM_INTERNAL uint32_t tcache_count_racy(tcache_t *tc, unsigned cls);
 /* The bin's limit, 0 while it refuses pushes (the owner's). */
 static inline uint32_t tcache_limit(const tcache_t *tc, unsigned cls)

@@ -55,7 +55,7 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
         errno = EINVAL;
         return NULL;
     }
-    void *p = alloc_from_heap(h, n, BLOCK_ALIGN, kind);
+    void *p = n <= SMALL_MAX ? alloc_from_heap_bump(h, n, kind) : alloc_from_heap(h, n, BLOCK_ALIGN, kind);
     if (!p)
         return NULL;
     size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
@@ -90,10 +90,14 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
      * made yet: its bins are empty, and the pop fails. */
     if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS)) {
         unsigned bin = tcache_small_bin[n];
+        size_t size = gc_small_block_size[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
-        char *p = tcache_bin_take(tcache_bin_at(tc, bin));
+        /* The bump range first; the bin holds what loam_free gave back, and
+         * the blocks of a refill whose range was short. */
+        char *p = tcache_bin_bump(tcache_bin_at(tc, bin), size);
+        if (!p)
+            p = tcache_bin_take(tcache_bin_at(tc, bin));
         if (LOAM_LIKELY(p != NULL)) {
-            size_t size = gc_small_block_size[n];
             mc_alloc(h, p, size, 0);
             /* Whole block: a conservative scan reads all of it, and stale
              * words would keep dead objects alive. The first two words (the

@@ -63,7 +63,7 @@ typedef struct sweep_out {
  * read was the block's first touch, a cache miss nothing overlapped (nearly
  * half the sweep's samples). none_free: the set was empty when the slab
  * became pending (gc_sweep), and a block freed since is either before the
- * cursor or marked (gc_free_allowed), so not even the set is read. */
+ * cursor or marked (gc_free_refused), so not even the set is read. */
 static inline __attribute__((always_inline)) void
 sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, uintptr_t free_key,
            bool to_array, bool none_free, bool waste, uint32_t k)
@@ -228,17 +228,122 @@ static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, void **top)
     return c.n;
 }
 
+/* ---- bump ranges from the sweep ---------------------------------------------- */
+
+/* The first block of s at or after k, and below bumped, whose mark is
+ * `marked`; bumped if none. A word of marks at a time, as sweep_visit
+ * (blocks of at most 64 granules). */
+static uint32_t next_block_marked_as(const uint64_t *bits, size_t first, size_t step, uint32_t k,
+                                     uint32_t bumped, bool marked)
+{
+    uint64_t pattern = 0;
+    for (uint32_t b = 0; b < 64; b += (uint32_t)step)
+        pattern |= (uint64_t)1 << b;
+    const uint32_t recip = (65536u + (uint32_t)step - 1) / (uint32_t)step;
+    size_t g = first + (size_t)k * step;
+    while (k < bumped) {
+        const uint32_t r = (uint32_t)(g & 63);
+        uint32_t count = (((63 - r) * recip) >> 16) + 1;
+        uint64_t starts = pattern << r;
+        if (count > bumped - k) {
+            count = bumped - k;
+            const uint32_t last = r + (count - 1) * (uint32_t)step;
+            if (last < 63)
+                starts &= ((uint64_t)2 << last) - 1;
+        }
+        uint64_t w = bits[g >> 6];
+        uint64_t hit = (marked ? w : ~w) & starts;
+        if (hit)
+            return k + ((((uint32_t)__builtin_ctzll(hit) - r) * recip) >> 16);
+        k += count;
+        g += (size_t)count * step;
+    }
+    return bumped;
+}
+
+/* Clear the mark bits of granules [lo, hi). */
+static void clear_marks(uint64_t *bits, size_t lo, size_t hi)
+{
+    while (lo < hi) {
+        unsigned b = (unsigned)(lo & 63);
+        size_t n = hi - lo < 64 - b ? hi - lo : 64 - b;
+        uint64_t m = n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1) << b;
+        bits[lo >> 6] &= ~m;
+        lo += n;
+    }
+}
+
+static bool in_free_set(const slab_t *s, uint32_t k)
+{
+    return (s->free_bits[k / 64] >> (k % 64)) & 1;
+}
+
+/* The arena's hook for a bump range (lock held): from the visit cursor, the
+ * first dead block and the dead ones right after it, up to max. Live blocks
+ * passed lose their marks as in sweep_visit (a generational heap keeps
+ * them); free blocks (in the free set) are passed, and end a range. The
+ * dead blocks are not written: the range hands each out in turn, and gives
+ * back what is left with the free key (arena_return_bump). */
+static unsigned sweep_take_bump(arena_t *a, slab_t *s, unsigned max, uint32_t *first_out)
+{
+    gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
+    segment_t *seg = segment_of_slab(s);
+    uint64_t *bits = segment_side_bits(seg);
+    const size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
+    const size_t step = s->block_size / BLOCK_ALIGN;
+    const uint32_t bumped = s->bumped;
+    const bool none_free = s->visit_none_free, keep_marks = gc_generational(gc);
+    uint32_t k = s->visit_cursor, lo;
+    for (;;) {
+        lo = next_block_marked_as(bits, first, step, k, bumped, false);
+        /* From the cursor's word on: a visit that stopped inside a word
+         * (sweep_visit) left the marks of its blocks behind the cursor,
+         * which must not stay set into the next collection (a block
+         * marked before its marking starts is never traced). Slabs start
+         * at a word. */
+        if (!keep_marks)
+            clear_marks(bits, (first + (size_t)k * step) & ~(size_t)63, first + (size_t)lo * step);
+        if (lo >= bumped || none_free || !in_free_set(s, lo))
+            break;
+        k = lo + 1;                     /* free already */
+    }
+    uint32_t hi = lo >= bumped ? lo : next_block_marked_as(bits, first, step, lo + 1, bumped, true);
+    if (hi - lo > max)
+        hi = lo + max;
+    for (uint32_t i = lo + 1; !none_free && i < hi; i++)
+        if (in_free_set(s, i))
+            hi = i;
+    s->visit_cursor = hi;
+    if (hi >= bumped)
+        arena_pending_done(a, s);
+#ifdef LOAM_MEMCHECK
+    for (uint32_t i = lo; i < hi; i++)
+        mc_free(gc->heap, s->start + (size_t)i * s->block_size);
+#endif
+    sweep_out_t c = { .n = hi - lo };
+    sweep_note(gc, s, &c);
+    *first_out = lo;
+    return hi - lo;
+}
+
 /* A block of a pending slab past the visit cursor is allocated-and-live when
  * marked, free (carrying the free key) or garbage when not. The free path
  * has checked the key already, but the sweep may have taken the block since
  * (then it carries the key now): both are read again under the arena lock,
  * which the sweep holds, so the block can be neither swept while this runs
  * nor after a free that passed (it is marked, or it was refused). */
-bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index)
+const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t index)
 {
     arena_t *a = s->arena;
     arena_lock(a);
     free_block_t *b = (free_block_t *)(s->start + index * s->block_size);
+    if (arena_in_bump_range(s, b)) {
+        /* Garbage the sweep found, or a block past the bump line, that a
+         * thread's allocation has not reached yet. */
+        arena_unlock(a);
+        return "free of a block that is not allocated (it waits in a thread's "
+               "allocation range: never allocated, or reclaimed by the collector)";
+    }
     bool ok = b->freed_key != loam_free_key;        /* swept meanwhile: garbage */
     segment_t *seg = segment_of_slab(s);
     size_t g = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN + index * (s->block_size / BLOCK_ALIGN);
@@ -256,7 +361,7 @@ bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index)
         AO_fetch_and_add(&h->gc->old_freed, s->block_size);
     }
     arena_unlock(a);
-    return ok;
+    return ok ? NULL : "free of a block the collector found unreachable (use after collection)";
 }
 
 /* A large block the program frees leaves the old bytes too, if it is old,
@@ -275,6 +380,7 @@ void gc_install_hooks(void)
     gc_alloc_tables_init();
     alloc_pending_hook = sweep_pending;
     alloc_pending_take_hook = sweep_take;
+    alloc_pending_bump_hook = sweep_take_bump;
 }
 
 void gc_finish_sweep(loam_heap_t *h)

@@ -172,10 +172,11 @@ LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
 LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */
 LOAM_INTERNAL void gc_fill_stats(loam_heap_t *h, loam_stats_t *s);
 LOAM_INTERNAL void gc_forget_block(loam_heap_t *h, void *block);  /* loam_free of a block */
-/* loam_free of block `index` of slab s: false if the last collection found it
- * unreachable and its sweep has not reached it yet (it is garbage, not the
- * caller's: freeing it would hand it out twice). */
-LOAM_INTERNAL bool gc_free_allowed(loam_heap_t *h, slab_t *s, size_t index);
+/* loam_free of block `index` of slab s: the fault's message if the block is
+ * not the caller's to free, else NULL. Refused: the last collection found it
+ * unreachable and its sweep has not reached it yet, or it waits in a
+ * thread's bump range (either way freeing it would hand it out twice). */
+LOAM_INTERNAL const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t index);
 /* loam_free of large block l (before it is unmapped or cached). */
 LOAM_INTERNAL void gc_large_freed(loam_heap_t *h, large_t *l);
 LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at process start */

@@ -19,7 +19,7 @@
  *
  * Invariants kept for minor collections to be right:
  *   - a free block is unmarked: loam_free of an old block clears its bit
- *     (gc_free_allowed), a free block a conservative word marked has its bit
+ *     (gc_free_refused), a free block a conservative word marked has its bit
  *     cleared when its scan finds the free key (mark.c), and a slab with no
  *     block out has its bits cleared at each sweep — so a block is young
  *     when it is handed out, and stores into it before the next safepoint

@@ -18,18 +18,31 @@ static void heap_note_requested(loam_heap_t *h, size_t delta_add, size_t delta_s
 
 /* One block of class cls and kind k from the thread's cache, or from an arena
  * under its lock when the thread has no cache for it. */
-static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind)
+static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool bump)
 {
     heap_kind_t *hk = heap_kind(h, kind);
     tcache_t *tc = loam_tls_cache[hk->slot];
     if (tc->owner != h)
         tc = heap_thread_cache(h, kind);
     if (tc) {
-        void *p = tcache_pop(tc, cls);
+        /* Ranges only for a cache that only allocates, and no bigger blocks
+         * than the collector's fast path serves (the sweep's ranges). */
+        bump = bump && tc->allocates_only && sizeclass_size[cls] <= SMALL_MAX;
+        void *p = bump ? tcache_bin_bump(&tc->bins[cls], sizeclass_size[cls]) : NULL;
+        if (!p)
+            p = tcache_pop(tc, cls);
         if (p)
             return p;
         if (tcache_flush_requested(tc))
             purge_answer(tc);
+        if (bump) {
+            size_t bytes;
+            p = tcache_refill_bump(tc, cls, &bytes);
+            purge_poke(h);
+            if (bytes && h->gc)
+                gc_note_alloc(h, bytes);
+            return p;
+        }
         p = tcache_refill_pop(tc, cls);
         purge_poke(h);
         if (p && h->gc)
@@ -68,7 +81,7 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
 }
 
 /* Allocate n bytes of kind k with alignment align (16 for plain malloc) from h. */
-void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
+static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, unsigned kind, bool bump)
 {
     loam_ensure_init();
     if (h->gc)
@@ -78,7 +91,7 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
         if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {
             int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
             if (cls >= 0) {
-                p = alloc_class_block(h, (unsigned)cls, kind);
+                p = alloc_class_block(h, (unsigned)cls, kind, bump);
                 if (p && h->track_requested)
                     track_block(h, p, n);
                 if (p) {
@@ -107,6 +120,16 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
             return NULL;
         }
     }
+}
+
+void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
+{
+    return alloc_from_heap_generic(h, n, align, kind, false);
+}
+
+void *alloc_from_heap_bump(loam_heap_t *h, size_t n, unsigned kind)
+{
+    return alloc_from_heap_generic(h, n, BLOCK_ALIGN, kind, true);
 }
 
 /* Above the fast path's table, up to the mmap threshold, a size's class is
@@ -191,9 +214,12 @@ void alloc_free_slow(void *p)
         loam_fault(h, "double free", p, ai.size);
         return;
     }
-    if (h->gc && !ai.large && !gc_free_allowed(h, ai.slab, ai.index)) {
-        loam_fault(h, "free of a block the collector found unreachable (use after collection)", p, ai.size);
-        return;
+    if (h->gc && !ai.large) {
+        const char *refused = gc_free_refused(h, ai.slab, ai.index);
+        if (refused) {
+            loam_fault(h, refused, p, ai.size);
+            return;
+        }
     }
     mc_free(h, p);
     if (h->gc)

@@ -546,6 +546,77 @@ Test(callback, free_of_a_block_the_collector_found_unreachable)
     loam_heap_destroy(h);
 }
 
+/* A collected heap's thread hands out its blocks from a bump range (a run
+ * of free blocks next to each other, which it took whole): the blocks it has
+ * not reached yet carry no free key. A free of one of them, never handed
+ * out, is reported, not obeyed, or the range would hand it out again while
+ * the cache holds it too. */
+Test(callback, free_of_a_block_ahead_in_a_threads_allocation_range)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_NO_STACK_SCAN);
+    static void *kept[64];
+    for (int i = 0; i < 64; i++)
+        loam_root_add(h, &kept[i]);
+    char *first = kept[0] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);    /* a fresh slab's range */
+    cr_assert_not_null(first);
+    char *ahead = first + 64;
+    loam_free(ahead);
+    assert_reported(&rec, h, ahead, "free of a block not handed out yet", W_UNALLOCATED);
+    /* The range goes on: the block is handed out once, next. */
+    for (int i = 1; i < 64; i++) {
+        kept[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+        cr_assert_not_null(kept[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(kept[i], kept[j], "block %p handed out twice", kept[i]);
+    }
+    cr_assert_eq(kept[1], ahead, "the block freed by mistake was not the range's next");
+    loam_free(kept[1]);                 /* handed out now: an ordinary free */
+    cr_assert_eq(rec.calls, 1, "a valid free was reported: %s", rec.msg);
+    kept[1] = NULL;
+    loam_heap_destroy(h);
+}
+
+/* The same for garbage: after a collection the range runs over dead blocks
+ * the sweep found, and a free of one the range has not reached yet is a use
+ * after collection. */
+Test(callback, free_of_garbage_ahead_in_a_threads_allocation_range)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_NO_STACK_SCAN);
+    static void *kept;
+    loam_root_add(h, &kept);
+    char *b[8];
+    for (int i = 0; i < 8; i++)
+        cr_assert_not_null(b[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+    kept = b[0];
+    loam_gc_collect(h);                 /* b[1..7] are garbage, their slab pending */
+    char *p = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert_eq(p, b[1], "the range did not start at the first dead block");
+    loam_free(b[4]);
+    assert_reported(&rec, h, b[4], "free of garbage not handed out yet",
+                    (const char *const[]){ "not allocated", "reclaimed by the collector", NULL });
+    for (int i = 2; i < 7; i++)
+        cr_assert_eq(loam_gc_alloc(h, 64, LOAM_CONSERVATIVE), b[i], "block %d of the range", i);
+    /* The range's last block (its anchor) comes when the rest of the cache
+     * is used up: once, as every other. */
+    enum { MORE = 600 };
+    static char *more[MORE];
+    int anchor_seen = 0;
+    for (int i = 0; i < MORE; i++) {
+        cr_assert_not_null(more[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+        anchor_seen += more[i] == b[7];
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(more[i], more[j], "block %p handed out twice", (void *)more[i]);
+        for (int j = 0; j < 7; j++)
+            cr_assert_neq(more[i], b[j], "block %d of before handed out again", j);
+    }
+    cr_assert_eq(anchor_seen, 1, "the range's last block was handed out %d times", anchor_seen);
+    cr_assert_eq(rec.calls, 1, "a valid allocation was reported: %s", rec.msg);
+    kept = NULL;
+    loam_heap_destroy(h);
+}
+
 /* The same when none of a slab's blocks was reachable: the collection
  * releases the slab whole, and the block lies in no slab at all. */
 Test(callback, free_of_a_block_whose_slab_the_collector_released)
