@@ -313,6 +313,13 @@ static void bump_return(tcache_t *tc, unsigned cls)
     arena_unlock(a);
 }
 
+void tcache_return_bumps(tcache_t *tc)
+{
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        if (tc->bins[c].bump_end)
+            bump_return(tc, c);
+}
+
 void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes)
 {
     tcache_bin_t *bin = &tc->bins[cls];

@@ -115,6 +115,9 @@ LOAM_INTERNAL void *tcache_refill_pop(tcache_t *tc, unsigned cls);
  * the refill put into the cache, the block included (the collector's
  * pacing counts it as allocated). NULL: out of memory. */
 LOAM_INTERNAL void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes);
+/* Every bump range of the cache goes back to its slab (the owner's, or with
+ * the owner stopped). */
+LOAM_INTERNAL void  tcache_return_bumps(tcache_t *tc);
 /* Blocks left in the bin's bump range (the owner's view). */
 static inline uint32_t tcache_bump_count(const tcache_t *tc, unsigned cls);
 /* The bin of cls is full, or empty again with no flush since its last

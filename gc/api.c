@@ -372,6 +372,13 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
         return 0;
     }
     gc_mark_begin(gc);
+    /* A heap that was collected may have caches with bump ranges (kept, and
+     * taken by loam_gc_alloc since): their blocks carry no free key, and
+     * would be taken for allocated ones. */
+    heaps_lock();
+    for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
+        tcache_return_bumps(tc);
+    heaps_unlock();
     gc_finish_sweep(h);
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);

@@ -342,6 +342,42 @@ static void leak_roots(loam_tracer_t *t, void *user)
 
 static void *leak_slot;
 
+/* A heap switched from collected to manual keeps its thread caches, and
+ * loam_gc_alloc goes on taking bump ranges (runs of free blocks handed out
+ * in turn): the blocks a range has not reached are free, not leaks. */
+Test(leak_check, blocks_ahead_in_an_allocation_range_are_no_leaks)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *kept[2];
+    loam_root_add(h, &kept[0]);
+    loam_root_add(h, &kept[1]);
+    kept[0] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);     /* a range: the rest of a fresh slab */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    kept[1] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert_not_null(kept[1]);
+    void *leak = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert_not_null(leak);
+    static leak_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    leak_expect_user = &rec;
+    size_t count = loam_leak_check(h, rec_leak, &rec);
+    cr_assert_eq(count, 1, "loam_leak_check counted %zu leaks, 1 expected", count);
+    cr_assert_eq(rec.block[0], leak, "reported %p, not the leaked block %p", rec.block[0], leak);
+    /* The heap goes on allocating distinct blocks. */
+    void *more[200];
+    for (int i = 0; i < 200; i++) {
+        cr_assert_not_null(more[i] = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+        cr_assert(more[i] != kept[0] && more[i] != kept[1] && more[i] != leak, "a live block handed out");
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(more[i], more[j], "block %p handed out twice", more[i]);
+    }
+    loam_root_remove(h, &kept[0]);
+    loam_root_remove(h, &kept[1]);
+    loam_heap_destroy(h);
+}
+
 Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
 {
     loam_heap_t *h = heap_with(LOAM_MANUAL, 0, NULL, leak_roots, NULL);
