@@ -73,43 +73,50 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
     return p;
 }
 
-/* The block size of a request of n bytes (0..SMALL_MAX), read beside its
- * bin's offset (tcache_small_bin): two instructions fewer than finding it
- * from the bin's class, on every allocation. Filled at process start. */
-static uint16_t gc_small_block_size[SMALL_MAX + 1];
+/* A request of n bytes (0..SMALL_MAX): the byte offset of its class's bin
+ * in a thread cache (tcache_small_bin's) and its block size, in one load.
+ * Filled at process start. */
+typedef struct gc_small_class {
+    uint16_t bin;
+    uint16_t size;
+} gc_small_class_t;
+static gc_small_class_t gc_small_class[SMALL_MAX + 1];
 
 void gc_alloc_tables_init(void)
 {
-    for (size_t n = 0; n <= SMALL_MAX; n++)
-        gc_small_block_size[n] = (uint16_t)sizeclass_size[sizeclass_of(n)];
+    for (size_t n = 0; n <= SMALL_MAX; n++) {
+        unsigned cls = sizeclass_of(n);
+        gc_small_class[n] = (gc_small_class_t){ tcache_bin_offset(cls), (uint16_t)sizeclass_size[cls] };
+    }
 }
 
 void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
 {
     /* The kind's slot is the no-cache one for a tracked heap or a kind not
-     * made yet: its bins are empty, and the pop fails. */
+     * made yet: its bins and range are empty. */
     if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS)) {
-        unsigned bin = tcache_small_bin[n];
-        size_t size = gc_small_block_size[n];
+        const gc_small_class_t c = gc_small_class[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
-        /* The bump range first; the bin holds what loam_free gave back, and
-         * the blocks of a refill whose range was short. */
-        char *p = tcache_bin_bump(tcache_bin_at(tc, bin), size);
-        if (!p)
-            p = tcache_bin_take(tcache_bin_at(tc, bin));
-        if (LOAM_LIKELY(p != NULL)) {
-            mc_alloc(h, p, size, 0);
-            /* Whole block: a conservative scan reads all of it, and stale
-             * words would keep dead objects alive. The first two words (the
-             * second holds the free key, which tcache_bin_take leaves) are
-             * always overwritten, even for atomic blocks. */
-            size_t clear = kind == LOAM_ATOMIC ? 16 : size;
-            if (LOAM_LIKELY(clear <= 64))
-                clear_small(p, clear);
-            else
-                memset(p, 0, clear);
-            return p;
-        }
+        tcache_bin_t *bin = tcache_bin_at(tc, c.bin);
+        /* The bump range first (tcache_bin_bump, written out: the block is
+         * then known not to be NULL); the bin holds what loam_free gave
+         * back, and the blocks of a refill whose range was short. */
+        char *p = (char *)bin->bump;
+        if (LOAM_LIKELY(p < (char *)bin->bump_end))
+            AO_store(&bin->bump, (AO_t)(p + c.size));
+        else if (!(p = tcache_bin_take(bin)))
+            return gc_alloc_slow(h, n, kind);
+        mc_alloc(h, p, c.size, 0);
+        /* Whole block: a conservative scan reads all of it, and stale
+         * words would keep dead objects alive. The first two words (the
+         * second holds the free key, which tcache_bin_take leaves) are
+         * always overwritten, even for atomic blocks. */
+        size_t clear = kind == LOAM_ATOMIC ? 16 : c.size;
+        if (LOAM_LIKELY(clear <= 64))
+            clear_small(p, clear);
+        else
+            memset(p, 0, clear);
+        return p;
     }
     return gc_alloc_slow(h, n, kind);
 }
