@@ -325,6 +325,9 @@ void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes)
     tcache_bin_t *bin = &tc->bins[cls];
     const size_t size = sizeclass_size[cls];
     *bytes = 0;
+    void *p = tcache_bin_bump(bin, size);
+    if (p)
+        return p;                       /* (a caller that did not try the range) */
     refill_note(tc);
     char *anchor = (char *)bin->bump_end;
     if (anchor) {
@@ -344,7 +347,6 @@ void *tcache_refill_bump(tcache_t *tc, unsigned cls, size_t *bytes)
     tc->arena = a;
     char *start = NULL;
     unsigned k = arena_take_bump(a, cls, (unsigned)(TCACHE_BUMP_BYTES / size), bin, &start);
-    void *p = NULL;
     if (k == 1) {
         arena_end_bump(slab_of_block(start));   /* a range of its anchor alone */
         p = start;
