@@ -17,7 +17,12 @@
  *     through a dangling pointer cannot steer the next malloc;
  *   - push and pop are a few instructions fewer (no link to encode).
  * A cached block still carries the free key (double-free detection, and the
- * collector's test for a free block). */
+ * collector's test for a free block).
+ *
+ * A cache that only allocates (a collected heap's) also holds, per class, a
+ * bump range: a run of free blocks next to each other in one slab, taken
+ * whole by a refill and handed out by moving a pointer (tcache_bin_t.bump,
+ * tcache_refill_bump; arena_take_bump says how a slab keeps it safe). */
 #ifndef LOAM_TCACHE_H
 #define LOAM_TCACHE_H
 
