@@ -186,6 +186,13 @@ LOAM_INTERNAL void segment_small_pages(segment_t *seg);   /* lock held */
 
 #define SEGMENT_HEADER_COMMIT  (((sizeof(segment_t) + OS_PAGE - 1) / OS_PAGE) * OS_PAGE)
 
+/* Where segment_t.bump_holder keeps slab s's entry (arena lock). */
+static inline struct tcache_bin **slab_bump_holder(slab_t *s)
+{
+    segment_t *seg = (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
+    return &seg->bump_holder[s->page_index];
+}
+
 /* Page 0 past the header holds a side bitmap for the layer above: a bit per
  * 16-byte granule of the segment (32 KiB). Untouched, it costs nothing. */
 #define SEGMENT_SIDE_BITS_OFFSET ((size_t)32 * 1024)

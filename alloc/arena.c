@@ -437,12 +437,6 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
 
 /* ---- bump ranges ----------------------------------------------------------- */
 
-static struct tcache_bin **bump_holder_of(slab_t *s)
-{
-    segment_t *seg = (segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK);
-    return &seg->bump_holder[s->page_index];
-}
-
 unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_bin *holder, char **start)
 {
     arena_bin_t *bin = &a->bins[cls];
@@ -452,7 +446,7 @@ unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_b
         slab_t *s = bin->partial;
         if (!s)
             s = a->pending[cls];
-        if (s && *bump_holder_of(s))
+        if (s && *slab_bump_holder(s))
             return 0;                   /* one range a slab */
         if (s && s->pending) {
             uint32_t first;
@@ -462,7 +456,7 @@ unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_b
             if (k) {
                 /* Out already (garbage found by the visit): no count changes. */
                 *start = s->start + (size_t)first * s->block_size;
-                *bump_holder_of(s) = holder;
+                *slab_bump_holder(s) = holder;
                 return k;
             }
             if (s->pending)
@@ -490,14 +484,14 @@ unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_b
         a->c.out_bytes += (size_t)k * s->block_size;
         a->c.out_blocks += k;
         arena_note_peak(a);
-        *bump_holder_of(s) = holder;
+        *slab_bump_holder(s) = holder;
         return k;
     }
 }
 
 void arena_return_bump(arena_t *a, slab_t *s, char *from, char *to)
 {
-    *bump_holder_of(s) = NULL;
+    *slab_bump_holder(s) = NULL;
     uint32_t lo = (uint32_t)slab_block_index(s, (uintptr_t)from);
     uint32_t hi = (uint32_t)slab_block_index(s, (uintptr_t)to);
     if (lo == hi)
@@ -518,12 +512,12 @@ void arena_return_bump(arena_t *a, slab_t *s, char *from, char *to)
 
 void arena_end_bump(slab_t *s)
 {
-    *bump_holder_of(s) = NULL;
+    *slab_bump_holder(s) = NULL;
 }
 
 bool arena_in_bump_range(slab_t *s, const void *p)
 {
-    struct tcache_bin *h = *bump_holder_of(s);
+    struct tcache_bin *h = *slab_bump_holder(s);
     if (!h)
         return false;
     /* The holder's bump moves up without the lock; its end does not move

@@ -68,7 +68,7 @@ bool slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->pending = false;
     s->pending_next = NULL;
     s->waste = NULL;
-    ((segment_t *)((uintptr_t)s->start & ~(uintptr_t)SEGMENT_MASK))->bump_holder[s->page_index] = NULL;
+    *slab_bump_holder(s) = NULL;
     mc_fresh(s->start, (size_t)s->pages * PAGE_SIZE);
     if (a->track_requested)
         s->waste = meta_alloc((size_t)s->capacity * slab_waste_width(s));

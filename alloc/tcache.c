@@ -510,12 +510,10 @@ void tcache_flush_overflow(tcache_t *tc, unsigned cls, uint32_t keep)
 
 void tcache_flush_all(tcache_t *tc)
 {
-    for (unsigned c = 0; c < NUM_CLASSES; c++) {
-        if (tc->bins[c].bump_end)
-            bump_return(tc, c);
+    tcache_return_bumps(tc);
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
         if (tcache_count(tc, c))
             tcache_flush(tc, c, 0);
-    }
 }
 
 void tcache_abandon(tcache_t *tc)

@@ -218,6 +218,8 @@ static inline void *tcache_bin_bump(tcache_bin_t *bin, size_t size)
     char *p = (char *)bin->bump;
     if (LOAM_UNLIKELY(p >= (char *)bin->bump_end))
         return NULL;
+    if (p == NULL)
+        __builtin_unreachable();        /* (bump_end is 0 when there is no range) */
     AO_store(&bin->bump, (AO_t)(p + size));
     return p;
 }

@@ -55,7 +55,7 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
         errno = EINVAL;
         return NULL;
     }
-    void *p = n <= SMALL_MAX ? alloc_from_heap_bump(h, n, kind) : alloc_from_heap(h, n, BLOCK_ALIGN, kind);
+    void *p = alloc_from_heap_bump(h, n, kind);
     if (!p)
         return NULL;
     size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
@@ -98,13 +98,10 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
         const gc_small_class_t c = gc_small_class[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
         tcache_bin_t *bin = tcache_bin_at(tc, c.bin);
-        /* The bump range first (tcache_bin_bump, written out: the block is
-         * then known not to be NULL); the bin holds what loam_free gave
-         * back, and the blocks of a refill whose range was short. */
-        char *p = (char *)bin->bump;
-        if (LOAM_LIKELY(p < (char *)bin->bump_end))
-            AO_store(&bin->bump, (AO_t)(p + c.size));
-        else if (!(p = tcache_bin_take(bin)))
+        /* The bump range first; the bin holds what loam_free gave back,
+         * and the blocks of a refill whose range was short. */
+        char *p = tcache_bin_bump(bin, c.size);
+        if (LOAM_UNLIKELY(!p) && !(p = tcache_bin_take(bin)))
             return gc_alloc_slow(h, n, kind);
         mc_alloc(h, p, c.size, 0);
         /* Whole block: a conservative scan reads all of it, and stale

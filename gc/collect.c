@@ -84,6 +84,50 @@ sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, 
     c->n++;
 }
 
+/* Block starts in the mark bitmap, a word of marks at a time, for blocks of
+ * at most 64 granules (step). The starts in a word are every step-th bit
+ * from the first one, r: the pattern of bits 0, step, 2 step, ... shifted
+ * up by r. A block of a step that is not a power of two may straddle two
+ * words; its bit is its start's, so each word is still visited once.
+ * Divisions by step, of numbers below 64, are a multiplication by recip
+ * (exact: 2^16 >= 64 * 64). */
+typedef struct start_walk {
+    uint64_t pattern;
+    uint32_t recip, step;
+} start_walk_t;
+
+static inline start_walk_t start_walk(size_t step)
+{
+    start_walk_t sw = { 0, (65536u + (uint32_t)step - 1) / (uint32_t)step, (uint32_t)step };
+    for (uint32_t b = 0; b < 64; b += (uint32_t)step)
+        sw.pattern |= (uint64_t)1 << b;
+    return sw;
+}
+
+/* The starts of blocks k, k + 1, ... in the word of granule g (block k's
+ * start), none at or past the bump line: their bits, and *count how many. */
+static inline uint64_t word_starts(const start_walk_t *sw, size_t g, uint32_t k, uint32_t bumped,
+                                   uint32_t *count)
+{
+    const uint32_t r = (uint32_t)(g & 63);
+    uint32_t n = (((63 - r) * sw->recip) >> 16) + 1;
+    uint64_t starts = sw->pattern << r;
+    if (LOAM_UNLIKELY(n > bumped - k)) {           /* the bump line is in it */
+        n = bumped - k;
+        const uint32_t last = r + (n - 1) * sw->step;
+        if (last < 63)
+            starts &= ((uint64_t)2 << last) - 1;
+    }
+    *count = n;
+    return starts;
+}
+
+/* The block of a start bit found in the word of granule g (block k's). */
+static inline uint32_t start_block(const start_walk_t *sw, size_t g, uint32_t k, uint64_t bits)
+{
+    return k + ((((uint32_t)__builtin_ctzll(bits) - (uint32_t)(g & 63)) * sw->recip) >> 16);
+}
+
 /* Sweep s from its cursor until `want` dead blocks are out (in the array or
  * the free set) or the end is reached (then the slab's visit is complete:
  * true). Marks are cleared for whole words of blocks passed, so a visit
@@ -104,29 +148,14 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
     const bool keep_marks = gc_generational(gc);
     sweep_out_t c = *out;
     if (step <= 64) {
-        /* A word of marks at a time. The block starts in word w are every
-         * step-th bit from the first one, r: the pattern of bits 0, step,
-         * 2 step, ... shifted up by r. A block of a step that is not a
-         * power of two may straddle two words; its bit is its start's, so
-         * each word is still visited once, and only its unmarked starts.
-         * Divisions by step, of numbers below 64, are a multiplication by
-         * recip (exact: 2^16 >= 64 * 64). */
-        uint64_t pattern = 0;
-        for (uint32_t b = 0; b < 64; b += (uint32_t)step)
-            pattern |= (uint64_t)1 << b;
-        const uint32_t recip = (65536u + (uint32_t)step - 1) / (uint32_t)step;
+        /* A word of marks at a time (start_walk), only its unmarked starts
+         * visited. */
+        const start_walk_t sw = start_walk(step);
         size_t g = first + (size_t)k * step;
         while (k < bumped && c.n < want) {
             uint64_t *w = &bits[g >> 6];
-            const uint32_t r = (uint32_t)(g & 63);
-            uint32_t count = (((63 - r) * recip) >> 16) + 1;    /* starts in this word */
-            uint64_t starts = pattern << r;
-            if (LOAM_UNLIKELY(count > bumped - k)) {             /* the bump line is in it */
-                count = bumped - k;
-                const uint32_t last = r + (count - 1) * (uint32_t)step;
-                if (last < 63)
-                    starts &= ((uint64_t)2 << last) - 1;
-            }
+            uint32_t count;
+            const uint64_t starts = word_starts(&sw, g, k, bumped, &count);
             uint64_t dead = ~*w & starts;
             if (to_array && none_free && !waste && dead == starts && want - c.n >= count) {
                 /* Every block starting here is dead (the usual case: a
@@ -145,7 +174,7 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
             }
             uint32_t next = k;
             while (dead && c.n < want) {
-                uint32_t at = k + ((((uint32_t)__builtin_ctzll(dead) - r) * recip) >> 16);
+                uint32_t at = start_block(&sw, g, k, dead);
                 sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, at);
                 next = at + 1;
                 dead &= dead - 1;
@@ -231,30 +260,19 @@ static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, void **top)
 /* ---- bump ranges from the sweep ---------------------------------------------- */
 
 /* The first block of s at or after k, and below bumped, whose mark is
- * `marked`; bumped if none. A word of marks at a time, as sweep_visit
- * (blocks of at most 64 granules). */
+ * `marked`; bumped if none (start_walk). */
 static uint32_t next_block_marked_as(const uint64_t *bits, size_t first, size_t step, uint32_t k,
                                      uint32_t bumped, bool marked)
 {
-    uint64_t pattern = 0;
-    for (uint32_t b = 0; b < 64; b += (uint32_t)step)
-        pattern |= (uint64_t)1 << b;
-    const uint32_t recip = (65536u + (uint32_t)step - 1) / (uint32_t)step;
+    const start_walk_t sw = start_walk(step);
     size_t g = first + (size_t)k * step;
     while (k < bumped) {
-        const uint32_t r = (uint32_t)(g & 63);
-        uint32_t count = (((63 - r) * recip) >> 16) + 1;
-        uint64_t starts = pattern << r;
-        if (count > bumped - k) {
-            count = bumped - k;
-            const uint32_t last = r + (count - 1) * (uint32_t)step;
-            if (last < 63)
-                starts &= ((uint64_t)2 << last) - 1;
-        }
+        uint32_t count;
+        const uint64_t starts = word_starts(&sw, g, k, bumped, &count);
         uint64_t w = bits[g >> 6];
         uint64_t hit = (marked ? w : ~w) & starts;
         if (hit)
-            return k + ((((uint32_t)__builtin_ctzll(hit) - r) * recip) >> 16);
+            return start_block(&sw, g, k, hit);
         k += count;
         g += (size_t)count * step;
     }

@@ -25,9 +25,7 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool
     if (tc->owner != h)
         tc = heap_thread_cache(h, kind);
     if (tc) {
-        /* Ranges only for a cache that only allocates, and no bigger blocks
-         * than the collector's fast path serves (the sweep's ranges). */
-        bump = bump && tc->allocates_only && sizeclass_size[cls] <= SMALL_MAX;
+        bump = bump && tc->allocates_only;  /* ranges: a cache that only allocates */
         void *p = bump ? tcache_bin_bump(&tc->bins[cls], sizeclass_size[cls]) : NULL;
         if (!p)
             p = tcache_pop(tc, cls);
@@ -129,7 +127,9 @@ void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind)
 
 void *alloc_from_heap_bump(loam_heap_t *h, size_t n, unsigned kind)
 {
-    return alloc_from_heap_generic(h, n, BLOCK_ALIGN, kind, true);
+    /* No bigger blocks than the collector's fast path serves (a sweep's
+     * ranges are of blocks of 1 KiB or less). */
+    return alloc_from_heap_generic(h, n, BLOCK_ALIGN, kind, n <= SMALL_MAX);
 }
 
 /* Above the fast path's table, up to the mmap threshold, a size's class is

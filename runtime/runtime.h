@@ -127,8 +127,8 @@ LOAM_INTERNAL arena_t *heap_arena_at(loam_heap_t *h, unsigned i);
 /* Allocate n bytes of kind k aligned to align from h (slow path of every allocation). */
 LOAM_INTERNAL void *alloc_from_heap(loam_heap_t *h, size_t n, size_t align, unsigned kind);
 /* The same for the collector's allocation (loam_gc_alloc's slow path): a
- * small block comes from the cache's bump range first (tcache.h), and a
- * refill takes a new range. */
+ * small block (SMALL_MAX or less) comes from the cache's bump range first
+ * (tcache.h), and a refill takes a new range. */
 LOAM_INTERNAL void *alloc_from_heap_bump(loam_heap_t *h, size_t n, unsigned kind);
 LOAM_INTERNAL void heap_thread_exit(void);
 LOAM_INTERNAL void heap_caches_after_fork_child(void);
