@@ -1,7 +1,7 @@
 /* loam — a language-runtime heap with an optional garbage collector.
  *
- * This is the one public header. Everything here is stable API; names that
- * outside programs rely on are listed in docs/api.md (see also DESIGN.md).
+ * This is the one public header. Everything here is stable API, which
+ * outside programs rely on; docs/embedding.md walks through it.
  *
  * Quick tour:
  *   loam_heap_t *h = loam_heap_new(NULL);          // a manual heap
@@ -136,7 +136,8 @@ LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/r
  * address is ignored, so it may be called for every pointer store. Old objects
  * are unreachable garbage only to major collections: loam_gc_collect,
  * collections at the heap's limit, and those pacing chooses when the old
- * objects have grown by gc_growth percent since the last major one. */
+ * objects have grown by a third of gc_growth percent since the last major
+ * one (at least gc_young_min bytes). */
 LOAM_API void   loam_write_barrier(const void *where);
 LOAM_API void   loam_root_add(loam_heap_t *h, void **slot);      /* precise root slot */
 LOAM_API void   loam_root_remove(loam_heap_t *h, void **slot);
@@ -174,7 +175,8 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t live_bytes;            /* bytes in blocks handed out and not freed */
     size_t requested_bytes;       /* what callers asked for (internal waste = live - requested);
                                      exact when the option track_requested is on (the
-                                     default for heaps made by loam_heap_new), else 0 */
+                                     default for heaps made by loam_heap_new) and the
+                                     heap was created manual, else 0 */
     size_t committed_bytes;       /* memory committed from the OS */
     size_t reserved_bytes;
     size_t gc_collections;
@@ -223,8 +225,11 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   retain_max      bytes of free page runs an arena keeps committed at most; past it a
  *                   freed run goes back to the OS at once, by the background thread when
  *                   it runs (manual heaps), else by the freeing thread (default 4 MiB)
- *   verbose         1: print each heap's statistics at exit and warnings on stderr
- *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the default heap)
+ *   verbose         1: print each heap's statistics at exit on stderr, and each fault's
+ *                   line even when the heap's error callback handles it (warnings are
+ *                   printed at any level)
+ *   track_requested 0/1: keep exact requested_bytes (default 1 for new heaps, 0 for the
+ *                   default heap; never for a heap created collected)
  *   tcache_max      most blocks per size class in a thread cache (default 8192, 0 = no
  *                   cache); a class starts at min(128, 64 KiB) and grows towards it when a
  *                   thread allocates and frees in batches (or allocates from a collected

@@ -99,7 +99,7 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
                 s->live_bytes - s->requested_bytes,
                 s->live_bytes ? 100.0 * (double)(s->live_bytes - s->requested_bytes) / (double)s->live_bytes : 0.0);
     else
-        fprintf(f, "  requested   not tracked (option track_requested=0)\n");
+        fprintf(f, "  requested   not tracked (option track_requested=0, or a heap created collected)\n");
     fprintf(f, "  committed   %12zu bytes   reserved %zu   resident %zu\n", s->committed_bytes,
             s->reserved_bytes, s->resident_bytes);
     fprintf(f, "  slabs       %12zu bytes, free inside partly used slabs %zu (external fragmentation)\n",
