@@ -276,13 +276,7 @@ void gc_heap_destroy(loam_heap_t *h)
     if (!gc)
         return;
     pthread_mutex_lock(&gc->lock);
-    /* Attachments of other threads stay in their lists until they exit or
-     * detach; they see heap == NULL. */
-    for (gc_thread_t *t = gc->threads, *next; t; t = next) {
-        next = t->next;
-        t->heap = NULL;
-    }
-    gc->threads = NULL;
+    gc_forget_threads(gc);
     for (loam_weak_t *w = gc->weaks; w; w = w->next) {
         AO_store(&w->target, 0);     /* the handles stay the embedder's: loam_weak_free works */
         w->heap = NULL;
@@ -368,9 +362,15 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
     gc_state_t *gc = gc_state_get(h);
     bool visiting = gc_self(gc) == NULL;       /* its stack is a root for this check only */
     gc_attach(gc);
+    /* Stopped for other heaps while it waits for this one's threads; not
+     * after, as the report callback may use them. */
+    gc_wait_begin();
     pthread_mutex_lock(&gc->lock);
-    if (!gc_stop_world(gc)) {
+    bool stopped = gc_stop_world(gc);
+    if (!stopped)
         pthread_mutex_unlock(&gc->lock);
+    gc_wait_end();
+    if (!stopped) {
         if (visiting)
             loam_thread_detach(h);
         return 0;

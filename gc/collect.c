@@ -556,9 +556,11 @@ void gc_collect(loam_heap_t *h, bool full)
      * only what another thread's collection, finishing meanwhile, leaves
      * pending (the Lisp example's minor collections: 14 of their 53 µs). */
     gc_finish_sweep(h);
+    gc_wait_begin();                     /* stopped for other heaps until the restart */
     pthread_mutex_lock(&gc->lock);
     if (!gc_stop_world(gc)) {            /* another thread's collection served */
         pthread_mutex_unlock(&gc->lock);
+        gc_wait_end();
         if (visiting)
             loam_thread_detach(h);
         gc_run_ready_finalizers(gc);
@@ -603,6 +605,7 @@ void gc_collect(loam_heap_t *h, bool full)
     note_pause(gc, gc_now_ns() - t0);
     gc_restart_world(gc);
     pthread_mutex_unlock(&gc->lock);
+    gc_wait_end();
     if (visiting)
         loam_thread_detach(h);
     /* The runs this collection's releases keep for regrowth go back after

@@ -22,14 +22,33 @@
 /* ---- attached threads ------------------------------------------------------ */
 enum gc_thread_state { GC_RUNNING = 0, GC_PARKED = 1, GC_BLOCKING = 2, GC_COLLECTING = 3 };
 
+/* One per thread that ever attached to a collected heap, shared by its
+ * attachments: how a collection of any heap sees the thread wait inside
+ * loam for another (threads.c says why and how). */
+typedef struct gc_mutator {
+    AO_t             waiting;      /* 1: waiting inside loam, stopped for every heap */
+    AO_t             holds;        /* collections that counted it stopped so, not ended */
+    AO_t             stop_asks;    /* collections of its heaps waiting for it to stop */
+    unsigned         wait_depth;   /* the thread's own: nested waits */
+    char            *stack_base;   /* highest address of the stack */
+    char            *stack_sp;     /* lowest live address, saved when a wait begins */
+    jmp_buf          regs;         /* callee-saved registers, saved when a wait begins */
+    pthread_mutex_t  lock;         /* with cv: a hold or an ask ended */
+    pthread_cond_t   cv;
+} gc_mutator_t;
+
 typedef struct gc_thread {
-    loam_heap_t     *heap;         /* NULL once the heap is destroyed */
+    loam_heap_t     *heap;         /* NULL once the heap is destroyed (atomic: the
+                                      destroying thread writes other threads' records) */
+    gc_mutator_t    *mut;          /* the thread's */
     pthread_t        tid;
     char            *stack_base;   /* highest address of the stack */
     char            *stack_sp;     /* lowest live address, saved when it stops */
     jmp_buf          regs;         /* callee-saved registers, saved when it stops */
     unsigned         state;        /* enum gc_thread_state; written under gc->lock */
     unsigned         blocking_depth;
+    bool             held;         /* counted stopped by its mutator's wait (gc->lock) */
+    bool             asked;        /* in mut->stop_asks for this heap's stop (gc->lock) */
     struct gc_thread *next, *prev; /* the heap's threads (gc->lock) */
     struct gc_thread *thread_next; /* this thread's attachments */
 } gc_thread_t;
@@ -163,6 +182,17 @@ typedef struct gc_state {
 /* Slow path of every allocation from a heap with gc state: safepoint, implicit
  * attach, and a collection when pacing says so. */
 LOAM_INTERNAL void gc_alloc_slow_hook(loam_heap_t *h);
+/* Every allocation slow path, of any heap, and loam_safepoint: a collection
+ * of a heap this thread is attached to waits for it (threads.c). Inline:
+ * one thread-local load when none does. */
+extern LOAM_INTERNAL __thread gc_mutator_t *gc_my_mutator;
+LOAM_INTERNAL void gc_answer_stop_asks_slow(gc_mutator_t *m);
+static inline void gc_answer_stop_asks(void)
+{
+    gc_mutator_t *m = gc_my_mutator;
+    if (LOAM_UNLIKELY(m && AO_load(&m->stop_asks)))
+        gc_answer_stop_asks_slow(m);
+}
 LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
@@ -212,6 +242,12 @@ LOAM_INTERNAL void        gc_park(gc_state_t *gc);                 /* if a stop 
 LOAM_INTERNAL bool        gc_stop_world(gc_state_t *gc);           /* lock held; false: another collects */
 LOAM_INTERNAL void        gc_restart_world(gc_state_t *gc);        /* lock held */
 LOAM_INTERNAL void        gc_scan_thread_stacks(gc_state_t *gc);
+/* Around a collection (stopping the world to restarting it) the calling
+ * thread waits inside loam: it counts as stopped for every other heap. */
+LOAM_INTERNAL void        gc_wait_begin(void);
+LOAM_INTERNAL void        gc_wait_end(void);
+/* The heap is destroyed: its attachments go (the caller's) or say so. Lock held. */
+LOAM_INTERNAL void        gc_forget_threads(gc_state_t *gc);
 /* Clear the mark bits of a slab, or of the whole heap (world stopped). */
 LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
 /* Is any of the mark bits [lo, hi] set? (A dirty card's blocks, a slab's.) */

@@ -12,6 +12,30 @@
  * Invariant: a thread's state changes only under gc->lock, and a thread
  * leaving BLOCKING or PARKED waits while gc->stop is raised, so no attached
  * thread runs mutator code during a collection.
+ *
+ * A thread attached to several heaps. Its states are per heap, but while it
+ * waits inside loam for one heap (collecting it, from stopping the world to
+ * restarting it, or parked for another thread's collection of it) it touches
+ * no other heap, so it counts as stopped for all of them. Otherwise two
+ * threads, each collecting a heap the other is attached to, would wait for
+ * each other for ever. The thread's mutator record (gc_mutator_t, one per
+ * thread, shared by its attachments) says so: `waiting`, with the registers
+ * and stack top saved when the wait began. A collection that finds a RUNNING
+ * attachment whose mutator waits counts it as stopped and *holds* it; when
+ * the wait ends, the thread waits on until no collection holds it, so it
+ * never runs mutator code in a heap whose world is stopped. Each side
+ * stores, then loads the other's word (waiting, holds) with a full barrier
+ * between: either the collection sees the wait end and does not count the
+ * thread, or the thread sees the hold and waits for its end.
+ *
+ * And a collection *asks* every thread attached to its heap to stop
+ * (mutator stop_asks): an allocation slow path of any heap, and
+ * loam_safepoint, answer by waiting as above until no collection asks. A
+ * thread that went on to allocate only from other heaps (a worker serving
+ * one interpreter heap per request, attached to each it served) would
+ * otherwise never reach a safepoint of the heaps it left. A collection that
+ * waits for such a thread looks again every millisecond (the thread does
+ * not know which heaps to wake).
  */
 #define _GNU_SOURCE
 #include "gc/gc.h"
@@ -21,6 +45,9 @@
 
 /* This thread's attachments, one per heap it is attached to. */
 static __thread gc_thread_t *my_attachments;
+
+/* This thread's mutator record, made at its first attachment. */
+__thread gc_mutator_t *gc_my_mutator;
 
 /* The collection this thread works for: the collecting thread's from
  * stopping the world to restarting it, a marking helper's while it marks.
@@ -33,10 +60,15 @@ void gc_helper_marks_for(gc_state_t *gc)
     my_collection = gc;
 }
 
+static loam_heap_t *attachment_heap(const gc_thread_t *t)
+{
+    return __atomic_load_n(&t->heap, __ATOMIC_ACQUIRE);
+}
+
 gc_thread_t *gc_self(gc_state_t *gc)
 {
     for (gc_thread_t *t = my_attachments; t; t = t->thread_next)
-        if (t->heap == gc->heap)
+        if (attachment_heap(t) == gc->heap)
             return t;
     return NULL;
 }
@@ -57,18 +89,110 @@ static char *stack_base_of_self(void)
     return (char *)addr + size;
 }
 
+/* Save what the collector scans: registers and the stack top. noinline: the
+ * frame of the caller stays above the recorded sp. */
+static __attribute__((noinline)) void save_context_to(jmp_buf regs, char **sp)
+{
+    setjmp(regs);
+    *sp = (char *)__builtin_frame_address(0);
+}
+
+static void save_context(gc_thread_t *t)
+{
+    save_context_to(t->regs, &t->stack_sp);
+}
+
+/* ---- waits inside loam, seen by every heap (the header says why) ---- */
+
+static void mutator_wait_begin(gc_mutator_t *m)
+{
+    if (m->wait_depth++)
+        return;
+    save_context_to(m->regs, &m->stack_sp);
+    AO_store(&m->waiting, 1);
+    AO_nop_full();                      /* before this thread reads anything of a heap */
+}
+
+static void mutator_wait_end(gc_mutator_t *m)
+{
+    if (--m->wait_depth)
+        return;
+    AO_store(&m->waiting, 0);
+    AO_nop_full();                      /* then the holds: see the header */
+    if (!AO_load(&m->holds))
+        return;
+    pthread_mutex_lock(&m->lock);
+    while (AO_load(&m->holds))
+        pthread_cond_wait(&m->cv, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void gc_wait_begin(void)
+{
+    if (gc_my_mutator)
+        mutator_wait_begin(gc_my_mutator);
+}
+
+void gc_wait_end(void)
+{
+    if (gc_my_mutator)
+        mutator_wait_end(gc_my_mutator);
+}
+
+void gc_answer_stop_asks_slow(gc_mutator_t *m)
+{
+    mutator_wait_begin(m);
+    pthread_mutex_lock(&m->lock);
+    while (AO_load(&m->stop_asks))
+        pthread_cond_wait(&m->cv, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+    mutator_wait_end(m);
+}
+
+static void forget_attachment(gc_thread_t *t);
+
+/* The records of heaps destroyed since (heap NULL) go: gc_self walks the
+ * list at every allocation slow path. */
+static void prune_attachments(void)
+{
+    for (gc_thread_t *t = my_attachments, *next; t; t = next) {
+        next = t->thread_next;
+        if (!attachment_heap(t))
+            forget_attachment(t);
+    }
+}
+
+static gc_mutator_t *mutator_of_self(char *stack_base)
+{
+    gc_mutator_t *m = gc_my_mutator;
+    if (m)
+        return m;
+    m = meta_alloc(sizeof *m);          /* zero: not waiting, no hold, no ask */
+    if (!m)
+        return NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    m->stack_base = stack_base;
+    gc_my_mutator = m;
+    return m;
+}
+
 gc_thread_t *gc_attach(gc_state_t *gc)
 {
     gc_thread_t *t = gc_self(gc);
     if (t)
         return t;
+    prune_attachments();
     char *base = stack_base_of_self();          /* may allocate: before any lock */
-    t = meta_alloc(sizeof *t);
+    gc_mutator_t *m = mutator_of_self(base);
+    t = m ? meta_alloc(sizeof *t) : NULL;
     if (!t)
         return NULL;
     t->heap = gc->heap;
+    t->mut = m;
     t->tid = pthread_self();
     t->stack_base = base;
+    mutator_wait_begin(m);
     pthread_mutex_lock(&gc->lock);
     /* A collection in progress finishes first: we were not part of it. */
     while (AO_load(&gc->stop))
@@ -80,13 +204,29 @@ gc_thread_t *gc_attach(gc_state_t *gc)
         gc->threads->prev = t;
     gc->threads = t;
     pthread_mutex_unlock(&gc->lock);
+    mutator_wait_end(m);
     t->thread_next = my_attachments;
     my_attachments = t;
     return t;
 }
 
+static void mutator_release(gc_mutator_t *m, AO_t *count)
+{
+    pthread_mutex_lock(&m->lock);
+    AO_fetch_and_sub1(count);
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Lock held: t leaves the heap's list, and this collection's ask and hold
+ * on it (if any) end with it. */
 static void unlink_thread(gc_state_t *gc, gc_thread_t *t)
 {
+    if (t->asked)
+        mutator_release(t->mut, &t->mut->stop_asks);
+    if (t->held)
+        mutator_release(t->mut, &t->mut->holds);
+    t->asked = t->held = false;
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -106,14 +246,6 @@ static void forget_attachment(gc_thread_t *t)
     meta_free(t, sizeof *t);
 }
 
-/* Save what the collector scans: registers (into t->regs) and the stack top.
- * noinline: the frame of the caller stays above the recorded sp. */
-static __attribute__((noinline)) void save_context(gc_thread_t *t)
-{
-    setjmp(t->regs);
-    t->stack_sp = (char *)__builtin_frame_address(0);
-}
-
 /* Wait (lock held) until the world restarts, counted as stopped meanwhile. */
 static void wait_stopped(gc_state_t *gc, gc_thread_t *t, unsigned as_state)
 {
@@ -131,20 +263,54 @@ void gc_park(gc_state_t *gc)
     gc_thread_t *t = gc_self(gc);
     if (!t)
         return;
+    mutator_wait_begin(t->mut);
     pthread_mutex_lock(&gc->lock);
     if (AO_load(&gc->stop) && t->state == GC_RUNNING) {
         wait_stopped(gc, t, GC_PARKED);
         t->state = GC_RUNNING;
     }
     pthread_mutex_unlock(&gc->lock);
+    mutator_wait_end(t->mut);
+}
+
+/* Lock held. Does t count as stopped: parked, blocking, or running but
+ * waiting inside loam for another heap (then held until the restart)? */
+static bool thread_stopped(gc_thread_t *t)
+{
+    if (t->state != GC_RUNNING || t->held)
+        return true;
+    gc_mutator_t *m = t->mut;
+    if (!AO_load(&m->waiting))
+        return false;
+    AO_fetch_and_add1_full(&m->holds);
+    if (AO_load(&m->waiting)) {
+        t->held = true;
+        return true;
+    }
+    mutator_release(m, &m->holds);      /* its wait ended meanwhile */
+    return false;
 }
 
 static bool all_others_stopped(gc_state_t *gc, gc_thread_t *me)
 {
     for (gc_thread_t *t = gc->threads; t; t = t->next)
-        if (t != me && t->state == GC_RUNNING)
+        if (t != me && !thread_stopped(t))
             return false;
     return true;
+}
+
+/* Lock held: wait a millisecond at most for a thread to stop (a thread
+ * that waits for another heap cannot wake this one). */
+static void wait_for_parking(gc_state_t *gc)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&gc->parked_cv, &gc->lock, &until);
 }
 
 /* Lock held. Raise the stop and wait for the attached threads. If another
@@ -170,8 +336,14 @@ bool gc_stop_world(gc_state_t *gc)
         save_context(me);
         me->state = GC_COLLECTING;
     }
+    /* Threads now in other heaps' slow paths stop there too. */
+    for (gc_thread_t *t = gc->threads; t; t = t->next)
+        if (t != me) {
+            AO_fetch_and_add1(&t->mut->stop_asks);
+            t->asked = true;
+        }
     while (!all_others_stopped(gc, me))
-        pthread_cond_wait(&gc->parked_cv, &gc->lock);
+        wait_for_parking(gc);
     return true;
 }
 
@@ -180,6 +352,13 @@ void gc_restart_world(gc_state_t *gc)
     gc_thread_t *me = gc_self(gc);
     if (me)
         me->state = GC_RUNNING;
+    for (gc_thread_t *t = gc->threads; t; t = t->next) {
+        if (t->asked)
+            mutator_release(t->mut, &t->mut->stop_asks);
+        if (t->held)
+            mutator_release(t->mut, &t->mut->holds);
+        t->asked = t->held = false;
+    }
     gc->collecting = false;
     if (my_collection == gc)
         my_collection = NULL;
@@ -195,12 +374,16 @@ void gc_scan_thread_stacks(gc_state_t *gc)
     if (gc->heap->cfg.flags & LOAM_NO_STACK_SCAN)
         return;
     for (gc_thread_t *t = gc->threads; t; t = t->next) {
-        if (t->state == GC_RUNNING)
+        /* A held thread waits for another heap: what it saved when its wait
+         * began (its stack above that point does not change until it ends). */
+        jmp_buf *regs = t->held ? &t->mut->regs : &t->regs;
+        char *sp = t->held ? t->mut->stack_sp : t->stack_sp;
+        if (t->state == GC_RUNNING && !t->held)
             continue;                      /* cannot happen while stopped */
-        mc_scanning(&t->regs, (char *)&t->regs + sizeof t->regs);
-        mc_scanning(t->stack_sp, t->stack_base);
-        gc_mark_range(gc, &t->regs, (char *)&t->regs + sizeof t->regs);
-        gc_mark_range(gc, t->stack_sp, t->stack_base);
+        mc_scanning(regs, (char *)regs + sizeof *regs);
+        mc_scanning(sp, t->stack_base);
+        gc_mark_range(gc, regs, (char *)regs + sizeof *regs);
+        gc_mark_range(gc, sp, t->stack_base);
     }
 }
 
@@ -224,6 +407,8 @@ void loam_thread_detach(loam_heap_t *h)
     if (!t)
         return;
     gc_state_t *gc = h->gc;
+    gc_mutator_t *m = t->mut;
+    mutator_wait_begin(m);
     pthread_mutex_lock(&gc->lock);
     /* Leaving during a stop would let the collector scan a stack that is
      * about to change: wait it out, counted as stopped. */
@@ -232,6 +417,7 @@ void loam_thread_detach(loam_heap_t *h)
     unlink_thread(gc, t);
     pthread_cond_broadcast(&gc->parked_cv);
     pthread_mutex_unlock(&gc->lock);
+    mutator_wait_end(m);
     forget_attachment(t);
 }
 
@@ -239,6 +425,7 @@ void loam_safepoint(loam_heap_t *h)
 {
     if (h && h->gc)
         gc_park(h->gc);
+    gc_answer_stop_asks();
 }
 
 void loam_enter_blocking(loam_heap_t *h)
@@ -262,6 +449,8 @@ void loam_leave_blocking(loam_heap_t *h)
     if (!t || t->blocking_depth == 0)
         return;
     gc_state_t *gc = h->gc;
+    gc_mutator_t *m = t->mut;
+    mutator_wait_begin(m);              /* a collection of h may keep it here */
     pthread_mutex_lock(&gc->lock);
     if (--t->blocking_depth == 0) {
         while (AO_load(&gc->stop))
@@ -269,6 +458,7 @@ void loam_leave_blocking(loam_heap_t *h)
         t->state = GC_RUNNING;
     }
     pthread_mutex_unlock(&gc->lock);
+    mutator_wait_end(m);
 }
 
 /* ---- fork --------------------------------------------------------------------------------- */
@@ -313,9 +503,11 @@ void gc_prefork_wait(void)
 {
     /* A collection of a heap this thread is attached to waits for it to
      * stop: it parks, if so, until the world restarts. */
-    for (gc_thread_t *t = my_attachments; t; t = t->thread_next)
-        if (t->heap && t->heap->gc)
-            gc_park(t->heap->gc);
+    for (gc_thread_t *t = my_attachments; t; t = t->thread_next) {
+        loam_heap_t *h = attachment_heap(t);
+        if (h && h->gc)
+            gc_park(h->gc);
+    }
     sched_yield();
 }
 
@@ -340,12 +532,14 @@ void gc_postfork(bool child)
     }
 }
 
-/* Thread exit: leave every heap this thread is attached to. */
+/* Thread exit: leave every heap this thread is attached to. Then no
+ * collection can reach its mutator record (each reads it through an
+ * attachment in its heap's list, under the heap's lock). */
 void gc_thread_exit(void)
 {
     while (my_attachments) {
         gc_thread_t *t = my_attachments;
-        loam_heap_t *h = t->heap;
+        loam_heap_t *h = attachment_heap(t);
         if (h && h->gc) {
             loam_thread_detach(h);
         } else {
@@ -353,4 +547,26 @@ void gc_thread_exit(void)
             meta_free(t, sizeof *t);
         }
     }
+    gc_mutator_t *m = gc_my_mutator;
+    if (m) {
+        gc_my_mutator = NULL;
+        pthread_cond_destroy(&m->cv);
+        pthread_mutex_destroy(&m->lock);
+        meta_free(m, sizeof *m);
+    }
+}
+
+void gc_forget_threads(gc_state_t *gc)
+{
+    /* The caller's own record goes now; another thread's says the heap is
+     * gone, and goes at that thread's next attachment or its exit (only
+     * its owner walks its list). */
+    for (gc_thread_t *t = gc->threads, *next; t; t = next) {
+        next = t->next;
+        if (t->mut == gc_my_mutator)
+            forget_attachment(t);
+        else
+            __atomic_store_n(&t->heap, NULL, __ATOMIC_RELEASE);
+    }
+    gc->threads = NULL;
 }

@@ -84,6 +84,7 @@ static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, uns
     loam_ensure_init();
     if (h->gc)
         gc_alloc_slow_hook(h);          /* safepoint, and a paced collection */
+    gc_answer_stop_asks();              /* a safepoint of every heap the thread is attached to */
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
         if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {

@@ -1465,3 +1465,79 @@ Test(gc, without_the_flag_marking_stays_on_the_collecting_thread)
     cr_assert_eq(st.gc_bytes_marked_helpers, 0, "a heap without LOAM_PARALLEL_MARK was marked by helpers");
     loam_heap_destroy(h);
 }
+
+/* ---- collected heaps made and destroyed in a loop ------------------------------------------
+ * An interpreter per request: a thread's attachment to a destroyed heap
+ * goes with it (the destroying thread's at once, another thread's at its
+ * next attachment), so the thread's list stays short and nothing piles up.
+ * 512 bytes a heap stayed behind before (and every allocation slow path
+ * walked them all). */
+
+#include "rss_util.h"
+
+static size_t churn_heaps(void)
+{
+    return 8000 / GC_SAN_DIVISOR;
+}
+
+static loam_heap_t *churn_heap_new(void)
+{
+    loam_config_t cfg = { .mode = LOAM_GC };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+Test(gc, collected_heaps_made_and_destroyed_leave_nothing_behind, .timeout = 300)
+{
+    for (int i = 0; i < 200; i++) {                /* warm up: caches, metadata pages */
+        loam_heap_t *h = churn_heap_new();
+        cr_assert_not_null(loam_gc_alloc(h, 100, LOAM_ATOMIC));
+        loam_heap_destroy(h);
+    }
+    size_t before = rss_bytes();
+    for (size_t i = 0; i < churn_heaps(); i++) {
+        loam_heap_t *h = churn_heap_new();
+        cr_assert_not_null(loam_gc_alloc(h, 100, LOAM_ATOMIC));   /* attaches this thread */
+        loam_heap_destroy(h);
+    }
+    size_t after = rss_bytes();
+    cr_assert_lt(after, before + (1u << 20), "RSS grew by %zu KiB over %zu heaps",
+                 (after - before) >> 10, churn_heaps());
+}
+
+/* The same with a second thread attached to each heap before it goes. */
+static pthread_barrier_t churn_barrier;
+static loam_heap_t *churn_current;
+
+static void *attach_to_each(void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < churn_heaps(); i++) {
+        pthread_barrier_wait(&churn_barrier);      /* made */
+        cr_assert_not_null(loam_gc_alloc(churn_current, 100, LOAM_ATOMIC));
+        pthread_barrier_wait(&churn_barrier);      /* may go */
+    }
+    return NULL;
+}
+
+Test(gc, collected_heaps_another_thread_attached_to_leave_nothing_behind, .timeout = 300)
+{
+    pthread_barrier_init(&churn_barrier, NULL, 2);
+    pthread_t t;
+    size_t before = 0;
+    cr_assert_eq(pthread_create(&t, NULL, attach_to_each, NULL), 0);
+    for (size_t i = 0; i < churn_heaps(); i++) {
+        if (i == churn_heaps() / 8)
+            before = rss_bytes();
+        churn_current = churn_heap_new();
+        pthread_barrier_wait(&churn_barrier);
+        pthread_barrier_wait(&churn_barrier);
+        loam_heap_destroy(churn_current);
+    }
+    size_t after = rss_bytes();
+    pthread_join(t, NULL);
+    pthread_barrier_destroy(&churn_barrier);
+    cr_assert_lt(after, before + (1u << 20), "RSS grew by %zu KiB over %zu heaps",
+                 (after - before) >> 10, churn_heaps() - churn_heaps() / 8);
+}

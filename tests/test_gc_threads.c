@@ -890,3 +890,153 @@ Test(gc_threads, detached_thread_does_not_stall_collections, .timeout = 60)
     cr_assert_eq(gc_stats(h).live_blocks, 0);
     loam_heap_destroy(h);
 }
+
+/* ---- threads attached to several heaps ----------------------------------------------------
+ * A thread waiting inside loam for one heap (collecting it, or parked for
+ * it) counts as stopped for every other heap it is attached to, and an
+ * allocation slow path of any heap is a safepoint of all of them
+ * (gc/threads.c). Without the first, two threads each collecting a heap
+ * the other is attached to wait for each other for ever; without the
+ * second, a collection waits for ever for a thread that went on to other
+ * heaps. */
+
+static loam_heap_t *cross_heaps[2];
+
+typedef struct cross_node {
+    struct cross_node *next;
+    uint64_t           serial;
+} cross_node_t;
+
+static void trace_cross(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    loam_mark(t, ((cross_node_t *)obj)->next);
+}
+
+static loam_heap_t *new_cross_heap(void)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .trace = trace_cross, .gc_min_bytes = 128 * 1024 };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+/* Each thread attaches to both heaps, then builds and drops lists on its
+ * own: its collections and the other's overlap again and again. */
+static void *collect_own_heap(void *arg)
+{
+    long own = (long)arg;
+    for (int i = 0; i < 2; i++)
+        cr_assert_not_null(loam_gc_alloc(cross_heaps[i], 32, LOAM_ATOMIC));
+    bool ok = true;
+    size_t rounds = 300 * gc_test_scale() / GC_SAN_DIVISOR;
+    for (size_t r = 0; r < rounds && ok; r++) {
+        cross_node_t *volatile head = NULL;        /* the list lives on this stack only */
+        for (uint64_t k = 0; k < 500; k++) {
+            cross_node_t *n = loam_gc_alloc(cross_heaps[own], sizeof *n, LOAM_TRACED);
+            cr_assert_not_null(n);
+            n->next = head;
+            n->serial = k;
+            head = n;
+        }
+        uint64_t expect = 500;
+        for (cross_node_t *n = head; n; n = n->next)
+            ok = ok && n->serial == --expect;
+        ok = ok && expect == 0;
+    }
+    return (void *)(uintptr_t)ok;
+}
+
+Test(gc_threads, threads_attached_to_two_heaps_collect_each_its_own, .timeout = 120)
+{
+    for (int i = 0; i < 2; i++)
+        cross_heaps[i] = new_cross_heap();
+    pthread_t t[2];
+    for (long i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, collect_own_heap, (void *)i), 0);
+    for (int i = 0; i < 2; i++) {
+        void *ok = NULL;
+        pthread_join(t[i], &ok);
+        cr_assert(ok, "thread %d found its list damaged", i);
+        cr_assert_gt(gc_stats(cross_heaps[i]).gc_collections, 10, "heap %d hardly collected", i);
+    }
+    for (int i = 0; i < 2; i++)
+        loam_heap_destroy(cross_heaps[i]);
+}
+
+/* A worker that allocated once from heap 0 (attaching to it), keeps that
+ * object on its stack only, and goes on allocating from another heap alone:
+ * a manual one (in batches, so that it refills) or a collected one. Heap 0's
+ * collections must neither wait for it for ever nor lose its object. */
+typedef struct {
+    loam_heap_t *first, *elsewhere;
+    bool         manual;
+    atomic_int   stop, ready;
+    bool         ok;
+} away_t;
+
+static void *work_elsewhere(void *arg)
+{
+    away_t *a = arg;
+    uint64_t *volatile mine = loam_gc_alloc(a->first, 256, LOAM_ATOMIC);
+    cr_assert_not_null(mine);
+    gc_fill(mine, 0, 256, 0xA11E);
+    atomic_store(&a->ready, 1);
+    /* More blocks of one size than a thread cache holds: refills. */
+    enum { BATCH = 4096 };
+    void **batch = malloc(BATCH * sizeof *batch);
+    cr_assert_not_null(batch);
+    while (!atomic_load(&a->stop)) {
+        for (int i = 0; i < BATCH; i++) {
+            batch[i] = a->manual ? loam_malloc(a->elsewhere, 64) : loam_gc_alloc(a->elsewhere, 64, LOAM_ATOMIC);
+            cr_assert_not_null(batch[i]);
+        }
+        if (a->manual)
+            for (int i = 0; i < BATCH; i++)
+                loam_free(batch[i]);
+    }
+    free(batch);
+    a->ok = gc_check(mine, 0, 256, 0xA11E) == (size_t)-1;
+    return NULL;
+}
+
+static void stops_while_away(bool manual)
+{
+    away_t a = { .first = new_cross_heap(), .manual = manual };
+    if (manual) {
+        a.elsewhere = loam_heap_new(NULL);
+    } else {
+        a.elsewhere = new_cross_heap();
+    }
+    cr_assert_not_null(a.elsewhere);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, work_elsewhere, &a), 0);
+    while (!atomic_load(&a.ready))
+        sched_yield();
+    /* Each collection of heap 0 waits for the worker to stop; meanwhile
+     * this thread's garbage reuses whatever heap 0 found dead. */
+    for (int c = 0; c < 20; c++) {
+        loam_gc_collect(a.first);
+        for (int i = 0; i < 2000; i++) {
+            uint64_t *g = loam_gc_alloc(a.first, 256, LOAM_ATOMIC);
+            cr_assert_not_null(g);
+            gc_fill(g, 0, 256, 0xDEAD);
+        }
+    }
+    cr_assert_geq(gc_stats(a.first).gc_collections, 20);
+    atomic_store(&a.stop, 1);
+    pthread_join(t, NULL);
+    cr_assert(a.ok, "the worker's block, on its stack only, was reclaimed while it was away");
+    loam_heap_destroy(a.first);
+    loam_heap_destroy(a.elsewhere);
+}
+
+Test(gc_threads, a_thread_away_in_a_manual_heap_stops_for_a_collected_one, .timeout = 120)
+{
+    stops_while_away(true);
+}
+
+Test(gc_threads, a_thread_away_in_another_collected_heap_stops_for_the_first, .timeout = 120)
+{
+    stops_while_away(false);
+}
