@@ -96,6 +96,8 @@ LOAM_API size_t       loam_heap_trim(loam_heap_t *h);
 LOAM_API void  *loam_malloc(loam_heap_t *h, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_calloc(loam_heap_t *h, size_t count, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_realloc(loam_heap_t *h, void *p, size_t n);
+/* align: a power of two (else NULL, errno EINVAL) up to 2^40 (else NULL, errno
+ * ENOMEM). A block loam_realloc moves is only 16-byte aligned, as any block. */
 LOAM_API void  *loam_aligned_alloc(loam_heap_t *h, size_t align, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void   loam_free(void *p);                              /* heap found from p */
 LOAM_API size_t loam_usable_size(const void *p);
