@@ -730,6 +730,8 @@ LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
 
 /* ---- the page source --------------------------------------------------- */
 LOAM_INTERNAL void  *os_reserve_aligned(size_t size, size_t align);   /* committed lazily by touch */
+/* The same, at p with p + offset aligned (offset < align). */
+LOAM_INTERNAL void  *os_reserve_offset_aligned(size_t size, size_t align, size_t offset);
 LOAM_INTERNAL void   os_release(void *p, size_t size);
 LOAM_INTERNAL void   os_decommit(void *p, size_t size);
 LOAM_INTERNAL void   os_advise_huge(void *p, size_t size);   /* MADV_HUGEPAGE */

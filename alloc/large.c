@@ -2,8 +2,11 @@
  *
  * The mapping starts at a 4 MiB boundary (so the segment map can find it)
  * with a one-page header, and the block follows at the first multiple of its
- * alignment past the header. Growing tries mremap in place, then moves the
- * pages (no copy) into a fresh aligned reservation.
+ * alignment past the header. An alignment above 4 MiB would leave a gap of
+ * up to the alignment there, so such a mapping is placed one segment below a
+ * multiple of the alignment instead, and its block starts a segment in.
+ * Growing tries mremap in place, then moves the pages (no copy) into a fresh
+ * reservation at a segment boundary (realloc keeps no alignment above that).
  *
  * Freeing keeps the mapping for reuse when the arena's cache has room, else
  * unmaps it. A program that frees and allocates big blocks in turn would
@@ -147,15 +150,22 @@ static void unmap_evicted(large_t *evicted)
  * it (it grows: only the growth is new pages), else none (a new mapping is
  * made, and the cache gains a size it lacked). Half rather than three
  * quarters: the large-block benchmark (64 KiB-4 MiB, log-uniform) ran about
- * 10 % faster, its peak RSS 63.4 -> 64.9 MiB (a third: no faster, 67.7). */
-static large_t *cache_take_locked(arena_t *a, size_t map)
+ * 10 % faster, its peak RSS 63.4 -> 64.9 MiB (a third: no faster, 67.7).
+ * Every mapping starts at a segment boundary, which meets any alignment up
+ * to SEGMENT_SIZE; a larger one only a mapping that happens to sit a
+ * segment below a multiple of it meets, and only if it need not grow (a
+ * grown mapping may move to a fresh segment boundary). */
+static large_t *cache_take_locked(arena_t *a, size_t map, size_t align)
 {
     const large_cache_slot_t *fit = NULL, *largest = NULL;
+    bool placed = align > SEGMENT_SIZE;
     for (size_t i = 0; i < a->large_cache_count; i++) {
         const large_cache_slot_t *c = &a->large_cache[i];
+        if (placed && (((uintptr_t)c->l + SEGMENT_SIZE) & (align - 1)) != 0)
+            continue;
         if (c->map_size >= map && (!fit || c->map_size < fit->map_size))
             fit = c;
-        if (!c->pieced && (!largest || c->map_size > largest->map_size))
+        if (!placed && !c->pieced && (!largest || c->map_size > largest->map_size))
             largest = c;                /* to grow: mremap cannot grow a pieced one */
     }
     const large_cache_slot_t *got = fit ? fit : largest && largest->map_size >= map / 2 ? largest : NULL;
@@ -329,14 +339,18 @@ static size_t cache_move_pages_into(arena_t *a, char *dest, size_t map)
 
 void *large_alloc(arena_t *a, size_t n, size_t align)
 {
-    size_t offset = align > OS_PAGE ? align : OS_PAGE;
-    if (n > ((size_t)1 << 46) || offset > ((size_t)1 << 40)) {
+    if (n > ((size_t)1 << 46) || align > ((size_t)1 << 40)) {
         errno = ENOMEM;
         return NULL;
     }
+    /* Above SEGMENT_SIZE the gap before the block would be mapped, counted
+     * and charged to the heap's limit (a whole 1 GiB for a 1 GiB alignment);
+     * placed, such a block costs what a 4 MiB-aligned one does, and only the
+     * search for its address spans the alignment, unmapped at once. */
+    size_t offset = align <= OS_PAGE ? OS_PAGE : align <= SEGMENT_SIZE ? align : SEGMENT_SIZE;
     size_t map = round_page(offset + (n ? n : 1));     /* a zero-size block still has an address */
     arena_lock(a);
-    large_t *l = a->large_cache_count ? cache_take_locked(a, map) : NULL;
+    large_t *l = a->large_cache_count ? cache_take_locked(a, map, align) : NULL;
     arena_unlock(a);
     if (l) {
         /* Grown, or shrunk when 7/8 or more would be left over (those pages
@@ -361,7 +375,8 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
             errno = ENOMEM;
             return NULL;
         }
-        char *dest = os_reserve_aligned(map, SEGMENT_SIZE);
+        char *dest = align > SEGMENT_SIZE ? os_reserve_offset_aligned(map, align, SEGMENT_SIZE)
+                                          : os_reserve_aligned(map, SEGMENT_SIZE);
         if (!dest) {
             budget_release(a->budget, map);
             return NULL;

@@ -31,12 +31,12 @@ static AO_t reserve_hint;
 /* A mapping of size bytes at the hint, if the kernel puts it there: one
  * system call instead of three (map, unmap head, unmap tail). Segments and
  * large blocks are reserved all the time under churn of big blocks. */
-static void *reserve_at_hint(size_t size, size_t align)
+static void *reserve_at_hint(size_t size, size_t align, size_t offset)
 {
     uintptr_t hint = AO_load(&reserve_hint);
     if (hint < size + align)
         return NULL;
-    uintptr_t want = (hint - size) & ~(uintptr_t)(align - 1);
+    uintptr_t want = ((hint - size + offset) & ~(uintptr_t)(align - 1)) - offset;
     char *p = mmap((void *)want, size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
@@ -48,17 +48,19 @@ static void *reserve_at_hint(size_t size, size_t align)
     return p;
 }
 
-/* Map size bytes at an address aligned to align (a power of two >= OS_PAGE):
- * at the hint if that works, else over-map by align, then unmap the
- * unaligned head and the tail. */
-void *os_reserve_aligned(size_t size, size_t align)
+/* Map size bytes at an address p with p + offset a multiple of align (a
+ * power of two >= OS_PAGE; offset a multiple of OS_PAGE below align): at
+ * the hint if that works, else over-map by align, then unmap the head
+ * before p and the tail. The offset lets a large block take an alignment
+ * above the segment size without mapping the gap up to it. */
+void *os_reserve_offset_aligned(size_t size, size_t align, size_t offset)
 {
     if (size > SIZE_MAX - align) {
         errno = ENOMEM;
         return NULL;
     }
     if (align > OS_PAGE) {
-        char *h = reserve_at_hint(size, align);
+        char *h = reserve_at_hint(size, align, offset);
         if (h) {
             AO_store(&reserve_hint, (uintptr_t)h);
             AO_fetch_and_add(&os_reserved_bytes, size);
@@ -72,7 +74,7 @@ void *os_reserve_aligned(size_t size, size_t align)
         errno = ENOMEM;
         return NULL;
     }
-    uintptr_t a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+    uintptr_t a = (((uintptr_t)p + offset + align - 1) & ~(uintptr_t)(align - 1)) - offset;
     size_t head = a - (uintptr_t)p;
     size_t tail = span - head - size;
     if (head)
@@ -83,6 +85,11 @@ void *os_reserve_aligned(size_t size, size_t align)
         AO_store(&reserve_hint, a);
     AO_fetch_and_add(&os_reserved_bytes, size);
     return (void *)a;
+}
+
+void *os_reserve_aligned(size_t size, size_t align)
+{
+    return os_reserve_offset_aligned(size, align, 0);
 }
 
 void os_release(void *p, size_t size)

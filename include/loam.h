@@ -96,6 +96,8 @@ LOAM_API size_t       loam_heap_trim(loam_heap_t *h);
 LOAM_API void  *loam_malloc(loam_heap_t *h, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_calloc(loam_heap_t *h, size_t count, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_realloc(loam_heap_t *h, void *p, size_t n);
+/* align: a power of two (else NULL, errno EINVAL) up to 2^40 (else NULL, errno
+ * ENOMEM). A block loam_realloc moves is only 16-byte aligned, as any block. */
 LOAM_API void  *loam_aligned_alloc(loam_heap_t *h, size_t align, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void   loam_free(void *p);                              /* heap found from p */
 LOAM_API size_t loam_usable_size(const void *p);
@@ -252,7 +254,10 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */
-/* Parse "key=value,key=value"; returns the number of entries rejected. */
+/* Parse "key=value,key=value"; returns the number of entries rejected (each with
+ * a warning on stderr, its option unchanged). A value is a decimal, 0x hex or 0
+ * octal number, optionally followed by k, m or g (either case) for KiB, MiB or
+ * GiB: "retain_max=64m". A value that does not fit a long is a bad value. */
 LOAM_API int  loam_options_parse(const char *text);
 
 #ifdef __cplusplus

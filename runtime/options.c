@@ -111,6 +111,28 @@ long loam_option_get(const char *key)
     return o ? *o->value : -1;
 }
 
+/* A value: a number (as strtol reads it, so 0x... too) and an optional k, m
+ * or g in either case, for KiB, MiB or GiB. false: not one, or past a long
+ * (a too big value must not wrap into a small one that passes the range). */
+static bool parse_value(const char *text, long *out)
+{
+    char *stop;
+    errno = 0;
+    long v = strtol(text, &stop, 0);
+    if (stop == text || errno)
+        return false;
+    int shift = 0;
+    switch (*stop) {
+    case 'k': case 'K': shift = 10; stop++; break;
+    case 'm': case 'M': shift = 20; stop++; break;
+    case 'g': case 'G': shift = 30; stop++; break;
+    }
+    if (*stop || __builtin_mul_overflow(v, 1L << shift, &v))
+        return false;
+    *out = v;
+    return true;
+}
+
 static int options_parse_text(const char *text)
 {
     int rejected = 0;
@@ -128,21 +150,17 @@ static int options_parse_text(const char *text)
             option_def_t *o = option_find(p, (size_t)(eq - p));
             char buf[32];
             size_t vlen = len - (size_t)(eq - p) - 1;
-            char *stop = NULL;
+            bool parsed = false;
             long v = 0;
             if (vlen > 0 && vlen < sizeof buf) {
                 memcpy(buf, eq + 1, vlen);
                 buf[vlen] = 0;
-                errno = 0;
-                v = strtol(buf, &stop, 0);
-                /* accept k/m/g suffixes for byte sizes */
-                if (stop && (*stop == 'k' || *stop == 'K')) { v *= 1024; stop++; }
-                else if (stop && (*stop == 'm' || *stop == 'M')) { v *= 1024 * 1024; stop++; }
+                parsed = parse_value(buf, &v);
             }
             if (!o) {
                 loam_warn("unknown option '%.*s': ignored", (int)(eq - p), p);
                 rejected++;
-            } else if (vlen == 0 || vlen >= sizeof buf || !stop || *stop || errno) {
+            } else if (!parsed) {
                 loam_warn("option %s: bad value '%.*s': ignored", o->key, (int)vlen, eq + 1);
                 rejected++;
             } else if (option_store(o, v) != 0) {

@@ -358,6 +358,85 @@ Test(basic, aligned_alloc_every_power_of_two, .timeout = 60)
     loam_heap_destroy(h);
 }
 
+/* Alignments above the segment size (4 MiB): the mapping's own boundary no
+ * longer meets them. Sizes below and above the largest mapping the large
+ * cache keeps (32 MiB), each twice, so the second may reuse the first's. */
+static const size_t huge_aligns[] = { 8 * MiB, 16 * MiB, 64 * MiB, 1024 * MiB };
+static const size_t huge_align_sizes[] = { 0, 16, 5000, 300 * KiB, 5 * MiB + 3, 40 * MiB };
+
+static void *huge_aligned_block(loam_heap_t *h, size_t align, size_t n)
+{
+    void *p = loam_aligned_alloc(h, align, n);
+    cr_assert_not_null(p, "aligned_alloc(%zu MiB, %zu): errno %d", align / MiB, n, errno);
+    cr_assert(aligned_to(p, align), "aligned_alloc(%zu MiB, %zu) = %p", align / MiB, n, p);
+    cr_assert_eq(loam_heap_of(p), h, "aligned_alloc(%zu MiB, %zu) = %p is no block of the heap",
+                 align / MiB, n, p);
+    cr_assert_geq(loam_usable_size(p), n, "aligned_alloc(%zu MiB, %zu): usable size %zu",
+                  align / MiB, n, loam_usable_size(p));
+    unsigned char *b = p;
+    if (n) {
+        b[0] = 0xA5;
+        b[n - 1] = 0x5A;
+        cr_assert(b[0] == 0xA5 && b[n - 1] == 0x5A);
+    }
+    return p;
+}
+
+Test(basic, aligned_alloc_above_the_segment_size, .timeout = 60)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    for (size_t i = 0; i < sizeof huge_aligns / sizeof *huge_aligns; i++)
+        for (size_t k = 0; k < sizeof huge_align_sizes / sizeof *huge_align_sizes; k++)
+            for (int r = 0; r < 2; r++)
+                loam_free(huge_aligned_block(h, huge_aligns[i], huge_align_sizes[k]));
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    cr_assert_eq(st.large_count, 0);
+    loam_heap_destroy(h);
+}
+
+/* Freed large blocks leave their mappings cached, each at a 4 MiB boundary
+ * that an alignment above 4 MiB may not suit: one must not be handed out
+ * for it just because it is big enough. */
+Test(basic, aligned_alloc_above_the_segment_size_among_cached_mappings, .timeout = 60)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *keep = loam_malloc(h, 30 * MiB);      /* live bytes: the cache may hold the others */
+    cr_assert_not_null(keep);
+    enum { CACHED = 12 };
+    void *p[CACHED];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < CACHED; i++) {
+            p[i] = loam_malloc(h, 6 * MiB);
+            cr_assert_not_null(p[i]);
+        }
+        for (int i = 0; i < CACHED; i++)
+            loam_free(p[i]);
+        for (int i = 0; i < CACHED; i++)
+            p[i] = huge_aligned_block(h, 16 * MiB, i % 2 ? 16 : 2 * MiB);
+        for (int i = 0; i < CACHED; i++)
+            loam_free(p[i]);
+    }
+    loam_free(keep);
+    loam_heap_destroy(h);
+}
+
+/* The gap up to a large alignment is address space only: not counted as the
+ * block's mapping, nor charged to the heap's limit. */
+Test(basic, aligned_alloc_above_the_segment_size_costs_no_gap)
+{
+    loam_config_t cfg = { .limit = 64 * MiB };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    void *p = huge_aligned_block(h, 1024 * MiB, 100);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_lt(st.large_bytes, 8 * MiB, "a 1 GiB-aligned block of 100 bytes maps %zu bytes",
+                 st.large_bytes);
+    loam_free(p);
+    loam_heap_destroy(h);
+}
+
 Test(basic, aligned_alloc_small_alignments)
 {
     /* Powers of two below 16 are valid alignments; every block is 16-aligned anyway. */

@@ -207,6 +207,52 @@ Test(options, parse_counts_rejected_entries)
     cr_assert_neq(captured_stderr()[0], 0, "rejected entries produced no warning");
 }
 
+Test(options, parse_accepts_k_m_g_suffixes_in_either_case)
+{
+    (void)loam_heap_default();
+    static const struct { const char *text; long value; } cases[] = {
+        { "retain_max=3k", 3L << 10 },  { "retain_max=5K", 5L << 10 },
+        { "retain_max=7m", 7L << 20 },  { "retain_max=9M", 9L << 20 },
+        { "retain_max=1g", 1L << 30 },  { "retain_max=2G", 2L << 30 },
+        { "retain_max=0x10k", 16L << 10 }, { "retain_max=1024g", 1L << 40 },
+        { "tcache_budget=64m", 64L << 20 }, { "gc_min_bytes=1G", 1L << 30 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cr_assert_eq(loam_options_parse(cases[i].text), 0, "\"%s\" rejected", cases[i].text);
+        const char *eq = strchr(cases[i].text, '=');
+        char key[32];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - cases[i].text), cases[i].text);
+        cr_assert_eq(loam_option_get(key), cases[i].value, "\"%s\" reads back %ld", cases[i].text,
+                     loam_option_get(key));
+    }
+}
+
+/* A value past a long, with or without a suffix, is a bad value: it must not
+ * wrap into one that passes the key's range (2^55 KiB is 2^65: it wrapped to 0). */
+Test(options, parse_rejects_a_value_too_big_for_a_long)
+{
+    (void)loam_heap_default();
+    cr_assert_eq(loam_options_parse("retain_max=12345"), 0);
+    static const char *const bad[] = {
+        "retain_max=36028797018963968K", "retain_max=-36028797018963968K",
+        "retain_max=9223372036854775807k", "retain_max=9007199254740992m",
+        "retain_max=8589934592g", "retain_max=99999999999999999999",
+        "retain_max=k", "retain_max=1kk", "retain_max=1kb",
+    };
+    capture_begin();
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_assert_eq(loam_options_parse(bad[i]), 1, "\"%s\" not rejected", bad[i]);
+        cr_assert_eq(loam_option_get("retain_max"), 12345, "\"%s\" set retain_max to %ld", bad[i],
+                     loam_option_get("retain_max"));
+    }
+    /* just past the key's range, through the suffix */
+    cr_assert_eq(loam_options_parse("retain_max=1025g"), 1);
+    cr_assert_eq(loam_option_get("retain_max"), 12345);
+    const char *err = captured_stderr();
+    cr_assert(strstr(err, "bad value '36028797018963968K'") != NULL,
+              "no bad-value warning for the overflowing value; stderr was: \"%s\"", err);
+}
+
 Test(options, parse_null_does_not_crash)
 {
     cr_assert_eq(loam_options_parse(NULL), 0);

@@ -207,6 +207,33 @@ static void check_aligned(void)
                 memset(p, 0x33, asz[i]);
             p_free(p);
         }
+    /* Above 4 MiB (loam's segment size), an alignment is no longer met by
+     * where a mapping starts anyway. */
+    static const size_t hsz[] = { 16, (5u << 20) + 3 };
+    for (size_t align = (size_t)8 << 20; align <= ((size_t)1 << 30); align <<= 1)
+        for (size_t i = 0; i < sizeof hsz / sizeof hsz[0]; i++) {
+            size_t n = hsz[i];
+            void *p = NULL;
+            int r = posix_memalign(&p, align, n);
+            CHECK(r == 0 && p && ((uintptr_t)p & (align - 1)) == 0,
+                  "posix_memalign(%zu, %zu) = %d, %p", align, n, r, p);
+            CHECK(!p || malloc_usable_size(p) >= n, "posix_memalign(%zu, %zu) usable size", align, n);
+            if (p)
+                ((char *)p)[0] = ((char *)p)[n - 1] = 0x44;
+            p_free(p);
+
+            p = aligned_alloc(align, n);
+            CHECK(p && ((uintptr_t)p & (align - 1)) == 0, "aligned_alloc(%zu, %zu) = %p", align, n, p);
+            if (p)
+                ((char *)p)[0] = ((char *)p)[n - 1] = 0x55;
+            p_free(p);
+
+            p = memalign(align, n);
+            CHECK(p && ((uintptr_t)p & (align - 1)) == 0, "memalign(%zu, %zu) = %p", align, n, p);
+            if (p)
+                ((char *)p)[0] = ((char *)p)[n - 1] = 0x66;
+            p_free(p);
+        }
     void *p = (void *)1;
     CHECK(posix_memalign(&p, 3, 100) == EINVAL && p == (void *)1, "posix_memalign(3) not EINVAL");
     CHECK(posix_memalign(&p, 24, 100) == EINVAL, "posix_memalign(24) not EINVAL");
