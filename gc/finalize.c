@@ -1,7 +1,8 @@
 /* gc/finalize.c — finalizers and weak references.
  *
- * After the roots are marked: every weak reference whose target is unmarked
- * is cleared (so none can hand out an object about to be finalized or freed);
+ * After the roots are marked: every weak reference whose target's block is
+ * unmarked is cleared (so none can hand out an object about to be finalized
+ * or freed);
  * then every finalizable object still unmarked moves, in registration order,
  * to the ready list and is marked with everything it reaches, so it survives
  * this collection. The ready finalizers run after the world restarts, in the
@@ -66,9 +67,8 @@ int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *da
 void gc_clear_dead_weaks(gc_state_t *gc)
 {
     for (loam_weak_t *w = gc->weaks; w; w = w->next) {
-        void *target = (void *)AO_load(&w->target);
-        if (target && !gc_is_marked(gc, target)) {
-            objmap_del(&gc->weak_map, (uintptr_t)target);   /* every weak to it is cleared now */
+        if (AO_load(&w->target) && !gc_is_marked(gc, (void *)w->block)) {
+            objmap_del(&gc->weak_map, w->block);   /* the others into it: as the walk reaches them */
             AO_store_release(&w->target, 0);
             w->next_same = NULL;
             gc->weak_cleared++;
@@ -125,10 +125,27 @@ void gc_run_ready_finalizers(gc_state_t *gc)
 
 /* ---- weak references -------------------------------------------------------------------- */
 
+/* The block of target, if it is one of h's: what a collection and a free
+ * of that block find the reference by. 0: target is in no block of h. */
+static uintptr_t block_of_heap(loam_heap_t *h, const void *target)
+{
+    addr_info_t ai;
+    addr_classify(target, &ai);
+    if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
+        return 0;
+    arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
+    return a->owner == h ? (uintptr_t)ai.block : 0;
+}
+
 loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)
 {
-    if (!h)
+    /* Outside h's blocks no collection of h could tell the target dead and
+     * no free in h could clear the reference: it would dangle. */
+    uintptr_t block = h && target ? block_of_heap(h, target) : 0;
+    if (!h || (target && !block)) {
+        errno = EINVAL;
         return NULL;
+    }
     gc_state_t *gc = gc_state_get(h);
     loam_weak_t *w = meta_alloc(sizeof *w);
     if (!w) {
@@ -137,10 +154,11 @@ loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)
     }
     w->heap = h;
     AO_store(&w->target, (AO_t)target);
+    w->block = block;
     pthread_mutex_lock(&gc->lock);
-    if (target) {
-        w->next_same = (loam_weak_t *)objmap_get(&gc->weak_map, (uintptr_t)target);
-        if (!objmap_put(&gc->weak_map, (uintptr_t)target, (uintptr_t)w)) {
+    if (block) {
+        w->next_same = (loam_weak_t *)objmap_get(&gc->weak_map, block);
+        if (!objmap_put(&gc->weak_map, block, (uintptr_t)w)) {
             pthread_mutex_unlock(&gc->lock);
             meta_free(w, sizeof *w);
             errno = ENOMEM;
@@ -171,14 +189,13 @@ void loam_weak_free(loam_weak_t *w)
     }
     gc_state_t *gc = w->heap->gc;
     pthread_mutex_lock(&gc->lock);
-    uintptr_t target = AO_load(&w->target);
-    if (target) {                      /* off its target's chain */
-        loam_weak_t *first = (loam_weak_t *)objmap_get(&gc->weak_map, target);
+    if (AO_load(&w->target)) {         /* off its block's chain */
+        loam_weak_t *first = (loam_weak_t *)objmap_get(&gc->weak_map, w->block);
         if (first == w) {
             if (w->next_same)
-                objmap_put(&gc->weak_map, target, (uintptr_t)w->next_same);
+                objmap_put(&gc->weak_map, w->block, (uintptr_t)w->next_same);
             else
-                objmap_del(&gc->weak_map, target);
+                objmap_del(&gc->weak_map, w->block);
         } else {
             for (loam_weak_t *o = first; o; o = o->next_same)
                 if (o->next_same == w) {
@@ -198,8 +215,8 @@ void loam_weak_free(loam_weak_t *w)
 }
 
 /* loam_free of a block of a heap with collector state: its finalizer is
- * dropped and weak references to it are cleared, so neither can reach the
- * next block at that address. */
+ * dropped and the weak references into it (to its start or inside it) are
+ * cleared, so neither can reach the next block at that address. */
 void gc_forget_block(loam_heap_t *h, void *block)
 {
     gc_state_t *gc = h->gc;

@@ -82,11 +82,14 @@ typedef struct finalizer {
     void             *data;
 } finalizer_t;
 
+/* A target may lie anywhere inside its block: the block is what lives and
+ * dies, and what loam_free names, so the references are found by it. */
 struct loam_weak {
     loam_heap_t      *heap;
     AO_t              target;      /* read lock-free by loam_weak_get */
+    uintptr_t         block;       /* the start of the target's block: its key in gc->weak_map */
     struct loam_weak *next, *prev; /* all of the heap's weak references */
-    struct loam_weak *next_same;   /* the others with the same target (gc->weak_map) */
+    struct loam_weak *next_same;   /* the others into the same block (gc->weak_map) */
 };
 
 /* What trace and roots callbacks get: the marker that called them. */
@@ -143,7 +146,7 @@ typedef struct gc_state {
     finalizer_t    *fins;
     size_t          nfins, cap_fins;
     objmap_t        fin_map;       /* object -> index in fins + 1 */
-    objmap_t        weak_map;      /* target -> first weak reference to it */
+    objmap_t        weak_map;      /* block -> first weak reference into it */
     finalizer_t    *ready;         /* found unreachable, to run after the stop */
     size_t          nready, cap_ready;
     loam_weak_t    *weaks;

@@ -161,10 +161,21 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * Finalizers of the objects one collection finds unreachable run in the order
  * they were set; a finalized object is freed by a later collection if it is
  * still unreachable then (never finalized twice). Returns 0, or -1 if obj is
- * not a block of collected heap h. fn NULL removes the finalizer.
- * Weak references are cleared as soon as a collection finds the target
- * unreachable, before any finalizer runs; they never dangle. */
+ * not a block of collected heap h. fn NULL removes the finalizer. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
+/* A reference to target that does not keep it alive. target is NULL (a
+ * reference to nothing) or an address in a block of h, at its start or
+ * inside it: as for conservative scanning, an interior address stands for
+ * its block, and the block is what the reference follows. loam_weak_get
+ * gives back target itself until the reference is cleared, then NULL. It
+ * is cleared when a collection finds the block unreachable (before any
+ * finalizer runs), when h is destroyed, and when loam_free frees the block,
+ * in every heap but a manual one whose frees skip the collector (the
+ * default heap, and one made manual with the option track_requested=0 and
+ * never collected).
+ * NULL with errno EINVAL if h is NULL or target is in no block of h, ENOMEM
+ * if out of memory. loam_weak_free releases the reference, before or after
+ * it was cleared or its heap destroyed. */
 LOAM_API loam_weak_t *loam_weak_new(loam_heap_t *h, void *target);
 LOAM_API void        *loam_weak_get(loam_weak_t *w);             /* NULL once the target died */
 LOAM_API void         loam_weak_free(loam_weak_t *w);

@@ -16,9 +16,13 @@
  *    them; a finalizer may allocate.
  * Weak references: kept while the target lives, cleared when it dies and
  * before its finalizer runs, never dangling (also after the memory is
- * reused), gc_weak_cleared counts them. */
+ * reused), gc_weak_cleared counts them. A target inside a block (not at its
+ * start) is the block's: kept and cleared with it, by a collection or by
+ * loam_free of the block, in slabs and large blocks alike; a target in no
+ * block of the heap is refused. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -637,6 +641,236 @@ Test(weak, outlive_their_heap)
     loam_heap_destroy(h);
     cr_assert_null(loam_weak_get(w), "a weak reference into a destroyed heap dangles");
     loam_weak_free(w);
+}
+
+/* ---- weak references to addresses inside a block ------------------------------------------------ */
+
+#define WEAK_SLAB_SIZE  ((size_t)64)
+#define WEAK_LARGE_SIZE (400 * KiB)   /* past the default mmap threshold: a mapping of its own */
+
+static char *weak_target_block(loam_heap_t *h, size_t size)
+{
+    char *b = loam_gc_alloc(h, size, LOAM_ATOMIC);
+    cr_assert_not_null(b);
+    return b;
+}
+
+static void interior_ref_cleared_by_free(size_t size)
+{
+    loam_heap_t *h = gc_heap();
+    char *b = weak_target_block(h, size);
+    char *inside = b + size / 2 + 4;
+    loam_weak_t *w = loam_weak_new(h, inside);
+    cr_assert_not_null(w);
+    cr_assert_eq(loam_weak_get(w), inside);
+    loam_free(b);
+    void *g = loam_weak_get(w);
+    cr_assert_null(g, "a weak reference to %p, inside the freed block %p, still gives %p", (void *)inside,
+                   (void *)b, g);
+    /* the blocks that take the freed one's place are someone else's */
+    for (int i = 0; i < 8; i++)
+        weak_target_block(h, size);
+    cr_assert_null(loam_weak_get(w));
+    collect(h);
+    cr_assert_null(loam_weak_get(w));
+    loam_weak_free(w);
+    loam_heap_destroy(h);
+}
+
+Test(weak, interior_target_of_a_slab_block_cleared_by_free)
+{
+    interior_ref_cleared_by_free(WEAK_SLAB_SIZE);
+}
+
+Test(weak, interior_target_of_a_large_block_cleared_by_free)
+{
+    interior_ref_cleared_by_free(WEAK_LARGE_SIZE);
+}
+
+static void interior_refs_live_and_die_with_their_block(size_t size)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    char *b = weak_target_block(h, size);
+    root = b;
+    char *inside = b + size / 2 + 4, *last = b + size - 1;
+    loam_weak_t *w_inside = loam_weak_new(h, inside);
+    loam_weak_t *w_last = loam_weak_new(h, last);
+    cr_assert_not_null(w_inside);
+    cr_assert_not_null(w_last);
+    for (int i = 0; i < 3; i++) {
+        collect(h);
+        cr_assert_eq(loam_weak_get(w_inside), inside, "a weak reference inside a live block was lost");
+        cr_assert_eq(loam_weak_get(w_last), last, "a weak reference to a live block's last byte was lost");
+    }
+    cr_assert_eq(gc_stats(h).gc_weak_cleared, 0);
+    root = NULL;
+    collect(h);
+    cr_assert_null(loam_weak_get(w_inside), "a weak reference inside a dead block was not cleared");
+    cr_assert_null(loam_weak_get(w_last), "a weak reference to a dead block's last byte was not cleared");
+    cr_assert_eq(gc_stats(h).gc_weak_cleared, 2);
+    loam_weak_free(w_inside);
+    loam_weak_free(w_last);
+    collect(h);
+    cr_assert_eq(live_blocks(h), 0, "a weak reference inside a block kept it alive");
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(weak, interior_targets_of_a_slab_block_live_and_die_with_it)
+{
+    interior_refs_live_and_die_with_their_block(WEAK_SLAB_SIZE);
+}
+
+Test(weak, interior_targets_of_a_large_block_live_and_die_with_it)
+{
+    interior_refs_live_and_die_with_their_block(WEAK_LARGE_SIZE);
+}
+
+static void refs_into_one_block_cleared_by_one_free(size_t size)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    char *b = weak_target_block(h, size);
+    char *neighbour = weak_target_block(h, size);
+    root = neighbour;
+    loam_weak_t *at_start = loam_weak_new(h, b);
+    loam_weak_t *inside = loam_weak_new(h, b + 40);
+    loam_weak_t *in_neighbour = loam_weak_new(h, neighbour + 40);
+    cr_assert(at_start && inside && in_neighbour);
+    loam_free(b);
+    cr_assert_null(loam_weak_get(at_start), "a weak reference to a freed block's start survived the free");
+    cr_assert_null(loam_weak_get(inside), "a weak reference inside a freed block survived the free");
+    cr_assert_eq(loam_weak_get(in_neighbour), neighbour + 40, "freeing a block cleared a reference into another");
+    collect(h);
+    cr_assert_null(loam_weak_get(at_start));
+    cr_assert_null(loam_weak_get(inside));
+    cr_assert_eq(loam_weak_get(in_neighbour), neighbour + 40);
+    loam_weak_free(at_start);
+    loam_weak_free(inside);
+    loam_weak_free(in_neighbour);
+    root = NULL;
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(weak, start_and_interior_targets_of_a_slab_block_cleared_by_one_free)
+{
+    refs_into_one_block_cleared_by_one_free(WEAK_SLAB_SIZE);
+}
+
+Test(weak, start_and_interior_targets_of_a_large_block_cleared_by_one_free)
+{
+    refs_into_one_block_cleared_by_one_free(WEAK_LARGE_SIZE);
+}
+
+/* Freed from the head and the middle of the block's references while it
+ * lives, and after it was freed; what is left of them must not reach a
+ * later block at that address (ASan sees a freed record still linked). */
+static void interior_refs_freed_before_and_after_their_block(size_t size)
+{
+    loam_heap_t *h = gc_heap();
+    static void *root;
+    loam_root_add(h, &root);
+    char *b = weak_target_block(h, size);
+    loam_weak_t *first = loam_weak_new(h, b + 16);
+    loam_weak_t *at_start = loam_weak_new(h, b);
+    loam_weak_t *middle = loam_weak_new(h, b + size - 1);
+    loam_weak_t *newest = loam_weak_new(h, b + 32);
+    cr_assert(first && at_start && middle && newest);
+    loam_weak_free(middle);
+    loam_weak_free(newest);
+    cr_assert_eq(loam_weak_get(first), b + 16);
+    cr_assert_eq(loam_weak_get(at_start), b);
+    loam_free(b);
+    cr_assert_null(loam_weak_get(first), "a weak reference inside a freed block survived the free");
+    cr_assert_null(loam_weak_get(at_start));
+    loam_weak_free(first);
+    loam_weak_free(at_start);
+
+    char *c = weak_target_block(h, size);
+    root = c;
+    loam_weak_t *later = loam_weak_new(h, c + 8);
+    cr_assert_not_null(later);
+    collect(h);
+    cr_assert_eq(loam_weak_get(later), c + 8);
+    root = NULL;
+    loam_free(c);
+    cr_assert_null(loam_weak_get(later));
+    loam_weak_free(later);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(weak, interior_refs_to_a_slab_block_freed_before_and_after_it)
+{
+    interior_refs_freed_before_and_after_their_block(WEAK_SLAB_SIZE);
+}
+
+Test(weak, interior_refs_to_a_large_block_freed_before_and_after_it)
+{
+    interior_refs_freed_before_and_after_their_block(WEAK_LARGE_SIZE);
+}
+
+Test(weak, targets_in_no_block_of_the_heap_refused)
+{
+    loam_heap_t *h = gc_heap();
+    loam_heap_t *other = gc_heap();
+    static char static_bytes[64];
+    char stack_bytes[64];
+    char *theirs = weak_target_block(other, WEAK_SLAB_SIZE);
+    char *theirs_large = weak_target_block(other, WEAK_LARGE_SIZE);
+    void *refused[] = { static_bytes, stack_bytes, theirs, theirs + 8, theirs_large, theirs_large + 8 };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        errno = 0;
+        loam_weak_t *w = loam_weak_new(h, refused[i]);
+        cr_assert_null(w, "a weak reference of heap %p to %p, in no block of it, was made", (void *)h, refused[i]);
+        cr_assert_eq(errno, EINVAL);
+    }
+    errno = 0;
+    cr_assert_null(loam_weak_new(NULL, theirs));
+    cr_assert_eq(errno, EINVAL);
+    /* NULL names no object: a reference to nothing */
+    loam_weak_t *none = loam_weak_new(h, NULL);
+    cr_assert_not_null(none);
+    cr_assert_null(loam_weak_get(none));
+    collect(h);
+    cr_assert_null(loam_weak_get(none));
+    loam_weak_free(none);
+    loam_weak_t *ok = loam_weak_new(other, theirs + 8);
+    cr_assert_eq(loam_weak_get(ok), theirs + 8);
+    loam_weak_free(ok);
+    loam_heap_destroy(other);
+    loam_heap_destroy(h);
+}
+
+Test(weak, interior_targets_across_mode_switches)
+{
+    loam_config_t cfg = { 0 };
+    cfg.flags = LOAM_NO_STACK_SCAN;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    /* made while manual; the first collection finds its block unreachable */
+    char *b = loam_malloc(h, WEAK_SLAB_SIZE);
+    loam_weak_t *made_manual = loam_weak_new(h, b + 24);
+    cr_assert_not_null(made_manual);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    collect(h);
+    cr_assert_null(loam_weak_get(made_manual), "a weak reference made while manual was not cleared");
+    /* made while collected; its block freed once manual */
+    char *c = loam_gc_alloc(h, WEAK_SLAB_SIZE, LOAM_CONSERVATIVE);
+    cr_assert_not_null(c);
+    loam_weak_t *made_collected = loam_weak_new(h, c + 24);
+    cr_assert_not_null(made_collected);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    cr_assert_eq(loam_weak_get(made_collected), c + 24);
+    loam_free(c);
+    cr_assert_null(loam_weak_get(made_collected), "a weak reference inside a block freed in manual mode survived");
+    loam_weak_free(made_manual);
+    loam_weak_free(made_collected);
+    loam_heap_destroy(h);
 }
 
 /* A finalizer may collect (the same heap); nothing deadlocks, nothing runs twice. */
