@@ -127,6 +127,10 @@ void gc_run_ready_finalizers(gc_state_t *gc)
 
 /* The block of target, if it is one of h's: what a collection and a free
  * of that block find the reference by. 0: target is in no block of h. */
+/* The block of h that holds target, or 0: also when a loam_free of it may
+ * end in a thread cache and never reach the collector (a slab whose frees
+ * keep the fast path: a manual heap that tracks no requests and was never
+ * collected, such as the default heap). */
 static uintptr_t block_of_heap(loam_heap_t *h, const void *target)
 {
     addr_info_t ai;
@@ -134,13 +138,16 @@ static uintptr_t block_of_heap(loam_heap_t *h, const void *target)
     if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
         return 0;
     arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
-    return a->owner == h ? (uintptr_t)ai.block : 0;
+    if (a->owner != h || (ai.slab && ai.slab->home_slot != TC_SLOT_NONE))
+        return 0;
+    return (uintptr_t)ai.block;
 }
 
 loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)
 {
-    /* Outside h's blocks no collection of h could tell the target dead and
-     * no free in h could clear the reference: it would dangle. */
+    /* Outside h's blocks no collection of h could tell the target dead, and
+     * no free in h could clear the reference: it would dangle. So would one
+     * to a block whose free skips the collector. */
     uintptr_t block = h && target ? block_of_heap(h, target) : 0;
     if (!h || (target && !block)) {
         errno = EINVAL;

@@ -169,12 +169,12 @@ LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn 
  * its block, and the block is what the reference follows. loam_weak_get
  * gives back target itself until the reference is cleared, then NULL. It
  * is cleared when a collection finds the block unreachable (before any
- * finalizer runs), when h is destroyed, and when loam_free frees the block,
- * in every heap but a manual one whose frees skip the collector (the
- * default heap, and one made manual with the option track_requested=0 and
- * never collected).
- * NULL with errno EINVAL if h is NULL or target is in no block of h, ENOMEM
- * if out of memory. loam_weak_free releases the reference, before or after
+ * finalizer runs), when h is destroyed, and when loam_free frees the block
+ * (or loam_realloc moves it).
+ * NULL with errno EINVAL if h is NULL, if target is in no block of h, or in
+ * a small block whose free skips the collector (of the default heap, or of
+ * one made manual with the option track_requested=0 and never collected);
+ * ENOMEM if out of memory. loam_weak_free releases the reference, before or after
  * it was cleared or its heap destroyed. */
 LOAM_API loam_weak_t *loam_weak_new(loam_heap_t *h, void *target);
 LOAM_API void        *loam_weak_get(loam_weak_t *w);             /* NULL once the target died */

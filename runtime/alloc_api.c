@@ -312,6 +312,13 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
         void *q = large_realloc(l, n);
         if (q) {
             mc_moved(owner, p, q, alloc_usable_size(q));
+            /* Moved: to the collector the old block is gone, as the
+             * allocate-copy-free below leaves a small one (its finalizer
+             * dropped, weak references to it cleared). Kept, a reference
+             * would give the unmapped address, and the next collection
+             * would run the finalizer on it. */
+            if (q != p && owner->gc)
+                gc_forget_block(owner, p);
             return q;
         }
     }

@@ -848,6 +848,8 @@ Test(weak, targets_in_no_block_of_the_heap_refused)
 
 Test(weak, interior_targets_across_mode_switches)
 {
+    /* a manual heap whose frees reach the collector (see the next test) */
+    cr_assert_eq(loam_option_set("track_requested", 1), 0);
     loam_config_t cfg = { 0 };
     cfg.flags = LOAM_NO_STACK_SCAN;
     loam_heap_t *h = loam_heap_new(&cfg);
@@ -870,6 +872,102 @@ Test(weak, interior_targets_across_mode_switches)
     cr_assert_null(loam_weak_get(made_collected), "a weak reference inside a block freed in manual mode survived");
     loam_weak_free(made_manual);
     loam_weak_free(made_collected);
+    loam_heap_destroy(h);
+}
+
+/* A small block whose loam_free keeps the fast path (a thread cache takes
+ * it, and the collector never hears of it) could not clear a weak
+ * reference: one is refused. That is every slab block of the default heap,
+ * and of a manual heap that tracks no requests and was never collected;
+ * not their large blocks, whose frees always reach the collector. */
+Test(weak, targets_whose_frees_skip_the_collector_are_refused)
+{
+    loam_heap_t *dh = loam_heap_default();
+    char *m = loam_malloc(dh, 64);
+    cr_assert_not_null(m);
+    errno = 0;
+    cr_assert_null(loam_weak_new(dh, m), "a weak reference to a malloc block was made");
+    cr_assert_eq(errno, EINVAL);
+    loam_free(m);
+
+    cr_assert_eq(loam_option_set("track_requested", 0), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    char *small = loam_malloc(h, WEAK_SLAB_SIZE);
+    char *large = loam_malloc(h, WEAK_LARGE_SIZE);
+    cr_assert_not_null(small);
+    cr_assert_not_null(large);
+    errno = 0;
+    cr_assert_null(loam_weak_new(h, small + 8));
+    cr_assert_eq(errno, EINVAL);
+    loam_weak_t *wl = loam_weak_new(h, large + 8);
+    cr_assert_not_null(wl, "a large block's free reaches the collector: its reference is fine");
+    loam_free(large);
+    cr_assert_null(loam_weak_get(wl));
+    loam_weak_free(wl);
+    /* once collected, its frees take the collector's path for good */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    loam_weak_t *ws = loam_weak_new(h, small + 8);
+    cr_assert_not_null(ws);
+    loam_free(small);
+    cr_assert_null(loam_weak_get(ws), "the free did not clear it");
+    loam_weak_free(ws);
+    loam_heap_destroy(h);
+}
+
+/* A collected block that loam_realloc moves is, to the collector, freed:
+ * the allocate-copy-free of a small block drops its finalizer and clears
+ * the weak references to it, and a large block moved by mremap does the
+ * same (it used to keep both: the reference gave the unmapped address,
+ * and the next collection ran the finalizer on it while the moved block
+ * lived). */
+static int moved_fin_runs;
+static void count_moved_fin(void *obj, void *data)
+{
+    (void)obj;
+    (void)data;
+    moved_fin_runs++;
+}
+
+Test(weak, realloc_that_moves_a_collected_block_ends_its_references)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    void *root = NULL;
+    loam_root_add(h, &root);
+    moved_fin_runs = 0;
+    bool moved = false;
+    size_t n = WEAK_LARGE_SIZE;
+    char *p = loam_gc_alloc(h, n, LOAM_ATOMIC);
+    cr_assert_not_null(p);
+    for (int step = 0; step < 8 && !moved; step++) {
+        /* something mapped after it, so that growing in place is unlikely */
+        void *neighbour = loam_gc_alloc(h, WEAK_LARGE_SIZE, LOAM_ATOMIC);
+        cr_assert_not_null(neighbour);
+        cr_assert_eq(loam_finalizer_set(h, p, count_moved_fin, NULL), 0);
+        loam_weak_t *w = loam_weak_new(h, p + 16);
+        cr_assert_not_null(w);
+        n *= 4;
+        char *q = loam_realloc(h, p, n);
+        cr_assert_not_null(q);
+        root = q;
+        moved = q != p;
+        if (moved) {
+            cr_assert_null(loam_weak_get(w), "a reference into the moved block gives %p", loam_weak_get(w));
+            collect(h);
+            cr_assert_eq(moved_fin_runs, 0, "the moved block's finalizer ran on its old address");
+        } else {
+            cr_assert_eq(loam_weak_get(w), q + 16);
+        }
+        loam_weak_free(w);
+        loam_finalizer_set(h, q, NULL, NULL);
+        p = q;
+    }
+    if (!moved)
+        cr_skip_test("no realloc moved the block (it grew in place every time)");
+    loam_root_remove(h, &root);
     loam_heap_destroy(h);
 }
 
