@@ -92,7 +92,10 @@ LOAM_API int          loam_heap_set_mode(loam_heap_t *h, loam_mode_t m);   /* 0 
  * for decay_ms (like malloc_trim). Returns the bytes decommitted. */
 LOAM_API size_t       loam_heap_trim(loam_heap_t *h);
 
-/* ---- allocation -------------------------------------------------------- */
+/* ---- allocation --------------------------------------------------------
+ * h is a heap: loam_heap_default() for the process's. NULL is none, and the
+ * allocation calls (loam_gc_alloc too) do not test for it on their fast
+ * path; the other calls that take a heap do nothing with NULL. */
 LOAM_API void  *loam_malloc(loam_heap_t *h, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_calloc(loam_heap_t *h, size_t count, size_t n) LOAM_MALLOC_ATTR;
 LOAM_API void  *loam_realloc(loam_heap_t *h, void *p, size_t n);

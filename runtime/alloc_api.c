@@ -199,7 +199,8 @@ void alloc_free_slow(void *p)
         loam_fault(owner, owner && owner->gc
                               ? "free of an address inside a loam heap that is no block (never allocated, "
                                 "or reclaimed by the collector: use after collection)"
-                              : "free of an address inside a loam heap that is no block (never allocated)",
+                              : "free of an address inside a loam heap that is no block (never allocated, "
+                                "or freed before and its slab given back since: double free)",
                    p, 0);
         return;
     }
@@ -212,7 +213,9 @@ void alloc_free_slow(void *p)
     loam_heap_t *h = block_heap(&ai);
     free_block_t *b = p;
     if (!ai.large && b->freed_key == loam_free_key) {
-        loam_fault(h, "double free", p, ai.size);
+        /* The key says free; whether the block was ever handed out, loam
+         * does not keep (a flushed cache leaves never-used blocks keyed). */
+        loam_fault(h, "double free (the block is free: freed already, or never handed out)", p, ai.size);
         return;
     }
     if (h->gc && !ai.large) {

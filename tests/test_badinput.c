@@ -781,6 +781,25 @@ Test(callback, double_free_after_flush_to_arena)
     loam_heap_destroy(h);
 }
 
+/* The same with nothing else in the slab: the frees empty it, and it goes
+ * back to its arena's free runs. The second free finds no block there, and
+ * must still say it may be a double free (it said "never allocated"). */
+Test(callback, double_free_after_its_slab_was_given_back)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    enum { N = 3000 };
+    static void *q[N];
+    for (int i = 0; i < N; i++)
+        q[i] = loam_malloc(h, 64);
+    for (int i = 0; i < N; i++)
+        loam_free(q[i]);
+    loam_free(q[5]);
+    assert_reported(&rec, h, q[5], "double free of a block whose slab went back", W_DOUBLE);
+    assert_heap_usable(h, 0);
+    loam_heap_destroy(h);
+}
+
 /* A freed large block has no mapping any more, so its heap may be unknown: the
  * second free may either reach this heap's callback or take the default
  * reaction (abort). What it must not do is pass silently. */
