@@ -96,6 +96,11 @@ void os_release(void *p, size_t size)
 {
     if (munmap(p, size) == 0)
         AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - size);
+    /* The last reservation goes: the next one takes its place again. Else
+     * each heap made and destroyed in turn walked the hint down the
+     * address space, and the segment map's entries for ever new addresses
+     * grew resident (8 bytes a segment). */
+    AO_compare_and_swap(&reserve_hint, (AO_t)p, (AO_t)p + size);
 }
 
 void os_decommit(void *p, size_t size)

@@ -183,7 +183,11 @@ gc_thread_t *gc_attach(gc_state_t *gc)
     if (t)
         return t;
     prune_attachments();
-    char *base = stack_base_of_self();          /* may allocate: before any lock */
+    /* The stack's base once per thread: for the main thread glibc finds it
+     * by reading /proc/self/maps (a third of a collected heap's making and
+     * destroying, for a thread attached to one heap after another). */
+    char *base = gc_my_mutator ? gc_my_mutator->stack_base
+                               : stack_base_of_self();   /* may allocate: before any lock */
     gc_mutator_t *m = mutator_of_self(base);
     t = m ? meta_alloc(sizeof *t) : NULL;
     if (!t)
