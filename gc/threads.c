@@ -116,15 +116,23 @@ static void mutator_wait_end(gc_mutator_t *m)
 {
     if (--m->wait_depth)
         return;
-    /* Sequentially consistent, as the collection's hold and its look at
-     * `waiting` (thread_stopped): one of the two sees the other. */
-    __atomic_store_n(&m->waiting, 0, __ATOMIC_SEQ_CST);
-    if (!__atomic_load_n(&m->holds, __ATOMIC_SEQ_CST))
-        return;
-    pthread_mutex_lock(&m->lock);
-    while (AO_load(&m->holds))
-        pthread_cond_wait(&m->cv, &m->lock);
-    pthread_mutex_unlock(&m->lock);
+    for (;;) {
+        /* Sequentially consistent, as the collection's hold and its look at
+         * `waiting` (thread_stopped): one of the two sees the other. */
+        __atomic_store_n(&m->waiting, 0, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&m->holds, __ATOMIC_SEQ_CST))
+            return;
+        /* Held: wait for those collections to end, still counted as
+         * stopped meanwhile, so that others may count it too. Waiting for
+         * one collection while others wait for it would close a cycle (four
+         * threads and two heaps were enough). Its saved context stays
+         * true: the frames above it are the ones the wait began under. */
+        __atomic_store_n(&m->waiting, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_lock(&m->lock);
+        while (AO_load(&m->holds))
+            pthread_cond_wait(&m->cv, &m->lock);
+        pthread_mutex_unlock(&m->lock);
+    }
 }
 
 void gc_wait_begin(void)
