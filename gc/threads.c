@@ -129,7 +129,7 @@ static void mutator_wait_end(gc_mutator_t *m)
          * true: the frames above it are the ones the wait began under. */
         __atomic_store_n(&m->waiting, 1, __ATOMIC_SEQ_CST);
         pthread_mutex_lock(&m->lock);
-        while (AO_load(&m->holds))
+        while (__atomic_load_n(&m->holds, __ATOMIC_ACQUIRE))
             pthread_cond_wait(&m->cv, &m->lock);
         pthread_mutex_unlock(&m->lock);
     }
@@ -151,7 +151,7 @@ void gc_answer_stop_asks_slow(gc_mutator_t *m)
 {
     mutator_wait_begin(m);
     pthread_mutex_lock(&m->lock);
-    while (AO_load(&m->stop_asks))
+    while (__atomic_load_n(&m->stop_asks, __ATOMIC_ACQUIRE))
         pthread_cond_wait(&m->cv, &m->lock);
     pthread_mutex_unlock(&m->lock);
     mutator_wait_end(m);
@@ -225,7 +225,9 @@ gc_thread_t *gc_attach(gc_state_t *gc)
 static void mutator_release(gc_mutator_t *m, AO_t *count)
 {
     pthread_mutex_lock(&m->lock);
-    AO_fetch_and_sub1(count);
+    /* Release: what the collection read of the thread (its saved context,
+     * its stack) comes before the thread's going on. */
+    __atomic_fetch_sub(count, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->lock);
 }
@@ -418,6 +420,12 @@ void loam_thread_detach(loam_heap_t *h)
     gc_thread_t *t = attached_self(h);
     if (!t)
         return;
+    /* Its caches of h go first, while it is attached and running (no
+     * collection of h can be under way): kept, they would let it allocate
+     * with no slow path, so unattached, its stack no root of h, and its new
+     * blocks reclaimed under it. Its next allocation from h attaches it. */
+    if (t->state == GC_RUNNING && t->blocking_depth == 0)
+        heap_drop_my_caches(h);
     gc_state_t *gc = h->gc;
     gc_mutator_t *m = t->mut;
     mutator_wait_begin(m);

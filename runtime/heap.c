@@ -326,6 +326,32 @@ void heap_caches_after_fork_child(void)
     heaps_unlock();
 }
 
+/* heaps_lock held: this thread's cache tc of its heap goes back, and the
+ * thread's slot of it serves no more (its next allocation takes a slow path). */
+static void drop_my_cache(tcache_t *tc)
+{
+    loam_heap_t *h = tc->owner;
+    tcache_flush_all(tc);
+    if (tc->owner_prev)
+        tc->owner_prev->owner_next = tc->owner_next;
+    else
+        h->caches = tc->owner_next;
+    if (tc->owner_next)
+        tc->owner_next->owner_prev = tc->owner_prev;
+    if (loam_tls_cache[tc->slot] == tc)
+        loam_tls_cache[tc->slot] = &loam_empty_tcache;
+    tcache_abandon(tc);                 /* (emptied above) unbinds it from its arena set */
+}
+
+void heap_drop_my_caches(loam_heap_t *h)
+{
+    heaps_lock();
+    for (tcache_t *tc = thread_caches; tc; tc = tc->thread_next)
+        if (tc->owner == h)
+            drop_my_cache(tc);          /* disowned, it stays this thread's to reuse */
+    heaps_unlock();
+}
+
 /* Runs at thread exit (pthread key destructor): every cache goes back. */
 void heap_thread_exit(void)
 {
@@ -336,19 +362,8 @@ void heap_thread_exit(void)
     thread_caches = NULL;
     while (tc) {
         tcache_t *next = tc->thread_next;
-        loam_heap_t *h = tc->owner;
-        if (h) {
-            tcache_flush_all(tc);
-            if (tc->owner_prev)
-                tc->owner_prev->owner_next = tc->owner_next;
-            else
-                h->caches = tc->owner_next;
-            if (tc->owner_next)
-                tc->owner_next->owner_prev = tc->owner_prev;
-            if (loam_tls_cache[tc->slot] == tc)
-                loam_tls_cache[tc->slot] = &loam_empty_tcache;
-            tcache_abandon(tc);         /* (emptied above) unbinds it from its arena set */
-        }
+        if (tc->owner)
+            drop_my_cache(tc);
         if (spare_cache_count < SPARE_CACHES_MAX) {
             tc->thread_next = spare_caches;     /* disowned and empty: kept whole */
             spare_caches = tc;

@@ -120,6 +120,9 @@ LOAM_INTERNAL void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bo
 /* The calling thread's cache of kind k of h, made on first use (NULL: no
  * slot or no memory). Making one attaches the thread to a collected heap. */
 LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind);
+/* The calling thread's caches of h go back (loam_thread_detach): its next
+ * allocation from h takes the slow path, which attaches it again. */
+LOAM_INTERNAL void heap_drop_my_caches(loam_heap_t *h);
 /* Kind k's context, made on first use. */
 LOAM_INTERNAL heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind);
 /* Every arena of h (all kinds): for (i = 0; (a = heap_arena_at(h, i)); i++). */

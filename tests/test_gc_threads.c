@@ -1040,3 +1040,47 @@ Test(gc_threads, a_thread_away_in_another_collected_heap_stops_for_the_first, .t
 {
     stops_while_away(false);
 }
+
+/* A thread that detached and allocates again is attached again by that
+ * allocation: its cache of the heap went with the detach, so the
+ * allocation takes the slow path. Kept, the cache let it allocate
+ * unattached, and another thread's collection freed what only its stack
+ * held (all 64 blocks, handed out again at once). */
+static loam_heap_t *redetach_heap;
+
+static void *collect_redetach(void *arg)
+{
+    (void)arg;
+    loam_gc_collect(redetach_heap);
+    return NULL;
+}
+
+Test(gc_threads, allocating_after_a_detach_attaches_again, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .gc_min_bytes = 64 * MiB };
+    redetach_heap = loam_heap_new(&cfg);
+    cr_assert_not_null(redetach_heap);
+    cr_assert_not_null(loam_gc_alloc(redetach_heap, 32, LOAM_CONSERVATIVE));   /* attaches, makes a cache */
+    loam_thread_detach(redetach_heap);
+    enum { N = 64 };
+    uint64_t *volatile held[N];                    /* on this stack only */
+    for (int i = 0; i < N; i++) {
+        held[i] = loam_gc_alloc(redetach_heap, 32, LOAM_CONSERVATIVE);
+        cr_assert_not_null(held[i]);
+        gc_fill(held[i], 0, 32, 0xDE7AC4 + (uint64_t)i);
+    }
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, collect_redetach, NULL), 0);
+    loam_enter_blocking(redetach_heap);            /* attached again: the join is a wait */
+    pthread_join(t, NULL);
+    loam_leave_blocking(redetach_heap);
+    for (int k = 0; k < 4 * N; k++) {
+        uint64_t *fresh = loam_gc_alloc(redetach_heap, 32, LOAM_CONSERVATIVE);
+        for (int i = 0; i < N; i++)
+            cr_assert_neq(fresh, held[i], "block %d, held on the stack, was handed out again", i);
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(gc_check(held[i], 0, 32, 0xDE7AC4 + (uint64_t)i), (size_t)-1, "block %d was reclaimed", i);
+    cr_assert_geq(gc_stats(redetach_heap).gc_collections, 1);
+    loam_heap_destroy(redetach_heap);
+}
