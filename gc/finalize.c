@@ -101,26 +101,55 @@ void gc_find_ready_finalizers(gc_state_t *gc)
 }
 
 /* World running, lock not held: a finalizer may allocate, collect, set
- * finalizers. The ready list is taken whole first. */
+ * finalizers. The ready list is taken whole first, and stays linked in the
+ * heap's state while it runs: until an object's finalizer has run, every
+ * collection marks it (gc_mark_waiting_finalizables), whichever thread
+ * runs it. Before, an object taken out of the ready list was no one's
+ * root: another thread's collection freed it, and its finalizer then ran
+ * on a block handed out again. */
 void gc_run_ready_finalizers(gc_state_t *gc)
 {
     for (;;) {
+        finalizer_batch_t batch = { 0 };
         pthread_mutex_lock(&gc->lock);
-        finalizer_t *list = gc->ready;
-        size_t n = gc->nready, cap = gc->cap_ready;
+        batch.list = gc->ready;
+        batch.n = gc->nready;
+        size_t cap = gc->cap_ready;
         gc->ready = NULL;
         gc->nready = gc->cap_ready = 0;
+        if (batch.n) {
+            batch.link = gc->running;
+            gc->running = &batch;
+        }
         pthread_mutex_unlock(&gc->lock);
-        if (!n) {
-            meta_free(list, cap * sizeof *list);
+        if (!batch.n) {
+            meta_free(batch.list, cap * sizeof *batch.list);
             return;
         }
-        for (size_t i = 0; i < n; i++) {
-            list[i].fn(list[i].obj, list[i].data);
+        for (size_t i = 0; i < batch.n; i++) {
+            AO_store_release(&batch.next, i);   /* list[i] stays a root while it runs */
+            batch.list[i].fn(batch.list[i].obj, batch.list[i].data);
             __atomic_fetch_add(&gc->finalizers_run, 1, __ATOMIC_RELAXED);
         }
-        meta_free(list, cap * sizeof *list);
+        pthread_mutex_lock(&gc->lock);
+        finalizer_batch_t **pp = &gc->running;
+        while (*pp != &batch)
+            pp = &(*pp)->link;
+        *pp = batch.link;
+        pthread_mutex_unlock(&gc->lock);
+        meta_free(batch.list, cap * sizeof *batch.list);
     }
+}
+
+void gc_mark_waiting_finalizables(gc_state_t *gc)
+{
+    for (size_t i = 0; i < gc->nready; i++)
+        gc_mark_precise(gc, (uintptr_t)gc->ready[i].obj);
+    /* A batch's thread may run on (it is not attached, or not to this
+     * heap's stop): `next` read a little late only marks one more. */
+    for (finalizer_batch_t *b = gc->running; b; b = b->link)
+        for (size_t i = AO_load_acquire(&b->next); i < b->n; i++)
+            gc_mark_precise(gc, (uintptr_t)b->list[i].obj);
 }
 
 /* ---- weak references -------------------------------------------------------------------- */

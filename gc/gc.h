@@ -82,6 +82,16 @@ typedef struct finalizer {
     void             *data;
 } finalizer_t;
 
+/* A ready list one thread runs (gc_run_ready_finalizers), on its stack and
+ * linked in its heap's state: the objects whose finalizers have not run
+ * yet, from `next` on, stay roots of every collection meanwhile. */
+typedef struct finalizer_batch {
+    finalizer_t            *list;
+    size_t                  n;
+    AO_t                    next;      /* the entry running now, or the next to run */
+    struct finalizer_batch *link;      /* the heap's others (gc->lock) */
+} finalizer_batch_t;
+
 /* A target may lie anywhere inside its block: the block is what lives and
  * dies, and what loam_free names, so the references are found by it. */
 struct loam_weak {
@@ -149,6 +159,7 @@ typedef struct gc_state {
     objmap_t        weak_map;      /* block -> first weak reference into it */
     finalizer_t    *ready;         /* found unreachable, to run after the stop */
     size_t          nready, cap_ready;
+    finalizer_batch_t *running;    /* ready lists threads are running now */
     loam_weak_t    *weaks;
 
     /* marking: the collecting thread's marker (helpers add their bytes) */
@@ -303,6 +314,8 @@ LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
 LOAM_INTERNAL void  gc_clear_dead_weaks(gc_state_t *gc);
 LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL void  gc_run_ready_finalizers(gc_state_t *gc);
+/* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
+LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
 /* collect.c */
 LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc);
 /* Sweep every pending slab of h now (world running or not). */

@@ -83,4 +83,5 @@ void gc_mark_roots(gc_state_t *gc)
     for (size_t i = 0; i < gc->nranges; i++)
         gc_mark_range(gc, gc->ranges[i].start, gc->ranges[i].end);
     gc_scan_thread_stacks(gc);
+    gc_mark_waiting_finalizables(gc);
 }

@@ -1084,3 +1084,80 @@ Test(gc_threads, allocating_after_a_detach_attaches_again, .timeout = 60)
     cr_assert_geq(gc_stats(redetach_heap).gc_collections, 1);
     loam_heap_destroy(redetach_heap);
 }
+
+/* An object whose finalizer waits its turn (its collection's thread runs
+ * the one before) stays alive until its own has run, whatever other
+ * threads collect meanwhile. Before, a ready list taken out of the heap's
+ * state was no collection's root: another thread's collection freed the
+ * second object, its allocations took the block, and the finalizer then
+ * ran on it. */
+static loam_heap_t *fin_race_heap;
+static atomic_int fin_race_stage;
+static bool fin_race_intact;
+
+#define FIN_RACE_SIZE 96
+
+static void fin_race_first(void *obj, void *data)
+{
+    (void)obj;
+    (void)data;
+    atomic_store(&fin_race_stage, 1);              /* the other thread collects now */
+    loam_enter_blocking(fin_race_heap);
+    while (atomic_load(&fin_race_stage) != 2)
+        sched_yield();
+    loam_leave_blocking(fin_race_heap);
+}
+
+static void fin_race_second(void *obj, void *data)
+{
+    (void)data;
+    fin_race_intact = gc_check(obj, 16, FIN_RACE_SIZE, 0xF17A1) == (size_t)-1;
+}
+
+static void *fin_race_collector(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&fin_race_stage) != 1)
+        sched_yield();
+    loam_gc_collect(fin_race_heap);
+    /* blocks of the second object's size: they would take its block */
+    for (int i = 0; i < 20000; i++) {
+        void *b = loam_gc_alloc(fin_race_heap, FIN_RACE_SIZE, LOAM_ATOMIC);
+        cr_assert_not_null(b);
+        memset(b, 0x5A, FIN_RACE_SIZE);
+    }
+    loam_thread_detach(fin_race_heap);
+    atomic_store(&fin_race_stage, 2);
+    return NULL;
+}
+
+static GC_NOINLINE void fin_race_make_garbage(void)
+{
+    void *first = loam_gc_alloc(fin_race_heap, FIN_RACE_SIZE, LOAM_ATOMIC);
+    void *second = loam_gc_alloc(fin_race_heap, FIN_RACE_SIZE, LOAM_ATOMIC);
+    cr_assert_not_null(first);
+    cr_assert_not_null(second);
+    gc_fill(second, 16, FIN_RACE_SIZE, 0xF17A1);
+    cr_assert_eq(loam_finalizer_set(fin_race_heap, first, fin_race_first, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(fin_race_heap, second, fin_race_second, NULL), 0);
+}
+
+Test(gc_threads, an_object_waiting_for_its_finalizer_outlives_other_threads_collections, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    fin_race_heap = loam_heap_new(&cfg);
+    cr_assert_not_null(fin_race_heap);
+    atomic_store(&fin_race_stage, 0);
+    fin_race_intact = false;
+    loam_thread_attach(fin_race_heap);
+    fin_race_make_garbage();
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, fin_race_collector, NULL), 0);
+    loam_gc_collect(fin_race_heap);                /* both ready; the first runs, and waits */
+    loam_enter_blocking(fin_race_heap);
+    pthread_join(t, NULL);
+    loam_leave_blocking(fin_race_heap);
+    cr_assert_eq(atomic_load(&fin_race_stage), 2);
+    cr_assert(fin_race_intact, "the second finalizer ran on a block the other thread's collection freed");
+    loam_heap_destroy(fin_race_heap);
+}
