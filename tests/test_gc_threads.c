@@ -1161,3 +1161,248 @@ Test(gc_threads, an_object_waiting_for_its_finalizer_outlives_other_threads_coll
     cr_assert(fin_race_intact, "the second finalizer ran on a block the other thread's collection freed");
     loam_heap_destroy(fin_race_heap);
 }
+
+/* ---- threads on several heaps at random ------------------------------------------------------
+ * Four threads, three heaps (plain, parallel marking, generational), each
+ * thread using any of them in turn: lists built with finalizers on some
+ * nodes, held on the thread's stack or in its root slots, linked, dropped,
+ * verified; collections, safepoints, blocking sections over all the heaps a
+ * thread is attached to, detaches (the next allocation attaches again),
+ * weak references, spells of manual and malloc allocation, and a thread
+ * that collects heap 0 over and over without being attached. Found the
+ * cycle of held threads and the finalizers run on freed blocks. Seeded. */
+
+#define RH_HEAPS   3
+#define RH_THREADS 4
+#define RH_HELD    4
+#define RH_MAGIC   0x5EEDC0DE0BADF00Dull
+
+typedef struct rh_node {
+    uint64_t        magic, serial;
+    struct rh_node *left, *right;
+    atomic_int      finalized;
+    uint32_t        heap, words;
+    uint64_t        w[];
+} rh_node_t;
+
+static loam_heap_t *rh_heaps[RH_HEAPS];
+static loam_heap_t *rh_manual;
+static atomic_int   rh_done, rh_bad;
+static atomic_long  rh_finalized;
+
+static void rh_trace(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    rh_node_t *n = obj;
+    loam_mark(t, n->left);
+    loam_mark(t, n->right);
+}
+
+static void rh_fin(void *obj, void *data)
+{
+    (void)data;
+    rh_node_t *n = obj;
+    if (n->magic != RH_MAGIC)
+        atomic_fetch_add(&rh_bad, 1);
+    atomic_store(&n->finalized, 1);
+    atomic_fetch_add(&rh_finalized, 1);
+}
+
+static rh_node_t *rh_node(int h, gc_rng_t *r)
+{
+    uint32_t words = (uint32_t)gc_rng_below(r, 12);
+    rh_node_t *n = loam_gc_alloc(rh_heaps[h], sizeof *n + words * 8, LOAM_TRACED);
+    cr_assert_not_null(n);
+    n->serial = gc_rng_next(r);
+    n->heap = (uint32_t)h;
+    n->words = words;
+    for (uint32_t i = 0; i < words; i++)
+        n->w[i] = n->serial * 31 + i;
+    n->magic = RH_MAGIC;
+    if (gc_rng_below(r, 8) == 0)
+        cr_assert_eq(loam_finalizer_set(rh_heaps[h], n, rh_fin, NULL), 0);
+    return n;
+}
+
+/* false: a node damaged, of another heap, or finalized while reachable. */
+static bool rh_intact(const rh_node_t *n, int h, int depth)
+{
+    for (; n && depth < 40; n = n->left, depth++) {
+        if (n->magic != RH_MAGIC || n->heap != (uint32_t)h || atomic_load(&n->finalized))
+            return false;
+        for (uint32_t i = 0; i < n->words; i++)
+            if (n->w[i] != n->serial * 31 + i)
+                return false;
+        if (n->right && !rh_intact(n->right, h, depth + 10))
+            return false;
+    }
+    return true;
+}
+
+typedef struct {
+    uint64_t   seed;
+    rh_node_t *rooted[RH_HEAPS][RH_HELD];          /* root slots */
+} rh_arg_t;
+
+static void rh_block_all(const bool *attached, bool enter)
+{
+    for (int h = 0; h < RH_HEAPS; h++)
+        if (attached[h]) {
+            if (enter)
+                loam_enter_blocking(rh_heaps[h]);
+            else
+                loam_leave_blocking(rh_heaps[h]);
+        }
+}
+
+static void *rh_worker(void *p)
+{
+    rh_arg_t *a = p;
+    gc_rng_t r = { a->seed };
+    rh_node_t *volatile held[RH_HEAPS][RH_HELD] = { { 0 } };   /* on this stack */
+    loam_weak_t *weak[RH_HEAPS] = { 0 };
+    rh_node_t *weak_kept[RH_HEAPS] = { 0 };        /* its target, also held, or NULL */
+    bool attached[RH_HEAPS] = { false };
+    for (int h = 0; h < RH_HEAPS; h++)
+        for (int k = 0; k < RH_HELD; k++)
+            loam_root_add(rh_heaps[h], (void **)&a->rooted[h][k]);
+    size_t steps = 2500 * gc_test_scale() / GC_SAN_DIVISOR;
+    for (size_t step = 0; step < steps && !atomic_load(&rh_bad); step++) {
+        int h = (int)gc_rng_below(&r, RH_HEAPS);
+        unsigned op = (unsigned)gc_rng_below(&r, 100);
+        if (op < 35) {                             /* a list; allocating attaches */
+            rh_node_t *head = NULL;
+            for (size_t i = 1 + gc_rng_below(&r, 16); i > 0; i--) {
+                rh_node_t *n = rh_node(h, &r);
+                n->left = head;
+                if (gc_rng_below(&r, 4) == 0) {
+                    n->right = rh_node(h, &r);     /* n may be old by now */
+                    loam_write_barrier(&n->right);
+                }
+                head = n;
+            }
+            attached[h] = true;
+            if (gc_rng_below(&r, 2))
+                held[h][gc_rng_below(&r, RH_HELD)] = head;
+            else
+                a->rooted[h][gc_rng_below(&r, RH_HELD)] = head;
+        } else if (op < 50) {                      /* verify what this thread holds */
+            for (int g = 0; g < RH_HEAPS; g++) {
+                if (!attached[g])
+                    continue;
+                for (int k = 0; k < RH_HELD; k++)
+                    if (!rh_intact(held[g][k], g, 0) || !rh_intact(a->rooted[g][k], g, 0))
+                        atomic_fetch_add(&rh_bad, 1);
+                if (weak[g] && weak_kept[g] && loam_weak_get(weak[g]) != weak_kept[g])
+                    atomic_fetch_add(&rh_bad, 1);
+            }
+        } else if (op < 55 && attached[h]) {       /* link a rooted list under a held one */
+            rh_node_t *x = held[h][gc_rng_below(&r, RH_HELD)];
+            rh_node_t *y = a->rooted[h][gc_rng_below(&r, RH_HELD)];
+            if (x && y && x != y) {
+                rh_node_t *n = rh_node(h, &r);
+                n->left = y;
+                x->right = n;
+                loam_write_barrier(&x->right);
+            }
+        } else if (op < 58) {
+            loam_gc_collect(rh_heaps[h]);
+        } else if (op < 63) {
+            loam_safepoint(rh_heaps[h]);
+        } else if (op < 68) {                      /* a wait, bracketed for every heap */
+            rh_block_all(attached, true);
+            struct timespec ts = { 0, (long)gc_rng_below(&r, 200000) };
+            nanosleep(&ts, NULL);
+            rh_block_all(attached, false);
+        } else if (op < 71 && attached[h]) {       /* detach: nothing of h on the stack */
+            for (int k = 0; k < RH_HELD; k++)
+                held[h][k] = NULL;
+            weak_kept[h] = NULL;
+            loam_thread_detach(rh_heaps[h]);
+            attached[h] = false;
+        } else if (op < 75 && attached[h]) {       /* a weak reference, its target kept or not */
+            if (weak[h])
+                loam_weak_free(weak[h]);
+            rh_node_t *t = held[h][gc_rng_below(&r, RH_HELD)];
+            weak[h] = loam_weak_new(rh_heaps[h], t);
+            cr_assert_not_null(weak[h]);
+            weak_kept[h] = gc_rng_below(&r, 2) ? t : NULL;
+        } else if (op < 82) {                      /* other allocators for a while */
+            for (int i = 0; i < 200; i++) {
+                void *m = loam_malloc(rh_manual, 16 + gc_rng_below(&r, 2000));
+                void *c = malloc(16 + gc_rng_below(&r, 2000));
+                cr_assert_not_null(m);
+                cr_assert_not_null(c);
+                loam_free(m);
+                free(c);
+            }
+        } else if (op < 90 && attached[h]) {       /* drop one */
+            if (gc_rng_below(&r, 2))
+                held[h][gc_rng_below(&r, RH_HELD)] = NULL;
+            else
+                a->rooted[h][gc_rng_below(&r, RH_HELD)] = NULL;
+            if (weak_kept[h] && gc_rng_below(&r, 2))
+                weak_kept[h] = NULL;
+        } else {                                   /* atomic garbage */
+            cr_assert_not_null(loam_gc_alloc(rh_heaps[h], 16 + gc_rng_below(&r, 1500), LOAM_ATOMIC));
+            attached[h] = true;
+        }
+    }
+    for (int h = 0; h < RH_HEAPS; h++) {
+        if (weak[h])
+            loam_weak_free(weak[h]);
+        for (int k = 0; k < RH_HELD; k++)
+            loam_root_remove(rh_heaps[h], (void **)&a->rooted[h][k]);
+    }
+    return NULL;
+}
+
+static void *rh_outsider(void *p)
+{
+    (void)p;
+    while (!atomic_load(&rh_done)) {
+        loam_gc_collect(rh_heaps[0]);              /* attached for the collection only */
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+Test(gc_threads, threads_on_several_heaps_at_random, .timeout = 600)
+{
+    uint64_t seed = gc_test_seed("gc_threads/threads_on_several_heaps_at_random");
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
+    const unsigned flags[RH_HEAPS] = { 0, LOAM_PARALLEL_MARK, LOAM_GENERATIONAL };
+    for (int h = 0; h < RH_HEAPS; h++) {
+        loam_config_t cfg = { .mode = LOAM_GC, .trace = rh_trace, .flags = flags[h], .gc_min_bytes = 64 * KiB };
+        rh_heaps[h] = loam_heap_new(&cfg);
+        cr_assert_not_null(rh_heaps[h]);
+    }
+    rh_manual = loam_heap_new(NULL);
+    cr_assert_not_null(rh_manual);
+    atomic_store(&rh_done, 0);
+    atomic_store(&rh_bad, 0);
+    atomic_store(&rh_finalized, 0);
+    gc_rng_t r = { seed };
+    rh_arg_t args[RH_THREADS];
+    pthread_t t[RH_THREADS], outsider;
+    cr_assert_eq(pthread_create(&outsider, NULL, rh_outsider, NULL), 0);
+    for (int i = 0; i < RH_THREADS; i++) {
+        memset(&args[i], 0, sizeof args[i]);
+        args[i].seed = gc_rng_next(&r) | 1;
+        cr_assert_eq(pthread_create(&t[i], NULL, rh_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < RH_THREADS; i++)
+        pthread_join(t[i], NULL);
+    atomic_store(&rh_done, 1);
+    pthread_join(outsider, NULL);
+    cr_assert_eq(atomic_load(&rh_bad), 0, "seed %llu: a reachable node was damaged, finalized or lost its weak reference",
+                 (unsigned long long)seed);
+    size_t collections = 0;
+    for (int h = 0; h < RH_HEAPS; h++) {
+        collections += gc_stats(rh_heaps[h]).gc_collections;
+        loam_heap_destroy(rh_heaps[h]);
+    }
+    cr_assert_gt(collections, 30, "seed %llu: only %zu collections", (unsigned long long)seed, collections);
+    loam_heap_destroy(rh_manual);
+}
