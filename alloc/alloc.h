@@ -760,6 +760,10 @@ typedef struct alloc_tuning {
                                  caches share (tcache_grow) */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
+/* What the purge thread reads while a program may set the options
+ * (runtime/options.c stores each atomically). */
+static inline uint64_t alloc_decay_ms(void) { return __atomic_load_n(&alloc_tuning.decay_ms, __ATOMIC_RELAXED); }
+static inline size_t alloc_retain_max(void) { return __atomic_load_n(&alloc_tuning.retain_max, __ATOMIC_RELAXED); }
 
 /* The mutex protecting the segment map and the metadata allocator: the
  * runtime takes it around fork. */

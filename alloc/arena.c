@@ -603,7 +603,7 @@ bool arena_release_kept_slabs(arena_t *a, bool force, uint64_t now)
                 kept = true;            /* empty once its visit is done: look again */
                 continue;
             }
-            if (force || now - s->freed_at_ms >= alloc_tuning.decay_ms) {
+            if (force || now - s->freed_at_ms >= alloc_decay_ms()) {
                 partial_remove(&a->bins[c], s);
                 slab_fini(s);
                 a->c.slabs_released++;

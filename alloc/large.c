@@ -91,7 +91,8 @@ static size_t large_cache_budget(arena_t *a)
     size_t b = a->c.large_bytes * 8;
     if (b > LARGE_CACHE_BYTES_MAX)
         b = LARGE_CACHE_BYTES_MAX;
-    return b > alloc_tuning.retain_max ? b : alloc_tuning.retain_max;
+    size_t retain = alloc_retain_max();
+    return b > retain ? b : retain;
 }
 
 static void cache_unlink_at_locked(arena_t *a, size_t i)
@@ -467,7 +468,7 @@ size_t large_cache_purge(arena_t *a, bool force, uint64_t now, bool *left)
     size_t bytes = 0;
     for (size_t i = 0; i < a->large_cache_count;) {
         large_t *c = a->large_cache[i].l;
-        if (force || now - c->freed_at_ms >= alloc_tuning.decay_ms) {
+        if (force || now - c->freed_at_ms >= alloc_decay_ms()) {
             cache_unlink_at_locked(a, i);
             bytes += c->map_size;
             large_unmap(c);

@@ -462,7 +462,8 @@ static size_t retained_budget(const arena_t *a)
     size_t budget = a->slab_pages * PAGE_SIZE;
     if (budget < a->retain_floor)
         budget = a->retain_floor;
-    return budget < alloc_tuning.retain_max ? alloc_tuning.retain_max : budget;
+    size_t retain = alloc_retain_max();
+    return budget < retain ? retain : budget;
 }
 
 void arena_allow_huge(arena_t *a, bool ok)
@@ -641,7 +642,7 @@ size_t arena_purge(arena_t *a, bool force)
 {
     arena_xfer_drain(a);        /* its blocks must not keep slabs from emptying */
     uint64_t now = os_now_ms();
-    uint64_t decay = alloc_tuning.decay_ms;
+    uint64_t decay = alloc_decay_ms();
     size_t bytes = 0;
     bool left = false;
     /* Slabs kept empty for reuse are released first, so their runs decay too. */

@@ -51,13 +51,15 @@ static option_def_t option_table[] = {
 };
 #define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
 
+/* Word stores, atomic: the purge thread, always there, reads decay_ms
+ * while a program sets options (relaxed: each value stands alone). */
 static void options_apply(void)
 {
-    alloc_tuning.mmap_threshold = (size_t)loam_opts.mmap_threshold;
-    alloc_tuning.decay_ms = (uint64_t)loam_opts.decay_ms;
-    alloc_tuning.retain_max = (size_t)loam_opts.retain_max;
-    alloc_tuning.huge_pages = loam_opts.huge_pages != 0;
-    alloc_tuning.tcache_budget = (size_t)loam_opts.tcache_budget;
+    __atomic_store_n(&alloc_tuning.mmap_threshold, (size_t)loam_opts.mmap_threshold, __ATOMIC_RELAXED);
+    __atomic_store_n(&alloc_tuning.decay_ms, (uint64_t)loam_opts.decay_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&alloc_tuning.retain_max, (size_t)loam_opts.retain_max, __ATOMIC_RELAXED);
+    __atomic_store_n(&alloc_tuning.huge_pages, loam_opts.huge_pages != 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&alloc_tuning.tcache_budget, (size_t)loam_opts.tcache_budget, __ATOMIC_RELAXED);
 }
 
 void options_defaults(void)

@@ -107,7 +107,7 @@ static bool purge_collected_heap(loam_heap_t *h, uint64_t now, uint64_t period)
 static bool purge_pass(void)
 {
     uint64_t now = os_now_ms();
-    uint64_t decay = alloc_tuning.decay_ms;
+    uint64_t decay = alloc_decay_ms();
     uint64_t period = decay / 4 ? decay / 4 : 1;
     bool left = false;
     heaps_lock();
@@ -167,7 +167,7 @@ static void *purge_main(void *unused)
         bool left = loam_opts.purge_thread && purge_pass();
         pthread_mutex_lock(&purge_mutex);
         if (left) {
-            uint64_t ms = alloc_tuning.decay_ms / 4;
+            uint64_t ms = alloc_decay_ms() / 4;
             ms = ms < 10 ? 10 : ms > 1000 ? 1000 : ms;
             struct timespec until;
             clock_gettime(CLOCK_MONOTONIC, &until);
