@@ -154,9 +154,8 @@ void gc_mark_waiting_finalizables(gc_state_t *gc)
 
 /* ---- weak references -------------------------------------------------------------------- */
 
-/* The block of target, if it is one of h's: what a collection and a free
- * of that block find the reference by. 0: target is in no block of h. */
-/* The block of h that holds target, or 0: also when a loam_free of it may
+/* The block of h that holds target (what a collection and a free of that
+ * block find the reference by), or 0: also when a loam_free of it may
  * end in a thread cache and never reach the collector (a slab whose frees
  * keep the fast path: a manual heap that tracks no requests and was never
  * collected, such as the default heap). */

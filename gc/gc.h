@@ -40,9 +40,7 @@ typedef struct gc_mutator {
 typedef struct gc_thread {
     loam_heap_t     *heap;         /* NULL once the heap is destroyed (atomic: the
                                       destroying thread writes other threads' records) */
-    gc_mutator_t    *mut;          /* the thread's */
-    pthread_t        tid;
-    char            *stack_base;   /* highest address of the stack */
+    gc_mutator_t    *mut;          /* the thread's (its stack's base too) */
     char            *stack_sp;     /* lowest live address, saved when it stops */
     jmp_buf          regs;         /* callee-saved registers, saved when it stops */
     unsigned         state;        /* enum gc_thread_state; written under gc->lock */

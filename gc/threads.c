@@ -170,17 +170,22 @@ static void prune_attachments(void)
     }
 }
 
-static gc_mutator_t *mutator_of_self(char *stack_base)
+/* The thread's record, made at its first attachment: the stack's base is
+ * found once per thread (for the main thread glibc reads /proc/self/maps,
+ * a third of a collected heap's making and destroying for a thread
+ * attached to one heap after another). */
+static gc_mutator_t *mutator_of_self(void)
 {
     gc_mutator_t *m = gc_my_mutator;
     if (m)
         return m;
+    char *base = stack_base_of_self();  /* may allocate: before any lock */
     m = meta_alloc(sizeof *m);          /* zero: not waiting, no hold, no ask */
     if (!m)
         return NULL;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cv, NULL);
-    m->stack_base = stack_base;
+    m->stack_base = base;
     gc_my_mutator = m;
     return m;
 }
@@ -191,19 +196,12 @@ gc_thread_t *gc_attach(gc_state_t *gc)
     if (t)
         return t;
     prune_attachments();
-    /* The stack's base once per thread: for the main thread glibc finds it
-     * by reading /proc/self/maps (a third of a collected heap's making and
-     * destroying, for a thread attached to one heap after another). */
-    char *base = gc_my_mutator ? gc_my_mutator->stack_base
-                               : stack_base_of_self();   /* may allocate: before any lock */
-    gc_mutator_t *m = mutator_of_self(base);
+    gc_mutator_t *m = mutator_of_self();
     t = m ? meta_alloc(sizeof *t) : NULL;
     if (!t)
         return NULL;
     t->heap = gc->heap;
     t->mut = m;
-    t->tid = pthread_self();
-    t->stack_base = base;
     mutator_wait_begin(m);
     pthread_mutex_lock(&gc->lock);
     /* A collection in progress finishes first: we were not part of it. */
@@ -395,9 +393,9 @@ void gc_scan_thread_stacks(gc_state_t *gc)
         if (t->state == GC_RUNNING && !t->held)
             continue;                      /* cannot happen while stopped */
         mc_scanning(regs, (char *)regs + sizeof *regs);
-        mc_scanning(sp, t->stack_base);
+        mc_scanning(sp, t->mut->stack_base);
         gc_mark_range(gc, regs, (char *)regs + sizeof *regs);
-        gc_mark_range(gc, sp, t->stack_base);
+        gc_mark_range(gc, sp, t->mut->stack_base);
     }
 }
 
