@@ -517,14 +517,34 @@ busy:
     return false;
 }
 
+/* The heap of this thread's attachment t, pinned for a use on loam's own
+ * behalf (exit, fork) that may race the heap's destruction by another
+ * thread. NULL: the heap is being destroyed, or gone. */
+static loam_heap_t *pin_attachment_heap(gc_thread_t *t)
+{
+    loam_heap_t *h = attachment_heap(t);
+    if (!h || !heap_pin(h))
+        return NULL;
+    /* Destroyed between the two reads, and a new heap made at its address:
+     * the destruction forgot t first, so t no longer names it. */
+    if (attachment_heap(t) != h) {
+        heap_unpin(h);
+        return NULL;
+    }
+    return h;
+}
+
 void gc_prefork_wait(void)
 {
     /* A collection of a heap this thread is attached to waits for it to
      * stop: it parks, if so, until the world restarts. */
     for (gc_thread_t *t = my_attachments; t; t = t->thread_next) {
-        loam_heap_t *h = attachment_heap(t);
-        if (h && h->gc)
+        loam_heap_t *h = pin_attachment_heap(t);
+        if (!h)
+            continue;
+        if (h->gc)
             gc_park(h->gc);
+        heap_unpin(h);
     }
     sched_yield();
 }
@@ -557,12 +577,18 @@ void gc_thread_exit(void)
 {
     while (my_attachments) {
         gc_thread_t *t = my_attachments;
-        loam_heap_t *h = attachment_heap(t);
-        if (h && h->gc) {
+        loam_heap_t *h = pin_attachment_heap(t);
+        if (h) {
             loam_thread_detach(h);
+            if (my_attachments == t)        /* h has no collector: t is on no list */
+                forget_attachment(t);
+            heap_unpin(h);
+        } else if (attachment_heap(t)) {
+            /* h is being destroyed: t is on its list until the destroying
+             * thread forgets it, which it is about to do. */
+            sched_yield();
         } else {
-            my_attachments = t->thread_next;
-            meta_free(t, sizeof *t);
+            forget_attachment(t);
         }
     }
     gc_mutator_t *m = gc_my_mutator;

@@ -31,7 +31,8 @@ static pthread_mutex_t heaps_mutex = PTHREAD_MUTEX_INITIALIZER;
 struct loam_heap *loam_heaps;
 static loam_heap_t *slot_holder[TC_SLOTS];    /* slot 0: the default heap */
 
-static pthread_cond_t heaps_purge_done = PTHREAD_COND_INITIALIZER;
+/* Broadcast when a heap's purge hold or its last pin ends. */
+static pthread_cond_t heaps_hold_done = PTHREAD_COND_INITIALIZER;
 
 void heaps_lock(void) { pthread_mutex_lock(&heaps_mutex); }
 void heaps_unlock(void) { pthread_mutex_unlock(&heaps_mutex); }
@@ -39,13 +40,33 @@ void heaps_unlock(void) { pthread_mutex_unlock(&heaps_mutex); }
 void heaps_wait_purge(loam_heap_t *h)
 {
     while (h->purge_hold)
-        pthread_cond_wait(&heaps_purge_done, &heaps_mutex);
+        pthread_cond_wait(&heaps_hold_done, &heaps_mutex);
 }
 
 void heaps_release_purge(loam_heap_t *h)
 {
     h->purge_hold = false;
-    pthread_cond_broadcast(&heaps_purge_done);
+    pthread_cond_broadcast(&heaps_hold_done);
+}
+
+bool heap_pin(loam_heap_t *h)
+{
+    heaps_lock();
+    bool linked = false;
+    for (loam_heap_t *x = loam_heaps; x && !linked; x = x->next)
+        linked = x == h;
+    if (linked)
+        h->pins++;
+    heaps_unlock();
+    return linked;
+}
+
+void heap_unpin(loam_heap_t *h)
+{
+    heaps_lock();
+    if (--h->pins == 0)
+        pthread_cond_broadcast(&heaps_hold_done);
+    heaps_unlock();
 }
 
 static void heap_link(loam_heap_t *h)
@@ -171,7 +192,10 @@ void loam_heap_destroy(loam_heap_t *h)
         return;
     }
     heaps_lock();
-    heaps_wait_purge(h);
+    /* Neither the purge thread nor a thread's exit or fork may be using h
+     * past this point: both find it unlinked from now on. */
+    while (h->purge_hold || h->pins)
+        pthread_cond_wait(&heaps_hold_done, &heaps_mutex);
     /* Every thread's cache of h is disowned: its blocks are about to vanish. */
     for (tcache_t *tc = h->caches; tc; tc = tc->owner_next)
         tcache_abandon(tc);

@@ -55,6 +55,7 @@ struct loam_heap {
     tcache_t     *caches;          /* every thread's cache of this heap (heaps_lock) */
     struct loam_heap *next, *prev; /* all heaps (heaps_lock) */
     bool          purge_hold;      /* the purge thread works on its arenas (heaps_lock) */
+    unsigned      pins;            /* uses on loam's own behalf under way (heap_pin; heaps_lock) */
 };
 
 /* ---- process ------------------------------------------------------------- */
@@ -74,6 +75,14 @@ LOAM_INTERNAL void heaps_unlock(void);
  * works on them without the lock); heaps_release_purge ends such a hold. */
 LOAM_INTERNAL void heaps_wait_purge(loam_heap_t *h);
 LOAM_INTERNAL void heaps_release_purge(loam_heap_t *h);
+/* A use of h on loam's own behalf, outside the heap-list lock and outside
+ * any call of the embedder's on h: a thread's exit detaching from h, a
+ * fork parking in it. The embedder may be destroying h meanwhile (it is
+ * done with it); loam_heap_destroy waits until no such use is under way.
+ * heap_pin: false if h is not a live heap (being destroyed, or gone; only
+ * its address is read). */
+LOAM_INTERNAL bool heap_pin(loam_heap_t *h);
+LOAM_INTERNAL void heap_unpin(loam_heap_t *h);
 extern LOAM_INTERNAL struct loam_heap *loam_heaps;
 
 /* ---- background purge (runtime/purge.c) ------------------------------------ */

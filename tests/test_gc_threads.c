@@ -1085,6 +1085,45 @@ Test(gc_threads, allocating_after_a_detach_attaches_again, .timeout = 60)
     loam_heap_destroy(redetach_heap);
 }
 
+/* A thread that exits while another thread destroys a heap it is attached
+ * to (it used it, and is done with it): its exit detaches it from the heap
+ * while the destruction tears the heap down. Before, the exit read the
+ * attachment's heap, then detached from it with no lock, and the
+ * destruction freed the heap's collector state under it (a lock taken in
+ * freed memory: hangs and crashes). The thread is attached to a second
+ * heap too, which outlives every round and collects at the end. */
+static loam_heap_t *exit_race_heap, *exit_race_keep;
+static atomic_int exit_race_ready;
+
+static void *alloc_then_exit(void *arg)
+{
+    (void)arg;
+    cr_assert_not_null(loam_gc_alloc(exit_race_keep, 48, LOAM_ATOMIC));
+    for (int i = 0; i < 64; i++)                   /* a cache of the heap to drop at exit */
+        cr_assert_not_null(loam_gc_alloc(exit_race_heap, 48, LOAM_CONSERVATIVE));
+    atomic_store(&exit_race_ready, 1);
+    return NULL;                                   /* exits attached to both heaps */
+}
+
+Test(gc_threads, a_thread_exiting_while_its_heap_is_destroyed, .timeout = 300)
+{
+    exit_race_keep = new_gc_heap(0);
+    int rounds = 2000 / GC_SAN_DIVISOR;
+    for (int i = 0; i < rounds; i++) {
+        exit_race_heap = new_gc_heap(i % 2 ? LOAM_GENERATIONAL : 0);
+        atomic_store(&exit_race_ready, 0);
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, alloc_then_exit, NULL), 0);
+        while (!atomic_load(&exit_race_ready))
+            sched_yield();
+        loam_heap_destroy(exit_race_heap);         /* while the thread exits */
+        cr_assert(join_within(t, 30), "round %d: the exiting thread hangs", i);
+    }
+    loam_gc_collect(exit_race_keep);               /* no thread left to wait for */
+    cr_assert_geq(gc_stats(exit_race_keep).gc_collections, 1);
+    loam_heap_destroy(exit_race_keep);
+}
+
 /* An object whose finalizer waits its turn (its collection's thread runs
  * the one before) stays alive until its own has run, whatever other
  * threads collect meanwhile. Before, a ready list taken out of the heap's
