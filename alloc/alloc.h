@@ -760,10 +760,14 @@ typedef struct alloc_tuning {
                                  caches share (tcache_grow) */
 } alloc_tuning_t;
 extern LOAM_INTERNAL alloc_tuning_t alloc_tuning;
-/* What the purge thread reads while a program may set the options
- * (runtime/options.c stores each atomically). */
+/* What the purge thread and the allocation paths read while a program may
+ * set the options (runtime/options.c stores each atomically). Relaxed: an
+ * allocation racing a change may see either value. */
+static inline size_t alloc_mmap_threshold(void) { return __atomic_load_n(&alloc_tuning.mmap_threshold, __ATOMIC_RELAXED); }
 static inline uint64_t alloc_decay_ms(void) { return __atomic_load_n(&alloc_tuning.decay_ms, __ATOMIC_RELAXED); }
 static inline size_t alloc_retain_max(void) { return __atomic_load_n(&alloc_tuning.retain_max, __ATOMIC_RELAXED); }
+static inline bool alloc_huge_pages(void) { return __atomic_load_n(&alloc_tuning.huge_pages, __ATOMIC_RELAXED); }
+static inline size_t alloc_tcache_budget(void) { return __atomic_load_n(&alloc_tuning.tcache_budget, __ATOMIC_RELAXED); }
 
 /* The mutex protecting the segment map and the metadata allocator: the
  * runtime takes it around fork. */

@@ -557,7 +557,7 @@ void *large_realloc(large_t *l, size_t n)
      * kept (at twice the peak RSS). The cost is RSS in 2 MiB steps where a
      * program touches the slack past its size. The mapping keeps the advice
      * (and a cached one with it); a kernel without THP ignores it. */
-    if (map > old_map && alloc_tuning.huge_pages)
+    if (map > old_map && alloc_huge_pages())
         os_advise_huge(moved, map);
     a->c.large_bytes += map - old_map;
     a->c.large_usable += (map - offset) - moved->size;

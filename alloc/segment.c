@@ -418,7 +418,7 @@ slab_t *run_alloc(arena_t *a, unsigned pages)
     seg->committed_mask |= run_mask(at, pages);
     seg->used_pages += pages;
     a->slab_pages += pages;
-    if (!a->huge_pages && a->huge_ok && alloc_tuning.huge_pages &&
+    if (!a->huge_pages && a->huge_ok && alloc_huge_pages() &&
         a->slab_pages >= ARENA_HUGE_PAGES_AFTER / PAGE_SIZE)
         arena_go_huge(a);
     return run_make(seg, at, pages, RUN_SLAB);

@@ -86,7 +86,7 @@ static bool tcache_shared_take(tcache_t *tc, size_t bytes)
 {
     for (;;) {
         AO_t taken = AO_load(&tcache_shared_taken);
-        if (taken + bytes > alloc_tuning.tcache_budget)
+        if (taken + bytes > alloc_tcache_budget())
             return false;
         if (AO_compare_and_swap(&tcache_shared_taken, taken, taken + bytes)) {
             AO_fetch_and_add(&tc->shared_bytes, bytes);

@@ -59,7 +59,7 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
     if (!p)
         return NULL;
     size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
-    if (n > alloc_tuning.mmap_threshold) {
+    if (n > alloc_mmap_threshold()) {
         addr_info_t ai;
         addr_classify(p, &ai);
         if (ai.large && !ai.large->reused)
@@ -136,7 +136,7 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
 size_t gc_growth_percent(const gc_state_t *gc)
 {
     unsigned own = __atomic_load_n(&gc->heap->cfg.gc_growth, __ATOMIC_RELAXED);
-    return own ? own : (size_t)loam_opts.gc_growth;
+    return own ? own : (size_t)loam_opt(gc_growth);
 }
 
 size_t gc_floor_bytes(const gc_state_t *gc)
@@ -144,7 +144,7 @@ size_t gc_floor_bytes(const gc_state_t *gc)
     size_t own = __atomic_load_n(&gc->heap->cfg.gc_min_bytes, __ATOMIC_RELAXED);
     if (own)
         return own;
-    return (size_t)(gc_generational(gc) ? loam_opts.gc_young_min : loam_opts.gc_min_bytes);
+    return (size_t)(gc_generational(gc) ? loam_opt(gc_young_min) : loam_opt(gc_min_bytes));
 }
 
 int loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes)

@@ -580,7 +580,7 @@ static unsigned cpus_usable(void)
  * (read each time: it may change), by default one per CPU. */
 static unsigned markers_wanted(void)
 {
-    long n = loam_opts.gc_markers;
+    long n = loam_opt(gc_markers);
     if (n <= 0)
         n = cpus_usable();
     return n > MARKERS_MAX ? MARKERS_MAX : (unsigned)n;
@@ -598,7 +598,7 @@ static unsigned markers_wanted(void)
  * kept as it is. */
 static unsigned helpers_for_now(unsigned want)
 {
-    if (loam_opts.gc_markers > 0 || want == 0)
+    if (loam_opt(gc_markers) > 0 || want == 0)
         return want;
     unsigned runnable = os_runnable_threads();
     if (runnable == 0)
@@ -719,7 +719,7 @@ void gc_markers_after_fork_child(void)
 static bool may_mark_in_parallel(gc_state_t *gc)
 {
     return (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
-           gc->mark_expect >= (size_t)loam_opts.gc_parallel_min;
+           gc->mark_expect >= (size_t)loam_opt(gc_parallel_min);
 }
 
 /* An eligible marking: in parallel now, or alone (to measure, or backing off). */

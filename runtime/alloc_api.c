@@ -87,7 +87,7 @@ static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, uns
     gc_answer_stop_asks();              /* a safepoint of every heap the thread is attached to */
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
-        if (n <= alloc_tuning.mmap_threshold && align <= PAGE_SIZE) {
+        if (n <= alloc_mmap_threshold() && align <= PAGE_SIZE) {
             int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
             if (cls >= 0) {
                 p = alloc_class_block(h, (unsigned)cls, kind, bump);
@@ -139,7 +139,7 @@ void *alloc_from_heap_bump(loam_heap_t *h, size_t n, unsigned kind)
  * four. An empty bin, or anything else, goes on to alloc_from_heap. */
 void *alloc_malloc_slow(loam_heap_t *h, size_t n)
 {
-    if (n > SMALL_MAX && n <= CLASS_MAX_SIZE && n <= alloc_tuning.mmap_threshold) {
+    if (n > SMALL_MAX && n <= CLASS_MAX_SIZE && n <= alloc_mmap_threshold()) {
         unsigned cls = sizeclass_of_generic(n);
         void *p = tcache_pop(loam_tls_cache[h->alloc_slot], cls);
         if (LOAM_LIKELY(p != NULL)) {
@@ -310,7 +310,7 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
      * again and again: two loads name it, no full classification. */
     large_t *l = segkind_is_slabs((uintptr_t)p) ? NULL : segmap_lookup((uintptr_t)p);
     if (l && l->kind == SEGMENT_LARGE && (char *)p == l->block && l->size &&
-        n > alloc_tuning.mmap_threshold && n <= PTRDIFF_MAX) {
+        n > alloc_mmap_threshold() && n <= PTRDIFF_MAX) {
         loam_heap_t *owner = l->arena->owner;      /* l may move */
         void *q = large_realloc(l, n);
         if (q) {
@@ -378,7 +378,7 @@ void *loam_calloc(loam_heap_t *h, size_t count, size_t n)
         return NULL;
     }
     void *p = alloc_malloc_fast(h, total);
-    if (p && total > alloc_tuning.mmap_threshold) {
+    if (p && total > alloc_mmap_threshold()) {
         addr_info_t ai;
         addr_classify(p, &ai);
         if (ai.large && !ai.large->reused)

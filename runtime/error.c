@@ -45,7 +45,7 @@ void loam_fault(loam_heap_t *h, const char *fault, const void *addr, size_t size
     if (!h)
         h = &loam_default_heap;
     if (h->cfg.error) {
-        if (loam_opts.verbose)
+        if (loam_opt(verbose))
             write_line(buf, n);
         h->cfg.error(h, fault, (void *)addr, h->cfg.user);
         return;

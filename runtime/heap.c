@@ -98,11 +98,11 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     h->budget.limit = h->cfg.limit;
     /* Collected heaps allocate through kinds' caches and sweep in bulk: no
      * per-block request tracking there. */
-    h->track_requested = is_default ? (loam_opts.track_requested_set && loam_opts.track_requested)
-                                    : loam_opts.track_requested != 0 && h->cfg.mode != LOAM_GC;
+    h->track_requested = is_default ? (loam_opt(track_requested_set) && loam_opt(track_requested))
+                                    : loam_opt(track_requested) != 0 && h->cfg.mode != LOAM_GC;
     /* Tracked heaps must record each request: their mallocs miss the fast path. */
     h->alloc_slot = h->track_requested ? TC_SLOT_NONE : h->slot;
-    h->tcache_max = (unsigned)loam_opts.tcache_max;
+    h->tcache_max = (unsigned)loam_opt(tcache_max);
     mc_heap_new(h);
     for (unsigned k = 0; k < HEAP_KINDS; k++) {
         heap_kind_t *hk = &h->kinds[k];
@@ -110,7 +110,7 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
         h->gc_alloc_slot[k] = h->track_requested ? TC_SLOT_NONE : hk->slot;
         hk->ready = k == 0;
         arena_set_init(&hk->arenas, h, hk->slot, (uint8_t)k, &h->budget, h->track_requested,
-                       (unsigned)loam_opts.arena_max);
+                       (unsigned)loam_opt(arena_max));
     }
 }
 

@@ -104,7 +104,7 @@ static int report_fd = -1;
 
 static void exit_report(void)
 {
-    if (!loam_opts.verbose)
+    if (!loam_opt(verbose))
         return;
     FILE *f = report_fd >= 0 ? fdopen(report_fd, "w") : NULL;
     stats_print_all_at_exit(f ? f : stderr);
@@ -139,7 +139,7 @@ void loam_init_slow(void)
     AO_int_store_release(&loam_initialized, 1);
     pthread_mutex_unlock(&init_mutex);
     pthread_atfork(fork_prepare, fork_release, fork_release_child);
-    if (loam_opts.verbose)
+    if (loam_opt(verbose))
         report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
     atexit(exit_report);
 }

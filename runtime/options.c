@@ -52,7 +52,8 @@ static option_def_t option_table[] = {
 #define NUM_OPTIONS (sizeof option_table / sizeof option_table[0])
 
 /* Word stores, atomic: the purge thread, always there, reads decay_ms
- * while a program sets options (relaxed: each value stands alone). */
+ * while a program sets options, and allocating threads mmap_threshold
+ * (relaxed: each value stands alone). */
 static void options_apply(void)
 {
     __atomic_store_n(&alloc_tuning.mmap_threshold, (size_t)loam_opts.mmap_threshold, __ATOMIC_RELAXED);
@@ -88,9 +89,9 @@ static int option_store(option_def_t *o, long value)
                   o->max, o->what);
         return -1;
     }
-    *o->value = value;
+    __atomic_store_n(o->value, value, __ATOMIC_RELAXED);
     if (o->value == &loam_opts.track_requested)
-        loam_opts.track_requested_set = 1;
+        __atomic_store_n(&loam_opts.track_requested_set, 1, __ATOMIC_RELAXED);
     options_apply();
     return 0;
 }
@@ -110,7 +111,7 @@ long loam_option_get(const char *key)
 {
     loam_ensure_init();
     option_def_t *o = key ? option_find(key, strlen(key)) : NULL;
-    return o ? *o->value : -1;
+    return o ? __atomic_load_n(o->value, __ATOMIC_RELAXED) : -1;
 }
 
 /* A value: a number (as strtol reads it, so 0x... too) and an optional k, m

@@ -163,8 +163,8 @@ static void *purge_main(void *unused)
     AO_store(&purge_asleep, 0);     /* pokes until now only found the thread starting */
     for (;;) {
         AO_compare_and_swap_full(&alloc_decay_due, 1, 0);
-        AO_store(&alloc_background_decommit, loam_opts.purge_thread != 0);
-        bool left = loam_opts.purge_thread && purge_pass();
+        AO_store(&alloc_background_decommit, loam_opt(purge_thread) != 0);
+        bool left = loam_opt(purge_thread) && purge_pass();
         pthread_mutex_lock(&purge_mutex);
         if (left) {
             uint64_t ms = alloc_decay_ms() / 4;
@@ -216,7 +216,7 @@ void purge_poke_slow(void)
 {
     AO_t state = AO_load_acquire(&purge_state);
     if (state != PURGE_RUNNING) {
-        if (state == PURGE_NONE && loam_opts.purge_thread &&
+        if (state == PURGE_NONE && loam_opt(purge_thread) &&
             AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
             purge_start();
         else if (state != PURGE_STARTING)
@@ -225,7 +225,7 @@ void purge_poke_slow(void)
     }
     if (!load_seq_cst(&purge_asleep))
         return;
-    if (!loam_opts.purge_thread) {
+    if (!loam_opt(purge_thread)) {
         AO_store(&alloc_decay_due, 0);
         return;
     }
@@ -243,7 +243,7 @@ void purge_poke_slow(void)
 __attribute__((constructor)) static void purge_start_at_load(void)
 {
     loam_ensure_init();
-    if (loam_opts.purge_thread && AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
+    if (loam_opt(purge_thread) && AO_compare_and_swap_full(&purge_state, PURGE_NONE, PURGE_STARTING))
         purge_start();
 }
 

@@ -115,6 +115,9 @@ typedef struct loam_options {
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;
+/* An option's value. loam_option_set stores atomically, and any thread
+ * may read while another sets (relaxed: each value stands alone). */
+#define loam_opt(name) __atomic_load_n(&loam_opts.name, __ATOMIC_RELAXED)
 LOAM_INTERNAL void options_defaults(void);
 LOAM_INTERNAL void options_from_env(void);
 

@@ -110,7 +110,7 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
                "%zu arenas, %zu lock contentions\n",
             s->cached_bytes, r->caches, s->transfer_bytes, r->arenas, r->lock_contended);
     fprintf(f, "              growth budget all threads' caches share: %zu of %zu bytes drawn (all heaps)\n",
-            tcache_shared_bytes(), alloc_tuning.tcache_budget);
+            tcache_shared_bytes(), alloc_tcache_budget());
     fprintf(f, "  segments    %12zu; slabs made %zu, released %zu\n", s->segments, r->slabs_made,
             r->slabs_released);
     if (h->gc) {
@@ -150,7 +150,7 @@ static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
     fprintf(f, "\"segments\":%zu,\"arenas\":%zu,\"thread_caches\":%zu,\"lock_contended\":%zu,", s->segments,
             r->arenas, r->caches, r->lock_contended);
     fprintf(f, "\"cache_shared_growth_bytes\":%zu,\"cache_shared_growth_max\":%zu,", tcache_shared_bytes(),
-            alloc_tuning.tcache_budget);
+            alloc_tcache_budget());
     fprintf(f, "\"gc_collections\":%zu,\"gc_pause_total_ns\":%" PRIu64 ",\"gc_pause_max_ns\":%" PRIu64 ",",
             s->gc_collections, s->gc_pause_total_ns, s->gc_pause_max_ns);
     fprintf(f, "\"gc_pause_p50_ns\":%" PRIu64 ",\"gc_pause_p99_ns\":%" PRIu64 ",\"gc_bytes_marked\":%zu,"

@@ -1124,6 +1124,58 @@ Test(gc_threads, a_thread_exiting_while_its_heap_is_destroyed, .timeout = 300)
     loam_heap_destroy(exit_race_keep);
 }
 
+/* Options set while other threads allocate, collect and purge: every
+ * value is read by those threads as it is stored (under ThreadSanitizer,
+ * a plain read of mmap_threshold on the malloc path, of gc_growth or
+ * gc_markers in a collection, raced loam_option_set). */
+static atomic_int options_race_done;
+static const char *const race_keys[] = { "mmap_threshold", "gc_growth", "gc_markers", "huge_pages",
+                                          "tcache_budget", "decay_ms", "retain_max", "gc_parallel_min" };
+#define RACE_KEYS (sizeof race_keys / sizeof race_keys[0])
+
+static void *set_options_meanwhile(void *arg)
+{
+    (void)arg;
+    static const long values[RACE_KEYS][2] = { { 65536, 131072 }, { 50, 100 }, { 1, 0 }, { 0, 1 },
+                                               { 1 << 20, 32L << 20 }, { 0, 250 }, { 0, 4L << 20 },
+                                               { 4096, 1 << 20 } };
+    for (int i = 0; !atomic_load(&options_race_done); i++) {
+        size_t k = (size_t)i % RACE_KEYS;
+        long v = values[k][(i / (int)RACE_KEYS) % 2];
+        cr_assert_eq(loam_option_set(race_keys[k], v), 0, "%s=%ld", race_keys[k], v);
+        cr_assert_eq(loam_option_get(race_keys[k]), v);
+        sched_yield();
+    }
+    return NULL;
+}
+
+Test(gc_threads, options_set_while_threads_allocate_and_collect, .timeout = 120)
+{
+    long before[RACE_KEYS];
+    for (size_t k = 0; k < RACE_KEYS; k++)
+        before[k] = loam_option_get(race_keys[k]);
+    loam_heap_t *h = new_gc_heap(LOAM_PARALLEL_MARK);
+    atomic_store(&options_race_done, 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, set_options_meanwhile, NULL), 0);
+    for (int i = 0; i < 20000 / GC_SAN_DIVISOR; i++) {
+        size_t n = i % 64 == 0 ? 96 * KiB + (size_t)i % 64 * KiB : 16 + (size_t)i % 512;
+        unsigned char *p = loam_malloc(loam_heap_default(), n);
+        cr_assert_not_null(p);
+        memset(p, 0x5A, n);
+        cr_assert_eq(p[n - 1], 0x5A);
+        loam_free(p);
+        cr_assert_not_null(loam_gc_alloc(h, n, LOAM_ATOMIC));
+        if (i % 2000 == 0)
+            loam_gc_collect(h);
+    }
+    atomic_store(&options_race_done, 1);
+    pthread_join(t, NULL);
+    for (size_t k = 0; k < RACE_KEYS; k++)      /* for the tests after it (standalone) */
+        cr_assert_eq(loam_option_set(race_keys[k], before[k]), 0);
+    loam_heap_destroy(h);
+}
+
 /* An object whose finalizer waits its turn (its collection's thread runs
  * the one before) stays alive until its own has run, whatever other
  * threads collect meanwhile. Before, a ready list taken out of the heap's
