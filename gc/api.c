@@ -21,12 +21,21 @@ gc_state_t *gc_state_get(loam_heap_t *h)
     pthread_mutex_init(&fresh->lock, NULL);
     pthread_cond_init(&fresh->parked_cv, NULL);
     pthread_cond_init(&fresh->resume_cv, NULL);
-    gc_state_t *expected = NULL;
-    if (!__atomic_compare_exchange_n(&h->gc, &expected, fresh, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE)) {
+    /* Published under the heap-list lock: fork's prepare handler, which
+     * holds it, takes the lock of every collector state there is, and a
+     * state made meanwhile could be locked by its thread when the process
+     * forks, and stay locked in the child for ever. */
+    heaps_lock();
+    gc_state_t *made = h->gc;
+    if (!made)
+        __atomic_store_n(&h->gc, fresh, __ATOMIC_RELEASE);
+    heaps_unlock();
+    if (made) {                          /* another thread's came first */
+        pthread_cond_destroy(&fresh->resume_cv);
+        pthread_cond_destroy(&fresh->parked_cv);
         pthread_mutex_destroy(&fresh->lock);
         meta_free(fresh, sizeof *fresh);
-        return expected;
+        return made;
     }
     return fresh;
 }

@@ -169,9 +169,14 @@ loam_heap_t *loam_heap_new(const loam_config_t *cfg)
             h->slot = (uint8_t)s;
             break;
         }
-    heap_link(h);
     heaps_unlock();
     heap_init_fields(h, cfg, false);
+    /* Linked only once whole: whoever walks the heaps (fork's prepare
+     * handler locking every arena set, the purge thread, statistics) would
+     * otherwise use its locks while heap_init_fields initialises them. */
+    heaps_lock();
+    heap_link(h);
+    heaps_unlock();
     if (cfg && cfg->mode == LOAM_GC)
         gc_set_mode(h, LOAM_GC);
     return h;

@@ -530,6 +530,69 @@ Test(fork, fork_while_another_thread_collects, .timeout = 300)
     loam_heap_destroy(collected_heap);
 }
 
+/* Heaps made and destroyed by another thread while the process forks.
+ * A new heap was linked into the list of heaps before its fields (its
+ * arena sets' locks) were initialised: fork's prepare handler, walking the
+ * list, could lock a mutex the making thread then initialised anew under
+ * it (a race ThreadSanitizer reports). Each child makes, uses and
+ * destroys a heap of its own. */
+static atomic_int maker_stop;
+
+static void *make_heaps(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; !atomic_load(&maker_stop); i++) {
+        loam_config_t cfg = { .mode = i % 2 ? LOAM_GC : LOAM_MANUAL };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        if (!h)
+            return (void *)1;
+        void *p = i % 2 ? loam_gc_alloc(h, 64, LOAM_ATOMIC) : loam_malloc(h, 64);
+        if (!p)
+            return (void *)1;
+        if (i % 2 == 0)
+            loam_free(p);
+        loam_thread_detach(h);
+        loam_heap_destroy(h);
+    }
+    return NULL;
+}
+
+Test(fork, fork_while_another_thread_makes_heaps, .timeout = 300)
+{
+    atomic_store(&maker_stop, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, make_heaps, NULL), 0);
+    unsigned forks = 200 * (unsigned)test_scale() / SAN_DIVISOR;
+    int failures = 0;
+    char first[200] = "";
+    for (unsigned k = 0; k < forks; k++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+        if (pid == 0) {
+            signal(SIGALRM, SIG_DFL);
+            alarm(CHILD_ALARM);
+            loam_heap_t *h = loam_heap_new(NULL);
+            void *p = h ? loam_malloc(h, 100) : NULL;
+            if (!p)
+                _exit(1);
+            loam_free(p);
+            loam_heap_destroy(h);
+            p = malloc(1000);                           /* loam's when preloaded */
+            free(p);
+            _exit(0);
+        }
+        char buf[160];
+        const char *err = reap(pid, buf, sizeof buf);
+        if (err && !failures++)
+            snprintf(first, sizeof first, "fork %u: %s", k, err);
+    }
+    atomic_store(&maker_stop, 1);
+    void *ret = (void *)1;
+    pthread_join(th, &ret);
+    cr_expect_null(ret, "the heap-making thread's allocation failed");
+    cr_expect_eq(failures, 0, "%d of %u children failed; first: %s", failures, forks, first);
+}
+
 /* The parent goes on normally after many forks: its own heaps and caches are intact. */
 Test(fork, parent_intact_after_forks, .timeout = 300)
 {
