@@ -42,7 +42,7 @@ static void heap_report(loam_heap_t *h, heap_report_t *r, bool resident)
         r->s.large_bytes += a->c.large_bytes;
         r->large_usable += a->c.large_usable;
         large_req += AO_load(&a->c.large_requested);
-        r->lock_contended += a->c.lock_contended;
+        r->lock_contended += AO_load(&a->c.lock_contended);   /* counted before the lock is taken */
         r->slabs_made += a->c.slabs_made;
         r->slabs_released += a->c.slabs_released;
         arena_unlock(a);
