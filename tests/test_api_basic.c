@@ -4,7 +4,7 @@
  * Every test runs in its own process (Criterion forks), so option changes and
  * leaks in one test cannot affect another. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -3,11 +3,7 @@
  * flushing the thread's caches, heaps destroyed while other threads have used
  * them, and statistics that stay exact through all of it. */
 #define _GNU_SOURCE
-#ifdef LOAM_TEST_STANDALONE
-#include "standalone_shim.h"          /* a plain program, for ThreadSanitizer */
-#else
-#include <criterion/criterion.h>
-#endif
+#include "harness.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>

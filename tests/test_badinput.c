@@ -7,7 +7,7 @@
  * callback to go to: its faults take the default heap's reaction (abort), so
  * those cases are only tested for SIGABRT. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>

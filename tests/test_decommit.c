@@ -7,7 +7,7 @@
  *
  * White box: alloc_decommit_hook runs on the purge thread between taking a
  * batch out and giving its pages back, and again after. */
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>

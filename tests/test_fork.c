@@ -8,11 +8,7 @@
  * the test instead of hanging it; the parent also gives up waiting on its own.
  */
 #define _GNU_SOURCE
-#ifdef LOAM_TEST_STANDALONE
-#include "standalone_shim.h"          /* a plain program, for ThreadSanitizer */
-#else
-#include <criterion/criterion.h>
-#endif
+#include "harness.h"
 
 #include <errno.h>
 #include <execinfo.h>
@@ -756,7 +752,6 @@ Test(fork, fork_from_a_marking_helpers_trace_callback_is_named, .timeout = 120)
     loam_heap_destroy(h);
 }
 
-#ifndef LOAM_TEST_STANDALONE           /* (the shim cannot expect a signal) */
 /* Without an error callback, the fault's reaction is to abort. */
 Test(fork, fork_from_a_roots_callback_aborts_by_default, .signal = SIGABRT, .timeout = 60)
 {
@@ -765,4 +760,3 @@ Test(fork, fork_from_a_roots_callback_aborts_by_default, .signal = SIGABRT, .tim
     cr_assert_not_null(h);
     loam_gc_collect(h);
 }
-#endif

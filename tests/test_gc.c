@@ -23,7 +23,7 @@
  * Heaps with LOAM_NO_STACK_SCAN give exact live counts: only the test's roots
  * keep anything alive. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>

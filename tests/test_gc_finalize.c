@@ -21,7 +21,7 @@
  * loam_free of the block, in slabs and large blocks alike; a target in no
  * block of the heap is refused. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>

@@ -16,7 +16,7 @@
  * Minor collections are the automatic ones (a small gc_young_min makes them
  * frequent); heaps have LOAM_NO_STACK_SCAN so live counts are exact. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <stdint.h>
 #include <string.h>
 

@@ -14,7 +14,7 @@
  *    unreachable from the roots and were never freed (count, addresses and
  *    sizes through the callback), and frees nothing. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>

@@ -14,13 +14,9 @@
  *  - two heaps collecting independently in two threads: a collection of one
  *    heap does not wait for a thread attached only to the other, and each
  *    heap counts only its own collections.
- * Builds as a plain program with -DLOAM_TEST_STANDALONE (ThreadSanitizer). */
+ */
 #define _GNU_SOURCE
-#ifdef LOAM_TEST_STANDALONE
-#include "standalone_shim.h"
-#else
-#include <criterion/criterion.h>
-#endif
+#include "harness.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -26,11 +26,7 @@
  * LOAM_TEST_SEED=<n> replays a run (the seed is printed); LOAM_TEST_SCALE=<x>
  * multiplies the number of rounds. */
 #define _GNU_SOURCE
-#ifdef LOAM_TEST_STANDALONE
-#include "standalone_shim.h"          /* a plain program (sanitizers, debuggers) */
-#else
-#include <criterion/criterion.h>
-#endif
+#include "harness.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>

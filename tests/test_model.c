@@ -12,7 +12,7 @@
  * before the block is freed or reallocated, and after a realloc the old
  * contents are verified in the new place. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>

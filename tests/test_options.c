@@ -5,7 +5,7 @@
  * Options are process-wide; Criterion runs each test in its own process, so
  * each test starts from the defaults. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>

@@ -5,7 +5,7 @@
  * "Near" is: start + SLACK + start/10. Each test runs in its own process, and
  * the bookkeeping arrays are allocated and touched before the start is read. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>

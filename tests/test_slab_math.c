@@ -8,7 +8,7 @@
  * Offsets tried per class: every offset near a block boundary of the slab
  * and one block either side (each multiple of the size, -20..+20), every
  * offset in the first and last 4 KiB of the range, and random ones (the seed is printed; LOAM_TEST_SEED replays). */
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * blocks, requested bytes, large blocks), and loam_heap_print_stats writes a
  * readable text report and well-formed JSON. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -14,11 +14,7 @@
  *  - more heaps than cache slots, used from several threads.
  */
 #define _GNU_SOURCE
-#ifdef LOAM_TEST_STANDALONE
-#include "standalone_shim.h"          /* a plain program, for ThreadSanitizer */
-#else
-#include <criterion/criterion.h>
-#endif
+#include "harness.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -1410,9 +1406,6 @@ Test(threads, a_fork_child_gets_back_the_budget_other_threads_drew, .timeout = 3
     loam_heap_destroy(h);
 }
 
-#ifndef LOAM_TEST_STANDALONE
-/* (Not in the standalone build: its tests run in children forked from a
- * process whose purge thread had started, and a child of fork gets none.) */
 /* A cache that goes idle is asked to give its blocks back (the purge
  * thread, after decay_ms); answering, it returns to its base limits and
  * gives its draw on the shared budget back. The purge thread sleeps while
@@ -1454,4 +1447,3 @@ Test(threads, an_idle_cache_gives_its_share_of_the_budget_back, .timeout = 120)
     cr_assert_lt(st.cached_bytes, GB_MIB, "the idle cache still holds %zu bytes", st.cached_bytes);
     loam_heap_destroy(h);
 }
-#endif
