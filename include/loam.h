@@ -166,8 +166,11 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * reaches stay alive until then (it may store obj somewhere: resurrection).
  * Finalizers of the objects one collection finds unreachable run in the order
  * they were set; a finalized object is freed by a later collection if it is
- * still unreachable then (never finalized twice). Returns 0, or -1 if obj is
- * not a block of collected heap h. fn NULL removes the finalizer. */
+ * still unreachable then (never finalized twice). Returns 0, or -1 (errno
+ * EINVAL) if obj is not a block of h or, for a non-NULL fn, h is not collected
+ * now; ENOMEM if out of memory. fn NULL removes the finalizer, in either mode:
+ * a finalizer set while h was collected outlives a switch to manual and runs
+ * after the switch back unless removed. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
 /* A reference to target that does not keep it alive. target is NULL (a
  * reference to nothing) or an address in a block of h, at its start or
