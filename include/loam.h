@@ -119,6 +119,8 @@ LOAM_API size_t loam_usable_size(const void *p);
  *   LOAM_CONSERVATIVE  every aligned word may be a pointer (interior too);
  *   LOAM_TRACED        the config's trace callback reports each pointer field
  *                      with loam_mark (precise: block starts or NULL).
+ * loam_gc_alloc returns NULL with errno EINVAL for a kind not of these three,
+ * and for LOAM_TRACED in a heap whose config has no trace callback.
  * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
  * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
  * may see a fresh object before the embedder initialised it: all zero bytes

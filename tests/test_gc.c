@@ -525,6 +525,33 @@ Test(gc, kinds_decide_what_is_followed)
     loam_heap_destroy(h);
 }
 
+/* A LOAM_TRACED object in a heap with no trace callback would have its
+ * pointer fields followed by nobody, and what only they reach freed under
+ * it: the allocation is refused (no callback can be added later, so the
+ * kind can never mean anything there), small and large, manual heaps too. */
+Test(gc, traced_allocation_without_a_trace_callback_is_refused)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, NULL, NULL, NULL);
+    loam_heap_t *manual = loam_heap_new(NULL);
+    cr_assert_not_null(manual);
+    size_t sizes[] = { 0, 16, 1000, 300 * KiB };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        errno = 0;
+        cr_assert_null(loam_gc_alloc(h, sizes[i], LOAM_TRACED), "TRACED of %zu bytes accepted without a trace callback", sizes[i]);
+        cr_assert_eq(errno, EINVAL);
+        errno = 0;
+        cr_assert_null(loam_gc_alloc(manual, sizes[i], LOAM_TRACED), "TRACED of %zu bytes accepted by a manual heap without one", sizes[i]);
+        cr_assert_eq(errno, EINVAL);
+        void *c = loam_gc_alloc(h, sizes[i], LOAM_CONSERVATIVE);
+        void *a = loam_gc_alloc(h, sizes[i], LOAM_ATOMIC);
+        cr_assert(c && a, "the other kinds refused");
+        loam_free(c);
+        loam_free(a);
+    }
+    loam_heap_destroy(manual);
+    loam_heap_destroy(h);
+}
+
 Test(gc, conservative_and_traced_blocks_are_zero_filled_on_reuse)
 {
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
