@@ -154,7 +154,9 @@ LOAM_API void   loam_root_remove_range(loam_heap_t *h, void *start);
  * first allocation from it). An attached thread stops for collections at its
  * allocations and at loam_safepoint; around waits that do not allocate (join,
  * locks, I/O) it brackets loam_enter_blocking / loam_leave_blocking, and must
- * not touch the heap's blocks in between. A thread attached to several heaps
+ * neither touch the heap's blocks nor allocate from the heap in between
+ * (unchecked: it would race with a collection). Brackets nest; on a thread
+ * not attached to h they do nothing. A thread attached to several heaps
  * stops for any of them at an allocation slow path of any heap (malloc's
  * too), and counts as stopped for all of them while it waits inside loam for
  * one (collecting it, or stopped for its collection). */
