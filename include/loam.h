@@ -120,7 +120,9 @@ LOAM_API size_t loam_usable_size(const void *p);
  *   LOAM_TRACED        the config's trace callback reports each pointer field
  *                      with loam_mark (precise: block starts or NULL).
  * loam_gc_alloc returns NULL with errno EINVAL for a kind not of these three,
- * and for LOAM_TRACED in a heap whose config has no trace callback.
+ * and for LOAM_TRACED in a collected heap whose config has no trace callback
+ * (a manual heap records the kind, but loam_heap_set_mode then refuses, -1
+ * with EINVAL, to make it collected).
  * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
  * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
  * may see a fresh object before the embedder initialised it: all zero bytes

@@ -206,6 +206,11 @@ int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
         errno = EINVAL;           /* the default heap serves malloc: it stays manual */
         return -1;
     }
+    if (m == LOAM_GC && h->mode != LOAM_GC && !h->cfg.trace &&
+        __atomic_load_n(&h->kinds[LOAM_TRACED].ready, __ATOMIC_ACQUIRE)) {
+        errno = EINVAL;           /* TRACED blocks and no trace callback to follow their pointers */
+        return -1;
+    }
     return gc_set_mode(h, m);
 }
 
