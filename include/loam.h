@@ -83,7 +83,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
 } loam_config_t;
 
 /* ---- heaps ------------------------------------------------------------- */
-LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);   /* NULL cfg: defaults */
+/* NULL cfg: defaults. NULL with errno EINVAL for a bad mode, an unknown flag or
+ * a gc_growth past LOAM_GC_GROWTH_MAX; ENOMEM if out of memory. */
+LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);
 LOAM_API void         loam_heap_destroy(loam_heap_t *h);         /* releases every block */
 LOAM_API loam_heap_t *loam_heap_default(void);                   /* the process heap, manual */
 LOAM_API loam_heap_t *loam_heap_of(const void *p);               /* NULL: not a loam block */

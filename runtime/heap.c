@@ -131,7 +131,9 @@ arena_t *heap_arena_at(loam_heap_t *h, unsigned i)
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)
 {
     loam_ensure_init();
-    if (cfg && ((cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) || cfg->gc_growth > LOAM_GC_GROWTH_MAX)) {
+    const unsigned known_flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK | LOAM_GENERATIONAL;
+    if (cfg && ((cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) || cfg->gc_growth > LOAM_GC_GROWTH_MAX ||
+                (cfg->flags & ~known_flags))) {
         errno = EINVAL;
         return NULL;
     }
