@@ -60,7 +60,11 @@ static inline __attribute__((always_inline)) void clear_small(char *p, size_t n)
  * request, an empty cache (refill, safepoint, pacing). */
 static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, loam_kind_t kind)
 {
-    if ((unsigned)kind >= HEAP_KINDS) {
+    /* A bad kind, or TRACED in a collected heap with no trace callback to
+     * follow its pointers (nor any way to give the heap one later). Before
+     * the kind's slot is made, so every such allocation comes here; a manual
+     * heap that made the kind cannot become collected (loam_heap_set_mode). */
+    if ((unsigned)kind >= HEAP_KINDS || (kind == LOAM_TRACED && !h->cfg.trace && h->mode == LOAM_GC)) {
         errno = EINVAL;
         return NULL;
     }

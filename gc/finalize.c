@@ -28,7 +28,10 @@ static bool grow_fins(finalizer_t **array, size_t *cap)
 
 int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data)
 {
-    if (!h || !obj || h->mode != LOAM_GC || loam_heap_of(obj) != h) {
+    /* Removal works in either mode: a finalizer set while the heap was
+     * collected outlives a switch to manual, and runs after the switch back
+     * unless removed. Setting one needs a collected heap. */
+    if (!h || !obj || (fn && h->mode != LOAM_GC) || loam_heap_of(obj) != h) {
         errno = EINVAL;
         return -1;
     }
@@ -38,6 +41,8 @@ int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *da
         errno = EINVAL;
         return -1;
     }
+    if (!fn && !__atomic_load_n(&h->gc, __ATOMIC_ACQUIRE))
+        return 0;                    /* never collected: no finalizer to remove */
     gc_state_t *gc = gc_state_get(h);
     int rc = 0;
     pthread_mutex_lock(&gc->lock);

@@ -83,7 +83,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
 } loam_config_t;
 
 /* ---- heaps ------------------------------------------------------------- */
-LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);   /* NULL cfg: defaults */
+/* NULL cfg: defaults. NULL with errno EINVAL for a bad mode, an unknown flag or
+ * a gc_growth past LOAM_GC_GROWTH_MAX; ENOMEM if out of memory. */
+LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);
 LOAM_API void         loam_heap_destroy(loam_heap_t *h);         /* releases every block */
 LOAM_API loam_heap_t *loam_heap_default(void);                   /* the process heap, manual */
 LOAM_API loam_heap_t *loam_heap_of(const void *p);               /* NULL: not a loam block */
@@ -119,6 +121,10 @@ LOAM_API size_t loam_usable_size(const void *p);
  *   LOAM_CONSERVATIVE  every aligned word may be a pointer (interior too);
  *   LOAM_TRACED        the config's trace callback reports each pointer field
  *                      with loam_mark (precise: block starts or NULL).
+ * loam_gc_alloc returns NULL with errno EINVAL for a kind not of these three,
+ * and for LOAM_TRACED in a collected heap whose config has no trace callback
+ * (a manual heap records the kind, but loam_heap_set_mode then refuses, -1
+ * with EINVAL, to make it collected).
  * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
  * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
  * may see a fresh object before the embedder initialised it: all zero bytes
@@ -152,7 +158,9 @@ LOAM_API void   loam_root_remove_range(loam_heap_t *h, void *start);
  * first allocation from it). An attached thread stops for collections at its
  * allocations and at loam_safepoint; around waits that do not allocate (join,
  * locks, I/O) it brackets loam_enter_blocking / loam_leave_blocking, and must
- * not touch the heap's blocks in between. A thread attached to several heaps
+ * neither touch the heap's blocks nor allocate from the heap in between
+ * (unchecked: it would race with a collection). Brackets nest; on a thread
+ * not attached to h they do nothing. A thread attached to several heaps
  * stops for any of them at an allocation slow path of any heap (malloc's
  * too), and counts as stopped for all of them while it waits inside loam for
  * one (collecting it, or stopped for its collection). */
@@ -166,8 +174,11 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * reaches stay alive until then (it may store obj somewhere: resurrection).
  * Finalizers of the objects one collection finds unreachable run in the order
  * they were set; a finalized object is freed by a later collection if it is
- * still unreachable then (never finalized twice). Returns 0, or -1 if obj is
- * not a block of collected heap h. fn NULL removes the finalizer. */
+ * still unreachable then (never finalized twice). Returns 0, or -1 (errno
+ * EINVAL) if obj is not a block of h or, for a non-NULL fn, h is not collected
+ * now; ENOMEM if out of memory. fn NULL removes the finalizer, in either mode:
+ * a finalizer set while h was collected outlives a switch to manual and runs
+ * after the switch back unless removed. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
 /* A reference to target that does not keep it alive. target is NULL (a
  * reference to nothing) or an address in a block of h, at its start or

@@ -152,7 +152,9 @@ arena_t *heap_arena_at(loam_heap_t *h, unsigned i)
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)
 {
     loam_ensure_init();
-    if (cfg && ((cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) || cfg->gc_growth > LOAM_GC_GROWTH_MAX)) {
+    const unsigned known_flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK | LOAM_GENERATIONAL;
+    if (cfg && ((cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) || cfg->gc_growth > LOAM_GC_GROWTH_MAX ||
+                (cfg->flags & ~known_flags))) {
         errno = EINVAL;
         return NULL;
     }
@@ -233,6 +235,11 @@ int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
 {
     if (!h || (m != LOAM_MANUAL && m != LOAM_GC) || (h->is_default && m == LOAM_GC)) {
         errno = EINVAL;           /* the default heap serves malloc: it stays manual */
+        return -1;
+    }
+    if (m == LOAM_GC && h->mode != LOAM_GC && !h->cfg.trace &&
+        __atomic_load_n(&h->kinds[LOAM_TRACED].ready, __ATOMIC_ACQUIRE)) {
+        errno = EINVAL;           /* TRACED blocks and no trace callback to follow their pointers */
         return -1;
     }
     return gc_set_mode(h, m);

@@ -525,6 +525,42 @@ Test(gc, kinds_decide_what_is_followed)
     loam_heap_destroy(h);
 }
 
+/* A LOAM_TRACED object in a collected heap with no trace callback would
+ * have its pointer fields followed by nobody, and what only they reach
+ * freed under it: the allocation is refused (no callback can be added
+ * later), small and large. A manual heap records the kind only, but then
+ * cannot become collected. */
+Test(gc, traced_allocation_without_a_trace_callback_is_refused)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, NULL, NULL, NULL);
+    size_t sizes[] = { 0, 16, 1000, 300 * KiB };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        errno = 0;
+        cr_assert_null(loam_gc_alloc(h, sizes[i], LOAM_TRACED), "TRACED of %zu bytes accepted without a trace callback", sizes[i]);
+        cr_assert_eq(errno, EINVAL);
+        void *c = loam_gc_alloc(h, sizes[i], LOAM_CONSERVATIVE);
+        void *a = loam_gc_alloc(h, sizes[i], LOAM_ATOMIC);
+        cr_assert(c && a, "the other kinds refused");
+        loam_free(c);
+        loam_free(a);
+    }
+    /* switched to manual, it records TRACED blocks, and cannot come back */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    void *t = loam_gc_alloc(h, 64, LOAM_TRACED);
+    cr_assert_not_null(t, "a manual heap refused a TRACED block");
+    errno = 0;
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), -1, "collected again with a TRACED block and no trace callback");
+    cr_assert_eq(errno, EINVAL);
+    loam_free(t);
+    /* a manual heap without TRACED blocks may become collected */
+    loam_heap_t *manual = loam_heap_new(NULL);
+    cr_assert_not_null(manual);
+    cr_assert_not_null(loam_gc_alloc(manual, 64, LOAM_ATOMIC));
+    cr_assert_eq(loam_heap_set_mode(manual, LOAM_GC), 0);
+    loam_heap_destroy(manual);
+    loam_heap_destroy(h);
+}
+
 Test(gc, conservative_and_traced_blocks_are_zero_filled_on_reuse)
 {
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);

@@ -395,6 +395,41 @@ Test(finalizer, set_refuses_foreign_blocks_and_null_removes)
     loam_heap_destroy(h);
 }
 
+/* A finalizer set while the heap was collected outlives a switch to manual
+ * and runs after the switch back. Removing it meanwhile (an embedder closing
+ * its resource by hand) must take: else it runs for a resource already
+ * closed. */
+Test(finalizer, null_removes_while_the_heap_is_manual)
+{
+    loam_heap_t *h = gc_heap();
+    static void *slot;
+    loam_root_add(h, &slot);
+    void *kept = new_node(h, LOAM_TRACED, 0);
+    void *removed = new_node(h, LOAM_TRACED, 0);
+    slot = kept;
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, kept, log_fin, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, removed, log_fin, NULL), 0);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    cr_assert_eq(loam_finalizer_set(h, removed, NULL, NULL), 0, "removal refused while manual (errno %d)", errno);
+    cr_assert_eq(loam_finalizer_set(h, removed, log_fin, NULL), -1, "a finalizer set while manual");
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    slot = NULL;
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_calls_for(removed), 0, "a finalizer removed while manual ran");
+    cr_assert_eq(fin_calls_for(kept), 1, "the finalizer kept across the switches did not run once");
+    /* a heap never collected has no finalizer to remove: nothing to do */
+    loam_config_t cfg = { 0 };
+    loam_heap_t *manual = loam_heap_new(&cfg);
+    void *man = loam_malloc(manual, 64);
+    cr_assert_eq(loam_finalizer_set(manual, man, NULL, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(manual, NULL, NULL, NULL), -1, "NULL accepted");
+    loam_root_remove(h, &slot);
+    loam_heap_destroy(manual);
+    loam_heap_destroy(h);
+}
+
 /* ---- automatic collections, allocation inside a finalizer ------------------------------------ */
 
 static unsigned char *seen_fin;

@@ -156,6 +156,28 @@ Test(modes, set_mode_rejects_bad_modes)
     loam_heap_destroy(h);
 }
 
+/* loam_heap_new refuses a config it cannot honour, NULL with EINVAL: a bad
+ * mode, a gc_growth past its maximum, a flag it does not know (one from a
+ * newer loam.h, say, which this library would otherwise silently ignore). */
+Test(modes, heap_new_rejects_bad_configs)
+{
+    loam_config_t bad_mode = { .mode = (loam_mode_t)5 };
+    loam_config_t bad_growth = { .mode = LOAM_GC, .gc_growth = LOAM_GC_GROWTH_MAX + 1 };
+    loam_config_t bad_flag = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN | (1u << 9) };
+    loam_config_t top_flag = { .flags = 1u << 31 };
+    loam_config_t *bad[] = { &bad_mode, &bad_growth, &bad_flag, &top_flag };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        errno = 0;
+        cr_assert_null(loam_heap_new(bad[i]), "bad config %zu accepted", i);
+        cr_assert_eq(errno, EINVAL, "bad config %zu: errno %d", i, errno);
+    }
+    loam_config_t good = { .mode = LOAM_GC,
+                           .flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK | LOAM_GENERATIONAL };
+    loam_heap_t *h = loam_heap_new(&good);
+    cr_assert_not_null(h, "every known flag refused");
+    loam_heap_destroy(h);
+}
+
 /* loam_gc_alloc on a manual heap that tracks requested bytes (loam_heap_new's
  * default): every kind's allocations are counted, small and big, fast path
  * or not, and freeing them brings the count back to zero; the blocks come
