@@ -112,8 +112,9 @@ void gc_find_ready_finalizers(gc_state_t *gc)
  * runs it. Before, an object taken out of the ready list was no one's
  * root: another thread's collection freed it, and its finalizer then ran
  * on a block handed out again. */
-void gc_run_ready_finalizers(gc_state_t *gc)
+size_t gc_run_ready_finalizers(gc_state_t *gc)
 {
+    size_t ran = 0;
     for (;;) {
         finalizer_batch_t batch = { 0 };
         pthread_mutex_lock(&gc->lock);
@@ -129,13 +130,14 @@ void gc_run_ready_finalizers(gc_state_t *gc)
         pthread_mutex_unlock(&gc->lock);
         if (!batch.n) {
             meta_free(batch.list, cap * sizeof *batch.list);
-            return;
+            return ran;
         }
         for (size_t i = 0; i < batch.n; i++) {
             AO_store_release(&batch.next, i);   /* list[i] stays a root while it runs */
             batch.list[i].fn(batch.list[i].obj, batch.list[i].data);
             __atomic_fetch_add(&gc->finalizers_run, 1, __ATOMIC_RELAXED);
         }
+        ran += batch.n;
         pthread_mutex_lock(&gc->lock);
         finalizer_batch_t **pp = &gc->running;
         while (*pp != &batch)
@@ -143,6 +145,45 @@ void gc_run_ready_finalizers(gc_state_t *gc)
         *pp = batch.link;
         pthread_mutex_unlock(&gc->lock);
         meta_free(batch.list, cap * sizeof *batch.list);
+    }
+}
+
+/* Shutdown (lua_close's finalizers, Boehm's GC_finalize_all): every entry
+ * of the table joins the ready list, in registration order, and the ready
+ * list runs as after a collection; then again for the finalizers those set,
+ * until a round finds none. The objects stay roots until their finalizer
+ * has run (the ready list is one), and are freed by no one here. */
+size_t loam_finalize_all(loam_heap_t *h)
+{
+    gc_state_t *gc = h ? __atomic_load_n(&h->gc, __ATOMIC_ACQUIRE) : NULL;
+    if (!gc)
+        return 0;                       /* never collected: no finalizer was set */
+    size_t ran = 0;
+    for (;;) {
+        pthread_mutex_lock(&gc->lock);
+        size_t moved = 0, kept = 0;
+        for (size_t i = 0; i < gc->nfins; i++) {
+            finalizer_t f = gc->fins[i];
+            if (!f.obj)
+                continue;
+            if (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) {
+                gc->ready[gc->nready++] = f;
+                objmap_del(&gc->fin_map, (uintptr_t)f.obj);
+                moved++;
+            } else {                        /* no room: stays, at its new index */
+                gc->fins[kept++] = f;
+                objmap_put(&gc->fin_map, (uintptr_t)f.obj, kept);
+            }
+        }
+        gc->nfins = kept;
+        pthread_mutex_unlock(&gc->lock);
+        size_t round = gc_run_ready_finalizers(gc);
+        ran += round;
+        if (!moved && !round) {
+            if (kept)
+                errno = ENOMEM;
+            return ran;
+        }
     }
 }
 

@@ -311,7 +311,7 @@ LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
 /* finalize.c */
 LOAM_INTERNAL void  gc_clear_dead_weaks(gc_state_t *gc);
 LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
-LOAM_INTERNAL void  gc_run_ready_finalizers(gc_state_t *gc);
+LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how many ran */
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
 LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
 /* collect.c */

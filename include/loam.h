@@ -90,6 +90,7 @@ LOAM_API void         loam_heap_destroy(loam_heap_t *h);         /* releases eve
 LOAM_API loam_heap_t *loam_heap_default(void);                   /* the process heap, manual */
 LOAM_API loam_heap_t *loam_heap_of(const void *p);               /* NULL: not a loam block */
 LOAM_API int          loam_heap_set_mode(loam_heap_t *h, loam_mode_t m);   /* 0 on success */
+LOAM_API loam_mode_t  loam_heap_mode(const loam_heap_t *h);      /* LOAM_MANUAL for NULL */
 /* Hand every free page run of the heap back to the OS now, without waiting
  * for decay_ms (like malloc_trim). Returns the bytes decommitted. */
 LOAM_API size_t       loam_heap_trim(loam_heap_t *h);
@@ -180,6 +181,15 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * a finalizer set while h was collected outlives a switch to manual and runs
  * after the switch back unless removed. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
+/* For shutdown, before loam_heap_destroy (which runs no finalizer), as
+ * lua_close does: runs, in the calling thread, the finalizer of every object
+ * of h that has one, reachable or not, in the order they were set, then
+ * those the finalizers set meanwhile, until none is left (a finalizer that
+ * sets one again each time it runs keeps it going). Each runs once; the
+ * objects stay until a collection finds them unreachable, or h is destroyed.
+ * Either mode. Returns how many ran; out of memory to queue some, it sets
+ * errno to ENOMEM and leaves those set. */
+LOAM_API size_t loam_finalize_all(loam_heap_t *h);
 /* A reference to target that does not keep it alive. target is NULL (a
  * reference to nothing) or an address in a block of h, at its start or
  * inside it: as for conservative scanning, an interior address stands for

@@ -245,6 +245,11 @@ int loam_heap_set_mode(loam_heap_t *h, loam_mode_t m)
     return gc_set_mode(h, m);
 }
 
+loam_mode_t loam_heap_mode(const loam_heap_t *h)
+{
+    return h ? __atomic_load_n(&h->mode, __ATOMIC_RELAXED) : LOAM_MANUAL;
+}
+
 size_t loam_heap_trim(loam_heap_t *h)
 {
     return heap_trim(h, SIZE_MAX);

@@ -430,6 +430,84 @@ Test(finalizer, null_removes_while_the_heap_is_manual)
     loam_heap_destroy(h);
 }
 
+/* ---- loam_finalize_all: shutdown ------------------------------------------------------------ */
+
+/* A finalizer that sets one on a fresh object, the first two times. */
+static loam_heap_t *chain_heap;
+static int chain_left;
+
+static void fin_then_set_another(void *obj, void *data)
+{
+    log_fin(obj, data);
+    if (chain_left-- > 0) {
+        void *fresh = new_node(chain_heap, LOAM_TRACED, 0);
+        cr_assert_eq(loam_finalizer_set(chain_heap, fresh, fin_then_set_another, (void *)(uintptr_t)9), 0);
+    }
+}
+
+Test(finalizer, finalize_all_runs_every_finalizer_once_in_order)
+{
+    loam_heap_t *h = gc_heap();
+    chain_heap = h;
+    static void *slot;
+    loam_root_add(h, &slot);
+    enum { N = 40 };
+    node_t *obj[N];
+    for (int i = 0; i < N; i++)
+        obj[i] = new_node(h, LOAM_TRACED, 0);
+    slot = obj[7];                                  /* reachable ones are finalized too */
+    fin_n = 0;
+    chain_left = 2;
+    for (int i = N - 1; i >= 0; i--)                /* set in reverse: the order to check */
+        cr_assert_eq(loam_finalizer_set(h, obj[i], i == 0 ? fin_then_set_another : log_fin,
+                                        (void *)(uintptr_t)i), 0);
+    cr_assert_eq(loam_finalizer_set(h, obj[5], NULL, NULL), 0);   /* removed: never runs */
+    size_t ran = loam_finalize_all(h);
+    cr_assert_eq(ran, (size_t)N - 1 + 2, "ran %zu", ran);
+    cr_assert_eq(fin_n, (size_t)N - 1 + 2);
+    size_t k = 0;
+    for (int i = N - 1; i >= 0; i--) {
+        if (i == 5)
+            continue;
+        cr_assert_eq(fin_log[k].obj, obj[i], "call %zu: not in the order set", k);
+        cr_assert_eq(fin_log[k].data, (void *)(uintptr_t)i);
+        k++;
+    }
+    cr_assert_eq(fin_log[N - 1].data, (void *)(uintptr_t)9, "a finalizer set by a finalizer did not run");
+    cr_assert_eq(fin_log[N].data, (void *)(uintptr_t)9);
+    cr_assert_eq(obj[7]->tag, NODE_TAG, "a reachable object was freed");
+    cr_assert_eq(loam_finalize_all(h), 0, "a finalizer ran twice");
+    collect(h);
+    collect(h);
+    cr_assert_eq(fin_n, (size_t)N - 1 + 2, "a collection ran a finalizer finalize_all had run");
+    cr_assert_eq(live_blocks(h), 1, "the unreachable objects were not freed by the collections after");
+    loam_root_remove(h, &slot);
+    loam_heap_destroy(h);
+}
+
+Test(finalizer, finalize_all_in_a_manual_heap_and_one_never_collected)
+{
+    loam_heap_t *h = gc_heap();
+    void *o = new_node(h, LOAM_TRACED, 0);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, o, log_fin, NULL), 0);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    cr_assert_eq(loam_heap_mode(h), LOAM_MANUAL);
+    cr_assert_eq(loam_finalize_all(h), 1);
+    cr_assert_eq(fin_calls_for(o), 1);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    cr_assert_eq(loam_heap_mode(h), LOAM_GC);
+    collect(h);
+    cr_assert_eq(fin_calls_for(o), 1, "run again after the switch back");
+    loam_heap_destroy(h);
+    loam_heap_t *manual = loam_heap_new(NULL);
+    cr_assert_eq(loam_heap_mode(manual), LOAM_MANUAL);
+    cr_assert_eq(loam_finalize_all(manual), 0);
+    cr_assert_eq(loam_finalize_all(NULL), 0);
+    cr_assert_eq(loam_heap_mode(NULL), LOAM_MANUAL);
+    loam_heap_destroy(manual);
+}
+
 /* ---- automatic collections, allocation inside a finalizer ------------------------------------ */
 
 static unsigned char *seen_fin;

@@ -12,6 +12,7 @@
  *   loam_root_add        GC_add_roots over the slot
  *   loam_finalizer_set   GC_register_finalizer (run by GC_invoke_finalizers
  *                        after each explicit collection, as loam does)
+ *   loam_finalize_all    GC_finalize_all
  *   weak references      GC_general_register_disappearing_link on a box the
  *                        collector does not scan
  *   statistics           collections and pauses from the collection events
@@ -21,6 +22,7 @@
 
 #include <gc/gc.h>
 #include <gc/gc_mark.h>
+#include <gc/javaxfc.h>
 #include "boehm_pauses.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -114,6 +116,13 @@ int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *da
     (void)h;
     GC_register_finalizer(obj, (GC_finalization_proc)fn, data, NULL, NULL);
     return 0;
+}
+
+size_t loam_finalize_all(loam_heap_t *h)
+{
+    (void)h;
+    GC_finalize_all();                /* runs them too (no finalizer thread here) */
+    return 0;                         /* (the count is not kept; the Lisp ignores it) */
 }
 
 loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)

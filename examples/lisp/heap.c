@@ -137,7 +137,10 @@ void heap_init(const heap_options_t *opt)
 
 void heap_shutdown(void)
 {
-    loam_heap_destroy(L.heap);     /* every block at once; no finalizers run */
+    /* Resources still open are closed, as lua_close does: their finalizers
+     * run now, reachable or not; the destroy runs none. */
+    loam_finalize_all(L.heap);
+    loam_heap_destroy(L.heap);     /* every block at once */
     L.heap = NULL;
     free(L.stack);
     L.stack = NULL;
