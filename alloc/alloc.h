@@ -732,6 +732,9 @@ LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
 LOAM_INTERNAL void  *os_reserve_aligned(size_t size, size_t align);   /* committed lazily by touch */
 /* The same, at p with p + offset aligned (offset < align). */
 LOAM_INTERNAL void  *os_reserve_offset_aligned(size_t size, size_t align, size_t offset);
+/* The same for a large block: a mapping the kernel's overcommit policy
+ * judges (no MAP_NORESERVE), so an impossible size fails with ENOMEM. */
+LOAM_INTERNAL void  *os_map_block(size_t size, size_t align, size_t offset);
 LOAM_INTERNAL void   os_release(void *p, size_t size);
 LOAM_INTERNAL void   os_decommit(void *p, size_t size);
 LOAM_INTERNAL void   os_advise_huge(void *p, size_t size);   /* MADV_HUGEPAGE */

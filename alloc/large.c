@@ -387,8 +387,8 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
             errno = ENOMEM;
             return NULL;
         }
-        char *dest = align > SEGMENT_SIZE ? os_reserve_offset_aligned(map, align, SEGMENT_SIZE)
-                                          : os_reserve_aligned(map, SEGMENT_SIZE);
+        char *dest = align > SEGMENT_SIZE ? os_map_block(map, align, SEGMENT_SIZE)
+                                          : os_map_block(map, SEGMENT_SIZE, 0);
         if (!dest) {
             budget_release(a->budget, map);
             return NULL;
