@@ -264,6 +264,13 @@ static inline void *segmap_lookup(uintptr_t a)
     return (void *)AO_load(&leaf[(a >> SEGMENT_SHIFT) & (((size_t)1 << SEGMAP_L2_BITS) - 1)]);
 }
 LOAM_INTERNAL void segmap_set(uintptr_t base, size_t len, void *value);
+/* The last SEGMAP_RELEASED_RING ranges of segments and large mappings given
+ * back to the OS (granule-aligned; best effort, lock-free): a free into one
+ * is a block of a destroyed heap, or a double free, not a foreign pointer,
+ * and the fault message can say so. */
+#define SEGMAP_RELEASED_RING 64
+LOAM_INTERNAL void segmap_note_released(uintptr_t base, size_t len);
+LOAM_INTERNAL bool segmap_was_released(uintptr_t a);
 /* Bounds of every address the map has ever named (they only widen): an
  * address outside them is in no segment or large block. A reader that sees
  * an older, narrower pair can only miss mappings made after it looked. */

@@ -182,6 +182,7 @@ static void large_unmap(large_t *l)
     arena_t *a = l->arena;
     size_t map = l->map_size;
     segmap_set((uintptr_t)l, map, NULL);
+    segmap_note_released((uintptr_t)l, map);
     budget_release(a->budget, map);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - map);
     os_release(l, map);

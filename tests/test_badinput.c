@@ -337,6 +337,35 @@ static void fault_foreign(void)
     loam_free(p);
 }
 
+static void fault_free_after_destroy(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    report_addr(p);
+    loam_heap_destroy(h);
+    loam_free(p);
+}
+
+static void fault_free_after_destroy_large(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, MiB);
+    report_addr(p);
+    loam_heap_destroy(h);
+    loam_free(p);
+}
+
+/* A double free after trim gave the block's segment back to the OS. */
+static void fault_double_free_after_trim(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 5000);
+    report_addr(p);
+    loam_free(p);
+    loam_heap_trim(h);
+    loam_free(p);
+}
+
 static void check_message(fault_fn fn, const char *const *words, const char *what)
 {
     char buf[4096];
@@ -404,6 +433,22 @@ Test(message, foreign_pointer_names_fault_and_address)
 {
     static const char *const words[] = { "foreign", "not allocated by loam", "not a loam", "unknown pointer", NULL };
     check_message(fault_foreign, words, "foreign pointer");
+}
+
+/* A block of a destroyed heap, or one whose memory went back to the OS, is
+ * no foreign pointer: the message said "not allocated by loam", sending the
+ * reader to look for another allocator. */
+static void check_given_back_message(fault_fn fn, const char *what)
+{
+    static const char *const words[] = { "gave back", "given back", NULL };
+    check_message(fn, words, what);
+}
+
+Test(message, free_after_heap_destroy_is_not_called_foreign)
+{
+    check_given_back_message(fault_free_after_destroy, "free of a block of a destroyed heap");
+    check_given_back_message(fault_free_after_destroy_large, "free of a large block of a destroyed heap");
+    check_given_back_message(fault_double_free_after_trim, "double free after trim released the segment");
 }
 
 /* ---- error callback: reported, no abort, heap stays usable ------------------- */
