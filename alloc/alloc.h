@@ -264,6 +264,13 @@ static inline void *segmap_lookup(uintptr_t a)
     return (void *)AO_load(&leaf[(a >> SEGMENT_SHIFT) & (((size_t)1 << SEGMAP_L2_BITS) - 1)]);
 }
 LOAM_INTERNAL void segmap_set(uintptr_t base, size_t len, void *value);
+/* The last SEGMAP_RELEASED_RING ranges of segments and large mappings given
+ * back to the OS (granule-aligned; best effort, lock-free): a free into one
+ * is a block of a destroyed heap, or a double free, not a foreign pointer,
+ * and the fault message can say so. */
+#define SEGMAP_RELEASED_RING 64
+LOAM_INTERNAL void segmap_note_released(uintptr_t base, size_t len);
+LOAM_INTERNAL bool segmap_was_released(uintptr_t a);
 /* Bounds of every address the map has ever named (they only widen): an
  * address outside them is in no segment or large block. A reader that sees
  * an older, narrower pair can only miss mappings made after it looked. */
@@ -732,6 +739,9 @@ LOAM_INTERNAL void  *large_realloc(large_t *l, size_t n);
 LOAM_INTERNAL void  *os_reserve_aligned(size_t size, size_t align);   /* committed lazily by touch */
 /* The same, at p with p + offset aligned (offset < align). */
 LOAM_INTERNAL void  *os_reserve_offset_aligned(size_t size, size_t align, size_t offset);
+/* The same for a large block: a mapping the kernel's overcommit policy
+ * judges (no MAP_NORESERVE), so an impossible size fails with ENOMEM. */
+LOAM_INTERNAL void  *os_map_block(size_t size, size_t align, size_t offset);
 LOAM_INTERNAL void   os_release(void *p, size_t size);
 LOAM_INTERNAL void   os_decommit(void *p, size_t size);
 LOAM_INTERNAL void   os_advise_huge(void *p, size_t size);   /* MADV_HUGEPAGE */

@@ -182,6 +182,7 @@ static void large_unmap(large_t *l)
     arena_t *a = l->arena;
     size_t map = l->map_size;
     segmap_set((uintptr_t)l, map, NULL);
+    segmap_note_released((uintptr_t)l, map);
     budget_release(a->budget, map);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - map);
     os_release(l, map);
@@ -202,14 +203,29 @@ static large_t *mapping_resize(large_t *l, size_t map)
     if (map > old_map && (l->pieced || !budget_charge(a->budget, map - old_map)))
         return NULL;                /* pieced: several kernel mappings, mremap fails */
     large_t *moved = l;
+    /* Granules leave the segment map before their pages go, never after:
+     * the moment a range is unmapped, another thread may map there and
+     * enter its own block, which a late clearing would erase (its block
+     * then read as foreign: "free of a pointer not allocated by loam"). */
     if (map < old_map) {
+        /* Granules wholly past the new end are no longer ours. */
+        uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
+        uintptr_t end = (uintptr_t)l + old_map;
+        if (end > keep)
+            segmap_set(keep, end - keep, NULL);
         munmap((char *)l + map, old_map - map);
     } else if (mremap(l, old_map, map, 0) == MAP_FAILED) {
         void *dest = os_reserve_aligned(map, SEGMENT_SIZE);
+        /* Only the caller, who holds the block, and nobody else looks it up
+         * meanwhile (the arena lock is held). */
+        if (dest)
+            segmap_set((uintptr_t)l, old_map, NULL);
         void *r = dest ? mremap(l, old_map, map, MREMAP_MAYMOVE | MREMAP_FIXED, dest) : MAP_FAILED;
         if (r == MAP_FAILED) {
-            if (dest)
+            if (dest) {
+                segmap_set((uintptr_t)l, old_map, l);      /* still where it was */
                 os_release(dest, map);
+            }
             budget_release(a->budget, map - old_map);
             return NULL;
         }
@@ -217,19 +233,10 @@ static large_t *mapping_resize(large_t *l, size_t map)
         AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - map);
         moved = r;
     }
-    /* The map changes under the segmap lock; lookups see old or new, both valid until now. */
-    if (moved != l) {
+    if (moved != l)
         segmap_set((uintptr_t)moved, map, moved);
-        segmap_set((uintptr_t)l, old_map, NULL);
-    } else if (map > old_map) {
+    else if (map > old_map)
         segmap_set((uintptr_t)l, map, l);
-    } else {
-        /* Granules wholly past the new end are no longer ours. */
-        uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
-        uintptr_t end = (uintptr_t)l + old_map;
-        if (end > keep)
-            segmap_set(keep, end - keep, NULL);
-    }
     moved->map_size = map;
     if (map < old_map) {
         budget_release(a->budget, old_map - map);
@@ -255,17 +262,22 @@ static bool cache_split_tail(large_t *l, size_t map)
     char *dest = os_reserve_aligned(tail, SEGMENT_SIZE);
     if (!dest)
         return false;
+    /* The tail's granules leave the map before the range is vacated (see
+     * mapping_resize): a mapping another thread makes there at once must
+     * not lose its entries to a late clearing. */
+    uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
+    uintptr_t end = (uintptr_t)l + old_map;
+    if (end > keep)
+        segmap_set(keep, end - keep, NULL);
     if (mremap((char *)l + map, tail, tail, MREMAP_MAYMOVE | MREMAP_FIXED, dest) == MAP_FAILED) {
+        if (end > keep)
+            segmap_set(keep, end - keep, l);
         os_release(dest, tail);
         return false;
     }
     /* l's old tail range is gone; its pages, its commitment and its budget
      * charge are dest's now. */
     AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - tail);
-    uintptr_t keep = ((uintptr_t)l + map + SEGMENT_MASK) & ~(uintptr_t)SEGMENT_MASK;
-    uintptr_t end = (uintptr_t)l + old_map;
-    if (end > keep)
-        segmap_set(keep, end - keep, NULL);
     l->map_size = map;
     large_t *t = (large_t *)dest;
     memset(t, 0, sizeof *t);                /* its first page held block bytes */
@@ -376,8 +388,8 @@ void *large_alloc(arena_t *a, size_t n, size_t align)
             errno = ENOMEM;
             return NULL;
         }
-        char *dest = align > SEGMENT_SIZE ? os_reserve_offset_aligned(map, align, SEGMENT_SIZE)
-                                          : os_reserve_aligned(map, SEGMENT_SIZE);
+        char *dest = align > SEGMENT_SIZE ? os_map_block(map, align, SEGMENT_SIZE)
+                                          : os_map_block(map, SEGMENT_SIZE, 0);
         if (!dest) {
             budget_release(a->budget, map);
             return NULL;

@@ -31,14 +31,14 @@ static AO_t reserve_hint;
 /* A mapping of size bytes at the hint, if the kernel puts it there: one
  * system call instead of three (map, unmap head, unmap tail). Segments and
  * large blocks are reserved all the time under churn of big blocks. */
-static void *reserve_at_hint(size_t size, size_t align, size_t offset)
+static void *reserve_at_hint(size_t size, size_t align, size_t offset, int noreserve)
 {
     uintptr_t hint = AO_load(&reserve_hint);
     if (hint < size + align)
         return NULL;
     uintptr_t want = ((hint - size + offset) & ~(uintptr_t)(align - 1)) - offset;
     char *p = mmap((void *)want, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                   MAP_PRIVATE | MAP_ANONYMOUS | noreserve, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
     if ((uintptr_t)p != want) {             /* taken: the kernel chose elsewhere */
@@ -52,15 +52,28 @@ static void *reserve_at_hint(size_t size, size_t align, size_t offset)
  * power of two >= OS_PAGE; offset a multiple of OS_PAGE below align): at
  * the hint if that works, else over-map by align, then unmap the head
  * before p and the tail. The offset lets a large block take an alignment
- * above the segment size without mapping the gap up to it. */
-void *os_reserve_offset_aligned(size_t size, size_t align, size_t offset)
+ * above the segment size without mapping the gap up to it.
+ *
+ * `accounted`: the mapping is memory the caller is about to hand out (a
+ * large block), so the kernel's overcommit policy must judge it, as it
+ * judges glibc's mmap for a big malloc: under the default heuristic a
+ * request past RAM + swap fails here, with ENOMEM, instead of succeeding
+ * and getting the process OOM-killed when it touches the block
+ * (python's bytearray(2**40)); later growth by mremap is judged too. Only
+ * the search span of an alignment above the segment size is mapped
+ * MAP_NORESERVE (it may be 2^40 bytes; all of it but the block goes at
+ * once), and the block's part is then mapped again, accounted. Segments,
+ * metadata and reservations that mremap moves pages into are not
+ * accounted: their pages are judged where they come from. */
+static void *reserve(size_t size, size_t align, size_t offset, bool accounted)
 {
     if (size > SIZE_MAX - align) {
         errno = ENOMEM;
         return NULL;
     }
+    int noreserve = accounted ? 0 : MAP_NORESERVE;
     if (align > OS_PAGE) {
-        char *h = reserve_at_hint(size, align, offset);
+        char *h = reserve_at_hint(size, align, offset, noreserve);
         if (h) {
             AO_store(&reserve_hint, (uintptr_t)h);
             AO_fetch_and_add(&os_reserved_bytes, size);
@@ -68,8 +81,9 @@ void *os_reserve_offset_aligned(size_t size, size_t align, size_t offset)
         }
     }
     size_t span = size + align;
+    bool remap = accounted && align > SEGMENT_SIZE;
     char *p = mmap(NULL, span, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                   MAP_PRIVATE | MAP_ANONYMOUS | (remap ? MAP_NORESERVE : noreserve), -1, 0);
     if (p == MAP_FAILED) {
         errno = ENOMEM;
         return NULL;
@@ -81,10 +95,26 @@ void *os_reserve_offset_aligned(size_t size, size_t align, size_t offset)
         munmap(p, head);
     if (tail)
         munmap((char *)a + size, tail);
+    if (remap && mmap((void *)a, size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+        munmap((void *)a, size);
+        errno = ENOMEM;
+        return NULL;
+    }
     if (align > OS_PAGE)
         AO_store(&reserve_hint, a);
     AO_fetch_and_add(&os_reserved_bytes, size);
     return (void *)a;
+}
+
+void *os_reserve_offset_aligned(size_t size, size_t align, size_t offset)
+{
+    return reserve(size, align, offset, false);
+}
+
+void *os_map_block(size_t size, size_t align, size_t offset)
+{
+    return reserve(size, align, offset, true);
 }
 
 void *os_reserve_aligned(size_t size, size_t align)

@@ -53,6 +53,32 @@ void segmap_set(uintptr_t base, size_t len, void *value)
     pthread_mutex_unlock(&segmap_lock);
 }
 
+/* Each entry is one word, the first granule's index in the high half and
+ * the granule count in the low half (both under 2^25 in a 47-bit address
+ * space), so a reader never sees half of one entry and half of another. */
+static AO_t released_ring[SEGMAP_RELEASED_RING];
+static AO_t released_next;
+
+void segmap_note_released(uintptr_t base, size_t len)
+{
+    AO_t first = base >> SEGMENT_SHIFT;
+    AO_t count = (len + SEGMENT_MASK) >> SEGMENT_SHIFT;
+    AO_t i = AO_fetch_and_add1(&released_next);
+    AO_store(&released_ring[i % SEGMAP_RELEASED_RING], first << 32 | count);
+}
+
+bool segmap_was_released(uintptr_t a)
+{
+    AO_t g = a >> SEGMENT_SHIFT;
+    for (unsigned i = 0; i < SEGMAP_RELEASED_RING; i++) {
+        AO_t e = AO_load(&released_ring[i]);
+        AO_t first = e >> 32, count = e & 0xffffffffu;
+        if (count && g >= first && g - first < count)
+            return true;
+    }
+    return false;
+}
+
 /* ---- free-run bins ------------------------------------------------------ */
 
 static void run_bin_insert(arena_t *a, slab_t *r)
@@ -246,6 +272,7 @@ static void segment_release(arena_t *a, segment_t *seg)
     a->segment_count--;
     segkind_set((uintptr_t)seg, 0);
     segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
+    segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
     budget_release(a->budget, SEGMENT_HEADER_COMMIT);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - SEGMENT_HEADER_COMMIT);
     os_release(seg, SEGMENT_SIZE);
@@ -264,6 +291,7 @@ void segment_release_all(arena_t *a)
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - committed);
         segkind_set((uintptr_t)seg, 0);
         segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
+        segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
         os_release(seg, SEGMENT_SIZE);
     }
     a->segment_count = 0;

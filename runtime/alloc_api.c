@@ -183,6 +183,11 @@ void alloc_free_slow(void *p)
     case ADDR_FOREIGN:
         if (large_was_freed(p))
             loam_fault(NULL, "double free (of a large block, already unmapped)", p, 0);
+        else if (segmap_was_released((uintptr_t)p))
+            /* Not foreign: loam's memory, given back since. The heap it
+             * belonged to may be gone: the default heap's reaction. */
+            loam_fault(NULL, "free of a pointer into memory loam gave back to the OS (a block of a "
+                             "destroyed heap, or a double free or use after free)", p, 0);
         else
             loam_fault(NULL, "free of a pointer not allocated by loam", p, 0);
         return;

@@ -64,9 +64,21 @@ EXPORT void *aligned_alloc(size_t align, size_t n)
     return alloc_aligned(&loam_default_heap, align, n);
 }
 
+/* As glibc's (every version): an alignment up to 16, 0 included, is
+ * malloc's, and one that is no power of two rounds up to the next (EINVAL
+ * only where there is none). Programs pass sizeof a struct, or 0, and got
+ * NULL. aligned_alloc and posix_memalign keep refusing such alignments, as
+ * C17 and POSIX allow and glibc 2.38's aligned_alloc does. */
 EXPORT void *memalign(size_t align, size_t n)
 {
-    return alloc_aligned(&loam_default_heap, align, n);
+    if (align & (align - 1)) {
+        if (align > SIZE_MAX / 2 + 1) {
+            errno = EINVAL;
+            return NULL;
+        }
+        align = (size_t)1 << (64 - __builtin_clzll((unsigned long long)align));
+    }
+    return alloc_aligned(&loam_default_heap, align ? align : BLOCK_ALIGN, n);
 }
 
 EXPORT void *valloc(size_t n)

@@ -337,6 +337,35 @@ static void fault_foreign(void)
     loam_free(p);
 }
 
+static void fault_free_after_destroy(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 64);
+    report_addr(p);
+    loam_heap_destroy(h);
+    loam_free(p);
+}
+
+static void fault_free_after_destroy_large(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, MiB);
+    report_addr(p);
+    loam_heap_destroy(h);
+    loam_free(p);
+}
+
+/* A double free after trim gave the block's segment back to the OS. */
+static void fault_double_free_after_trim(void)
+{
+    loam_heap_t *h = loam_heap_new(NULL);
+    void *p = loam_malloc(h, 5000);
+    report_addr(p);
+    loam_free(p);
+    loam_heap_trim(h);
+    loam_free(p);
+}
+
 static void check_message(fault_fn fn, const char *const *words, const char *what)
 {
     char buf[4096];
@@ -404,6 +433,22 @@ Test(message, foreign_pointer_names_fault_and_address)
 {
     static const char *const words[] = { "foreign", "not allocated by loam", "not a loam", "unknown pointer", NULL };
     check_message(fault_foreign, words, "foreign pointer");
+}
+
+/* A block of a destroyed heap, or one whose memory went back to the OS, is
+ * no foreign pointer: the message said "not allocated by loam", sending the
+ * reader to look for another allocator. */
+static void check_given_back_message(fault_fn fn, const char *what)
+{
+    static const char *const words[] = { "gave back", "given back", NULL };
+    check_message(fn, words, what);
+}
+
+Test(message, free_after_heap_destroy_is_not_called_foreign)
+{
+    check_given_back_message(fault_free_after_destroy, "free of a block of a destroyed heap");
+    check_given_back_message(fault_free_after_destroy_large, "free of a large block of a destroyed heap");
+    check_given_back_message(fault_double_free_after_trim, "double free after trim released the segment");
 }
 
 /* ---- error callback: reported, no abort, heap stays usable ------------------- */
@@ -957,6 +1002,65 @@ Test(overflow, malloc_huge)
     void *p = loam_malloc(h, 100);   /* still works */
     cr_assert_not_null(p);
     loam_free(p);
+    loam_heap_destroy(h);
+}
+
+/* Bytes of RAM plus swap (/proc/meminfo), 0 if unknown; *policy gets
+ * vm.overcommit_memory (-1 if unknown). */
+static size_t memory_and_swap(int *policy)
+{
+    *policy = -1;
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+    if (f) {
+        if (fscanf(f, "%d", policy) != 1)
+            *policy = -1;
+        fclose(f);
+    }
+    size_t total = 0;
+    f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[128];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long kb;
+        if (sscanf(line, "MemTotal: %lu kB", &kb) == 1 || sscanf(line, "SwapTotal: %lu kB", &kb) == 1)
+            total += (size_t)kb * 1024;
+    }
+    fclose(f);
+    return total;
+}
+
+/* A block bigger than the machine's RAM and swap together, which the
+ * kernel's overcommit policy refuses to glibc's malloc (ENOMEM), must be
+ * refused too, never handed out to get the process OOM-killed when it is
+ * touched: large mappings are accounted (no MAP_NORESERVE). Blocks are
+ * never touched here. Under vm.overcommit_memory=1 the kernel grants
+ * anything, and glibc's malloc succeeds as well: skipped. */
+Test(overflow, sizes_beyond_ram_and_swap_fail_as_glibcs_do)
+{
+    int policy;
+    size_t ram = memory_and_swap(&policy);
+    if (policy == 1 || ram == 0 || ram > ((size_t)1 << 43))
+        cr_skip_test("overcommit policy %d, %zu bytes of RAM and swap", policy, ram);
+    size_t n = 2 * ram + ((size_t)1 << 30);
+    loam_heap_t *h = loam_heap_new(NULL);
+    ASSERT_FAILS(loam_malloc(h, n), ENOMEM);
+    ASSERT_FAILS(loam_calloc(h, n / 4096, 4096), ENOMEM);
+    ASSERT_FAILS(loam_aligned_alloc(h, MiB, n), ENOMEM);
+    ASSERT_FAILS(loam_aligned_alloc(h, (size_t)1 << 30, n), ENOMEM);   /* a placed mapping */
+    ASSERT_FAILS(loam_malloc(loam_heap_default(), n), ENOMEM);
+    /* A large block grown past it: mremap is judged too; the block stays. */
+    unsigned char *p = loam_malloc(h, MiB);
+    cr_assert_not_null(p);
+    p[0] = 1;
+    p[MiB - 1] = 2;
+    ASSERT_FAILS(loam_realloc(h, p, n), ENOMEM);
+    cr_assert(p[0] == 1 && p[MiB - 1] == 2);
+    loam_free(p);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_blocks, 0);
+    cr_assert_eq(st.large_count, 0);
     loam_heap_destroy(h);
 }
 

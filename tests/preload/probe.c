@@ -239,6 +239,25 @@ static void check_aligned(void)
     CHECK(posix_memalign(&p, 24, 100) == EINVAL, "posix_memalign(24) not EINVAL");
     CHECK(posix_memalign(&p, 4, 100) == EINVAL, "posix_memalign(4): below sizeof(void *), not EINVAL");
     CHECK(posix_memalign(&p, 64, SIZE_MAX - 1000) == ENOMEM, "posix_memalign huge not ENOMEM");
+    /* glibc's memalign takes any alignment: up to 16 (0 too) it is malloc,
+     * else a non-power of two rounds up to the next one. Programs pass
+     * sizeof of a struct, or 0; loam refused them (NULL, EINVAL). */
+    static const size_t odd[] = { 0, 1, 3, 12, 24, 48, 100, 4097, 65537, ((size_t)1 << 20) + 1 };
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        size_t pow2 = 16;
+        while (pow2 < odd[i])
+            pow2 <<= 1;
+        errno = 0;
+        p = memalign(odd[i], 100);
+        CHECK(p && ((uintptr_t)p & (pow2 - 1)) == 0, "memalign(%zu, 100) = %p, errno %d (expected a block aligned to %zu)",
+              odd[i], p, errno, pow2);
+        if (p)
+            memset(p, 0x77, 100);
+        p_free(p);
+    }
+    errno = 0;
+    p = memalign(((size_t)1 << 63) + 1, 100);    /* no power of two above it */
+    CHECK(!p && errno == EINVAL, "memalign(2^63 + 1) = %p, errno %d (expected EINVAL)", p, errno);
     ok("posix_memalign, aligned_alloc, memalign");
 
     long page = sysconf(_SC_PAGESIZE);
