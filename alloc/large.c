@@ -25,6 +25,7 @@
  * into it marks nothing. */
 #define _GNU_SOURCE
 #include "alloc/alloc.h"
+#include "alloc/memcheck.h"
 
 #include <errno.h>
 #include <string.h>
@@ -280,7 +281,10 @@ static bool cache_split_tail(large_t *l, size_t map)
     AO_fetch_and_add(&os_reserved_bytes, (AO_t)0 - tail);
     l->map_size = map;
     large_t *t = (large_t *)dest;
-    memset(t, 0, sizeof *t);                /* its first page held block bytes */
+    /* Its first page held block bytes, which memcheck holds freed (their
+     * state moved with the pages): the header is loam's to write again. */
+    mc_fresh(t, sizeof *t);
+    memset(t, 0, sizeof *t);
     t->kind = SEGMENT_LARGE;
     t->arena = a;
     t->map_size = tail;

@@ -11,7 +11,7 @@
  * each call that vacates a range, every 4 MiB granule wholly inside it
  * must be out of the map already. */
 #define _GNU_SOURCE
-#include <criterion/criterion.h>
+#include "harness.h"
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <stdint.h>
