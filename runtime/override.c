@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "runtime/runtime.h"
 
+#include <limits.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -99,4 +100,54 @@ EXPORT void *pvalloc(size_t n)
 EXPORT size_t malloc_usable_size(void *p)
 {
     return alloc_usable_size(p);
+}
+
+/* glibc's malloc_trim gives its free memory back to the OS: here the
+ * default heap's free page runs, at once (loam_heap_trim). 1 if any went
+ * back, as glibc's. pad, what glibc keeps at the top of its heap, means
+ * nothing to a heap of separate mappings. */
+EXPORT int malloc_trim(size_t pad)
+{
+    (void)pad;
+    return loam_heap_trim(&loam_default_heap) > 0;
+}
+
+/* The fields glibc's tools read, from the default heap's statistics:
+ * arena, the memory the heap holds from the OS (slabs and large mappings);
+ * uordblks and fordblks, what of it is handed out and free; hblks and
+ * hblkhd, the blocks above mmap_threshold and their bytes (their own
+ * mappings, as glibc's mmapped chunks); keepcost, the committed bytes
+ * awaiting decay, which a malloc_trim would give back. The rest stays 0. */
+EXPORT struct mallinfo2 mallinfo2(void)
+{
+    loam_stats_t st;
+    loam_heap_stats(&loam_default_heap, &st);
+    struct mallinfo2 mi = { 0 };
+    size_t held = st.committed_bytes > st.large_bytes ? st.committed_bytes - st.large_bytes : 0;
+    mi.arena = held;
+    mi.hblks = st.large_count;
+    mi.hblkhd = st.large_bytes;
+    mi.uordblks = st.live_bytes > st.large_bytes ? st.live_bytes - st.large_bytes : 0;
+    mi.fordblks = held > mi.uordblks ? held - mi.uordblks : 0;
+    mi.keepcost = st.free_run_bytes;
+    return mi;
+}
+
+static int clamp_int(size_t v)
+{
+    return v > INT_MAX ? INT_MAX : (int)v;
+}
+
+/* The old interface, ints (glibc's wrap past 2 GiB; these stop at INT_MAX). */
+EXPORT struct mallinfo mallinfo(void)
+{
+    struct mallinfo2 m = mallinfo2();
+    struct mallinfo mi = { 0 };
+    mi.arena = clamp_int(m.arena);
+    mi.hblks = clamp_int(m.hblks);
+    mi.hblkhd = clamp_int(m.hblkhd);
+    mi.uordblks = clamp_int(m.uordblks);
+    mi.fordblks = clamp_int(m.fordblks);
+    mi.keepcost = clamp_int(m.keepcost);
+    return mi;
 }

@@ -529,10 +529,57 @@ static void check_dlopen(void)
 
 /* ---- --which --------------------------------------------------------------------------- */
 
+/* malloc_trim and mallinfo2 say what glibc's say: a block above every
+ * mmap threshold (glibc's moves up to 32 MiB) is counted in hblkhd while it
+ * lives; small blocks in uordblks; a trim returns 0 or 1 and leaves no
+ * more memory held than before it. */
+static void check_mallinfo_and_trim(void)
+{
+    size_t huge = (size_t)40 << 20;
+    struct mallinfo2 before = mallinfo2();
+    unsigned char *b = p_malloc(huge);
+    CHECK(b != NULL, "malloc(40 MiB)");
+    struct mallinfo2 holding = mallinfo2();
+    CHECK(holding.hblks >= 1 && holding.hblkhd >= before.hblkhd + huge,
+          "mallinfo2 with a 40 MiB block: hblks %zu, hblkhd %zu (before %zu)", holding.hblks,
+          holding.hblkhd, before.hblkhd);
+    p_free(b);
+    struct mallinfo2 after = mallinfo2();
+    CHECK(after.hblkhd + huge <= holding.hblkhd, "hblkhd %zu after the free (holding: %zu)", after.hblkhd,
+          holding.hblkhd);
+    enum { N = 200 };
+    void *small[N];
+    for (int i = 0; i < N; i++) {
+        small[i] = p_malloc(20000);
+        CHECK(small[i] != NULL, "malloc(20000)");
+        if (small[i])
+            memset(small[i], 1, 20000);
+    }
+    struct mallinfo2 used = mallinfo2();
+    CHECK(used.uordblks >= after.uordblks + N * 20000 / 2, "uordblks %zu with %d blocks of 20000 (before %zu)",
+          used.uordblks, N, after.uordblks);
+    CHECK(used.arena >= used.uordblks, "arena %zu below uordblks %zu", used.arena, used.uordblks);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"   /* glibc 2.33 on: still there */
+    struct mallinfo old = mallinfo();
+#pragma GCC diagnostic pop
+    CHECK(old.uordblks > 0 && (size_t)old.uordblks <= used.uordblks + (1u << 20), "mallinfo uordblks %d",
+          old.uordblks);
+    for (int i = 0; i < N; i++)
+        p_free(small[i]);
+    struct mallinfo2 freed = mallinfo2();
+    int r = malloc_trim(0);
+    CHECK(r == 0 || r == 1, "malloc_trim returned %d", r);
+    struct mallinfo2 trimmed = mallinfo2();
+    CHECK(trimmed.arena <= freed.arena, "malloc_trim grew the arena: %zu -> %zu", freed.arena, trimmed.arena);
+    ok("mallinfo2, mallinfo, malloc_trim");
+}
+
 static int which(void)
 {
     static const char *names[] = { "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
-                                   "aligned_alloc", "memalign", "valloc", "pvalloc", "malloc_usable_size" };
+                                   "aligned_alloc", "memalign", "valloc", "pvalloc", "malloc_usable_size",
+                                   "malloc_trim", "mallinfo2", "mallinfo" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         void *f = dlsym(RTLD_DEFAULT, names[i]);
         Dl_info info;
@@ -559,6 +606,7 @@ int main(int argc, char **argv)
     check_threads();
     check_fork();
     check_dlopen();
+    check_mallinfo_and_trim();
     /* a big one at the end, touched through */
     size_t big = (size_t)64 << 20;
     unsigned char *b = p_malloc(big);

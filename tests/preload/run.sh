@@ -127,7 +127,7 @@ awk=$(need awk mawk)
 : >"$work/empty"
 
 # 1. The probe calls every replaced function under the preload.
-want="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size"
+want="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size malloc_trim mallinfo2 mallinfo"
 which_out=$(env LD_PRELOAD="$lib" "$probe" --which)
 for f in $want; do
     got=$(echo "$which_out" | "$awk" -v f="$f" '$1 == f { print $2 }')
