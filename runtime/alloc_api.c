@@ -304,6 +304,12 @@ size_t alloc_usable_size(const void *p)
                    p, 0);
         return 0;
     }
+    /* A freed block's size is a use after free waiting to happen (the
+     * caller is about to write it): named, as a free of it would be. */
+    if (!ai.large && ((const free_block_t *)ai.block)->freed_key == loam_free_key) {
+        loam_fault(block_heap(&ai), "usable_size of a freed block (use after free)", p, ai.size);
+        return 0;
+    }
     return ai.size;
 }
 

@@ -791,6 +791,23 @@ Test(callback, realloc_of_interior_pointer)
     loam_heap_destroy(h);
 }
 
+Test(callback, usable_size_of_a_freed_block)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback(&rec);
+    void *keep = loam_malloc(h, 64);
+    void *p = loam_malloc(h, 64);
+    cr_assert_geq(loam_usable_size(p), 64);
+    loam_free(p);
+    cr_assert_eq(rec.calls, 0, "a valid free was reported as an error: %s", rec.msg);
+    cr_assert_eq(loam_usable_size(p), 0, "the size of a freed block");
+    static const char *const words[] = { "freed", NULL };
+    assert_reported(&rec, h, p, "usable_size of a freed block", words);
+    assert_heap_usable(h, 1);
+    loam_free(keep);
+    loam_heap_destroy(h);
+}
+
 Test(callback, realloc_of_freed_block)
 {
     err_record_t rec;
