@@ -19,6 +19,7 @@ gc_state_t *gc_state_get(loam_heap_t *h)
     fresh->mk.gc = fresh;
     fresh->mk.tracer.m = &fresh->mk;
     pthread_mutex_init(&fresh->lock, NULL);
+    pthread_mutex_init(&fresh->weak_fields_lock, NULL);
     pthread_cond_init(&fresh->parked_cv, NULL);
     pthread_cond_init(&fresh->resume_cv, NULL);
     /* Published under the heap-list lock: fork's prepare handler, which
@@ -33,6 +34,7 @@ gc_state_t *gc_state_get(loam_heap_t *h)
     if (made) {                          /* another thread's came first */
         pthread_cond_destroy(&fresh->resume_cv);
         pthread_cond_destroy(&fresh->parked_cv);
+        pthread_mutex_destroy(&fresh->weak_fields_lock);
         pthread_mutex_destroy(&fresh->lock);
         meta_free(fresh, sizeof *fresh);
         return made;
@@ -305,6 +307,9 @@ void gc_heap_destroy(loam_heap_t *h)
     objmap_release(&gc->weak_map);
     if (gc->ready)
         meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
+    if (gc->weak_fields)
+        meta_free(gc->weak_fields, gc->cap_weak_fields * sizeof *gc->weak_fields);
+    pthread_mutex_destroy(&gc->weak_fields_lock);
     gc_mark_stack_release(gc);
     pthread_cond_destroy(&gc->parked_cv);
     pthread_cond_destroy(&gc->resume_cv);

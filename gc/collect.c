@@ -585,8 +585,12 @@ void gc_collect(loam_heap_t *h, bool full)
     gc->mark_expect = minor ? gc->minor_marked : gc->live_after;
     gc_mark_roots(gc);
     gc_mark_drain(gc);
+    size_t weak_fields_seen = gc_clear_dead_weak_fields(gc, 0);
     gc_clear_dead_weaks(gc);
     gc_find_ready_finalizers(gc);
+    /* The finalizable objects' marking met weak fields too (of objects
+     * alive until their finalizer ran). */
+    gc_clear_dead_weak_fields(gc, weak_fields_seen);
     size_t live = old_live + gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc), __ATOMIC_RELAXED);
 

@@ -198,6 +198,59 @@ void gc_mark_waiting_finalizables(gc_state_t *gc)
             gc_mark_precise(gc, (uintptr_t)b->list[i].obj);
 }
 
+/* ---- weak fields ----------------------------------------------------------------------------- */
+
+/* Any marker (helpers too) records the field; the collecting thread clears
+ * the dead ones once marking is done. Out of memory to record it, the field
+ * is marked as a strong one: kept too long, never dangling. */
+void loam_mark_weak(loam_tracer_t *t, void **field)
+{
+    if (!t || !field)
+        return;
+    gc_state_t *gc = t->m->gc;
+    pthread_mutex_lock(&gc->weak_fields_lock);
+    bool room = gc->nweak_fields < gc->cap_weak_fields;
+    if (!room) {
+        size_t ncap = gc->cap_weak_fields ? gc->cap_weak_fields * 2 : 256;
+        void ***n = meta_alloc(ncap * sizeof *n);
+        if (n) {
+            if (gc->weak_fields) {
+                memcpy(n, gc->weak_fields, gc->nweak_fields * sizeof *n);
+                meta_free(gc->weak_fields, gc->cap_weak_fields * sizeof *n);
+            }
+            gc->weak_fields = n;
+            gc->cap_weak_fields = ncap;
+            room = true;
+        }
+    }
+    if (room)
+        gc->weak_fields[gc->nweak_fields++] = field;
+    pthread_mutex_unlock(&gc->weak_fields_lock);
+    if (!room)
+        loam_mark(t, *field);
+}
+
+size_t gc_clear_dead_weak_fields(gc_state_t *gc, size_t from)
+{
+    size_t n = gc->nweak_fields;
+    for (size_t i = from; i < n; i++) {
+        void **field = gc->weak_fields[i];
+        void *v = *field;
+        if (!v)
+            continue;
+        addr_info_t ai;
+        addr_classify(v, &ai);
+        if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
+            continue;                   /* no block: not the collector's to clear */
+        arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
+        if (a->owner != gc->heap || gc_is_marked(gc, v))
+            continue;
+        *field = NULL;
+        gc->weak_cleared++;
+    }
+    return n;
+}
+
 /* ---- weak references -------------------------------------------------------------------- */
 
 /* The block of h that holds target (what a collection and a free of that

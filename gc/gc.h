@@ -159,6 +159,11 @@ typedef struct gc_state {
     size_t          nready, cap_ready;
     finalizer_batch_t *running;    /* ready lists threads are running now */
     loam_weak_t    *weaks;
+    /* weak fields the markers met this marking (loam_mark_weak), in the
+     * order met; appended under weak_fields_lock (helpers mark too) */
+    void         ***weak_fields;
+    size_t          nweak_fields, cap_weak_fields;
+    pthread_mutex_t weak_fields_lock;
 
     /* marking: the collecting thread's marker (helpers add their bytes) */
     marker_t        mk;
@@ -310,6 +315,10 @@ LOAM_INTERNAL void   gc_forget_generations(gc_state_t *gc);        /* the heap t
 LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
 /* finalize.c */
 LOAM_INTERNAL void  gc_clear_dead_weaks(gc_state_t *gc);
+/* World stopped, after a drain: the weak fields met from index `from` on
+ * whose blocks are unmarked become NULL. Returns the index to go on from
+ * (the finalizable objects' marking meets more). */
+LOAM_INTERNAL size_t gc_clear_dead_weak_fields(gc_state_t *gc, size_t from);
 LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how many ran */
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */

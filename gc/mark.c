@@ -141,6 +141,7 @@ static void forget_slab(marker_t *m)
 
 void gc_mark_begin(gc_state_t *gc)
 {
+    gc->nweak_fields = 0;                /* a leak check's are dropped unread */
     gc->mk.marked_bytes = 0;
     gc->helper_marked = 0;
     gc->mk.shared = false;

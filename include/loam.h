@@ -143,6 +143,16 @@ LOAM_API void   loam_gc_collect(loam_heap_t *h);
  * with errno EINVAL for a gc_growth past LOAM_GC_GROWTH_MAX. */
 LOAM_API int    loam_heap_set_gc_pacing(loam_heap_t *h, unsigned gc_growth, size_t gc_min_bytes);
 LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/roots callbacks */
+/* From a trace or roots callback: a weak field. The pointer in *field does
+ * not keep its block alive; when a collection finds that block unreachable,
+ * it sets *field to NULL before the world restarts (and before any
+ * finalizer runs, as for loam_weak_new). field must stay where it is until
+ * the collection ends: a field of the object being traced, or a static. A
+ * value that is no block of the heap (NULL, a tagged integer, static data)
+ * is left as it is. In a generational heap a store into an old object's
+ * weak field needs loam_write_barrier, as any pointer store. Weak-valued
+ * caches and symbol tables need no handle or finalizer per entry this way. */
+LOAM_API void   loam_mark_weak(loam_tracer_t *t, void **field);
 /* LOAM_GENERATIONAL heaps: `where` (any address inside a collected object)
  * was just written with a pointer. Cheap (no lock, one byte stored); any other
  * address is ignored, so it may be called for every pointer store. Old objects
@@ -241,7 +251,7 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t gc_bytes_swept;        /* reclaimed, all collections */
     size_t gc_live_after;         /* live bytes after the last collection */
     size_t gc_finalizers_run;
-    size_t gc_weak_cleared;
+    size_t gc_weak_cleared;       /* weak references and weak fields (loam_mark_weak) cleared */
     size_t gc_bytes_marked_helpers;   /* of gc_bytes_marked: by marking threads (LOAM_PARALLEL_MARK) */
     size_t gc_minor_collections;  /* of gc_collections: minor (LOAM_GENERATIONAL) */
     size_t transfer_bytes;        /* free blocks in the arenas' transfer caches: batches that

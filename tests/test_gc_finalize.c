@@ -682,6 +682,240 @@ Test(weak, never_dangle)
     loam_heap_destroy(h);
 }
 
+/* ---- weak fields (loam_mark_weak) ----------------------------------------------------------- */
+
+#define WNODE_TAG 0x3EAF1E1D00000057ull
+typedef struct wnode {
+    uintptr_t     tag;
+    struct wnode *next;                 /* strong */
+    void         *keep;                 /* strong */
+    void         *weak;                 /* weak: loam_mark_weak */
+} wnode_t;
+
+static void trace_wnode(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    wnode_t *w = obj;
+    if (w->tag != WNODE_TAG)
+        return;
+    loam_mark(t, w->next);
+    loam_mark(t, w->keep);
+    loam_mark_weak(t, &w->weak);
+}
+
+static loam_heap_t *wheap(unsigned flags)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN | flags, .trace = trace_wnode };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    return h;
+}
+
+static wnode_t *new_wnode(loam_heap_t *h)
+{
+    wnode_t *w = loam_gc_alloc(h, sizeof *w, LOAM_TRACED);
+    cr_assert_not_null(w);
+    w->tag = WNODE_TAG;
+    return w;
+}
+
+/* A list of n holders from *root; holder i's weak field names target i, an
+ * object of its own, which only holders with i % keep_every == 0 keep too. */
+static void weak_list(loam_heap_t *h, void **root, size_t n, size_t keep_every)
+{
+    wnode_t *prev = NULL;
+    for (size_t i = 0; i < n; i++) {
+        wnode_t *holder = new_wnode(h);
+        wnode_t *target = new_wnode(h);
+        holder->weak = target;
+        if (i % keep_every == 0)
+            holder->keep = target;
+        if (prev)
+            prev->next = holder;            /* both fresh: no barrier needed */
+        else
+            *root = holder;
+        prev = holder;
+    }
+}
+
+static void check_weak_list(void *root, size_t n, size_t keep_every)
+{
+    size_t i = 0;
+    for (wnode_t *w = root; w; w = w->next, i++) {
+        if (i % keep_every == 0) {
+            cr_assert_eq(w->weak, w->keep, "holder %zu: the weak field of a live target changed", i);
+            cr_assert_eq(((wnode_t *)w->weak)->tag, WNODE_TAG, "holder %zu: its live target was freed", i);
+        } else {
+            cr_assert_null(w->weak, "holder %zu: the weak field of a dead target was not cleared", i);
+        }
+    }
+    cr_assert_eq(i, n);
+}
+
+Test(weak, fields_cleared_when_their_targets_die)
+{
+    loam_heap_t *h = wheap(0);
+    static void *root;
+    loam_root_add(h, &root);
+    enum { N = 1000, EVERY = 3 };
+    weak_list(h, &root, N, EVERY);
+    /* At the head, a holder whose weak field is no block of the heap: it
+     * stays as it is. */
+    static char outside[64];
+    wnode_t *head = new_wnode(h);
+    head->weak = outside + 8;
+    head->next = root;
+    root = head;
+    size_t cleared_before = gc_stats(h).gc_weak_cleared;
+    collect(h);
+    cr_assert_eq(head->weak, outside + 8, "a value outside the heap was cleared");
+    check_weak_list(head->next, N, EVERY);
+    loam_stats_t st = gc_stats(h);
+    size_t dead = N - (N + EVERY - 1) / EVERY;
+    cr_assert_eq(st.gc_weak_cleared - cleared_before, dead, "weak_cleared counted %zu, %zu died",
+                 st.gc_weak_cleared - cleared_before, dead);
+    cr_assert_eq(st.live_blocks, 1 + N + (N - dead), "dead targets not freed: %zu live", st.live_blocks);
+    collect(h);                             /* nothing more to clear */
+    cr_assert_eq(gc_stats(h).gc_weak_cleared - cleared_before, dead);
+    check_weak_list(head->next, N, EVERY);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(weak, fields_with_interior_values)
+{
+    loam_heap_t *h = wheap(0);
+    static void *root;
+    loam_root_add(h, &root);
+    wnode_t *a = new_wnode(h), *b = new_wnode(h), *live = new_wnode(h), *dead = new_wnode(h);
+    a->next = b;
+    a->keep = live;
+    a->weak = (char *)live + 8;             /* inside a live block: kept as it is */
+    b->weak = (char *)dead + 8;             /* inside a dead one: cleared */
+    root = a;
+    collect(h);
+    cr_assert_eq(a->weak, (char *)live + 8);
+    cr_assert_null(b->weak);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+Test(weak, fields_cleared_by_parallel_marking, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
+    loam_heap_t *h = wheap(LOAM_PARALLEL_MARK);
+    static void *root;
+    loam_root_add(h, &root);
+    enum { N = 40000, EVERY = 3 };
+    weak_list(h, &root, N, EVERY);
+    for (int round = 0; round < 5; round++) {
+        collect(h);
+        check_weak_list(root, N, EVERY);
+    }
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* Generational: an old holder's weak field given a young target (through
+ * the barrier) is cleared by the minor collection that finds the target
+ * dead, and kept by one that finds it alive. */
+static void until_a_minor_collection(loam_heap_t *h)
+{
+    size_t minors = gc_stats(h).gc_minor_collections;
+    for (int i = 0; i < 10000000 && gc_stats(h).gc_minor_collections == minors; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    cr_assert_gt(gc_stats(h).gc_minor_collections, minors, "no minor collection");
+}
+
+Test(weak, fields_of_old_objects_in_minor_collections)
+{
+    cr_assert_eq(loam_option_set("gc_young_min", 32 * 1024), 0);
+    loam_heap_t *h = wheap(LOAM_GENERATIONAL);
+    static void *root;
+    loam_root_add(h, &root);
+    wnode_t *old = new_wnode(h);
+    old->next = new_wnode(h);
+    root = old;
+    collect(h);                             /* major: both old now */
+    wnode_t *old2 = old->next;
+    wnode_t *young_dead = new_wnode(h), *young_live = new_wnode(h);
+    old->weak = young_dead;
+    loam_write_barrier(&old->weak);
+    old2->weak = young_live;
+    loam_write_barrier(&old2->weak);
+    old2->keep = young_live;
+    loam_write_barrier(&old2->keep);
+    until_a_minor_collection(h);
+    cr_assert_null(old->weak, "a minor collection left an old object's weak field to a dead young target");
+    cr_assert_eq(old2->weak, young_live, "a minor collection cleared a weak field to a live target");
+    cr_assert_eq(young_live->tag, WNODE_TAG);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* A target with a finalizer: its holders' weak fields are cleared before
+ * it runs (it cannot be reached through them, as with loam_weak_new). */
+static wnode_t *fin_holder;
+static bool field_clear_when_finalized;
+
+static void check_holder_fin(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    field_clear_when_finalized = fin_holder->weak == NULL;
+}
+
+Test(weak, fields_cleared_before_finalizers_run)
+{
+    loam_heap_t *h = wheap(0);
+    static void *root;
+    loam_root_add(h, &root);
+    fin_holder = new_wnode(h);
+    root = fin_holder;
+    wnode_t *target = new_wnode(h);
+    fin_holder->weak = target;
+    cr_assert_eq(loam_finalizer_set(h, target, check_holder_fin, NULL), 0);
+    field_clear_when_finalized = false;
+    collect(h);
+    cr_assert(field_clear_when_finalized, "the finalizer ran with the weak field still set");
+    cr_assert_null(fin_holder->weak);
+    /* A holder alive only through a finalizable object (until its finalizer
+     * ran): its weak field to an object nothing else reaches is cleared. */
+    wnode_t *fz = new_wnode(h);
+    wnode_t *inner = new_wnode(h);
+    fz->next = inner;
+    inner->weak = new_wnode(h);
+    cr_assert_eq(loam_finalizer_set(h, fz, log_fin, NULL), 0);
+    fin_n = 0;
+    inner = NULL;
+    fz = NULL;
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    cr_assert_null(((wnode_t *)fin_log[0].obj)->next->weak,
+                   "a weak field met while marking from a finalizable object was left set");
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
+/* loam_leak_check marks as a collection does, and frees nothing: it clears
+ * no weak field either. */
+Test(weak, fields_left_by_the_leak_check)
+{
+    loam_config_t cfg = { .mode = LOAM_MANUAL, .flags = LOAM_NO_STACK_SCAN, .trace = trace_wnode };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    static void *root;
+    loam_root_add(h, &root);
+    wnode_t *holder = new_wnode(h);
+    wnode_t *target = new_wnode(h);
+    holder->weak = target;
+    root = holder;
+    cr_assert_eq(loam_leak_check(h, NULL, NULL), 1, "the unreachable target is the one leak");
+    cr_assert_eq(holder->weak, target, "the leak check cleared a weak field");
+    loam_free(target);
+    loam_root_remove(h, &root);
+    loam_heap_destroy(h);
+}
+
 /* ---- loam_free, realloc, heap destroy ------------------------------------------------------------- */
 
 Test(finalizer, loam_free_drops_finalizer_and_clears_weak)
