@@ -80,6 +80,10 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
      * gc_min_bytes, or gc_young_min for a LOAM_GENERATIONAL heap). */
     unsigned      gc_growth;      /* at most LOAM_GC_GROWTH_MAX */
     size_t        gc_min_bytes;
+    /* Shown in statistics, fault messages and warnings beside the heap's
+     * address (copied: its first 31 bytes; a quote, a backslash or a control
+     * character reads '?'). NULL: none. */
+    const char   *name;
 } loam_config_t;
 
 /* ---- heaps ------------------------------------------------------------- */

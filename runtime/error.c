@@ -37,9 +37,10 @@ void loam_fault(loam_heap_t *h, const char *fault, const void *addr, size_t size
 {
     char buf[512];
     int n;
+    char label[HEAP_LABEL_MAX];
     if (size)
-        n = snprintf(buf, sizeof buf, "loam: error: %s at %p (block of %zu bytes, heap %p)\n",
-                     fault, addr, size, (void *)h);
+        n = snprintf(buf, sizeof buf, "loam: error: %s at %p (block of %zu bytes, heap %s)\n",
+                     fault, addr, size, heap_label(h, label));
     else
         n = snprintf(buf, sizeof buf, "loam: error: %s at %p\n", fault, addr);
     if (!h)

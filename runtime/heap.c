@@ -8,6 +8,7 @@
 #include "runtime/runtime.h"
 #include "gc/gc.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -89,10 +90,33 @@ static void heap_unlink(loam_heap_t *h)
 }
 
 
+/* The config's name, kept in the heap (the caller's string may go) and
+ * safe to print inside quotes, in a text line or JSON. */
+static void copy_name(char *dst, size_t cap, const char *src)
+{
+    size_t n = 0;
+    for (; src && src[n] && n + 1 < cap; n++) {
+        unsigned char c = (unsigned char)src[n];
+        dst[n] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+    }
+    dst[n] = 0;
+}
+
+const char *heap_label(const loam_heap_t *h, char *buf)
+{
+    if (h && h->name[0])
+        snprintf(buf, HEAP_LABEL_MAX, "%p \"%s\"", (const void *)h, h->name);
+    else
+        snprintf(buf, HEAP_LABEL_MAX, "%p", (const void *)h);
+    return buf;
+}
+
 void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
 {
     if (cfg)
         h->cfg = *cfg;
+    copy_name(h->name, sizeof h->name, h->cfg.name);
+    h->cfg.name = h->name[0] ? h->name : NULL;
     h->is_default = is_default;
     h->mode = LOAM_MANUAL;
     h->budget.limit = h->cfg.limit;
@@ -446,7 +470,10 @@ bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
         return AO_load(&h->budget.committed) < before;
     }
     if (!h->cfg.oom && AO_fetch_and_add(&h->limit_warned, 1) == 0)
-        loam_warn("heap %p reached its limit of %zu bytes (request of %zu bytes): returning NULL",
-                  (void *)h, h->budget.limit, n);
+    {
+        char label[HEAP_LABEL_MAX];
+        loam_warn("heap %s reached its limit of %zu bytes (request of %zu bytes): returning NULL",
+                  heap_label(h, label), h->budget.limit, n);
+    }
     return false;
 }

@@ -56,6 +56,7 @@ struct loam_heap {
     struct loam_heap *next, *prev; /* all heaps (heaps_lock) */
     bool          purge_hold;      /* the purge thread works on its arenas (heaps_lock) */
     unsigned      pins;            /* uses on loam's own behalf under way (heap_pin; heaps_lock) */
+    char          name[32];        /* the config's, copied and made printable; "" for none */
 };
 
 /* ---- process ------------------------------------------------------------- */
@@ -69,6 +70,10 @@ static inline void loam_ensure_init(void)
 }
 /* Guards the heap list, slot table and the cache lists of every heap against
  * heap destruction and thread exit. */
+/* "0x... \"name\"", or the address alone for a heap with no name: how
+ * messages name a heap. buf: HEAP_LABEL_MAX bytes. */
+#define HEAP_LABEL_MAX 64
+LOAM_INTERNAL const char *heap_label(const loam_heap_t *h, char *buf);
 LOAM_INTERNAL void heaps_lock(void);
 LOAM_INTERNAL void heaps_unlock(void);
 /* heaps_lock held: wait until the purge thread is done with h's arenas (it

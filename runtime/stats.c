@@ -90,7 +90,8 @@ void loam_heap_stats(loam_heap_t *h, loam_stats_t *out)
 static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
 {
     const loam_stats_t *s = &r->s;
-    fprintf(f, "loam heap %p (%s%s)\n", (void *)h, h->is_default ? "default, " : "",
+    char label[HEAP_LABEL_MAX];
+    fprintf(f, "loam heap %s (%s%s)\n", heap_label(h, label), h->is_default ? "default, " : "",
             h->mode == LOAM_GC ? "collected" : "manual");
     fprintf(f, "  live        %12zu bytes in %zu blocks (peak %zu)\n", s->live_bytes, s->live_blocks,
             s->peak_live_bytes);
@@ -135,8 +136,8 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
 static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
 {
     const loam_stats_t *s = &r->s;
-    fprintf(f, "{\"heap\":\"%p\",\"default\":%s,\"mode\":\"%s\",", (void *)h,
-            h->is_default ? "true" : "false", h->mode == LOAM_GC ? "gc" : "manual");
+    fprintf(f, "{\"heap\":\"%p\",\"name\":\"%s\",\"default\":%s,\"mode\":\"%s\",", (void *)h,
+            h->name, h->is_default ? "true" : "false", h->mode == LOAM_GC ? "gc" : "manual");
     fprintf(f, "\"live_bytes\":%zu,\"live_blocks\":%zu,\"peak_live_bytes\":%zu,", s->live_bytes,
             s->live_blocks, s->peak_live_bytes);
     fprintf(f, "\"requested_tracked\":%s,\"requested_bytes\":%zu,", s->requested_tracked ? "true" : "false",

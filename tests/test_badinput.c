@@ -313,6 +313,16 @@ static void fault_double_free(void)
     loam_free(p);
 }
 
+static void fault_double_free_named(void)
+{
+    loam_config_t cfg = { .name = "interpreter" };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    void *p = loam_malloc(h, 64);
+    report_addr(p);
+    loam_free(p);
+    loam_free(p);
+}
+
 static void fault_double_free_large(void)
 {
     loam_heap_t *h = loam_heap_new(NULL);
@@ -415,6 +425,15 @@ Test(message, double_free_names_fault_and_address)
 {
     static const char *const words[] = { "double free", "double-free", NULL };
     check_message(fault_double_free, words, "double free");
+}
+
+/* A named heap's message names it: with several heaps, which one. */
+Test(message, names_the_heap_by_its_name)
+{
+    static const char *const words[] = { "heap 0x", NULL };
+    check_message(fault_double_free_named, words, "double free in a named heap");
+    static const char *const name[] = { "\"interpreter\")", NULL };
+    check_message(fault_double_free_named, name, "double free in a named heap");
 }
 
 Test(message, double_free_of_large_block_names_fault_and_address)

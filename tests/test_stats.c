@@ -528,6 +528,33 @@ Test(stats, print_empty_heap)
     loam_heap_destroy(h);
 }
 
+/* A heap's name (config) is in its reports, copied and made printable. */
+Test(stats, a_named_heap_is_named_in_its_reports)
+{
+    char name[] = "parser \"cache\"\tof 40 characters, cut at 31";
+    loam_config_t cfg = { .name = name };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    memset(name, 'x', sizeof name - 1);             /* the heap kept a copy */
+    void *p = loam_malloc(h, 100);
+    char *text = print_to_string(h, LOAM_STATS_TEXT);
+    cr_assert(strstr(text, "\"parser ?cache??of 40 characters\"") != NULL,
+              "the text report does not name the heap as expected:\n%s", text);
+    free(text);
+    char *json = print_to_string(h, LOAM_STATS_JSON);
+    cr_assert(json_valid(json), "not valid JSON:\n%s", json);
+    cr_assert(strstr(json, "\"name\":\"parser ?cache??of 40 characters\"") != NULL,
+              "the JSON report does not name the heap:\n%s", json);
+    free(json);
+    loam_free(p);
+    loam_heap_destroy(h);
+    h = loam_heap_new(NULL);                         /* no name: none shown */
+    json = print_to_string(h, LOAM_STATS_JSON);
+    cr_assert(strstr(json, "\"name\":\"\"") != NULL, "an unnamed heap:\n%s", json);
+    free(json);
+    loam_heap_destroy(h);
+}
+
 Test(stats, print_default_heap_json)
 {
     void *p = loam_malloc(loam_heap_default(), 100);

@@ -109,6 +109,7 @@ void heap_init(const heap_options_t *opt)
         .roots = roots_cb,
         .oom = on_oom,
         .user = &L,
+        .name = "lisp",           /* in its statistics and fault messages */
         /* Stacks are scanned conservatively (no LOAM_NO_STACK_SCAN); trace_obj
          * only reads objects, so marking may run on several threads. */
         .flags = LOAM_PARALLEL_MARK | (opt->generational ? LOAM_GENERATIONAL : 0),
