@@ -375,8 +375,12 @@ static void report_unmarked(gc_state_t *gc, char *block, size_t size, unsigned k
 
 size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
 {
-    if (!h)
+    /* In a collected heap an unreachable block is garbage its collector
+     * reclaims, not a leak: nothing to report, and say why. */
+    if (!h || h->mode == LOAM_GC) {
+        errno = EINVAL;
         return 0;
+    }
     gc_state_t *gc = gc_state_get(h);
     bool visiting = gc_self(gc) == NULL;       /* its stack is a root for this check only */
     gc_attach(gc);

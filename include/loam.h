@@ -221,7 +221,9 @@ LOAM_API loam_weak_t *loam_weak_new(loam_heap_t *h, void *target);
 LOAM_API void        *loam_weak_get(loam_weak_t *w);             /* NULL once the target died */
 LOAM_API void         loam_weak_free(loam_weak_t *w);
 /* Manual heaps: mark from the roots and report each block that is
- * unreachable but was never freed; frees nothing. Returns the count. */
+ * unreachable but was never freed; frees nothing. Returns the count; 0 with
+ * errno EINVAL for NULL or a collected heap (its unreachable blocks are
+ * garbage, not leaks). */
 LOAM_API size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user);
 
 /* ---- statistics -------------------------------------------------------- */

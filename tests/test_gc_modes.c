@@ -400,6 +400,22 @@ Test(leak_check, blocks_ahead_in_an_allocation_range_are_no_leaks)
     loam_heap_destroy(h);
 }
 
+Test(leak_check, refused_for_a_collected_heap)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    errno = 0;
+    cr_assert_eq(loam_leak_check(h, NULL, NULL), 0);
+    cr_assert_eq(errno, EINVAL, "a collected heap's leak check: errno %d", errno);
+    errno = 0;
+    cr_assert_eq(loam_leak_check(NULL, NULL, NULL), 0);
+    cr_assert_eq(errno, EINVAL);
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    cr_assert_eq(loam_leak_check(h, NULL, NULL), 1, "once manual, the unreachable block is a leak");
+    loam_heap_destroy(h);
+}
+
 Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
 {
     loam_heap_t *h = heap_with(LOAM_MANUAL, 0, NULL, leak_roots, NULL);
