@@ -290,6 +290,7 @@ void gc_heap_destroy(loam_heap_t *h)
         meta_free(gc->fins, gc->cap_fins * sizeof *gc->fins);
     objmap_release(&gc->fin_map);
     objmap_release(&gc->weak_map);
+    objmap_release(&gc->pending_map);
     if (gc->ready)
         meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
     gc_mark_stack_release(gc);

@@ -158,6 +158,10 @@ typedef struct gc_state {
     finalizer_t    *ready;         /* found unreachable, to run after the stop */
     size_t          nready, cap_ready;
     finalizer_batch_t *running;    /* ready lists threads are running now */
+    /* object -> how many of its finalizers wait in ready or in a running
+     * batch (not yet done): a loam_free of it, or its finalizer's removal,
+     * must cancel them, and most frees find no entry here. */
+    objmap_t        pending_map;
     loam_weak_t    *weaks;
 
     /* marking: the collecting thread's marker (helpers add their bytes) */

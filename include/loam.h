@@ -167,7 +167,9 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * Finalizers of the objects one collection finds unreachable run in the order
  * they were set; a finalized object is freed by a later collection if it is
  * still unreachable then (never finalized twice). Returns 0, or -1 if obj is
- * not a block of collected heap h. fn NULL removes the finalizer. */
+ * not a block of collected heap h. fn NULL removes the finalizer, and so
+ * does loam_free of obj, also once a collection has queued it (from
+ * another finalizer of that collection): it does not run. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
 /* A reference to target that does not keep it alive. target is NULL (a
  * reference to nothing) or an address in a block of h, at its start or

@@ -598,6 +598,50 @@ Test(finalizer, loam_free_drops_finalizer_and_clears_weak)
     loam_heap_destroy(h);
 }
 
+/* One collection finds A, B and C dead; A's finalizer runs first (set
+ * first), frees B and removes C's finalizer. Both were queued already by
+ * that collection: they must not run (B's would run on a freed block, here
+ * handed out again to a fresh object). */
+static loam_heap_t *cancel_heap;
+static void *cancel_b, *cancel_c, *cancel_fresh;
+
+static void cancelling_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    loam_free(cancel_b);
+    cr_assert_eq(loam_finalizer_set(cancel_heap, cancel_c, NULL, NULL), 0);
+    /* B's block is free: the next block of its size is likely that one */
+    cancel_fresh = loam_gc_alloc(cancel_heap, 64, LOAM_ATOMIC);
+    cr_assert_not_null(cancel_fresh);
+}
+
+static GC_NOINLINE void make_cancel_trio(loam_heap_t *h)
+{
+    void *a = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cancel_b = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cancel_c = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cr_assert_eq(loam_finalizer_set(h, a, cancelling_fin, (void *)1), 0);
+    cr_assert_eq(loam_finalizer_set(h, cancel_b, log_fin, (void *)2), 0);
+    cr_assert_eq(loam_finalizer_set(h, cancel_c, log_fin, (void *)3), 0);
+}
+
+Test(finalizer, free_or_removal_inside_a_finalizer_cancels_a_queued_one)
+{
+    loam_heap_t *h = gc_heap();
+    cancel_heap = h;
+    fin_n = 0;
+    make_cancel_trio(h);
+    collect(h);
+    cr_assert_eq(fin_n, 1, "%zu finalizers ran: one freed (or removed) by the first still ran", fin_n);
+    cr_assert_eq(fin_log[0].data, (void *)1);
+    cr_assert_eq(gc_stats(h).gc_finalizers_run, 1);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    /* the fresh block (maybe at B's address) is garbage now, as C is */
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}
+
 Test(finalizer, realloc_never_leaves_finalizer_or_weak_on_the_old_address)
 {
     loam_heap_t *h = gc_heap();
