@@ -385,6 +385,16 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
         tcache_return_bumps(tc);
     heaps_unlock();
     gc_finish_sweep(h);
+    /* A generational heap's old blocks keep their marks (also once it is
+     * manual): marked, a block was taken for reached, and what only it
+     * reaches went unmarked, reported as leaked; an old block nothing
+     * reaches any more was not reported. This check clears them at its
+     * end anyway, so if the heap is collected again its next collection
+     * must be major. */
+    if (gc_generational(gc)) {
+        gc_clear_all_marks(gc);
+        gc->need_major = true;
+    }
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);
     for (size_t i = 0; i < gc->nfins; i++)
