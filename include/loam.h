@@ -119,7 +119,8 @@ LOAM_API size_t loam_usable_size(const void *p);
  *   LOAM_CONSERVATIVE  every aligned word may be a pointer (interior too);
  *   LOAM_TRACED        the config's trace callback reports each pointer field
  *                      with loam_mark (precise: block starts or NULL).
- * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
+ * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block; a block
+ * loam_realloc moves keeps its kind.
  * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
  * may see a fresh object before the embedder initialised it: all zero bytes
  * must read as "no pointers"); ATOMIC blocks are not cleared.
