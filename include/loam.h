@@ -71,7 +71,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
     unsigned      flags;
     loam_trace_fn trace;          /* for LOAM_TRACED objects */
     loam_roots_fn roots;          /* embedder's roots, called at each collection */
-    loam_oom_fn   oom;            /* called when the limit is reached */
+    loam_oom_fn   oom;            /* called when the limit is reached (not again
+                                     for the callback's own allocations from the
+                                     heap: they get NULL if it is still full) */
     loam_error_fn error;          /* NULL: print the message and abort */
     void         *user;           /* passed to every callback */
     /* Collected heaps' pacing, this heap's own (0: the process-wide options,

@@ -9,7 +9,8 @@
  *  - limit on a collected heap: garbage never makes an allocation fail (the
  *    heap collects first), committed bytes never pass the limit; when live
  *    data fills it: a collection, then the oom callback with the request,
- *    then NULL with ENOMEM; dropping the data makes room again;
+ *    then NULL with ENOMEM; dropping the data makes room again; an oom
+ *    callback that allocates is not called again inside itself;
  *  - loam_leak_check on a manual heap reports exactly the blocks that are
  *    unreachable from the roots and were never freed (count, addresses and
  *    sizes through the callback), and frees nothing; also on a generational
@@ -310,6 +311,59 @@ static void fill_live(size_t block)
 
 Test(limit, live_data_fills_it_then_oom_then_null, .timeout = 120) { fill_live(16 * KiB); }
 Test(limit, live_large_blocks_fill_it, .timeout = 120) { fill_live(300 * KiB); }
+
+/* An oom callback that allocates from its own heap (an error object, a
+ * log line) gets NULL there when the heap is still full: it is not called
+ * again inside itself (it was, once per allocation it made, each time after
+ * a full collection, until the stack overflowed). */
+static loam_heap_t *nest_heap;
+static unsigned nest_depth, nest_max, nest_calls;
+static size_t nest_inner_null;
+
+static void allocating_oom(loam_heap_t *h, size_t request, void *user)
+{
+    (void)request;
+    (void)user;
+    cr_assert_eq(h, nest_heap);
+    nest_calls++;
+    nest_depth++;
+    if (nest_depth > nest_max)
+        nest_max = nest_depth;
+    cr_assert_leq(nest_depth, 1, "the oom callback runs nested in itself (depth %u)", nest_depth);
+    if (!loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC))
+        nest_inner_null++;
+    nest_depth--;
+}
+
+Test(limit, an_oom_callback_that_allocates_is_not_called_inside_itself, .timeout = 120)
+{
+    loam_heap_t *h = heap_with(LOAM_GC, LIMIT, allocating_oom, NULL, NULL);
+    nest_heap = h;
+    nest_depth = nest_max = nest_calls = 0;
+    nest_inner_null = 0;
+    size_t max = 2 * LIMIT / (16 * KiB) + 16;
+    uintptr_t *keep = calloc(max, sizeof *keep);
+    cr_assert_not_null(keep);
+    loam_root_add_range(h, keep, keep + max);
+    size_t k = 0;
+    for (; k < max; k++) {
+        void *p = loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC);
+        if (!p)
+            break;
+        keep[k] = (uintptr_t)p;
+    }
+    cr_assert_lt(k, max, "the heap never reached its limit");
+    cr_assert_geq(nest_calls, 1);
+    cr_assert_eq(nest_max, 1);
+    cr_assert_eq(nest_inner_null, nest_calls, "the callback's own allocations found room in a full heap");
+    /* and it is called again at the next failure */
+    unsigned calls = nest_calls;
+    cr_assert_null(loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC));
+    cr_assert_gt(nest_calls, calls);
+    loam_root_remove_range(h, keep);
+    free(keep);
+    loam_heap_destroy(h);
+}
 
 /* ---- leak check ------------------------------------------------------------------------ */
 
