@@ -156,7 +156,7 @@ void gc_find_ready_finalizers(gc_state_t *gc)
 void gc_run_ready_finalizers(gc_state_t *gc)
 {
     for (;;) {
-        finalizer_batch_t batch = { 0 };
+        finalizer_batch_t batch = { .thread = pthread_self() };
         pthread_mutex_lock(&gc->lock);
         batch.list = gc->ready;
         batch.n = gc->nready;
@@ -192,6 +192,19 @@ void gc_run_ready_finalizers(gc_state_t *gc)
         pthread_mutex_unlock(&gc->lock);
         meta_free(batch.list, cap * sizeof *batch.list);
     }
+}
+
+bool gc_in_finalizer_of(loam_heap_t *h)
+{
+    gc_state_t *gc = h->gc;
+    if (!gc)
+        return false;
+    bool inside = false;
+    pthread_mutex_lock(&gc->lock);
+    for (finalizer_batch_t *b = gc->running; b && !inside; b = b->link)
+        inside = pthread_equal(b->thread, pthread_self());
+    pthread_mutex_unlock(&gc->lock);
+    return inside;
 }
 
 void gc_mark_waiting_finalizables(gc_state_t *gc)

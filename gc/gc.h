@@ -88,6 +88,7 @@ typedef struct finalizer_batch {
     size_t                  n;
     AO_t                    next;      /* the entry running now, or the next to run */
     struct finalizer_batch *link;      /* the heap's others (gc->lock) */
+    pthread_t               thread;    /* the thread running it */
 } finalizer_batch_t;
 
 /* A target may lie anywhere inside its block: the block is what lives and
@@ -213,6 +214,8 @@ LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
 LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);
+/* Is this thread inside one of h's finalizers? (loam_heap_destroy refuses.) */
+LOAM_INTERNAL bool gc_in_finalizer_of(loam_heap_t *h);
 LOAM_INTERNAL void gc_thread_exit(void);
 LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
 LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */

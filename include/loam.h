@@ -86,6 +86,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
 
 /* ---- heaps ------------------------------------------------------------- */
 LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);   /* NULL cfg: defaults */
+/* loam_heap_destroy releases every block. Not from inside one of the heap's
+ * own finalizers or its oom callback: a fault (the error callback, else
+ * abort), and the heap is left as it was. */
 LOAM_API void         loam_heap_destroy(loam_heap_t *h);         /* releases every block */
 LOAM_API loam_heap_t *loam_heap_default(void);                   /* the process heap, manual */
 LOAM_API loam_heap_t *loam_heap_of(const void *p);               /* NULL: not a loam block */

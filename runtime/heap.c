@@ -162,12 +162,22 @@ loam_heap_t *loam_heap_default(void)
     return &loam_default_heap;
 }
 
+static bool in_oom_callback_of(loam_heap_t *h);
+
 void loam_heap_destroy(loam_heap_t *h)
 {
     if (!h)
         return;
     if (h->is_default) {
         loam_warn("loam_heap_destroy of the default heap ignored (it lives as long as the process)");
+        return;
+    }
+    /* The code that called the callback goes on with the heap when it
+     * returns (the finalizers after this one, the allocation that hit the
+     * limit): destroyed, it used freed memory and crashed. */
+    if (gc_in_finalizer_of(h) || in_oom_callback_of(h)) {
+        loam_fault(h, "loam_heap_destroy inside one of the heap's own finalizers or its oom callback "
+                      "(ignored: the heap is still in use there)", h, 0);
         return;
     }
     heaps_lock();
@@ -403,17 +413,25 @@ static __thread unsigned oom_ncalls;
 static void run_oom_callback(loam_heap_t *h, size_t n)
 {
     uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
-    while (oom_ncalls && oom_calls[oom_ncalls - 1].frame <= frame)
-        oom_ncalls--;
-    if (oom_ncalls == OOM_NEST_MAX)
-        return;                     /* callbacks of several heaps allocating from each other */
-    for (unsigned i = 0; i < oom_ncalls; i++)
-        if (oom_calls[i].h == h)
-            return;
+    if (in_oom_callback_of(h) || oom_ncalls == OOM_NEST_MAX)
+        return;                     /* OOM_NEST_MAX: callbacks of several heaps allocating from each other */
     unsigned at = oom_ncalls++;
     oom_calls[at] = (struct oom_call){ h, frame };
     h->cfg.oom(h, n, h->cfg.user);
     oom_ncalls = at;
+}
+
+/* Is this thread inside h's oom callback? (Entries a longjmp left are
+ * dropped as in run_oom_callback.) */
+static bool in_oom_callback_of(loam_heap_t *h)
+{
+    uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
+    while (oom_ncalls && oom_calls[oom_ncalls - 1].frame <= frame)
+        oom_ncalls--;
+    for (unsigned i = 0; i < oom_ncalls; i++)
+        if (oom_calls[i].h == h)
+            return true;
+    return false;
 }
 
 bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)

@@ -642,6 +642,55 @@ Test(finalizer, free_or_removal_inside_a_finalizer_cancels_a_queued_one)
     loam_heap_destroy(h);
 }
 
+/* loam_heap_destroy from inside one of the heap's finalizers is a fault,
+ * and ignored: the collector runs the next finalizers of the batch, and
+ * the allocation or loam_gc_collect that ran them goes on with the heap
+ * (it crashed on the freed state). */
+static loam_heap_t *destroying_heap;
+static size_t destroy_faults;
+
+static void count_fault(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)user;
+    cr_assert_eq(h, destroying_heap);
+    cr_assert_eq(addr, (void *)h);
+    cr_assert_not_null(strstr(message, "loam_heap_destroy inside"), "message: %s", message);
+    destroy_faults++;
+}
+
+static void destroying_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    loam_heap_destroy(destroying_heap);
+}
+
+static GC_NOINLINE void make_destroying(loam_heap_t *h)
+{
+    for (uintptr_t i = 0; i < 3; i++)
+        cr_assert_eq(loam_finalizer_set(h, loam_gc_alloc(h, 64, LOAM_ATOMIC),
+                                        i == 0 ? destroying_fin : log_fin, (void *)i), 0);
+}
+
+Test(finalizer, heap_destroy_inside_its_finalizer_is_a_fault)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = count_fault };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    destroying_heap = h;
+    destroy_faults = 0;
+    fin_n = 0;
+    make_destroying(h);
+    loam_gc_collect(h);
+    cr_assert_eq(destroy_faults, 1);
+    cr_assert_eq(fin_n, 3, "%zu finalizers ran, 3 expected", fin_n);
+    void *p = loam_gc_alloc(h, 64, LOAM_ATOMIC);     /* the heap still works */
+    cr_assert_eq(loam_heap_of(p), h);
+    loam_gc_collect(h);
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);                            /* outside: fine */
+    cr_assert_eq(destroy_faults, 1);
+}
+
 Test(finalizer, realloc_never_leaves_finalizer_or_weak_on_the_old_address)
 {
     loam_heap_t *h = gc_heap();

@@ -365,6 +365,39 @@ Test(limit, an_oom_callback_that_allocates_is_not_called_inside_itself, .timeout
     loam_heap_destroy(h);
 }
 
+/* loam_heap_destroy inside the heap's own oom callback is a fault, and
+ * ignored: the allocation that called it goes on with the heap. */
+static size_t oom_destroy_faults;
+static void oom_destroy_fault(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)user;
+    cr_assert_eq(addr, (void *)h);
+    cr_assert_not_null(strstr(message, "loam_heap_destroy inside"), "message: %s", message);
+    oom_destroy_faults++;
+}
+
+static void destroying_oom(loam_heap_t *h, size_t request, void *user)
+{
+    (void)request;
+    (void)user;
+    loam_heap_destroy(h);
+}
+
+Test(limit, heap_destroy_inside_its_oom_callback_is_a_fault)
+{
+    loam_config_t cfg = { .mode = LOAM_MANUAL, .limit = 4 * MiB, .oom = destroying_oom, .error = oom_destroy_fault };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    oom_destroy_faults = 0;
+    cr_assert_null(loam_malloc(h, 8 * MiB));
+    cr_assert_eq(oom_destroy_faults, 1);
+    void *p = loam_malloc(h, 64);                    /* the heap still works */
+    cr_assert_eq(loam_heap_of(p), h);
+    loam_free(p);
+    loam_heap_destroy(h);
+    cr_assert_eq(oom_destroy_faults, 1);
+}
+
 /* ---- leak check ------------------------------------------------------------------------ */
 
 typedef struct {
