@@ -305,6 +305,7 @@ void gc_heap_destroy(loam_heap_t *h)
         meta_free(gc->fins, gc->cap_fins * sizeof *gc->fins);
     objmap_release(&gc->fin_map);
     objmap_release(&gc->weak_map);
+    objmap_release(&gc->pending_map);
     if (gc->ready)
         meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
     if (gc->weak_fields)
@@ -406,6 +407,16 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
         tcache_return_bumps(tc);
     heaps_unlock();
     gc_finish_sweep(h);
+    /* A generational heap's old blocks keep their marks (also once it is
+     * manual): marked, a block was taken for reached, and what only it
+     * reaches went unmarked, reported as leaked; an old block nothing
+     * reaches any more was not reported. This check clears them at its
+     * end anyway, so if the heap is collected again its next collection
+     * must be major. */
+    if (gc_generational(gc)) {
+        gc_clear_all_marks(gc);
+        gc->need_major = true;
+    }
     /* Blocks reachable from the finalizable objects are not leaks either. */
     gc_mark_roots(gc);
     for (size_t i = 0; i < gc->nfins; i++)

@@ -26,6 +26,48 @@ static bool grow_fins(finalizer_t **array, size_t *cap)
     return true;
 }
 
+/* Lock held. obj's finalizers that a collection queued but that have not
+ * run yet (in gc->ready, or in a batch a thread runs, after its running
+ * entry) are cancelled: their entries lose obj, and the runner skips them
+ * and no collection marks them any more. with_running: the entry a thread
+ * is running now too (a free of obj: the block must not stay a root, it is
+ * free). Without this a finalizer that freed another object found dead by
+ * the same collection, or removed that object's finalizer, let it run all
+ * the same, on a freed block (maybe handed out again meanwhile). */
+static void cancel_pending(gc_state_t *gc, void *obj, bool with_running)
+{
+    uintptr_t count = objmap_get(&gc->pending_map, (uintptr_t)obj);
+    if (!count)
+        return;                     /* the usual case: nothing of obj waits */
+    for (size_t i = 0; i < gc->nready; i++)
+        if (gc->ready[i].obj == obj) {
+            __atomic_store_n(&gc->ready[i].obj, NULL, __ATOMIC_RELAXED);
+            count--;
+        }
+    for (finalizer_batch_t *b = gc->running; b; b = b->link) {
+        size_t next = AO_load(&b->next);
+        for (size_t i = with_running ? next : next + 1; i < b->n; i++)
+            if (b->list[i].obj == obj) {
+                __atomic_store_n(&b->list[i].obj, NULL, __ATOMIC_RELAXED);
+                count--;
+            }
+    }
+    if (count)
+        objmap_put(&gc->pending_map, (uintptr_t)obj, count);    /* the running one: not new, no growth */
+    else
+        objmap_del(&gc->pending_map, (uintptr_t)obj);
+}
+
+/* Lock held: one of obj's waiting finalizers ran, or was taken off. */
+static void pending_done(gc_state_t *gc, void *obj)
+{
+    uintptr_t count = objmap_get(&gc->pending_map, (uintptr_t)obj);
+    if (count > 1)
+        objmap_put(&gc->pending_map, (uintptr_t)obj, count - 1);
+    else
+        objmap_del(&gc->pending_map, (uintptr_t)obj);
+}
+
 int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data)
 {
     /* Removal works in either mode: a finalizer set while the heap was
@@ -64,6 +106,8 @@ int loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *da
             gc->fins[gc->nfins++] = (finalizer_t){ obj, fn, data };
         }
     }
+    if (!fn)                         /* removed: also if a collection has queued it already */
+        cancel_pending(gc, obj, false);
     pthread_mutex_unlock(&gc->lock);
     return rc;
 }
@@ -92,7 +136,9 @@ void gc_find_ready_finalizers(gc_state_t *gc)
         if (!f.obj)
             continue;
         bool ready = !gc_is_marked(gc, f.obj);
-        if (ready && (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready))) {
+        uintptr_t waiting = ready ? objmap_get(&gc->pending_map, (uintptr_t)f.obj) : 0;
+        if (ready && (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) &&
+            objmap_put(&gc->pending_map, (uintptr_t)f.obj, waiting + 1)) {
             gc->ready[gc->nready++] = f;
         } else {
             gc->fins[kept++] = f;           /* reachable, or no room to queue it: next time */
@@ -116,7 +162,7 @@ size_t gc_run_ready_finalizers(gc_state_t *gc)
 {
     size_t ran = 0;
     for (;;) {
-        finalizer_batch_t batch = { 0 };
+        finalizer_batch_t batch = { .thread = pthread_self() };
         pthread_mutex_lock(&gc->lock);
         batch.list = gc->ready;
         batch.n = gc->nready;
@@ -134,11 +180,18 @@ size_t gc_run_ready_finalizers(gc_state_t *gc)
         }
         for (size_t i = 0; i < batch.n; i++) {
             AO_store_release(&batch.next, i);   /* list[i] stays a root while it runs */
-            batch.list[i].fn(batch.list[i].obj, batch.list[i].data);
+            /* NULL: cancelled since it was queued (cancel_pending). */
+            void *obj = __atomic_load_n(&batch.list[i].obj, __ATOMIC_RELAXED);
+            if (!obj)
+                continue;
+            batch.list[i].fn(obj, batch.list[i].data);
             __atomic_fetch_add(&gc->finalizers_run, 1, __ATOMIC_RELAXED);
+            ran++;
         }
-        ran += batch.n;
         pthread_mutex_lock(&gc->lock);
+        for (size_t i = 0; i < batch.n; i++)
+            if (batch.list[i].obj)
+                pending_done(gc, batch.list[i].obj);
         finalizer_batch_t **pp = &gc->running;
         while (*pp != &batch)
             pp = &(*pp)->link;
@@ -166,8 +219,10 @@ size_t loam_finalize_all(loam_heap_t *h)
             finalizer_t f = gc->fins[i];
             if (!f.obj)
                 continue;
-            if (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) {
-                gc->ready[gc->nready++] = f;
+            uintptr_t waiting = objmap_get(&gc->pending_map, (uintptr_t)f.obj);
+            if ((gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) &&
+                objmap_put(&gc->pending_map, (uintptr_t)f.obj, waiting + 1)) {
+                gc->ready[gc->nready++] = f;   /* queued as a collection queues it (cancel_pending) */
                 objmap_del(&gc->fin_map, (uintptr_t)f.obj);
                 moved++;
             } else {                        /* no room: stays, at its new index */
@@ -185,6 +240,19 @@ size_t loam_finalize_all(loam_heap_t *h)
             return ran;
         }
     }
+}
+
+bool gc_in_finalizer_of(loam_heap_t *h)
+{
+    gc_state_t *gc = h->gc;
+    if (!gc)
+        return false;
+    bool inside = false;
+    pthread_mutex_lock(&gc->lock);
+    for (finalizer_batch_t *b = gc->running; b && !inside; b = b->link)
+        inside = pthread_equal(b->thread, pthread_self());
+    pthread_mutex_unlock(&gc->lock);
+    return inside;
 }
 
 void gc_mark_waiting_finalizables(gc_state_t *gc)
@@ -360,6 +428,7 @@ void gc_forget_block(loam_heap_t *h, void *block)
         gc->fins[at - 1].obj = NULL;
         objmap_del(&gc->fin_map, (uintptr_t)block);
     }
+    cancel_pending(gc, block, true);
     loam_weak_t *w = (loam_weak_t *)objmap_get(&gc->weak_map, (uintptr_t)block);
     if (w) {
         objmap_del(&gc->weak_map, (uintptr_t)block);

@@ -88,6 +88,7 @@ typedef struct finalizer_batch {
     size_t                  n;
     AO_t                    next;      /* the entry running now, or the next to run */
     struct finalizer_batch *link;      /* the heap's others (gc->lock) */
+    pthread_t               thread;    /* the thread running it */
 } finalizer_batch_t;
 
 /* A target may lie anywhere inside its block: the block is what lives and
@@ -158,6 +159,10 @@ typedef struct gc_state {
     finalizer_t    *ready;         /* found unreachable, to run after the stop */
     size_t          nready, cap_ready;
     finalizer_batch_t *running;    /* ready lists threads are running now */
+    /* object -> how many of its finalizers wait in ready or in a running
+     * batch (not yet done): a loam_free of it, or its finalizer's removal,
+     * must cancel them, and most frees find no entry here. */
+    objmap_t        pending_map;
     loam_weak_t    *weaks;
     /* weak fields the markers met this marking (loam_mark_weak), in the
      * order met; appended under weak_fields_lock (helpers mark too) */
@@ -214,6 +219,8 @@ LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
 LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);
+/* Is this thread inside one of h's finalizers? (loam_heap_destroy refuses.) */
+LOAM_INTERNAL bool gc_in_finalizer_of(loam_heap_t *h);
 LOAM_INTERNAL void gc_thread_exit(void);
 LOAM_INTERNAL int  gc_set_mode(loam_heap_t *h, loam_mode_t m);
 LOAM_INTERNAL bool gc_collect_for_memory(loam_heap_t *h);   /* at the limit: true if it ran */

@@ -71,7 +71,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
     unsigned      flags;
     loam_trace_fn trace;          /* for LOAM_TRACED objects */
     loam_roots_fn roots;          /* embedder's roots, called at each collection */
-    loam_oom_fn   oom;            /* called when the limit is reached */
+    loam_oom_fn   oom;            /* called when the limit is reached (not again
+                                     for the callback's own allocations from the
+                                     heap: they get NULL if it is still full) */
     loam_error_fn error;          /* NULL: print the message and abort */
     void         *user;           /* passed to every callback */
     /* Collected heaps' pacing, this heap's own (0: the process-wide options,
@@ -90,6 +92,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
 /* NULL cfg: defaults. NULL with errno EINVAL for a bad mode, an unknown flag or
  * a gc_growth past LOAM_GC_GROWTH_MAX; ENOMEM if out of memory. */
 LOAM_API loam_heap_t *loam_heap_new(const loam_config_t *cfg);
+/* loam_heap_destroy releases every block. Not from inside one of the heap's
+ * own finalizers or its oom callback: a fault (the error callback, else
+ * abort), and the heap is left as it was. */
 LOAM_API void         loam_heap_destroy(loam_heap_t *h);         /* releases every block */
 LOAM_API loam_heap_t *loam_heap_default(void);                   /* the process heap, manual */
 LOAM_API loam_heap_t *loam_heap_of(const void *p);               /* NULL: not a loam block */
@@ -130,7 +135,8 @@ LOAM_API size_t loam_usable_size(const void *p);
  * and for LOAM_TRACED in a collected heap whose config has no trace callback
  * (a manual heap records the kind, but loam_heap_set_mode then refuses, -1
  * with EINVAL, to make it collected).
- * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block.
+ * loam_malloc on a collected heap gives a LOAM_CONSERVATIVE block; a block
+ * loam_realloc moves keeps its kind.
  * loam_gc_alloc zero-fills CONSERVATIVE and TRACED blocks (a trace callback
  * may see a fresh object before the embedder initialised it: all zero bytes
  * must read as "no pointers"); ATOMIC blocks are not cleared.
@@ -193,7 +199,9 @@ LOAM_API void   loam_leave_blocking(loam_heap_t *h);
  * EINVAL) if obj is not a block of h or, for a non-NULL fn, h is not collected
  * now; ENOMEM if out of memory. fn NULL removes the finalizer, in either mode:
  * a finalizer set while h was collected outlives a switch to manual and runs
- * after the switch back unless removed. */
+ * after the switch back unless removed. loam_free of obj removes it too. Both
+ * hold also once a collection has queued it (from another finalizer of that
+ * collection): it does not run. */
 LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn fn, void *data);
 /* For shutdown, before loam_heap_destroy (which runs no finalizer), as
  * lua_close does: runs, in the calling thread, the finalizer of every object

@@ -361,7 +361,13 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
         }
         return p;
     }
-    void *q = alloc_malloc_fast(owner, n);
+    /* The new block is of the old one's kind (loam_gc_alloc records it in
+     * manual heaps too): a traced block moved into a conservative one lost
+     * its trace callback, and what only the callback can find (a pointer
+     * kept boxed, say) was freed while still reached; an atomic one moved
+     * was scanned, and its bytes kept garbage alive. */
+    unsigned kind = ai.large ? ai.large->tag : ai.slab->tag;
+    void *q = kind == LOAM_CONSERVATIVE ? alloc_malloc_fast(owner, n) : loam_gc_alloc(owner, n, (loam_kind_t)kind);
     if (!q)
         return NULL;
     memcpy(q, p, n < ai.size ? n : ai.size);

@@ -214,12 +214,22 @@ loam_heap_t *loam_heap_default(void)
     return &loam_default_heap;
 }
 
+static bool in_oom_callback_of(loam_heap_t *h);
+
 void loam_heap_destroy(loam_heap_t *h)
 {
     if (!h)
         return;
     if (h->is_default) {
         loam_warn("loam_heap_destroy of the default heap ignored (it lives as long as the process)");
+        return;
+    }
+    /* The code that called the callback goes on with the heap when it
+     * returns (the finalizers after this one, the allocation that hit the
+     * limit): destroyed, it used freed memory and crashed. */
+    if (gc_in_finalizer_of(h) || in_oom_callback_of(h)) {
+        loam_fault(h, "loam_heap_destroy inside one of the heap's own finalizers or its oom callback "
+                      "(ignored: the heap is still in use there)", h, 0);
         return;
     }
     heaps_lock();
@@ -451,6 +461,44 @@ void heap_thread_exit(void)
 
 /* ---- limits ------------------------------------------------------------------ */
 
+/* The oom callbacks this thread is running, innermost last, each with the
+ * frame that called it. An allocation inside a heap's own callback that
+ * reaches that heap's limit again does not call it again: the callback
+ * would run nested once per allocation it makes, a full collection each
+ * time, until the stack overflows. An entry whose frame is not above the
+ * caller's was left by a longjmp out of its callback (the stack grows
+ * down): it is dropped. */
+#define OOM_NEST_MAX 8
+static __thread struct oom_call {
+    loam_heap_t *h;
+    uintptr_t    frame;
+} oom_calls[OOM_NEST_MAX];
+static __thread unsigned oom_ncalls;
+
+static void run_oom_callback(loam_heap_t *h, size_t n)
+{
+    uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
+    if (in_oom_callback_of(h) || oom_ncalls == OOM_NEST_MAX)
+        return;                     /* OOM_NEST_MAX: callbacks of several heaps allocating from each other */
+    unsigned at = oom_ncalls++;
+    oom_calls[at] = (struct oom_call){ h, frame };
+    h->cfg.oom(h, n, h->cfg.user);
+    oom_ncalls = at;
+}
+
+/* Is this thread inside h's oom callback? (Entries a longjmp left are
+ * dropped as in run_oom_callback.) */
+static bool in_oom_callback_of(loam_heap_t *h)
+{
+    uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
+    while (oom_ncalls && oom_calls[oom_ncalls - 1].frame <= frame)
+        oom_ncalls--;
+    for (unsigned i = 0; i < oom_ncalls; i++)
+        if (oom_calls[i].h == h)
+            return true;
+    return false;
+}
+
 bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
 {
     /* First give back what is committed but unused: free runs awaiting decay. */
@@ -464,7 +512,7 @@ bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
         return false;
     if (h->cfg.oom && attempt < 5) {
         size_t before = AO_load(&h->budget.committed);
-        h->cfg.oom(h, n, h->cfg.user);
+        run_oom_callback(h, n);
         loam_heap_trim(h);
         /* Retry only if the callback made room. */
         return AO_load(&h->budget.committed) < before;

@@ -15,7 +15,8 @@
  *    words are (interior pointers too); a traced block's only through the trace
  *    callback; CONSERVATIVE and TRACED blocks are zero-filled also on reuse;
  *  - loam_free of collected blocks reclaims at once; loam_malloc / calloc /
- *    realloc on a collected heap give conservative blocks;
+ *    realloc on a collected heap give conservative blocks; realloc of an
+ *    atomic or traced block gives a block of its kind;
  *  - pacing: garbage-allocating loops trigger collections by themselves and
  *    live/committed memory stays bounded;
  *  - statistics: gc_* fields plausible and exact where they can be, and the
@@ -823,6 +824,61 @@ Test(gc, malloc_on_collected_heap_is_conservative)
     root = NULL;
     loam_gc_collect(h);
     expect_live(h, 0, "nothing rooted");
+    loam_heap_destroy(h);
+}
+
+/* A traced object whose one pointer is kept boxed (XOR-ed), as a NaN-boxing
+ * VM keeps its values: only the trace callback can find it. */
+#define BOX_KEY ((uintptr_t)0x5A5A000000000000ull)
+static void trace_boxed(void *obj, loam_tracer_t *t, void *user)
+{
+    (void)user;
+    uintptr_t *o = obj;
+    if (o[0])
+        loam_mark(t, (void *)(o[0] ^ BOX_KEY));
+}
+
+/* loam_realloc moves a block into one of its own kind: across size classes
+ * and into a large block, a traced object stays traced (its boxed pointer
+ * keeps its target) and an atomic one stays unscanned (a pointer in its
+ * bytes keeps nothing). */
+Test(gc, realloc_keeps_the_kind_of_a_block)
+{
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_boxed, NULL, NULL);
+    static uintptr_t *traced, *atomic;
+    loam_root_add(h, (void **)&traced);
+    loam_root_add(h, (void **)&atomic);
+    const size_t sizes[] = { 32, 48, 4000, 300 * KiB, 64 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        traced = loam_gc_alloc(h, 32, LOAM_TRACED);
+        atomic = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+        cr_assert(traced && atomic);
+        unsigned char *kid = loam_gc_alloc(h, 100, LOAM_ATOMIC);
+        cr_assert_not_null(kid);
+        gc_fill(kid, 0, 100, 7);
+        traced[0] = (uintptr_t)kid ^ BOX_KEY;
+        atomic[0] = (uintptr_t)loam_gc_alloc(h, 100, LOAM_ATOMIC);    /* garbage: atomic holds nothing */
+        atomic[1] = 0;
+        cr_assert_neq(atomic[0], 0);
+        kid = NULL;
+        /* twice: from a 32-byte block, then from the block of that size */
+        for (int twice = 0; twice < 2; twice++) {
+            size_t n = twice ? sizes[i] + 16 : sizes[i];
+            traced = loam_realloc(h, traced, n);
+            atomic = loam_realloc(h, atomic, n);
+            cr_assert(traced && atomic, "realloc to %zu failed", n);
+            loam_gc_collect(h);
+            expect_live(h, 3, "the traced and atomic blocks, the traced one's boxed kid");
+            unsigned char *k = (unsigned char *)(traced[0] ^ BOX_KEY);
+            cr_assert_eq(loam_heap_of(k), h, "realloc to %zu: the boxed kid was freed", n);
+            cr_assert_eq(gc_check(k, 0, 100, 7), (size_t)-1, "realloc to %zu: the boxed kid was freed", n);
+        }
+        traced = atomic = NULL;
+        loam_gc_collect(h);
+        expect_live(h, 0, "nothing rooted");
+    }
+    loam_root_remove(h, (void **)&traced);
+    loam_root_remove(h, (void **)&atomic);
     loam_heap_destroy(h);
 }
 

@@ -485,6 +485,33 @@ Test(finalizer, finalize_all_runs_every_finalizer_once_in_order)
     loam_heap_destroy(h);
 }
 
+/* A finalizer run by loam_finalize_all that frees another object waiting
+ * in the same round cancels that one's finalizer, as within a collection. */
+static void *free_me_next;
+
+static void fin_frees_the_next(void *obj, void *data)
+{
+    log_fin(obj, data);
+    if (free_me_next) {
+        loam_free(free_me_next);
+        free_me_next = NULL;
+    }
+}
+
+Test(finalizer, finalize_all_a_finalizer_that_frees_a_waiting_object_cancels_it)
+{
+    loam_heap_t *h = gc_heap();
+    void *a = new_node(h, LOAM_TRACED, 0), *b = new_node(h, LOAM_TRACED, 0);
+    fin_n = 0;
+    cr_assert_eq(loam_finalizer_set(h, a, fin_frees_the_next, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, b, log_fin, NULL), 0);
+    free_me_next = b;
+    cr_assert_eq(loam_finalize_all(h), 1, "the freed object's finalizer ran too");
+    cr_assert_eq(fin_calls_for(a), 1);
+    cr_assert_eq(fin_calls_for(b), 0);
+    loam_heap_destroy(h);
+}
+
 Test(finalizer, finalize_all_in_a_manual_heap_and_one_never_collected)
 {
     loam_heap_t *h = gc_heap();
@@ -943,6 +970,99 @@ Test(finalizer, loam_free_drops_finalizer_and_clears_weak)
     loam_weak_free(w);
     (void)q;
     loam_heap_destroy(h);
+}
+
+/* One collection finds A, B and C dead; A's finalizer runs first (set
+ * first), frees B and removes C's finalizer. Both were queued already by
+ * that collection: they must not run (B's would run on a freed block, here
+ * handed out again to a fresh object). */
+static loam_heap_t *cancel_heap;
+static void *cancel_b, *cancel_c, *cancel_fresh;
+
+static void cancelling_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    loam_free(cancel_b);
+    cr_assert_eq(loam_finalizer_set(cancel_heap, cancel_c, NULL, NULL), 0);
+    /* B's block is free: the next block of its size is likely that one */
+    cancel_fresh = loam_gc_alloc(cancel_heap, 64, LOAM_ATOMIC);
+    cr_assert_not_null(cancel_fresh);
+}
+
+static GC_NOINLINE void make_cancel_trio(loam_heap_t *h)
+{
+    void *a = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cancel_b = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cancel_c = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cr_assert_eq(loam_finalizer_set(h, a, cancelling_fin, (void *)1), 0);
+    cr_assert_eq(loam_finalizer_set(h, cancel_b, log_fin, (void *)2), 0);
+    cr_assert_eq(loam_finalizer_set(h, cancel_c, log_fin, (void *)3), 0);
+}
+
+Test(finalizer, free_or_removal_inside_a_finalizer_cancels_a_queued_one)
+{
+    loam_heap_t *h = gc_heap();
+    cancel_heap = h;
+    fin_n = 0;
+    make_cancel_trio(h);
+    collect(h);
+    cr_assert_eq(fin_n, 1, "%zu finalizers ran: one freed (or removed) by the first still ran", fin_n);
+    cr_assert_eq(fin_log[0].data, (void *)1);
+    cr_assert_eq(gc_stats(h).gc_finalizers_run, 1);
+    collect(h);
+    cr_assert_eq(fin_n, 1);
+    /* the fresh block (maybe at B's address) is garbage now, as C is */
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}
+
+/* loam_heap_destroy from inside one of the heap's finalizers is a fault,
+ * and ignored: the collector runs the next finalizers of the batch, and
+ * the allocation or loam_gc_collect that ran them goes on with the heap
+ * (it crashed on the freed state). */
+static loam_heap_t *destroying_heap;
+static size_t destroy_faults;
+
+static void count_fault(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)user;
+    cr_assert_eq(h, destroying_heap);
+    cr_assert_eq(addr, (void *)h);
+    cr_assert_not_null(strstr(message, "loam_heap_destroy inside"), "message: %s", message);
+    destroy_faults++;
+}
+
+static void destroying_fin(void *obj, void *data)
+{
+    log_fin(obj, data);
+    loam_heap_destroy(destroying_heap);
+}
+
+static GC_NOINLINE void make_destroying(loam_heap_t *h)
+{
+    for (uintptr_t i = 0; i < 3; i++)
+        cr_assert_eq(loam_finalizer_set(h, loam_gc_alloc(h, 64, LOAM_ATOMIC),
+                                        i == 0 ? destroying_fin : log_fin, (void *)i), 0);
+}
+
+Test(finalizer, heap_destroy_inside_its_finalizer_is_a_fault)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = count_fault };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    destroying_heap = h;
+    destroy_faults = 0;
+    fin_n = 0;
+    make_destroying(h);
+    loam_gc_collect(h);
+    cr_assert_eq(destroy_faults, 1);
+    cr_assert_eq(fin_n, 3, "%zu finalizers ran, 3 expected", fin_n);
+    void *p = loam_gc_alloc(h, 64, LOAM_ATOMIC);     /* the heap still works */
+    cr_assert_eq(loam_heap_of(p), h);
+    loam_gc_collect(h);
+    cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);                            /* outside: fine */
+    cr_assert_eq(destroy_faults, 1);
 }
 
 Test(finalizer, realloc_never_leaves_finalizer_or_weak_on_the_old_address)

@@ -9,10 +9,12 @@
  *  - limit on a collected heap: garbage never makes an allocation fail (the
  *    heap collects first), committed bytes never pass the limit; when live
  *    data fills it: a collection, then the oom callback with the request,
- *    then NULL with ENOMEM; dropping the data makes room again;
+ *    then NULL with ENOMEM; dropping the data makes room again; an oom
+ *    callback that allocates is not called again inside itself;
  *  - loam_leak_check on a manual heap reports exactly the blocks that are
  *    unreachable from the roots and were never freed (count, addresses and
- *    sizes through the callback), and frees nothing. */
+ *    sizes through the callback), and frees nothing; also on a generational
+ *    heap made manual, whose old blocks are still marked. */
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -332,6 +334,92 @@ static void fill_live(size_t block)
 Test(limit, live_data_fills_it_then_oom_then_null, .timeout = 120) { fill_live(16 * KiB); }
 Test(limit, live_large_blocks_fill_it, .timeout = 120) { fill_live(300 * KiB); }
 
+/* An oom callback that allocates from its own heap (an error object, a
+ * log line) gets NULL there when the heap is still full: it is not called
+ * again inside itself (it was, once per allocation it made, each time after
+ * a full collection, until the stack overflowed). */
+static loam_heap_t *nest_heap;
+static unsigned nest_depth, nest_max, nest_calls;
+static size_t nest_inner_null;
+
+static void allocating_oom(loam_heap_t *h, size_t request, void *user)
+{
+    (void)request;
+    (void)user;
+    cr_assert_eq(h, nest_heap);
+    nest_calls++;
+    nest_depth++;
+    if (nest_depth > nest_max)
+        nest_max = nest_depth;
+    cr_assert_leq(nest_depth, 1, "the oom callback runs nested in itself (depth %u)", nest_depth);
+    if (!loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC))
+        nest_inner_null++;
+    nest_depth--;
+}
+
+Test(limit, an_oom_callback_that_allocates_is_not_called_inside_itself, .timeout = 120)
+{
+    loam_heap_t *h = heap_with(LOAM_GC, LIMIT, allocating_oom, NULL, NULL);
+    nest_heap = h;
+    nest_depth = nest_max = nest_calls = 0;
+    nest_inner_null = 0;
+    size_t max = 2 * LIMIT / (16 * KiB) + 16;
+    uintptr_t *keep = calloc(max, sizeof *keep);
+    cr_assert_not_null(keep);
+    loam_root_add_range(h, keep, keep + max);
+    size_t k = 0;
+    for (; k < max; k++) {
+        void *p = loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC);
+        if (!p)
+            break;
+        keep[k] = (uintptr_t)p;
+    }
+    cr_assert_lt(k, max, "the heap never reached its limit");
+    cr_assert_geq(nest_calls, 1);
+    cr_assert_eq(nest_max, 1);
+    cr_assert_eq(nest_inner_null, nest_calls, "the callback's own allocations found room in a full heap");
+    /* and it is called again at the next failure */
+    unsigned calls = nest_calls;
+    cr_assert_null(loam_gc_alloc(h, 16 * KiB, LOAM_ATOMIC));
+    cr_assert_gt(nest_calls, calls);
+    loam_root_remove_range(h, keep);
+    free(keep);
+    loam_heap_destroy(h);
+}
+
+/* loam_heap_destroy inside the heap's own oom callback is a fault, and
+ * ignored: the allocation that called it goes on with the heap. */
+static size_t oom_destroy_faults;
+static void oom_destroy_fault(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)user;
+    cr_assert_eq(addr, (void *)h);
+    cr_assert_not_null(strstr(message, "loam_heap_destroy inside"), "message: %s", message);
+    oom_destroy_faults++;
+}
+
+static void destroying_oom(loam_heap_t *h, size_t request, void *user)
+{
+    (void)request;
+    (void)user;
+    loam_heap_destroy(h);
+}
+
+Test(limit, heap_destroy_inside_its_oom_callback_is_a_fault)
+{
+    loam_config_t cfg = { .mode = LOAM_MANUAL, .limit = 4 * MiB, .oom = destroying_oom, .error = oom_destroy_fault };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    oom_destroy_faults = 0;
+    cr_assert_null(loam_malloc(h, 8 * MiB));
+    cr_assert_eq(oom_destroy_faults, 1);
+    void *p = loam_malloc(h, 64);                    /* the heap still works */
+    cr_assert_eq(loam_heap_of(p), h);
+    loam_free(p);
+    loam_heap_destroy(h);
+    cr_assert_eq(oom_destroy_faults, 1);
+}
+
 /* ---- leak check ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -520,5 +608,52 @@ Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
     loam_root_remove(h, &leak_slot);
     loam_root_remove_range(h, range);
     free(range);
+    loam_heap_destroy(h);
+}
+
+/* A generational heap's blocks that survived a collection keep their mark
+ * (they are old), also after a switch to manual. The leak check must not
+ * take those marks for its own: an old block would pass for reached, and
+ * what only it reaches for a leak. */
+Test(leak_check, a_generational_heap_made_manual_reports_exactly_its_leaks)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN | LOAM_GENERATIONAL };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void **root, *old_lost;
+    loam_root_add(h, (void **)&root);
+    loam_root_add(h, &old_lost);
+    root = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    old_lost = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
+    cr_assert(root && old_lost);
+    loam_gc_collect(h);                           /* both are old now */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_MANUAL), 0);
+    void *lost_block = old_lost;
+    loam_root_remove(h, &old_lost);               /* an old block nothing reaches */
+    root[0] = loam_malloc(h, 64);                 /* reached only through the old root */
+    cr_assert_not_null(root[0]);
+    static leak_rec_t rec;
+    memset(&rec, 0, sizeof rec);
+    leak_expect_user = &rec;
+    size_t count = loam_leak_check(h, rec_leak, &rec);
+    cr_assert_eq(count, 1, "loam_leak_check counted %zu leaks, 1 expected (the old block dropped)", count);
+    cr_assert_eq(rec.block[0], lost_block, "reported %p, not the dropped old block %p", rec.block[0], lost_block);
+    /* and again: the same answer */
+    memset(&rec, 0, sizeof rec);
+    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), 1);
+    /* back to collected: nothing reachable is lost by the next (minor or major) collections */
+    cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
+    void **keep_root = root;
+    void *kid = root[0];
+    for (int i = 0; i < 4; i++) {
+        for (int j = 0; j < 2000; j++)
+            cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
+        loam_gc_collect(h);
+    }
+    cr_assert_eq(loam_heap_of(keep_root), h);
+    cr_assert_eq(root[0], kid);
+    cr_assert_eq(gc_stats(h).live_blocks, 2, "live blocks %zu, 2 expected (root and its kid)",
+                 gc_stats(h).live_blocks);
+    loam_root_remove(h, (void **)&root);
     loam_heap_destroy(h);
 }
