@@ -52,7 +52,9 @@ typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_ki
  *                        the next major collection). The embedder must then call
  *                        loam_write_barrier after every store of a pointer into
  *                        a collected object, except into an object allocated by
- *                        this thread with no allocation or safepoint since. */
+ *                        this thread with no allocation or safepoint since. A
+ *                        block loam_realloc returns in place is not new: it
+ *                        may be old, and stores into it need the barrier. */
 enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1, LOAM_GENERATIONAL = 1u << 2 };
 enum { LOAM_STATS_TEXT = 0, LOAM_STATS_JSON = 1 };
 
@@ -265,7 +267,8 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t gc_bytes_swept;        /* reclaimed, all collections */
     size_t gc_live_after;         /* live bytes after the last collection */
     size_t gc_finalizers_run;
-    size_t gc_weak_cleared;       /* weak references and weak fields (loam_mark_weak) cleared */
+    size_t gc_weak_cleared;       /* weak references and weak fields (loam_mark_weak) cleared by
+                                     collections (not those a loam_free ends) */
     size_t gc_bytes_marked_helpers;   /* of gc_bytes_marked: by marking threads (LOAM_PARALLEL_MARK) */
     size_t gc_minor_collections;  /* of gc_collections: minor (LOAM_GENERATIONAL) */
     size_t transfer_bytes;        /* free blocks in the arenas' transfer caches: batches that
