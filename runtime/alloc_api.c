@@ -173,6 +173,16 @@ static loam_heap_t *block_heap(const addr_info_t *ai)
     return a->owner;
 }
 
+/* Does the small block carry the free key (freed, or never handed out)?
+ * Under memcheck the bytes of a block never handed out are undefined, and
+ * comparing them would be reported: such a word reads as no key (the checks
+ * after this one name such a free). */
+static inline bool has_free_key(const void *block)
+{
+    const free_block_t *b = block;
+    return mc_word_defined(&b->freed_key) && b->freed_key == loam_free_key;
+}
+
 void alloc_free_slow(void *p)
 {
     if (p == NULL)
@@ -217,7 +227,7 @@ void alloc_free_slow(void *p)
     }
     loam_heap_t *h = block_heap(&ai);
     free_block_t *b = p;
-    if (!ai.large && b->freed_key == loam_free_key) {
+    if (!ai.large && has_free_key(b)) {
         /* The key says free; whether the block was ever handed out, loam
          * does not keep (a flushed cache leaves never-used blocks keyed). */
         loam_fault(h, "double free (the block is free: freed already, or never handed out)", p, ai.size);
@@ -306,7 +316,7 @@ size_t alloc_usable_size(const void *p)
     }
     /* A freed block's size is a use after free waiting to happen (the
      * caller is about to write it): named, as a free of it would be. */
-    if (!ai.large && ((const free_block_t *)ai.block)->freed_key == loam_free_key) {
+    if (!ai.large && has_free_key(ai.block)) {
         loam_fault(block_heap(&ai), "usable_size of a freed block (use after free)", p, ai.size);
         return 0;
     }
@@ -338,7 +348,7 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
     }
     addr_info_t ai;
     addr_classify(p, &ai);
-    if (ai.kind != ADDR_BLOCK || (!ai.large && ((free_block_t *)p)->freed_key == loam_free_key)) {
+    if (ai.kind != ADDR_BLOCK || (!ai.large && has_free_key(p))) {
         alloc_free_slow(p);              /* names the fault */
         return NULL;
     }
