@@ -443,6 +443,14 @@ static void rec_leak(void *block, size_t size, void *user)
     r->n++;
 }
 
+/* The leak check of h, recorded afresh in *rec; returns its count. */
+static size_t check_leaks(loam_heap_t *h, leak_rec_t *rec)
+{
+    memset(rec, 0, sizeof *rec);
+    leak_expect_user = rec;
+    return loam_leak_check(h, rec_leak, rec);
+}
+
 static void *leak_cb_root;
 static void leak_roots(loam_tracer_t *t, void *user)
 {
@@ -470,9 +478,7 @@ Test(leak_check, blocks_ahead_in_an_allocation_range_are_no_leaks)
     void *leak = loam_gc_alloc(h, 64, LOAM_CONSERVATIVE);
     cr_assert_not_null(leak);
     static leak_rec_t rec;
-    memset(&rec, 0, sizeof rec);
-    leak_expect_user = &rec;
-    size_t count = loam_leak_check(h, rec_leak, &rec);
+    size_t count = check_leaks(h, &rec);
     cr_assert_eq(count, 1, "loam_leak_check counted %zu leaks, 1 expected", count);
     cr_assert_eq(rec.block[0], leak, "reported %p, not the leaked block %p", rec.block[0], leak);
     /* The heap goes on allocating distinct blocks. */
@@ -549,9 +555,7 @@ Test(leak_check, reports_exactly_the_unreachable_unfreed_blocks)
 
     loam_stats_t s0 = gc_stats(h);
     static leak_rec_t rec;
-    memset(&rec, 0, sizeof rec);
-    leak_expect_user = &rec;
-    size_t count = loam_leak_check(h, rec_leak, &rec);
+    size_t count = check_leaks(h, &rec);
     cr_assert_eq(count, NL, "loam_leak_check counted %zu leaks, %d expected", count, NL);
     cr_assert_eq(rec.n, NL, "the callback was called %zu times, %d leaks", rec.n, NL);
     cr_assert(!rec.bad_user, "the callback did not get the user pointer");
@@ -633,14 +637,11 @@ Test(leak_check, a_generational_heap_made_manual_reports_exactly_its_leaks)
     root[0] = loam_malloc(h, 64);                 /* reached only through the old root */
     cr_assert_not_null(root[0]);
     static leak_rec_t rec;
-    memset(&rec, 0, sizeof rec);
-    leak_expect_user = &rec;
-    size_t count = loam_leak_check(h, rec_leak, &rec);
+    size_t count = check_leaks(h, &rec);
     cr_assert_eq(count, 1, "loam_leak_check counted %zu leaks, 1 expected (the old block dropped)", count);
     cr_assert_eq(rec.block[0], lost_block, "reported %p, not the dropped old block %p", rec.block[0], lost_block);
     /* and again: the same answer */
-    memset(&rec, 0, sizeof rec);
-    cr_assert_eq(loam_leak_check(h, rec_leak, &rec), 1);
+    cr_assert_eq(check_leaks(h, &rec), 1);
     /* back to collected: nothing reachable is lost by the next (minor or major) collections */
     cr_assert_eq(loam_heap_set_mode(h, LOAM_GC), 0);
     void **keep_root = root;
