@@ -35,6 +35,11 @@ typedef struct gc_mutator {
     jmp_buf          regs;         /* callee-saved registers, saved when a wait begins */
     pthread_mutex_t  lock;         /* with cv: a hold or an ask ended */
     pthread_cond_t   cv;
+    /* The collections that ask it to stop (lock): woken when it begins a
+     * wait, which counts as stopped for them. Past GC_ASKERS_MAX, the
+     * others find out by polling (threads.c, wait_for_parking). */
+#define GC_ASKERS_MAX 8
+    struct gc_state *askers[GC_ASKERS_MAX];
 } gc_mutator_t;
 
 typedef struct gc_thread {

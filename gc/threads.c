@@ -33,9 +33,11 @@
  * loam_safepoint, answer by waiting as above until no collection asks. A
  * thread that went on to allocate only from other heaps (a worker serving
  * one interpreter heap per request, attached to each it served) would
- * otherwise never reach a safepoint of the heaps it left. A collection that
- * waits for such a thread looks again every millisecond (the thread does
- * not know which heaps to wake).
+ * otherwise never reach a safepoint of the heaps it left. The asking
+ * collections are listed in the thread's record, and the thread wakes them
+ * when it begins such a wait; a collection that waits for it also looks
+ * again every millisecond (a wake-up can fall between its look and its
+ * sleep).
  */
 #define _GNU_SOURCE
 #include "gc/gc.h"
@@ -110,6 +112,17 @@ static void mutator_wait_begin(gc_mutator_t *m)
         return;
     save_context_to(m->regs, &m->stack_sp);
     __atomic_store_n(&m->waiting, 1, __ATOMIC_SEQ_CST);
+    /* Collections waiting for this thread may count it stopped now. Under
+     * the record's lock: an asker takes its ask back under it before its
+     * heap can go. No heap's lock is needed to broadcast; a collection that
+     * looked just before, and sleeps just after, polls (wait_for_parking). */
+    if (AO_load(&m->stop_asks)) {
+        pthread_mutex_lock(&m->lock);
+        for (unsigned i = 0; i < GC_ASKERS_MAX; i++)
+            if (m->askers[i])
+                pthread_cond_broadcast(&m->askers[i]->parked_cv);
+        pthread_mutex_unlock(&m->lock);
+    }
 }
 
 static void mutator_wait_end(gc_mutator_t *m)
@@ -220,6 +233,31 @@ gc_thread_t *gc_attach(gc_state_t *gc)
     return t;
 }
 
+/* Lock held: collection gc asks thread record m to stop (t->asked). */
+static void mutator_ask(gc_mutator_t *m, gc_state_t *gc)
+{
+    pthread_mutex_lock(&m->lock);
+    AO_fetch_and_add1(&m->stop_asks);
+    for (unsigned i = 0; i < GC_ASKERS_MAX; i++)
+        if (!m->askers[i]) {
+            m->askers[i] = gc;
+            break;
+        }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Lock held: gc's ask ends (the restart, or the thread leaves the heap). */
+static void mutator_unask(gc_mutator_t *m, gc_state_t *gc)
+{
+    pthread_mutex_lock(&m->lock);
+    for (unsigned i = 0; i < GC_ASKERS_MAX; i++)
+        if (m->askers[i] == gc) {
+            m->askers[i] = NULL;
+            break;
+        }
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void mutator_release(gc_mutator_t *m, AO_t *count)
 {
     pthread_mutex_lock(&m->lock);
@@ -234,8 +272,10 @@ static void mutator_release(gc_mutator_t *m, AO_t *count)
  * on it (if any) end with it. */
 static void unlink_thread(gc_state_t *gc, gc_thread_t *t)
 {
-    if (t->asked)
+    if (t->asked) {
+        mutator_unask(t->mut, gc);
         mutator_release(t->mut, &t->mut->stop_asks);
+    }
     if (t->held)
         mutator_release(t->mut, &t->mut->holds);
     t->asked = t->held = false;
@@ -311,8 +351,11 @@ static bool all_others_stopped(gc_state_t *gc, gc_thread_t *me)
     return true;
 }
 
-/* Lock held: wait a millisecond at most for a thread to stop (a thread
- * that waits for another heap cannot wake this one). */
+/* Lock held: wait a millisecond at most for a thread to stop. A thread
+ * that begins a wait inside loam for another heap wakes the collections
+ * that ask it (mutator_wait_begin), without this heap's lock: a wake-up
+ * that falls between this collection's look and its sleep is lost, and
+ * the millisecond bounds that. */
 static void wait_for_parking(gc_state_t *gc)
 {
     struct timespec until;
@@ -351,7 +394,7 @@ bool gc_stop_world(gc_state_t *gc)
     /* Threads now in other heaps' slow paths stop there too. */
     for (gc_thread_t *t = gc->threads; t; t = t->next)
         if (t != me) {
-            AO_fetch_and_add1(&t->mut->stop_asks);
+            mutator_ask(t->mut, gc);
             t->asked = true;
         }
     while (!all_others_stopped(gc, me))
@@ -365,8 +408,10 @@ void gc_restart_world(gc_state_t *gc)
     if (me)
         me->state = GC_RUNNING;
     for (gc_thread_t *t = gc->threads; t; t = t->next) {
-        if (t->asked)
+        if (t->asked) {
+            mutator_unask(t->mut, gc);
             mutator_release(t->mut, &t->mut->stop_asks);
+        }
         if (t->held)
             mutator_release(t->mut, &t->mut->holds);
         t->asked = t->held = false;
