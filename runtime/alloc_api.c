@@ -348,7 +348,13 @@ void *alloc_realloc(loam_heap_t *h, void *p, size_t n)
     }
     addr_info_t ai;
     addr_classify(p, &ai);
-    if (ai.kind != ADDR_BLOCK || (!ai.large && has_free_key(p))) {
+    if (ai.kind == ADDR_BLOCK && !ai.large && has_free_key(p)) {
+        /* Not a double free: the caller goes on to use what it gets back. */
+        loam_fault(block_heap(&ai), "realloc of a free block (freed already, or never handed out: use after free)",
+                   p, ai.size);
+        return NULL;
+    }
+    if (ai.kind != ADDR_BLOCK) {
         alloc_free_slow(p);              /* names the fault */
         return NULL;
     }
