@@ -85,8 +85,9 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
     unsigned      gc_growth;      /* at most LOAM_GC_GROWTH_MAX */
     size_t        gc_min_bytes;
     /* Shown in statistics, fault messages and warnings beside the heap's
-     * address (copied: its first 31 bytes; a quote, a backslash or a control
-     * character reads '?'). NULL: none. */
+     * address (copied: its first 31 bytes, less a UTF-8 character they would
+     * cut; a quote, a backslash, a control character or a byte that is not
+     * UTF-8 reads '?'). NULL: none. */
     const char   *name;
 } loam_config_t;
 

@@ -90,14 +90,59 @@ static void heap_unlink(loam_heap_t *h)
 }
 
 
+/* The length of the well-formed UTF-8 sequence at s (1 to 4 bytes), or 0
+ * if the bytes there are none (a stray continuation byte, a bad lead, an
+ * overlong form, a surrogate, past U+10FFFF, or cut by the string's end). */
+static size_t utf8_sequence(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    size_t len = c > 0xf4 ? 0 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+    if (len == 0)
+        return 0;
+    unsigned char lo = 0x80, hi = 0xbf;      /* the second byte's range */
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
 /* The config's name, kept in the heap (the caller's string may go) and
- * safe to print inside quotes, in a text line or JSON. */
+ * safe to print inside quotes, in a text line or JSON. JSON text must be
+ * UTF-8: a character the length limit would cut is left out whole (a name
+ * in UTF-8 cut inside a character made the statistics' JSON invalid), and
+ * a byte that starts no well-formed sequence reads '?'. */
 static void copy_name(char *dst, size_t cap, const char *src)
 {
+    const unsigned char *s = (const unsigned char *)src;
     size_t n = 0;
-    for (; src && src[n] && n + 1 < cap; n++) {
-        unsigned char c = (unsigned char)src[n];
-        dst[n] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+    while (s && *s && n + 1 < cap) {
+        unsigned char c = *s;
+        if (c < 0x80) {
+            dst[n++] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+            s++;
+            continue;
+        }
+        size_t len = utf8_sequence(s);
+        if (len == 0) {
+            dst[n++] = '?';
+            s++;
+            continue;
+        }
+        if (n + len + 1 > cap)
+            break;
+        memcpy(dst + n, s, len);
+        n += len;
+        s += len;
     }
     dst[n] = 0;
 }

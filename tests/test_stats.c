@@ -555,6 +555,30 @@ Test(stats, a_named_heap_is_named_in_its_reports)
     loam_heap_destroy(h);
 }
 
+/* JSON text is UTF-8: a name in UTF-8 whose 31-byte copy would end inside
+ * a character keeps the character out whole, and bytes that are not UTF-8
+ * read '?' (the JSON report held a cut "\xe2" and a Latin-1 "\xe9"). */
+Test(stats, a_name_is_cut_between_utf8_characters)
+{
+    static const struct { const char *name, *shown; } cases[] = {
+        /* 27 ASCII bytes, then euro signs (3 bytes each): the second ends past 31 */
+        { "abcdefghijklmnopqrstuvwxyz-\xe2\x82\xac\xe2\x82\xac", "abcdefghijklmnopqrstuvwxyz-\xe2\x82\xac" },
+        { "caf\xe9 (latin-1)", "caf? (latin-1)" },
+        { "h\xc3\xa9llo \xf0\x9f\x90\xb1 \xc3", "h\xc3\xa9llo \xf0\x9f\x90\xb1 ?" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        loam_config_t cfg = { .name = cases[i].name };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        cr_assert_not_null(h);
+        char *json = print_to_string(h, LOAM_STATS_JSON);
+        char want[128];
+        snprintf(want, sizeof want, "\"name\":\"%s\"", cases[i].shown);
+        cr_assert(strstr(json, want) != NULL, "case %zu: the JSON report names the heap as:\n%s", i, json);
+        free(json);
+        loam_heap_destroy(h);
+    }
+}
+
 Test(stats, print_default_heap_json)
 {
     void *p = loam_malloc(loam_heap_default(), 100);
