@@ -311,7 +311,13 @@ size_t gc_clear_dead_weak_fields(gc_state_t *gc, size_t from)
         if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
             continue;                   /* no block: not the collector's to clear */
         arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
-        if (a->owner != gc->heap || gc_is_marked(gc, v))
+        if (a->owner != gc->heap)
+            continue;
+        /* Dead: unmarked, or marked only to wait for its finalizer (queued
+         * by this collection or one before). A field met while marking from
+         * the finalizable objects may name one of them, marked by then. */
+        if (gc_is_marked(gc, v) &&
+            (!gc->pending_map.n || !objmap_get(&gc->pending_map, (uintptr_t)ai.block)))
             continue;
         *field = NULL;
         gc->weak_cleared++;

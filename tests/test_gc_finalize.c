@@ -924,6 +924,38 @@ Test(weak, fields_cleared_before_finalizers_run)
     loam_heap_destroy(h);
 }
 
+/* Two finalizable objects found dead by one collection: Z reaches a holder
+ * whose weak field names X. The holder's field is met only while marking
+ * from the finalizable objects, after X was marked to wait for its own
+ * finalizer: it is cleared all the same, so that Z's finalizer does not
+ * find X (finalized, or about to be) through it. */
+static wnode_t *fz_holder;
+static bool fz_field_clear;
+
+static void z_fin(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    fz_field_clear = fz_holder->weak == NULL;
+}
+
+Test(weak, fields_to_objects_waiting_for_their_finalizer_are_cleared)
+{
+    loam_heap_t *h = wheap(0);
+    wnode_t *z = new_wnode(h), *x = new_wnode(h);
+    fz_holder = new_wnode(h);
+    z->next = fz_holder;
+    fz_holder->weak = (char *)x + 8;                /* interior: stands for x's block */
+    cr_assert_eq(loam_finalizer_set(h, z, z_fin, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, x, log_fin, NULL), 0);
+    fz_field_clear = false;
+    fin_n = 0;
+    z = x = NULL;
+    collect(h);
+    cr_assert_eq(fin_n, 1, "x's finalizer ran %zu times", fin_n);
+    cr_assert(fz_field_clear, "z's finalizer found x through a weak field");
+    loam_heap_destroy(h);
+}
+
 /* loam_leak_check marks as a collection does, and frees nothing: it clears
  * no weak field either. */
 Test(weak, fields_left_by_the_leak_check)
