@@ -125,29 +125,40 @@ void gc_clear_dead_weaks(gc_state_t *gc)
     }
 }
 
-/* The table is compacted (holes dropped, registration order kept) and its
- * map rebuilt as it goes. */
-void gc_find_ready_finalizers(gc_state_t *gc)
+/* Lock held. The table's entries move, in registration order, to the ready
+ * list, counted in pending_map (cancel_pending): all of them (shutdown), or
+ * those whose object the marking left unmarked, which a collection then
+ * marks with all they reach, so that they survive until they ran. The rest
+ * stay, the table compacted (holes dropped) and its map rebuilt; so does
+ * an entry there is no memory to queue (next time). Returns how many moved. */
+static size_t queue_finalizers(gc_state_t *gc, bool all)
 {
-    size_t kept = 0;
+    size_t moved = 0, kept = 0;
     objmap_clear(&gc->fin_map);
     for (size_t i = 0; i < gc->nfins; i++) {
         finalizer_t f = gc->fins[i];
         if (!f.obj)
             continue;
-        bool ready = !gc_is_marked(gc, f.obj);
+        bool ready = all || !gc_is_marked(gc, f.obj);
         uintptr_t waiting = ready ? objmap_get(&gc->pending_map, (uintptr_t)f.obj) : 0;
         if (ready && (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) &&
             objmap_put(&gc->pending_map, (uintptr_t)f.obj, waiting + 1)) {
             gc->ready[gc->nready++] = f;
+            moved++;
         } else {
-            gc->fins[kept++] = f;           /* reachable, or no room to queue it: next time */
+            gc->fins[kept++] = f;
             objmap_put(&gc->fin_map, (uintptr_t)f.obj, kept);
         }
-        if (ready)
-            gc_mark_word(gc, (uintptr_t)f.obj);   /* it and all it reaches survive until it ran */
+        if (ready && !all)
+            gc_mark_word(gc, (uintptr_t)f.obj);
     }
     gc->nfins = kept;
+    return moved;
+}
+
+void gc_find_ready_finalizers(gc_state_t *gc)
+{
+    queue_finalizers(gc, false);
     gc_mark_drain(gc);
 }
 
@@ -214,23 +225,8 @@ size_t loam_finalize_all(loam_heap_t *h)
     size_t ran = 0;
     for (;;) {
         pthread_mutex_lock(&gc->lock);
-        size_t moved = 0, kept = 0;
-        for (size_t i = 0; i < gc->nfins; i++) {
-            finalizer_t f = gc->fins[i];
-            if (!f.obj)
-                continue;
-            uintptr_t waiting = objmap_get(&gc->pending_map, (uintptr_t)f.obj);
-            if ((gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready)) &&
-                objmap_put(&gc->pending_map, (uintptr_t)f.obj, waiting + 1)) {
-                gc->ready[gc->nready++] = f;   /* queued as a collection queues it (cancel_pending) */
-                objmap_del(&gc->fin_map, (uintptr_t)f.obj);
-                moved++;
-            } else {                        /* no room: stays, at its new index */
-                gc->fins[kept++] = f;
-                objmap_put(&gc->fin_map, (uintptr_t)f.obj, kept);
-            }
-        }
-        gc->nfins = kept;
+        size_t moved = queue_finalizers(gc, true);
+        size_t kept = gc->nfins;            /* no memory to queue them */
         pthread_mutex_unlock(&gc->lock);
         size_t round = gc_run_ready_finalizers(gc);
         ran += round;

@@ -246,21 +246,17 @@ static void mutator_ask(gc_mutator_t *m, gc_state_t *gc)
     pthread_mutex_unlock(&m->lock);
 }
 
-/* Lock held: gc's ask ends (the restart, or the thread leaves the heap). */
-static void mutator_unask(gc_mutator_t *m, gc_state_t *gc)
+/* Lock held: one of gc's counts on m ends (an ask, with gc's place in its
+ * askers; or a hold) and m's thread may go on. */
+static void mutator_release(gc_mutator_t *m, AO_t *count, gc_state_t *gc)
 {
     pthread_mutex_lock(&m->lock);
-    for (unsigned i = 0; i < GC_ASKERS_MAX; i++)
-        if (m->askers[i] == gc) {
-            m->askers[i] = NULL;
-            break;
-        }
-    pthread_mutex_unlock(&m->lock);
-}
-
-static void mutator_release(gc_mutator_t *m, AO_t *count)
-{
-    pthread_mutex_lock(&m->lock);
+    if (count == &m->stop_asks)
+        for (unsigned i = 0; i < GC_ASKERS_MAX; i++)
+            if (m->askers[i] == gc) {
+                m->askers[i] = NULL;
+                break;
+            }
     /* Release: what the collection read of the thread (its saved context,
      * its stack) comes before the thread's going on. */
     __atomic_fetch_sub(count, 1, __ATOMIC_RELEASE);
@@ -268,17 +264,21 @@ static void mutator_release(gc_mutator_t *m, AO_t *count)
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Lock held: this collection's ask and hold on t (if any) end. */
+static void end_ask_and_hold(gc_state_t *gc, gc_thread_t *t)
+{
+    if (t->asked)
+        mutator_release(t->mut, &t->mut->stop_asks, gc);
+    if (t->held)
+        mutator_release(t->mut, &t->mut->holds, gc);
+    t->asked = t->held = false;
+}
+
 /* Lock held: t leaves the heap's list, and this collection's ask and hold
  * on it (if any) end with it. */
 static void unlink_thread(gc_state_t *gc, gc_thread_t *t)
 {
-    if (t->asked) {
-        mutator_unask(t->mut, gc);
-        mutator_release(t->mut, &t->mut->stop_asks);
-    }
-    if (t->held)
-        mutator_release(t->mut, &t->mut->holds);
-    t->asked = t->held = false;
+    end_ask_and_hold(gc, t);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -339,7 +339,7 @@ static bool thread_stopped(gc_thread_t *t)
         t->held = true;
         return true;
     }
-    mutator_release(m, &m->holds);      /* its wait ended meanwhile */
+    mutator_release(m, &m->holds, NULL);   /* its wait ended meanwhile */
     return false;
 }
 
@@ -407,15 +407,8 @@ void gc_restart_world(gc_state_t *gc)
     gc_thread_t *me = gc_self(gc);
     if (me)
         me->state = GC_RUNNING;
-    for (gc_thread_t *t = gc->threads; t; t = t->next) {
-        if (t->asked) {
-            mutator_unask(t->mut, gc);
-            mutator_release(t->mut, &t->mut->stop_asks);
-        }
-        if (t->held)
-            mutator_release(t->mut, &t->mut->holds);
-        t->asked = t->held = false;
-    }
+    for (gc_thread_t *t = gc->threads; t; t = t->next)
+        end_ask_and_hold(gc, t);
     gc->collecting = false;
     if (my_collection == gc)
         my_collection = NULL;
