@@ -152,6 +152,10 @@ typedef struct slab {
                                     (a lazy sweep); pinned: never released meanwhile */
     bool         visit_none_free;  /* while pending, the layer above's: no block of it was
                                       free when the visit was set up */
+    bool         handed_out;     /* a block went out of it (a refill, a bump range) since the
+                                    layer above last cleared this; the layer above sets it too
+                                    (a freed block a thread cache may hand out again). A
+                                    generational heap's minor sweep skips slabs without it */
     uint32_t     visit_cursor;   /* while pending: blocks below it are visited (the layer
                                     above's; 0 when it becomes pending) */
 } __attribute__((aligned(128))) slab_t;     /* a power of two: descriptor lookup is a shift */

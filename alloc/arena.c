@@ -411,6 +411,8 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
             /* Visit before any block of it is used. */
             if (alloc_pending_take_hook) {
                 unsigned k = alloc_pending_take_hook(a, s, n - got, top - got);
+                if (k)
+                    s->handed_out = true;
                 got += k;
                 still_out += k;
             } else {
@@ -425,6 +427,7 @@ unsigned arena_alloc_blocks(arena_t *a, unsigned cls, unsigned n, void **top)
             partial_push_tail(bin, s);
         }
         got += slab_take_blocks(s, n - got, top - got);
+        s->handed_out = true;
         if (s->used == s->capacity)
             partial_remove(bin, s);
     }
@@ -457,6 +460,7 @@ unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_b
                 /* Out already (garbage found by the visit): no count changes. */
                 *start = s->start + (size_t)first * s->block_size;
                 *slab_bump_holder(s) = holder;
+                s->handed_out = true;
                 return k;
             }
             if (s->pending)
@@ -485,6 +489,7 @@ unsigned arena_take_bump(arena_t *a, unsigned cls, unsigned max, struct tcache_b
         a->c.out_blocks += k;
         arena_note_peak(a);
         *slab_bump_holder(s) = holder;
+        s->handed_out = true;
         return k;
     }
 }

@@ -67,6 +67,7 @@ bool slab_init(slab_t *s, arena_t *a, unsigned cls)
     s->tag = a->tag;
     s->pending = false;
     s->pending_next = NULL;
+    s->handed_out = false;
     s->waste = NULL;
     *slab_bump_holder(s) = NULL;
     mc_fresh(s->start, (size_t)s->pages * PAGE_SIZE);

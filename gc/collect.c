@@ -378,6 +378,10 @@ const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t index)
         __atomic_fetch_and(w, ~bit, __ATOMIC_RELAXED);
         AO_fetch_and_add(&h->gc->old_freed, s->block_size);
     }
+    /* The block may go out again from a thread cache, young, with no refill
+     * to tell its slab: the next minor sweep must not skip the slab (gc_sweep). */
+    if (ok)
+        s->handed_out = true;
     arena_unlock(a);
     return ok ? NULL : "free of a block the collector found unreachable (use after collection)";
 }
@@ -476,8 +480,13 @@ static size_t release_dead_slab(gc_state_t *gc, arena_t *a, slab_t *s)
 }
 
 /* World stopped. Large blocks are unmapped now; slabs with no mark are
- * released; the others become pending. */
-size_t gc_sweep(gc_state_t *gc)
+ * released; the others become pending, but for a minor collection's slabs
+ * none of whose blocks went out since the last collection: every block out
+ * of such a slab is old then (the last sweep freed or promoted its young
+ * ones, gc_finish_sweep having completed it), so this one would find nothing
+ * dead there, only walk marks (the Lisp example's old slabs: 14,000 visits,
+ * 3 % of its instructions). */
+size_t gc_sweep(gc_state_t *gc, bool minor)
 {
     size_t freed = 0;
     arena_t *a;
@@ -489,6 +498,10 @@ size_t gc_sweep(gc_state_t *gc)
             for (unsigned p = 1; p < PAGES_PER_SEGMENT; p += seg->slabs[p].pages) {
                 slab_t *s = &seg->slabs[p];
                 if (s->state != RUN_SLAB)
+                    continue;
+                const bool fresh = s->handed_out;
+                s->handed_out = false;
+                if (minor && !fresh && s->used)
                     continue;
                 if (s->used && !s->waste && slab_has_no_mark(seg, s)) {
                     s->pending_next = dead;
@@ -592,7 +605,7 @@ void gc_collect(loam_heap_t *h, bool full)
      * alive until their finalizer ran). */
     gc_clear_dead_weak_fields(gc, weak_fields_seen);
     size_t live = old_live + gc->mk.marked_bytes;
-    __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc, minor), __ATOMIC_RELAXED);
 
     gc->live_after = live;
     AO_store(&gc->old_freed, 0);

@@ -336,7 +336,7 @@ LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how m
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
 LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
 /* collect.c */
-LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc);
+LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc, bool minor);
 /* Sweep every pending slab of h now (world running or not). */
 LOAM_INTERNAL void   gc_finish_sweep(loam_heap_t *h);
 LOAM_INTERNAL uint64_t gc_now_ns(void);

@@ -222,6 +222,70 @@ Test(gc_generational, a_freed_old_block_is_young_when_handed_out_again)
     gen_heap_done_empty(h);
 }
 
+/* Young garbage in slabs that also hold old blocks, of sizes that take
+ * bump ranges and of sizes that take blocks one by one: every minor
+ * collection reclaims it. A minor sweep skips the slabs no block went out
+ * of since the last collection (their blocks are all old), so each way a
+ * block leaves a slab must be seen: holes a free left in old slabs (taken
+ * from the free set, or from a thread cache), and runs of dead blocks
+ * between sparse old ones (taken from a slab still waiting for its sweep). */
+static void young_garbage_beside_old_blocks(size_t size, bool sparse)
+{
+    enum { OLD = 400, SPACING = 32 };
+    static void *old[OLD];
+    loam_heap_t *h = gen_heap();
+    memset(old, 0, sizeof old);
+    loam_root_add_range(h, old, old + OLD);
+    size_t kept = 0;
+    /* No collection until the explicit one: every dead run stays whole. */
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, (size_t)256 << 20), 0);
+    /* Sparse: every SPACING-th block of a slab is kept, from its first on
+     * (blocks come out of a fresh slab one after another: a gap is a new
+     * slab), so the dead runs in between are whole. */
+    char *prev = NULL;
+    for (size_t i = 0, in_slab = 0; kept < OLD; i++, in_slab++) {
+        char *p = loam_gc_alloc(h, size, LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        if (p != prev + size)
+            in_slab = 0;
+        prev = p;
+        if (!sparse || in_slab % SPACING == 0)
+            old[kept++] = p;
+    }
+    loam_gc_collect(h);                         /* major: the kept ones are old */
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 0), 0);   /* the options' again */
+    if (!sparse) {
+        for (size_t i = 0; i < OLD; i += 2) {   /* holes in the old slabs */
+            loam_free(old[i]);
+            old[i] = NULL;
+        }
+        kept /= 2;
+    }
+    for (int round = 0; round < 3; round++) {
+        /* Garbage of the size, then of the test's objects until a minor
+         * collection has run (run_minors frees its last one). Sparse: a few
+         * of the dead runs, each long enough to be taken as a bump range. */
+        for (size_t i = 0; i < (sparse ? 8 * (SPACING - 1) : OLD * 4); i++)
+            cr_assert_not_null(loam_gc_alloc(h, size, LOAM_ATOMIC));
+        run_minors(h, 1);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_eq(st.live_blocks, kept,
+                     "size %zu%s, round %d: %zu blocks out after a minor collection, %zu old", size,
+                     sparse ? " (sparse)" : "", round, st.live_blocks, kept);
+    }
+    loam_root_remove_range(h, old);
+    gen_heap_done(h);
+}
+
+Test(gc_generational, minor_collections_reclaim_young_garbage_beside_old_blocks)
+{
+    static const size_t sizes[] = { 32, 48, 320, 2048, 6000 };
+    for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++) {
+        young_garbage_beside_old_blocks(sizes[z], false);
+        young_garbage_beside_old_blocks(sizes[z], true);
+    }
+}
+
 /* An old large block the program frees leaves the old generation's bytes:
  * with it counted, the old blocks would pass their allowance and the next
  * collection would be major. */
