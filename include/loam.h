@@ -75,7 +75,10 @@ typedef struct loam_config {      /* all zero: a manual heap with defaults */
     loam_roots_fn roots;          /* embedder's roots, called at each collection */
     loam_oom_fn   oom;            /* called when the limit is reached (not again
                                      for the callback's own allocations from the
-                                     heap: they get NULL if it is still full) */
+                                     heap: they get NULL if it is still full); if
+                                     it made room (loam_free, or loam_gc_collect
+                                     after dropping references), the allocation
+                                     is tried again */
     loam_error_fn error;          /* NULL: print the message and abort */
     void         *user;           /* passed to every callback */
     /* Collected heaps' pacing, this heap's own (0: the process-wide options,

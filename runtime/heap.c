@@ -556,11 +556,25 @@ bool heap_out_of_memory(loam_heap_t *h, size_t n, unsigned attempt)
     if (h->budget.limit == 0)
         return false;
     if (h->cfg.oom && attempt < 5) {
+        /* The room the callback makes is measured from a trimmed heap: a
+         * failed attempt may have committed pages (a slab's start) that a
+         * trim after the callback would give back, and that alone is no
+         * room (the callback was called thrice per refusal). */
+        loam_heap_trim(h);
         size_t before = AO_load(&h->budget.committed);
+        loam_stats_t st;
+        loam_heap_stats(h, &st);
+        size_t live_before = st.live_bytes;
         run_oom_callback(h, n);
         loam_heap_trim(h);
-        /* Retry only if the callback made room. */
-        return AO_load(&h->budget.committed) < before;
+        /* Retry if the callback made room: memory given back, or blocks
+         * freed (by loam_free, or by a collection it asked for after
+         * dropping references) that the retry may reuse. A callback that
+         * does neither is not called again for this allocation. */
+        if (AO_load(&h->budget.committed) < before)
+            return true;
+        loam_heap_stats(h, &st);
+        return st.live_bytes < live_before;
     }
     if (!h->cfg.oom && AO_fetch_and_add(&h->limit_warned, 1) == 0)
     {

@@ -1437,6 +1437,94 @@ Test(limit, random_operations_stay_under_the_limit, .timeout = 120)
     loam_heap_destroy(h);
 }
 
+/* An oom callback that makes room by freeing blocks (or by dropping
+ * references and collecting) gets its allocation tried again, though no
+ * memory went back to the system (the slabs stay in use). One that makes
+ * no room is called once per refused allocation. */
+typedef struct {
+    int     calls;
+    void  **release;            /* blocks the callback frees, or roots it drops */
+    size_t  nrelease;
+    bool    collect;            /* drop roots and collect instead of freeing */
+} releasing_oom_t;
+
+static void release_on_oom(loam_heap_t *h, size_t request, void *user)
+{
+    (void)request;
+    releasing_oom_t *r = user;
+    r->calls++;
+    for (size_t i = 0; i < r->nrelease; i++) {
+        if (!r->collect)
+            loam_free(r->release[i]);
+        r->release[i] = NULL;
+    }
+    r->nrelease = 0;
+    if (r->collect)
+        loam_gc_collect(h);
+}
+
+static void oom_callback_that_makes_room(loam_mode_t mode)
+{
+    enum { MAX = 1 << 17 };
+    const size_t limit = 4 * MiB;
+    static void *blocks[MAX];
+    memset(blocks, 0, sizeof blocks);
+    releasing_oom_t rec = { 0 };
+    loam_config_t cfg = { 0 };
+    cfg.mode = mode;
+    cfg.flags = mode == LOAM_GC ? LOAM_NO_STACK_SCAN : 0;
+    cfg.limit = limit;
+    cfg.oom = release_on_oom;
+    cfg.user = &rec;
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    if (mode == LOAM_GC)
+        loam_root_add_range(h, blocks, blocks + MAX);
+    size_t k = 0;
+    for (; k < MAX; k++)
+        if (!(blocks[k] = mode == LOAM_GC ? loam_gc_alloc(h, 64, LOAM_ATOMIC) : loam_malloc(h, 64)))
+            break;
+    cr_assert_lt(k, MAX, "the limit was never reached");
+    cr_assert_eq(rec.calls, 1, "the callback that had nothing to release was called %d times", rec.calls);
+
+    /* Two blocks released from inside the callback: the allocation that
+     * called it succeeds, and so does the next one. */
+    rec.calls = 0;
+    rec.release = &blocks[k / 2];
+    rec.nrelease = 2;
+    rec.collect = mode == LOAM_GC;
+    void *p = mode == LOAM_GC ? loam_gc_alloc(h, 64, LOAM_ATOMIC) : loam_malloc(h, 64);
+    cr_assert_not_null(p, "the oom callback freed two blocks and the allocation was not tried again");
+    cr_assert_eq(rec.calls, 1);
+    blocks[k / 2] = p;
+    p = mode == LOAM_GC ? loam_gc_alloc(h, 64, LOAM_ATOMIC) : loam_malloc(h, 64);
+    cr_assert_not_null(p, "the second block the callback freed was lost");
+    blocks[k / 2 + 1] = p;
+    cr_assert_eq(rec.calls, 1);
+
+    /* Nothing left to release: NULL, ENOMEM, the callback called once. */
+    errno = 0;
+    p = mode == LOAM_GC ? loam_gc_alloc(h, 64, LOAM_ATOMIC) : loam_malloc(h, 64);
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_eq(rec.calls, 2, "a callback that made no room was called %d times for one allocation",
+                 rec.calls - 1);
+    cr_assert_leq(committed(h), limit);
+    if (mode == LOAM_GC)
+        loam_root_remove_range(h, blocks);
+    loam_heap_destroy(h);
+}
+
+Test(limit, an_oom_callback_that_frees_blocks_gets_its_allocation_tried_again)
+{
+    oom_callback_that_makes_room(LOAM_MANUAL);
+}
+
+Test(limit, an_oom_callback_that_drops_references_and_collects_gets_its_allocation_tried_again)
+{
+    oom_callback_that_makes_room(LOAM_GC);
+}
+
 Test(limit, calloc_and_aligned_respect_the_limit)
 {
     const size_t limit = 2 * MiB;
