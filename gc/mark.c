@@ -120,18 +120,23 @@ static void __attribute__((noinline)) push_limit(marker_t *m, char *obj, size_t 
 }
 
 /* The common push stays small: the growth path and the watch for ephemeron
- * keys are out of line, behind one test, so the marking fast path saves no
- * registers. */
+ * keys are out of line, behind the one test a block to scan made before
+ * (its stack pointer against `limit`, not the capacity), so the marking
+ * fast path saves no registers. An atomic block, never pushed, tests the
+ * watch itself: it may be a key (a string, say). */
 static inline __attribute__((always_inline)) void
 push(marker_t *m, char *obj, size_t size, unsigned kind)
 {
     m->marked_bytes += size;
+    if (kind == LOAM_ATOMIC) {          /* black at once: nothing inside to follow */
+        if (LOAM_UNLIKELY(m->watch))
+            push_limit(m, obj, size, kind);
+        return;
+    }
     if (LOAM_UNLIKELY(m->sp >= m->limit)) {
         push_limit(m, obj, size, kind);
         return;
     }
-    if (kind == LOAM_ATOMIC)
-        return;                         /* black at once: nothing inside to follow */
     m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
 }
 
