@@ -15,7 +15,8 @@
  *    collection, an old table on a clean card keeps an old dead key's pair
  *    until the next major collection;
  *  - a key that only finalization keeps alive keeps its pair and value
- *    until the first collection after its finalizer ran;
+ *    until the first collection after its finalizer ran (for good if the
+ *    finalizer stores it somewhere reachable);
  *  - parallel marking (helpers meet and wake pairs);
  *  - loam_leak_check clears nothing and reports what the pairs of dead
  *    keys hold; a manual heap clears nothing until it is collected;
@@ -465,6 +466,43 @@ Test(ephemeron, a_key_waiting_for_its_finalizer_keeps_its_pair_until_it_ran)
     cr_assert_null(fin_table->f[1]);
     cr_assert_eq(live_blocks(h), 1);
     cr_assert_eq(eph_cleared(h), 1);
+    heap_done(h);
+}
+
+/* A finalizer that stores its object in a root: the key lives on, and so
+ * does its pair, for good. */
+static void resurrecting_fin(void *obj, void *data)
+{
+    (void)data;
+    fin_runs++;
+    roots[3] = obj;
+}
+
+Test(ephemeron, a_key_its_finalizer_resurrects_keeps_its_pair)
+{
+    loam_heap_t *h = eheap(0);
+    obj_t *t = new_table(h, 1);
+    roots[0] = t;
+    fin_runs = 0;
+    obj_t *k = new_node(h, 0), *v = new_node(h, 1);
+    v->f[0] = k;
+    t->f[0] = k;
+    t->f[1] = v;
+    cr_assert_eq(loam_finalizer_set(h, k, resurrecting_fin, NULL), 0);
+    k = v = NULL;
+    for (int round = 0; round < 3; round++) {
+        loam_gc_collect(h);
+        cr_assert_eq(fin_runs, 1, "the finalizer ran %d times", fin_runs);
+        cr_assert_eq(t->f[0], roots[3], "round %d: the pair of a resurrected key was cleared", round);
+        cr_assert_not_null(t->f[1]);
+        cr_assert_eq(((obj_t *)t->f[1])->f[0], roots[3]);
+        cr_assert_eq(live_blocks(h), 3);
+    }
+    roots[3] = NULL;
+    loam_gc_collect(h);
+    cr_assert_null(t->f[0]);
+    cr_assert_null(t->f[1]);
+    cr_assert_eq(live_blocks(h), 1);
     heap_done(h);
 }
 
