@@ -310,6 +310,9 @@ void gc_heap_destroy(loam_heap_t *h)
         meta_free(gc->ready, gc->cap_ready * sizeof *gc->ready);
     if (gc->weak_fields)
         meta_free(gc->weak_fields, gc->cap_weak_fields * sizeof *gc->weak_fields);
+    if (gc->eph)
+        meta_free(gc->eph, gc->cap_eph * sizeof *gc->eph);
+    objmap_release(&gc->eph_map);
     pthread_mutex_destroy(&gc->weak_fields_lock);
     gc_mark_stack_release(gc);
     pthread_cond_destroy(&gc->parked_cv);
@@ -343,6 +346,7 @@ void gc_fill_stats(loam_heap_t *h, loam_stats_t *s)
     s->gc_live_after = gc->live_after;
     s->gc_finalizers_run = __atomic_load_n(&gc->finalizers_run, __ATOMIC_RELAXED);
     s->gc_weak_cleared = gc->weak_cleared;
+    s->gc_ephemerons_cleared = gc->ephemerons_cleared;
     size_t n = gc->npauses < GC_PAUSE_RING ? gc->npauses : GC_PAUSE_RING;
     uint64_t sorted[GC_PAUSE_RING];
     memcpy(sorted, gc->pauses, n * sizeof *sorted);
@@ -423,6 +427,8 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
         if (gc->fins[i].obj)
             gc_mark_word(gc, (uintptr_t)gc->fins[i].obj);
     gc_mark_drain(gc);
+    gc_ephemerons_settle(gc);
+    gc_ephemerons_end(gc, false);           /* frees nothing: clears no pair either */
     /* The heap is manual: the caller keeps other threads off it meanwhile
      * (attached ones are stopped). The callback may use loam, even this heap. */
     struct leak_walk lw = { report, user, 0 };

@@ -2,8 +2,10 @@
  *
  *   1. stop the world (threads.c): attached threads park at safepoints
  *   2. mark from the roots (roots.c): callback, slots, ranges, thread stacks
- *   3. clear weak references to unmarked targets (finalize.c)
- *   4. keep finalizable unmarked objects alive, queue their finalizers
+ *   3. settle ephemeron pairs (ephemeron.c), clear weak references to
+ *      unmarked targets (finalize.c)
+ *   4. keep finalizable unmarked objects alive, queue their finalizers;
+ *      settle the pairs again, then clear those whose key stays unmarked
  *   5. sweep, lazily: unmarked large blocks are unmapped now, and slabs with
  *      no mark go back whole; every other slab that holds blocks becomes
  *      *pending* in its arena. A refill that reaches a
@@ -598,12 +600,20 @@ void gc_collect(loam_heap_t *h, bool full)
     gc->mark_expect = minor ? gc->minor_marked : gc->live_after;
     gc_mark_roots(gc);
     gc_mark_drain(gc);
+    /* What ephemeron values keep alive is reachable too: before any weak
+     * field or reference is found dead. */
+    gc_ephemerons_settle(gc);
     size_t weak_fields_seen = gc_clear_dead_weak_fields(gc, 0);
     gc_clear_dead_weaks(gc);
     gc_find_ready_finalizers(gc);
+    /* A key that only finalization keeps alive keeps its values too
+     * (ephemeron.c); the pairs the finalizable objects' marking met settle
+     * with them. */
+    gc_ephemerons_settle(gc);
     /* The finalizable objects' marking met weak fields too (of objects
      * alive until their finalizer ran). */
     gc_clear_dead_weak_fields(gc, weak_fields_seen);
+    gc_ephemerons_end(gc, true);
     size_t live = old_live + gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc, minor), __ATOMIC_RELAXED);
 

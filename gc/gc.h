@@ -9,6 +9,7 @@
  *   threads.c   attached threads, safepoints, stopping the world
  *   roots.c     root slots and ranges
  *   finalize.c  finalizers and weak references
+ *   ephemeron.c ephemeron pairs (loam_mark_ephemeron): the fixpoint, the clearing
  *   generation.c LOAM_GENERATIONAL: sticky marks, the barrier's cards, minor or major
  *   api.c       the public collector calls and the runtime's hooks
  */
@@ -132,11 +133,23 @@ typedef struct marker {
     } slabs[MARK_SLAB_CACHE];
     mark_entry_t   *stack;
     size_t          sp, cap;
+    /* push's one test for two rare cases: the stack is full (limit: cap),
+     * or every block newly marked must be looked up as an ephemeron key
+     * (watch; limit 0). */
+    size_t          limit;
+    bool            watch;
     bool            overflow;      /* a push was dropped: rescan marked blocks */
     bool            shared;        /* other markers run: mark bits are set atomically */
     bool            may_share;     /* helpers wait for work: give them some when hungry */
     size_t          marked_bytes;
 } marker_t;
+
+/* An ephemeron pair a marker met with its key unmarked (ephemeron.c). */
+typedef struct gc_ephemeron {
+    void     **key, **value;       /* the fields, in the object traced */
+    uintptr_t  block;              /* the key's block; 0 once the value is marked */
+    size_t     next_same;          /* index + 1 of the next pair waiting for the same block */
+} gc_ephemeron_t;
 
 #define GC_PAUSE_RING 1024
 
@@ -174,6 +187,18 @@ typedef struct gc_state {
     void         ***weak_fields;
     size_t          nweak_fields, cap_weak_fields;
     pthread_mutex_t weak_fields_lock;
+    /* Ephemeron pairs met this marking whose key was not marked then
+     * (ephemeron.c), in the order met: appended under weak_fields_lock.
+     * eph_map: key block -> index + 1 of the first pair that waits for it,
+     * written by the collecting thread between drains only, so that any
+     * marker reads it without a lock. */
+    gc_ephemeron_t *eph;
+    size_t          neph, cap_eph;
+    size_t          eph_seen;      /* pairs the settling has looked at */
+    size_t          eph_waiting;   /* of them, pairs in eph_map whose key is not marked yet */
+    objmap_t        eph_map;
+    bool            eph_watch;     /* markers look up each block they mark in eph_map */
+    AO_t            eph_lost;      /* a wake-up was dropped (mark stack overflow): look again */
 
     /* marking: the collecting thread's marker (helpers add their bytes) */
     marker_t        mk;
@@ -199,7 +224,7 @@ typedef struct gc_state {
     size_t          mark_expect;   /* bytes this marking should mark (mark.c: parallel or not) */
 
     /* statistics */
-    size_t          collections, bytes_swept, finalizers_run, weak_cleared;
+    size_t          collections, bytes_swept, finalizers_run, weak_cleared, ephemerons_cleared;
     uint64_t        pause_total_ns, pause_max_ns;
     uint64_t        pauses[GC_PAUSE_RING];
     size_t          npauses;
@@ -305,6 +330,11 @@ LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedd
 LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);
 LOAM_INTERNAL void  gc_mark_drain(gc_state_t *gc);
 LOAM_INTERNAL bool  gc_is_marked(gc_state_t *gc, const void *obj);
+/* The block ai names is marked (read atomically: other markers may set it). */
+LOAM_INTERNAL bool  gc_block_marked(const addr_info_t *ai);
+/* Watch for ephemeron keys, or stop: the collecting thread's marker and the
+ * helpers that join a drain from now on (ephemeron.c). */
+LOAM_INTERNAL void  gc_mark_watch(gc_state_t *gc, bool on);
 LOAM_INTERNAL void  gc_mark_stack_release(gc_state_t *gc);
 /* Visit every block of the heap that is allocated (not free). */
 typedef void (*gc_block_fn)(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg);
@@ -335,6 +365,23 @@ LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how many ran */
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
 LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
+/* ephemeron.c */
+/* A marker newly marked `block` while watching: index + 1 of the first pair
+ * waiting for that key (a wake-up to push), or 0. Lock-free: eph_map holds
+ * still during a drain. */
+static inline size_t gc_ephemeron_waiting(const gc_state_t *gc, const char *block)
+{
+    return gc->eph_map.n ? (size_t)objmap_get(&gc->eph_map, (uintptr_t)block) : 0;
+}
+/* A marker pops a wake-up: the pairs from `head` on, whose key is marked,
+ * get their values marked. */
+LOAM_INTERNAL void   gc_ephemerons_wake(marker_t *m, size_t head);
+/* World stopped, after a drain: the fixpoint. Pairs whose key is marked get
+ * their values marked, and the marking goes on, until no pair changes. */
+LOAM_INTERNAL void   gc_ephemerons_settle(gc_state_t *gc);
+/* The end of a marking: the pairs whose key stays unmarked are cleared
+ * (clear: a collection) or forgotten (a leak check); the watch stops. */
+LOAM_INTERNAL void   gc_ephemerons_end(gc_state_t *gc, bool clear);
 /* collect.c */
 LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc, bool minor);
 /* Sweep every pending slab of h now (world running or not). */

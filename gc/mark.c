@@ -75,6 +75,7 @@ static bool stack_grow(marker_t *m)
     }
     m->stack = s;
     m->cap = cap;
+    m->limit = m->watch ? 0 : cap;
     return true;
 }
 
@@ -83,32 +84,57 @@ void gc_mark_stack_release(gc_state_t *gc)
     if (gc->mk.stack)
         os_release(gc->mk.stack, gc->mk.cap * sizeof *gc->mk.stack);
     gc->mk.stack = NULL;
-    gc->mk.cap = gc->mk.sp = 0;
+    gc->mk.cap = gc->mk.sp = gc->mk.limit = 0;
 }
 
 /* Pushed with a kind: a conservative candidate whose block must be checked
  * for the free key when it is scanned. */
 #define MARK_VERIFY 4u
+/* Not a block: a wake-up for the ephemeron pairs waiting for a key just
+ * marked, the first one's index + 1 in the size's place (ephemeron.c). */
+#define MARK_WAKE 8u
+_Static_assert((MARK_VERIFY | MARK_WAKE) <= MARK_KIND_MASK, "the entry's kind bits hold both flags");
 
 static void __attribute__((noinline)) push_slow(marker_t *m, char *obj, size_t size, unsigned kind)
 {
     if (m->sp == m->cap && !stack_grow(m)) {
         m->overflow = true;             /* marked but not scanned: found again by the rescan */
+        if (kind == MARK_WAKE)          /* not a block the rescan finds: the settling looks again */
+            AO_store(&m->gc->eph_lost, 1);
         return;
     }
     m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
 }
 
-/* The common push stays small: the growth path is out of line, so the
- * marking fast path saves no registers. */
+/* The stack is full, or the marker watches for ephemeron keys: a block
+ * newly marked that is the key of waiting pairs wakes them. */
+static void __attribute__((noinline)) push_limit(marker_t *m, char *obj, size_t size, unsigned kind)
+{
+    if (m->watch) {
+        size_t head = gc_ephemeron_waiting(m->gc, obj);
+        if (head)
+            push_slow(m, NULL, head * BLOCK_ALIGN, MARK_WAKE);
+    }
+    if (kind != LOAM_ATOMIC)
+        push_slow(m, obj, size, kind);
+}
+
+/* The common push stays small: the growth path and the watch for ephemeron
+ * keys are out of line, behind the one test a block to scan made before
+ * (its stack pointer against `limit`, not the capacity), so the marking
+ * fast path saves no registers. An atomic block, never pushed, tests the
+ * watch itself: it may be a key (a string, say). */
 static inline __attribute__((always_inline)) void
 push(marker_t *m, char *obj, size_t size, unsigned kind)
 {
     m->marked_bytes += size;
-    if (kind == LOAM_ATOMIC)
-        return;                         /* black at once: nothing inside to follow */
-    if (LOAM_UNLIKELY(m->sp == m->cap)) {
-        push_slow(m, obj, size, kind);
+    if (kind == LOAM_ATOMIC) {          /* black at once: nothing inside to follow */
+        if (LOAM_UNLIKELY(m->watch))
+            push_limit(m, obj, size, kind);
+        return;
+    }
+    if (LOAM_UNLIKELY(m->sp >= m->limit)) {
+        push_limit(m, obj, size, kind);
         return;
     }
     m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
@@ -142,6 +168,11 @@ static void forget_slab(marker_t *m)
 void gc_mark_begin(gc_state_t *gc)
 {
     gc->nweak_fields = 0;                /* a leak check's are dropped unread */
+    gc->neph = gc->eph_seen = gc->eph_waiting = 0;
+    if (gc->eph_map.n)
+        objmap_clear(&gc->eph_map);
+    AO_store(&gc->eph_lost, 0);
+    gc_mark_watch(gc, false);
     gc->mk.marked_bytes = 0;
     gc->helper_marked = 0;
     gc->mk.shared = false;
@@ -311,15 +342,29 @@ void gc_mark_rescan(gc_state_t *gc, char *block, size_t size, unsigned kind)
     push_slow(&gc->mk, block, size, kind);    /* grows the stack, or notes the overflow */
 }
 
+bool gc_block_marked(const addr_info_t *ai)
+{
+    if (ai->large)
+        return __atomic_load_n(&ai->large->upper, __ATOMIC_RELAXED) & 1;
+    size_t g = granule_of(ai->segment, ai->block);
+    return (__atomic_load_n(&segment_side_bits(ai->segment)[g >> 6], __ATOMIC_RELAXED) >> (g & 63)) & 1;
+}
+
 bool gc_is_marked(gc_state_t *gc, const void *obj)
 {
+    (void)gc;
     addr_info_t ai;
     addr_classify(obj, &ai);
     if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
         return false;
-    if (ai.large)
-        return ai.large->upper & 1;
-    return bit_test(segment_side_bits(ai.segment), granule_of(ai.segment, ai.block));
+    return gc_block_marked(&ai);
+}
+
+void gc_mark_watch(gc_state_t *gc, bool on)
+{
+    gc->eph_watch = on;
+    gc->mk.watch = on;
+    gc->mk.limit = on ? 0 : gc->mk.cap;
 }
 
 /* ---- scanning grey blocks ------------------------------------------------------------ */
@@ -355,7 +400,11 @@ scan(marker_t *m, tracer_fn_t t, char *obj, size_t size_kind)
 {
     unsigned kind = (unsigned)(size_kind & MARK_KIND_MASK);
     size_t size = size_kind & ~MARK_KIND_MASK;
-    if (LOAM_UNLIKELY(kind & MARK_VERIFY)) {
+    if (LOAM_UNLIKELY(kind & (MARK_VERIFY | MARK_WAKE))) {
+        if (kind == MARK_WAKE) {
+            gc_ephemerons_wake(m, size / BLOCK_ALIGN);
+            return;
+        }
         if (((free_block_t *)obj)->freed_key == loam_free_key) {
             m->marked_bytes -= size;        /* a free block: nothing lives there */
             unmark_free(m, obj);
@@ -548,6 +597,8 @@ static void *helper_main(void *arg)
         pool.markers++;
         pool.joined++;
         m->gc = pool.job;
+        m->watch = m->gc->eph_watch;        /* set before the drain, under this lock */
+        m->limit = m->watch ? 0 : m->cap;
         pthread_mutex_unlock(&pool.lock);
         gc_helper_marks_for(m->gc);
         m->shared = true;

@@ -2,7 +2,9 @@
  * per-object records (an object's finalizer, the weak references to it), so
  * that setting a finalizer and freeing an object cost O(1) however many there
  * are. Open addressing, linear probing, backward-shift deletion; kept in
- * metadata memory, so the collector never scans it. Caller holds gc->lock. */
+ * metadata memory, so the collector never scans it. Caller holds gc->lock
+ * (the ephemeron keys' map is also read by marking threads, while nobody
+ * writes it: ephemeron.c). */
 #include "gc/gc.h"
 
 static size_t slot_of(const objmap_t *m, uintptr_t key)

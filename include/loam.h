@@ -169,6 +169,24 @@ LOAM_API void   loam_mark(loam_tracer_t *t, void *p);            /* from trace/r
  * weak field needs loam_write_barrier, as any pointer store. Weak-valued
  * caches and symbol tables need no handle or finalizer per entry this way. */
 LOAM_API void   loam_mark_weak(loam_tracer_t *t, void **field);
+/* From a trace or roots callback: an ephemeron pair of fields in the object
+ * being traced. The value in *value_field is kept alive only while the key
+ * in *key_field is reachable some other way (not through this pair's value,
+ * nor through other pairs' values whose keys are not reachable). When a
+ * collection finds the key dead, it clears both fields (stores NULL) before
+ * the world restarts and before finalizers run; counted in the statistics'
+ * gc_ephemerons_cleared. A key that only finalization keeps alive (it waits
+ * for its finalizer, or only such an object reaches it) counts as alive in
+ * that collection: the pair and its value stay, and go at the first
+ * collection after the finalizer ran that finds the key dead. A key that is
+ * no block of the heap (NULL, a tagged integer, static data, another heap's
+ * block) is always alive: the value is then marked as an ordinary field. An
+ * address inside a block stands for the block (key and value alike). Both
+ * fields must stay where they are until the collection ends. In a
+ * generational heap a store into an old object's ephemeron field needs
+ * loam_write_barrier, as any pointer store. loam_leak_check clears no pair.
+ * For weak-keyed tables (Lua's ephemeron tables, JavaScript's WeakMap). */
+LOAM_API void   loam_mark_ephemeron(loam_tracer_t *t, void **key_field, void **value_field);
 /* LOAM_GENERATIONAL heaps: `where` (any address inside a collected object)
  * was just written with a pointer. Cheap (no lock, one byte stored); any other
  * address is ignored, so it may be called for every pointer store. Old objects
@@ -278,6 +296,8 @@ typedef struct loam_stats {       /* more fields welcome; these stay */
     size_t transfer_bytes;        /* free blocks in the arenas' transfer caches: batches that
                                      threads freeing other threads' blocks handed back, kept
                                      for the arena's next refills (a purge or trim empties them) */
+    size_t gc_ephemerons_cleared; /* ephemeron pairs (loam_mark_ephemeron) cleared by collections:
+                                     their keys were found dead */
 } loam_stats_t;
 LOAM_API void loam_heap_stats(loam_heap_t *h, loam_stats_t *out);
 LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);

@@ -119,9 +119,10 @@ static void print_text(loam_heap_t *h, const heap_report_t *r, FILE *f)
                 s->gc_collections, s->gc_minor_collections, (double)s->gc_pause_total_ns / 1e6, (double)s->gc_pause_max_ns / 1e6,
                 (double)s->gc_pause_p50_ns / 1e6, (double)s->gc_pause_p99_ns / 1e6);
         fprintf(f, "              live after last %zu bytes (marked %zu, %zu of them by marking threads); "
-                   "swept %zu bytes in all; %zu finalizers run, %zu weak references cleared\n",
+                   "swept %zu bytes in all; %zu finalizers run, %zu weak references cleared, "
+                   "%zu ephemerons cleared\n",
                 s->gc_live_after, s->gc_bytes_marked, s->gc_bytes_marked_helpers, s->gc_bytes_swept,
-                s->gc_finalizers_run, s->gc_weak_cleared);
+                s->gc_finalizers_run, s->gc_weak_cleared, s->gc_ephemerons_cleared);
     }
     fprintf(f, "  %-6s %8s %6s %10s %10s %10s\n", "class", "size", "slabs", "used", "free", "cached");
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
@@ -156,9 +157,10 @@ static void print_json(loam_heap_t *h, const heap_report_t *r, FILE *f)
             s->gc_collections, s->gc_pause_total_ns, s->gc_pause_max_ns);
     fprintf(f, "\"gc_pause_p50_ns\":%" PRIu64 ",\"gc_pause_p99_ns\":%" PRIu64 ",\"gc_bytes_marked\":%zu,"
                "\"gc_bytes_swept\":%zu,\"gc_live_after\":%zu,\"gc_finalizers_run\":%zu,\"gc_weak_cleared\":%zu,"
-               "\"gc_bytes_marked_helpers\":%zu,\"gc_minor_collections\":%zu,",
+               "\"gc_ephemerons_cleared\":%zu,\"gc_bytes_marked_helpers\":%zu,\"gc_minor_collections\":%zu,",
             s->gc_pause_p50_ns, s->gc_pause_p99_ns, s->gc_bytes_marked, s->gc_bytes_swept, s->gc_live_after,
-            s->gc_finalizers_run, s->gc_weak_cleared, s->gc_bytes_marked_helpers, s->gc_minor_collections);
+            s->gc_finalizers_run, s->gc_weak_cleared, s->gc_ephemerons_cleared, s->gc_bytes_marked_helpers,
+            s->gc_minor_collections);
     fprintf(f, "\"classes\":[");
     bool first = true;
     for (unsigned c = 0; c < NUM_CLASSES; c++) {

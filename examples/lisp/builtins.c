@@ -377,6 +377,7 @@ static val_t p_heap_stats(val_t *a, int n)
         { "pause-max-us", (size_t)(st.gc_pause_max_ns / 1000) },
         { "finalizers-run", st.gc_finalizers_run },
         { "weak-cleared", st.gc_weak_cleared },
+        { "ephemerons-cleared", st.gc_ephemerons_cleared },
     };
     val_t list = NIL;
     for (size_t i = sizeof rows / sizeof rows[0]; i-- > 0;) {
@@ -406,6 +407,25 @@ static val_t p_set_heap_mode(val_t *a, int n)
 
 static val_t p_make_weak(val_t *a, int n) { return make_weak(a[0]); }
 static val_t p_weak_get(val_t *a, int n) { return weak_get(typed_arg(a[0], T_WEAK, "not a weak reference")); }
+
+/* (make-ephemeron key value); ephemeron-key and ephemeron-value give #f
+ * once the key has died (broken). */
+static val_t p_make_ephemeron(val_t *a, int n) { return make_ephemeron(a[0], a[1]); }
+static bool broken(ephemeron_t *e) { return e->obj_key && e->key == NIL; }
+static val_t p_ephemeron_key(val_t *a, int n)
+{
+    ephemeron_t *e = AS(ephemeron_t, typed_arg(a[0], T_EPHEMERON, "not an ephemeron"));
+    return broken(e) ? FALSE_V : e->key;
+}
+static val_t p_ephemeron_value(val_t *a, int n)
+{
+    ephemeron_t *e = AS(ephemeron_t, typed_arg(a[0], T_EPHEMERON, "not an ephemeron"));
+    return broken(e) ? FALSE_V : e->value;
+}
+static val_t p_ephemeron_broken(val_t *a, int n)
+{
+    return make_bool(broken(AS(ephemeron_t, typed_arg(a[0], T_EPHEMERON, "not an ephemeron"))));
+}
 
 static val_t p_open_resource(val_t *a, int n) { return make_resource(a[0]); }
 
@@ -471,6 +491,8 @@ static const struct { const char *name; prim_fn fn; int min, max; } prims[] = {
     { "gc", p_gc, 0, 0 },         { "heap-stats", p_heap_stats, 0, 0 },
     { "set-heap-mode!", p_set_heap_mode, 1, 1 },
     { "make-weak", p_make_weak, 1, 1 }, { "weak-get", p_weak_get, 1, 1 },
+    { "make-ephemeron", p_make_ephemeron, 2, 2 }, { "ephemeron-key", p_ephemeron_key, 1, 1 },
+    { "ephemeron-value", p_ephemeron_value, 1, 1 }, { "ephemeron-broken?", p_ephemeron_broken, 1, 1 },
     { "open-resource", p_open_resource, 1, 1 }, { "close-resource", p_close_resource, 1, 1 },
     { "resource-open?", p_resource_open, 1, 1 },
     { "resources-finalized", p_resources_finalized, 0, 0 },

@@ -78,6 +78,22 @@ static void trace_obj(void *p, loam_tracer_t *t, void *user)
         for (uint32_t i = 0; i < AS(code_t, v)->n; i++)
             mark(t, AS(code_t, v)->x[i]);
         break;
+    case T_EPHEMERON: {
+        ephemeron_t *e = AS(ephemeron_t, v);
+        /* loam takes only objects (or NULL) as a pair's fields: a fixnum
+         * could look like an address inside a block. An immediate key never
+         * dies: its value is an ordinary field. An immediate value needs no
+         * marking: the key alone is weak, and its death is what breaks the
+         * ephemeron (a weak field is cleared before finalizers run, a
+         * pair's key after: the one difference). */
+        if (is_obj(e->key) && is_obj(e->value))
+            loam_mark_ephemeron(t, (void **)&e->key, (void **)&e->value);
+        else if (is_obj(e->key))
+            loam_mark_weak(t, (void **)&e->key);
+        else
+            mark(t, e->value);
+        break;
+    }
     default:                       /* T_FREE, and atomic kinds (never traced) */
         break;
     }
@@ -269,6 +285,18 @@ val_t weak_get(val_t v)
         return w->immediate;       /* an immediate target never dies */
     void *p = loam_weak_get(w->ref);
     return p ? (val_t)p : FALSE_V;
+}
+
+/* ---- ephemerons ------------------------------------------------------------ */
+
+val_t make_ephemeron(val_t key, val_t value)
+{
+    ephemeron_t *e = gc_alloc(sizeof *e, LOAM_TRACED);
+    e->key = key;                  /* fresh: no barrier */
+    e->value = value;
+    e->obj_key = is_obj(key);
+    e->tag = T_EPHEMERON;
+    return (val_t)e;
 }
 
 /* ---- resources: objects with a finalizer ------------------------------------

@@ -3,7 +3,8 @@
  * Files:
  *   lisp.h      values, object layouts, the functions the files share
  *   heap.c      the loam heap: config, trace callback, roots callback, value
- *               stack, allocation, symbols, hash tables, weak refs, resources
+ *               stack, allocation, symbols, hash tables, weak refs, ephemerons,
+ *               resources
  *   reader.c    text -> objects
  *   printer.c   objects -> text (display / write)
  *   eval.c      the compiler (forms -> trees of code nodes, variables
@@ -69,6 +70,7 @@ typedef enum {
     T_WEAK,       /* atomic   a loam weak reference (the target is not traced) */
     T_RESOURCE,   /* traced   name; has a finalizer while open */
     T_CODE,       /* traced   a compiled node: operands x[] (eval.c) */
+    T_EPHEMERON,  /* traced   key (not kept alive by it), value (kept while the key lives) */
 } type_t;
 
 struct obj { uintptr_t tag; };
@@ -113,6 +115,11 @@ enum { PRIM_CALL = 0, PRIM_ADD, PRIM_SUB, PRIM_MUL, PRIM_NUM_EQ, PRIM_LT, PRIM_G
  * then immediate holds the target itself (a fixnum, a constant, ()). */
 typedef struct { uintptr_t tag; loam_weak_t *ref; val_t immediate; } weak_t;
 typedef struct { uintptr_t tag; val_t name; intptr_t id; intptr_t open; } resource_t;
+/* An ephemeron, as Racket's and Guile's: value is kept only while key is
+ * reachable otherwise (loam_mark_ephemeron). When the key dies the
+ * collector clears both fields: broken then, as obj_key (the key was an
+ * object) with key () tells. */
+typedef struct { uintptr_t tag; val_t key, value; intptr_t obj_key; } ephemeron_t;
 /* A node of compiled code. op says what it does (eval.c lists the ops and
  * what each keeps in a..d and x[]); x[0..n) are values the trace callback
  * marks: sub-nodes, constants, symbols. */
@@ -181,6 +188,7 @@ val_t make_prim(const char *name, prim_fn fn, int min_args, int max_args);
 val_t make_weak(val_t target);
 val_t weak_get(val_t w);
 val_t make_resource(val_t name);
+val_t make_ephemeron(val_t key, val_t value);
 void  close_resource(val_t r);
 val_t intern(const char *name, size_t len);
 void  global_set(val_t sym, val_t value);

@@ -108,6 +108,9 @@ void print_value(FILE *out, val_t v, bool write)
     case T_TABLE:
         fputs("#<table>", out);
         break;
+    case T_EPHEMERON:
+        fputs("#<ephemeron>", out);
+        break;
     case T_CODE:
         fputs("#<code>", out);
         break;
