@@ -40,16 +40,6 @@
  * before finalizers run, are decided before that second marking. */
 #include "gc/gc.h"
 
-/* The block of gc's heap that holds p (start or interior), or 0. */
-static uintptr_t heap_block(gc_state_t *gc, const void *p, addr_info_t *ai)
-{
-    addr_classify(p, ai);
-    if (ai->kind != ADDR_BLOCK && ai->kind != ADDR_INTERIOR)
-        return 0;
-    arena_t *a = ai->large ? ai->large->arena : ai->slab->arena;
-    return a->owner == gc->heap ? (uintptr_t)ai->block : 0;
-}
-
 /* Any marker: a pair whose key is not marked (yet) waits. Out of memory to
  * record it, its value is marked as an ordinary field: kept too long,
  * never dangling. */
@@ -59,7 +49,7 @@ void loam_mark_ephemeron(loam_tracer_t *t, void **key_field, void **value_field)
         return;
     gc_state_t *gc = t->m->gc;
     addr_info_t ai;
-    uintptr_t block = heap_block(gc, *key_field, &ai);
+    uintptr_t block = gc_block_of_heap(gc->heap, *key_field, &ai);
     if (!block || gc_block_marked(&ai)) {
         loam_mark(t, *value_field);
         return;

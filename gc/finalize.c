@@ -303,12 +303,8 @@ size_t gc_clear_dead_weak_fields(gc_state_t *gc, size_t from)
         if (!v)
             continue;
         addr_info_t ai;
-        addr_classify(v, &ai);
-        if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
-            continue;                   /* no block: not the collector's to clear */
-        arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
-        if (a->owner != gc->heap)
-            continue;
+        if (!gc_block_of_heap(gc->heap, v, &ai))
+            continue;                   /* no block of the heap: not the collector's to clear */
         /* Dead: unmarked, or marked only to wait for its finalizer (queued
          * by this collection or one before). A field met while marking from
          * the finalizable objects may name one of them, marked by then. */
@@ -331,13 +327,10 @@ size_t gc_clear_dead_weak_fields(gc_state_t *gc, size_t from)
 static uintptr_t block_of_heap(loam_heap_t *h, const void *target)
 {
     addr_info_t ai;
-    addr_classify(target, &ai);
-    if (ai.kind != ADDR_BLOCK && ai.kind != ADDR_INTERIOR)
+    uintptr_t block = gc_block_of_heap(h, target, &ai);
+    if (!block || (ai.slab && ai.slab->home_slot != TC_SLOT_NONE))
         return 0;
-    arena_t *a = ai.large ? ai.large->arena : ai.slab->arena;
-    if (a->owner != h || (ai.slab && ai.slab->home_slot != TC_SLOT_NONE))
-        return 0;
-    return (uintptr_t)ai.block;
+    return block;
 }
 
 loam_weak_t *loam_weak_new(loam_heap_t *h, void *target)

@@ -330,6 +330,16 @@ LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedd
 LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);
 LOAM_INTERNAL void  gc_mark_drain(gc_state_t *gc);
 LOAM_INTERNAL bool  gc_is_marked(gc_state_t *gc, const void *obj);
+/* The block of heap h that holds p (its start, or an address inside it),
+ * or 0: no block, or another heap's. *ai describes p. */
+static inline uintptr_t gc_block_of_heap(const loam_heap_t *h, const void *p, addr_info_t *ai)
+{
+    addr_classify(p, ai);
+    if (ai->kind != ADDR_BLOCK && ai->kind != ADDR_INTERIOR)
+        return 0;
+    const arena_t *a = ai->large ? ai->large->arena : ai->slab->arena;
+    return a->owner == h ? (uintptr_t)ai->block : 0;
+}
 /* The block ai names is marked (read atomically: other markers may set it). */
 LOAM_INTERNAL bool  gc_block_marked(const addr_info_t *ai);
 /* Watch for ephemeron keys, or stop: the collecting thread's marker and the
