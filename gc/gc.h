@@ -40,6 +40,10 @@ typedef struct gc_mutator {
      * others find out by polling (threads.c, wait_for_parking). */
 #define GC_ASKERS_MAX 8
     struct gc_state *askers[GC_ASKERS_MAX];
+    /* In the child of fork: a record of a thread the child does not have,
+     * listed once to be freed (gc_postfork). */
+    bool             fork_gone;
+    struct gc_mutator *fork_next;
 } gc_mutator_t;
 
 typedef struct gc_thread {
@@ -90,7 +94,7 @@ typedef struct finalizer {
  * yet, from `next` on, stay roots of every collection meanwhile. */
 typedef struct finalizer_batch {
     finalizer_t            *list;
-    size_t                  n;
+    size_t                  n, cap;    /* cap: list's size, for meta_free */
     AO_t                    next;      /* the entry running now, or the next to run */
     struct finalizer_batch *link;      /* the heap's others (gc->lock) */
     pthread_t               thread;    /* the thread running it */
@@ -251,8 +255,10 @@ LOAM_INTERNAL void gc_purge_end(loam_heap_t *h);
  * busy, none is held. Then, without the heap-list lock, gc_prefork_wait
  * lets a collection that waits for this thread go on, and the caller tries
  * again. After the fork (heap-list lock held), gc_postfork releases them;
- * in the child it first forgets every other thread's attachment (those
- * threads do not exist there, and a collection would wait for them). */
+ * in the child it first forgets every other thread's attachment, mutator
+ * record and finalizer batch (those threads do not exist there: a
+ * collection would wait for them, scan their frozen stacks, keep their
+ * batches' objects for ever). */
 LOAM_INTERNAL bool gc_prefork_try(void);
 LOAM_INTERNAL void gc_prefork_wait(void);
 /* A marking helper works for gc's collection (NULL: for none), so that a
@@ -335,6 +341,9 @@ LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how many ran */
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
 LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
+/* In the child of fork (lock held): the batches of threads the child does
+ * not have are dropped; the entries they had not reached are queued again. */
+LOAM_INTERNAL void  gc_forget_dead_batches(gc_state_t *gc);
 /* collect.c */
 LOAM_INTERNAL size_t gc_sweep(gc_state_t *gc);
 /* Sweep every pending slab of h now (world running or not). */

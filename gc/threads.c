@@ -587,24 +587,55 @@ void gc_prefork_wait(void)
     sched_yield();
 }
 
+/* In the child: every other thread's attachment goes (those threads do not
+ * exist there, a collection would wait for one running for ever, and scan
+ * the frozen stack of one stopped, keeping what it held alive for ever), and
+ * so do the finalizer batches they were running (gc_forget_dead_batches)
+ * and their mutator records (reached only through their attachments; no
+ * collection is under way, so no ask or hold is on them). A record's lock
+ * may have been held by its thread at the fork: it is freed, not destroyed.
+ * Their caches are another matter (heap_caches_after_fork_child). */
 void gc_postfork(bool child)
 {
+    gc_mutator_t *gone = NULL;
+    bool every_heap_held = true;
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         gc_state_t *gc = h->gc;
-        if (!gc || !gc->fork_held)
+        if (!gc)
             continue;
+        if (!gc->fork_held) {
+            /* A fork from inside this heap's collection (gc_prefork_try):
+             * the child must not use the heap, whose threads stay listed,
+             * their records with them. */
+            every_heap_held = false;
+            continue;
+        }
         gc->fork_held = false;
         if (child) {
             gc_thread_t *me = gc_self(gc);
             for (gc_thread_t *t = gc->threads, *next; t; t = next) {
                 next = t->next;
                 if (t != me) {
+                    gc_mutator_t *m = t->mut;
+                    if (m != gc_my_mutator && !m->fork_gone) {
+                        m->fork_gone = true;
+                        m->fork_next = gone;
+                        gone = m;
+                    }
                     unlink_thread(gc, t);
                     meta_free(t, sizeof *t);
                 }
             }
+            gc_forget_dead_batches(gc);
         }
         pthread_mutex_unlock(&gc->lock);
+    }
+    if (!child || !every_heap_held)
+        return;                     /* a record may still be listed there */
+    while (gone) {
+        gc_mutator_t *m = gone;
+        gone = m->fork_next;
+        meta_free(m, sizeof *m);
     }
 }
 
