@@ -191,6 +191,7 @@ typedef struct gc_state {
 
     /* pacing */
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */
+    AO_t            stress_count;  /* slow-path allocations, counted while gc_stress is set */
     size_t          live_after;
 
     /* generations (generation.c; LOAM_GENERATIONAL heaps) */
@@ -225,6 +226,12 @@ static inline void gc_answer_stop_asks(void)
         gc_answer_stop_asks_slow(m);
 }
 LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
+/* The option gc_stress (api.c): does a collected heap's allocation skip the
+ * thread cache, so that every one takes the slow path, and is counted? */
+static inline bool gc_stressed(const loam_heap_t *h)
+{
+    return LOAM_UNLIKELY(loam_opt(gc_stress) != 0) && h->mode == LOAM_GC;
+}
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
 LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);

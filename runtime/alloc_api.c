@@ -24,6 +24,10 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool
     tcache_t *tc = loam_tls_cache[hk->slot];
     if (tc->owner != h)
         tc = heap_thread_cache(h, kind);
+    /* gc_stress: no refill, so that the next allocation is a slow path too
+     * (gc/api.c, stress_due). */
+    if (h->gc && gc_stressed(h))
+        tc = NULL;
     if (tc) {
         bump = bump && tc->allocates_only;  /* ranges: a cache that only allocates */
         void *p = bump ? tcache_bin_bump(&tc->bins[cls], sizeclass_size[cls]) : NULL;
@@ -56,6 +60,8 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool
     if (!got)
         return NULL;
     ((free_block_t *)b)->freed_key = 0;
+    if (h->gc)
+        gc_note_alloc(h, sizeclass_size[cls]);
     return b;
 }
 

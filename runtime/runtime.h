@@ -116,7 +116,7 @@ typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
     long tcache_budget;
     long purge_thread, huge_pages;
-    long gc_growth, gc_min_bytes, gc_young_min, gc_markers, gc_parallel_min;
+    long gc_growth, gc_min_bytes, gc_young_min, gc_markers, gc_parallel_min, gc_stress;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;
