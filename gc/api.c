@@ -199,17 +199,30 @@ static bool stress_due(gc_state_t *gc)
     return every && (AO_fetch_and_add1(&gc->stress_count) + 1) % every == 0;
 }
 
-void gc_alloc_slow_hook(loam_heap_t *h)
+bool gc_alloc_slow_hook(loam_heap_t *h)
 {
     gc_state_t *gc = h->gc;
     if (h->mode != LOAM_GC)
-        return;
-    if (!gc_self(gc))
+        return true;
+    gc_thread_t *self = gc_self(gc);
+    if (!self) {
         gc_attach(gc);
+    } else if (LOAM_UNLIKELY(self->blocking_depth != 0)) {
+        /* Counted as stopped, the thread would take blocks from slabs a
+         * collection is sweeping, or hand out a block the marking has gone
+         * past, unseen. Every such allocation comes here: the bracket took
+         * the thread's caches of h off its slots (threads.c). If the
+         * heap's error callback returns, the allocation is refused. */
+        loam_fault(h, "allocation from a collected heap between loam_enter_blocking and "
+                      "loam_leave_blocking (it would race the collector)", h, 0);
+        errno = EINVAL;
+        return false;
+    }
     gc_park(gc);
     bool stress = stress_due(gc);
     if (stress || AO_load(&gc->alloc_since) >= collect_threshold(gc))
         gc_collect(h, false);
+    return true;
 }
 
 void gc_thread_cache_made(loam_heap_t *h)

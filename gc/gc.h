@@ -54,6 +54,10 @@ typedef struct gc_thread {
     jmp_buf          regs;         /* callee-saved registers, saved when it stops */
     unsigned         state;        /* enum gc_thread_state; written under gc->lock */
     unsigned         blocking_depth;
+    /* While blocking_depth > 0: the thread's caches of the heap, off its
+     * slots (heap_hide_my_caches), so an allocation from the heap takes the
+     * slow path, which names the fault (api.c, gc_alloc_slow_hook). */
+    tcache_t        *hidden[HEAP_KINDS];
     bool             held;         /* counted stopped by its mutator's wait (gc->lock) */
     bool             asked;        /* in mut->stop_asks for this heap's stop (gc->lock) */
     struct gc_thread *next, *prev; /* the heap's threads (gc->lock) */
@@ -212,8 +216,10 @@ typedef struct gc_state {
 
 /* ---- hooks the runtime calls ---------------------------------------------------- */
 /* Slow path of every allocation from a heap with gc state: safepoint, implicit
- * attach, and a collection when pacing says so. */
-LOAM_INTERNAL void gc_alloc_slow_hook(loam_heap_t *h);
+ * attach, and a collection when pacing says so. false: the allocation is
+ * refused (a fault: the thread is inside a blocking bracket of the heap;
+ * errno is set). */
+LOAM_INTERNAL bool gc_alloc_slow_hook(loam_heap_t *h);
 /* Every allocation slow path, of any heap, and loam_safepoint: a collection
  * of a heap this thread is attached to waits for it (threads.c). Inline:
  * one thread-local load when none does. */

@@ -462,6 +462,11 @@ void loam_thread_detach(loam_heap_t *h)
      * blocks reclaimed under it. Its next allocation from h attaches it. */
     if (t->state == GC_RUNNING && t->blocking_depth == 0)
         heap_drop_my_caches(h);
+    /* Inside a bracket its caches cannot be flushed (a collection may be
+     * emptying them), and they stay off its slots (loam_enter_blocking):
+     * back there, they would serve it unattached. Its next allocation from
+     * h attaches it and makes it a new cache; the old ones stay on its list
+     * and h's, emptied by collections, flushed at its exit. */
     gc_state_t *gc = h->gc;
     gc_mutator_t *m = t->mut;
     mutator_wait_begin(m);
@@ -490,6 +495,14 @@ void loam_enter_blocking(loam_heap_t *h)
     if (!t)
         return;
     gc_state_t *gc = h->gc;
+    /* Allocating from h inside the bracket is a fault, named by the slow
+     * path (api.c, gc_alloc_slow_hook). The fast path would serve it from
+     * the thread's caches unseen: they leave the thread's slots until the
+     * bracket ends, and an allocation finds an empty cache, so it takes the
+     * slow path. Only this thread's slots change, with no lock: the fast
+     * path pays nothing, the bracket a few stores. */
+    if (t->blocking_depth == 0)
+        heap_hide_my_caches(h, t->hidden);
     pthread_mutex_lock(&gc->lock);
     if (t->blocking_depth++ == 0) {
         save_context(t);
@@ -508,13 +521,16 @@ void loam_leave_blocking(loam_heap_t *h)
     gc_mutator_t *m = t->mut;
     mutator_wait_begin(m);              /* a collection of h may keep it here */
     pthread_mutex_lock(&gc->lock);
-    if (--t->blocking_depth == 0) {
+    bool left = --t->blocking_depth == 0;
+    if (left) {
         while (AO_load(&gc->stop))
             pthread_cond_wait(&gc->resume_cv, &gc->lock);
         t->state = GC_RUNNING;
     }
     pthread_mutex_unlock(&gc->lock);
     mutator_wait_end(m);
+    if (left)
+        heap_show_my_caches(h, t->hidden);     /* running: its fast path serves again */
 }
 
 /* ---- fork --------------------------------------------------------------------------------- */

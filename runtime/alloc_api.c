@@ -88,8 +88,8 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
 static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, unsigned kind, bool bump)
 {
     loam_ensure_init();
-    if (h->gc)
-        gc_alloc_slow_hook(h);          /* safepoint, and a paced collection */
+    if (h->gc && !gc_alloc_slow_hook(h))    /* safepoint, and a paced collection */
+        return NULL;                    /* a fault, its reaction returned */
     gc_answer_stop_asks();              /* a safepoint of every heap the thread is attached to */
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
