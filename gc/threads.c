@@ -501,7 +501,7 @@ void loam_enter_blocking(loam_heap_t *h)
      * bracket ends, and an allocation finds an empty cache, so it takes the
      * slow path. Only this thread's slots change, with no lock: the fast
      * path pays nothing, the bracket a few stores. */
-    if (t->blocking_depth == 0)
+    if (t->blocking_depth == 0 && h->mode == LOAM_GC)    /* a manual heap's: no fault to name */
         heap_hide_my_caches(h, t->hidden);
     pthread_mutex_lock(&gc->lock);
     if (t->blocking_depth++ == 0) {

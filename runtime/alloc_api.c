@@ -21,13 +21,14 @@ static void heap_note_requested(loam_heap_t *h, size_t delta_add, size_t delta_s
 static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool bump)
 {
     heap_kind_t *hk = heap_kind(h, kind);
-    tcache_t *tc = loam_tls_cache[hk->slot];
-    if (tc->owner != h)
-        tc = heap_thread_cache(h, kind);
-    /* gc_stress: no refill, so that the next allocation is a slow path too
-     * (gc/api.c, stress_due). */
-    if (h->gc && gc_stressed(h))
-        tc = NULL;
+    tcache_t *tc = NULL;
+    /* gc_stress: no cache, no refill, so that the next allocation is a slow
+     * path too (gc/api.c, stress_due). */
+    if (!h->gc || !gc_stressed(h)) {
+        tc = loam_tls_cache[hk->slot];
+        if (tc->owner != h)
+            tc = heap_thread_cache(h, kind);
+    }
     if (tc) {
         bump = bump && tc->allocates_only;  /* ranges: a cache that only allocates */
         void *p = bump ? tcache_bin_bump(&tc->bins[cls], sizeclass_size[cls]) : NULL;
