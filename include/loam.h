@@ -318,6 +318,9 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   gc_parallel_min live bytes found by the last collection from which marking runs in
  *                   parallel (default 1 MiB; a minor collection: bytes the last minor
  *                   one marked)
+ *   gc_stress       testing: every collected heap collects at every N-th allocation
+ *                   (1: at each), whatever its pacing; its allocations skip the thread
+ *                   caches meanwhile (default 0: off)
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */
