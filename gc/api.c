@@ -181,16 +181,48 @@ static size_t collect_threshold(gc_state_t *gc)
     return growth > floor ? growth : floor;
 }
 
-void gc_alloc_slow_hook(loam_heap_t *h)
+/* The option gc_stress=N, for testing an embedder's roots and write
+ * barriers (as Boehm's GC_COLLECT_AT_MALLOC, V8's --gc-interval): a
+ * collection at every N-th allocation of each collected heap, on top of the
+ * pacing (a heap's own included, which it overrides). Allocations must
+ * reach here for that, and most would not: a refill hands the thread cache
+ * a bump range or a batch of blocks that the fast path then serves, for
+ * hundreds of allocations between two slow paths. So while it is set, a
+ * collected heap's slow path takes its block from an arena, never filling
+ * the cache (alloc_api.c, alloc_class_block), and each collection empties
+ * the caches: from the first collection on, every allocation comes here.
+ * The fast path stays as it is (an empty bin costs it nothing new), and
+ * with the option 0 the slow path pays one load of it. */
+static bool stress_due(gc_state_t *gc)
+{
+    AO_t every = (AO_t)loam_opt(gc_stress);
+    return every && (AO_fetch_and_add1(&gc->stress_count) + 1) % every == 0;
+}
+
+bool gc_alloc_slow_hook(loam_heap_t *h)
 {
     gc_state_t *gc = h->gc;
     if (h->mode != LOAM_GC)
-        return;
-    if (!gc_self(gc))
+        return true;
+    gc_thread_t *self = gc_self(gc);
+    if (!self) {
         gc_attach(gc);
+    } else if (LOAM_UNLIKELY(self->blocking_depth != 0)) {
+        /* Counted as stopped, the thread would take blocks from slabs a
+         * collection is sweeping, or hand out a block the marking has gone
+         * past, unseen. Every such allocation comes here: the bracket took
+         * the thread's caches of h off its slots (threads.c). If the
+         * heap's error callback returns, the allocation is refused. */
+        loam_fault(h, "allocation from a collected heap between loam_enter_blocking and "
+                      "loam_leave_blocking (it would race the collector)", h, 0);
+        errno = EINVAL;
+        return false;
+    }
     gc_park(gc);
-    if (AO_load(&gc->alloc_since) >= collect_threshold(gc))
+    bool stress = stress_due(gc);
+    if (stress || AO_load(&gc->alloc_since) >= collect_threshold(gc))
         gc_collect(h, false);
+    return true;
 }
 
 void gc_thread_cache_made(loam_heap_t *h)

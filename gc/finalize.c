@@ -177,7 +177,7 @@ size_t gc_run_ready_finalizers(gc_state_t *gc)
         pthread_mutex_lock(&gc->lock);
         batch.list = gc->ready;
         batch.n = gc->nready;
-        size_t cap = gc->cap_ready;
+        size_t cap = batch.cap = gc->cap_ready;
         gc->ready = NULL;
         gc->nready = gc->cap_ready = 0;
         if (batch.n) {
@@ -260,6 +260,45 @@ void gc_mark_waiting_finalizables(gc_state_t *gc)
     for (finalizer_batch_t *b = gc->running; b; b = b->link)
         for (size_t i = AO_load_acquire(&b->next); i < b->n; i++)
             gc_mark_precise(gc, (uintptr_t)b->list[i].obj);
+}
+
+/* In the child of fork only the forking thread runs: a batch another thread
+ * was running will never go on (its record is on that thread's stack, still
+ * mapped in the child, and its `next` frozen). Kept, its objects stayed
+ * roots of every collection for ever, and the finalizers it had not reached
+ * never ran. What the child does with each entry:
+ *   - those before `next` ran already: done;
+ *   - the one at `next` was running, or about to: dropped, not run again
+ *     (half run, its effects are in the child's copy; never twice). Its
+ *     object is then ordinary garbage if nothing reaches it;
+ *   - those after `next` never started: queued again (gc->ready), to run
+ *     after the child's next collection, as any finalizer its copy of the
+ *     heap has (the parent's thread runs the parent's). Out of memory for
+ *     the ready list, they are dropped as the running one.
+ * The forking thread's own batch (a fork from inside a finalizer) goes on
+ * in the child, as the thread does. */
+void gc_forget_dead_batches(gc_state_t *gc)
+{
+    pthread_t self = pthread_self();
+    for (finalizer_batch_t **pp = &gc->running, *b; (b = *pp);) {
+        if (pthread_equal(b->thread, self)) {
+            pp = &b->link;
+            continue;
+        }
+        *pp = b->link;
+        size_t next = AO_load(&b->next);
+        for (size_t i = 0; i < b->n; i++) {
+            finalizer_t f = b->list[i];
+            if (!f.obj)
+                continue;               /* cancelled: counted out already */
+            if (i > next && (gc->nready < gc->cap_ready || grow_fins(&gc->ready, &gc->cap_ready))) {
+                gc->ready[gc->nready++] = f;    /* still pending: its count stays */
+                continue;
+            }
+            pending_done(gc, f.obj);
+        }
+        meta_free(b->list, b->cap * sizeof *b->list);
+    }
 }
 
 /* ---- weak fields ----------------------------------------------------------------------------- */

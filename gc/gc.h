@@ -41,6 +41,10 @@ typedef struct gc_mutator {
      * others find out by polling (threads.c, wait_for_parking). */
 #define GC_ASKERS_MAX 8
     struct gc_state *askers[GC_ASKERS_MAX];
+    /* In the child of fork: a record of a thread the child does not have,
+     * listed once to be freed (gc_postfork). */
+    bool             fork_gone;
+    struct gc_mutator *fork_next;
 } gc_mutator_t;
 
 typedef struct gc_thread {
@@ -51,6 +55,10 @@ typedef struct gc_thread {
     jmp_buf          regs;         /* callee-saved registers, saved when it stops */
     unsigned         state;        /* enum gc_thread_state; written under gc->lock */
     unsigned         blocking_depth;
+    /* While blocking_depth > 0: the thread's caches of the heap, off its
+     * slots (heap_hide_my_caches), so an allocation from the heap takes the
+     * slow path, which names the fault (api.c, gc_alloc_slow_hook). */
+    tcache_t        *hidden[HEAP_KINDS];
     bool             held;         /* counted stopped by its mutator's wait (gc->lock) */
     bool             asked;        /* in mut->stop_asks for this heap's stop (gc->lock) */
     struct gc_thread *next, *prev; /* the heap's threads (gc->lock) */
@@ -91,7 +99,7 @@ typedef struct finalizer {
  * yet, from `next` on, stay roots of every collection meanwhile. */
 typedef struct finalizer_batch {
     finalizer_t            *list;
-    size_t                  n;
+    size_t                  n, cap;    /* cap: list's size, for meta_free */
     AO_t                    next;      /* the entry running now, or the next to run */
     struct finalizer_batch *link;      /* the heap's others (gc->lock) */
     pthread_t               thread;    /* the thread running it */
@@ -212,6 +220,7 @@ typedef struct gc_state {
 
     /* pacing */
     AO_t            alloc_since;   /* bytes handed to allocating threads since the last collection */
+    AO_t            stress_count;  /* slow-path allocations, counted while gc_stress is set */
     size_t          live_after;
 
     /* generations (generation.c; LOAM_GENERATIONAL heaps) */
@@ -232,8 +241,10 @@ typedef struct gc_state {
 
 /* ---- hooks the runtime calls ---------------------------------------------------- */
 /* Slow path of every allocation from a heap with gc state: safepoint, implicit
- * attach, and a collection when pacing says so. */
-LOAM_INTERNAL void gc_alloc_slow_hook(loam_heap_t *h);
+ * attach, and a collection when pacing says so. false: the allocation is
+ * refused (a fault: the thread is inside a blocking bracket of the heap;
+ * errno is set). */
+LOAM_INTERNAL bool gc_alloc_slow_hook(loam_heap_t *h);
 /* Every allocation slow path, of any heap, and loam_safepoint: a collection
  * of a heap this thread is attached to waits for it (threads.c). Inline:
  * one thread-local load when none does. */
@@ -246,6 +257,12 @@ static inline void gc_answer_stop_asks(void)
         gc_answer_stop_asks_slow(m);
 }
 LOAM_INTERNAL void gc_note_refill(loam_heap_t *h, tcache_t *tc, unsigned cls);
+/* The option gc_stress (api.c): does a collected heap's allocation skip the
+ * thread cache, so that every one takes the slow path, and is counted? */
+static inline bool gc_stressed(const loam_heap_t *h)
+{
+    return LOAM_UNLIKELY(loam_opt(gc_stress) != 0) && h->mode == LOAM_GC;
+}
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
 LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);
@@ -276,8 +293,10 @@ LOAM_INTERNAL void gc_purge_end(loam_heap_t *h);
  * busy, none is held. Then, without the heap-list lock, gc_prefork_wait
  * lets a collection that waits for this thread go on, and the caller tries
  * again. After the fork (heap-list lock held), gc_postfork releases them;
- * in the child it first forgets every other thread's attachment (those
- * threads do not exist there, and a collection would wait for them). */
+ * in the child it first forgets every other thread's attachment, mutator
+ * record and finalizer batch (those threads do not exist there: a
+ * collection would wait for them, scan their frozen stacks, keep their
+ * batches' objects for ever). */
 LOAM_INTERNAL bool gc_prefork_try(void);
 LOAM_INTERNAL void gc_prefork_wait(void);
 /* A marking helper works for gc's collection (NULL: for none), so that a
@@ -375,6 +394,9 @@ LOAM_INTERNAL void  gc_find_ready_finalizers(gc_state_t *gc);
 LOAM_INTERNAL size_t gc_run_ready_finalizers(gc_state_t *gc);   /* returns how many ran */
 /* Roots (gc_mark_roots): the objects whose finalizers wait to run. */
 LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
+/* In the child of fork (lock held): the batches of threads the child does
+ * not have are dropped; the entries they had not reached are queued again. */
+LOAM_INTERNAL void  gc_forget_dead_batches(gc_state_t *gc);
 /* ephemeron.c */
 /* A marker newly marked `block` while watching: index + 1 of the first pair
  * waiting for that key (a wake-up to push), or 0. Lock-free: eph_map holds

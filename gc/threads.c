@@ -462,6 +462,11 @@ void loam_thread_detach(loam_heap_t *h)
      * blocks reclaimed under it. Its next allocation from h attaches it. */
     if (t->state == GC_RUNNING && t->blocking_depth == 0)
         heap_drop_my_caches(h);
+    /* Inside a bracket its caches cannot be flushed (a collection may be
+     * emptying them), and they stay off its slots (loam_enter_blocking):
+     * back there, they would serve it unattached. Its next allocation from
+     * h attaches it and makes it a new cache; the old ones stay on its list
+     * and h's, emptied by collections, flushed at its exit. */
     gc_state_t *gc = h->gc;
     gc_mutator_t *m = t->mut;
     mutator_wait_begin(m);
@@ -490,6 +495,14 @@ void loam_enter_blocking(loam_heap_t *h)
     if (!t)
         return;
     gc_state_t *gc = h->gc;
+    /* Allocating from h inside the bracket is a fault, named by the slow
+     * path (api.c, gc_alloc_slow_hook). The fast path would serve it from
+     * the thread's caches unseen: they leave the thread's slots until the
+     * bracket ends, and an allocation finds an empty cache, so it takes the
+     * slow path. Only this thread's slots change, with no lock: the fast
+     * path pays nothing, the bracket a few stores. */
+    if (t->blocking_depth == 0 && h->mode == LOAM_GC)    /* a manual heap's: no fault to name */
+        heap_hide_my_caches(h, t->hidden);
     pthread_mutex_lock(&gc->lock);
     if (t->blocking_depth++ == 0) {
         save_context(t);
@@ -508,13 +521,16 @@ void loam_leave_blocking(loam_heap_t *h)
     gc_mutator_t *m = t->mut;
     mutator_wait_begin(m);              /* a collection of h may keep it here */
     pthread_mutex_lock(&gc->lock);
-    if (--t->blocking_depth == 0) {
+    bool left = --t->blocking_depth == 0;
+    if (left) {
         while (AO_load(&gc->stop))
             pthread_cond_wait(&gc->resume_cv, &gc->lock);
         t->state = GC_RUNNING;
     }
     pthread_mutex_unlock(&gc->lock);
     mutator_wait_end(m);
+    if (left)
+        heap_show_my_caches(h, t->hidden);     /* running: its fast path serves again */
 }
 
 /* ---- fork --------------------------------------------------------------------------------- */
@@ -587,24 +603,55 @@ void gc_prefork_wait(void)
     sched_yield();
 }
 
+/* In the child: every other thread's attachment goes (those threads do not
+ * exist there, a collection would wait for one running for ever, and scan
+ * the frozen stack of one stopped, keeping what it held alive for ever), and
+ * so do the finalizer batches they were running (gc_forget_dead_batches)
+ * and their mutator records (reached only through their attachments; no
+ * collection is under way, so no ask or hold is on them). A record's lock
+ * may have been held by its thread at the fork: it is freed, not destroyed.
+ * Their caches are another matter (heap_caches_after_fork_child). */
 void gc_postfork(bool child)
 {
+    gc_mutator_t *gone = NULL;
+    bool every_heap_held = true;
     for (loam_heap_t *h = loam_heaps; h; h = h->next) {
         gc_state_t *gc = h->gc;
-        if (!gc || !gc->fork_held)
+        if (!gc)
             continue;
+        if (!gc->fork_held) {
+            /* A fork from inside this heap's collection (gc_prefork_try):
+             * the child must not use the heap, whose threads stay listed,
+             * their records with them. */
+            every_heap_held = false;
+            continue;
+        }
         gc->fork_held = false;
         if (child) {
             gc_thread_t *me = gc_self(gc);
             for (gc_thread_t *t = gc->threads, *next; t; t = next) {
                 next = t->next;
                 if (t != me) {
+                    gc_mutator_t *m = t->mut;
+                    if (m != gc_my_mutator && !m->fork_gone) {
+                        m->fork_gone = true;
+                        m->fork_next = gone;
+                        gone = m;
+                    }
                     unlink_thread(gc, t);
                     meta_free(t, sizeof *t);
                 }
             }
+            gc_forget_dead_batches(gc);
         }
         pthread_mutex_unlock(&gc->lock);
+    }
+    if (!child || !every_heap_held)
+        return;                     /* a record may still be listed there */
+    while (gone) {
+        gc_mutator_t *m = gone;
+        gone = m->fork_next;
+        meta_free(m, sizeof *m);
     }
 }
 

@@ -204,7 +204,8 @@ LOAM_API void   loam_root_remove_range(loam_heap_t *h, void *start);
  * allocations and at loam_safepoint; around waits that do not allocate (join,
  * locks, I/O) it brackets loam_enter_blocking / loam_leave_blocking, and must
  * neither touch the heap's blocks nor allocate from the heap in between
- * (unchecked: it would race with a collection). Brackets nest; on a thread
+ * (either would race with a collection; an allocation is a fault: abort,
+ * or NULL with errno EINVAL if the heap's error callback returns). Brackets nest; on a thread
  * not attached to h they do nothing. A thread attached to several heaps
  * stops for any of them at an allocation slow path of any heap (malloc's
  * too), and counts as stopped for all of them while it waits inside loam for
@@ -340,6 +341,9 @@ LOAM_API void loam_heap_print_stats(loam_heap_t *h, FILE *out, int format);
  *   gc_parallel_min live bytes found by the last collection from which marking runs in
  *                   parallel (default 1 MiB; a minor collection: bytes the last minor
  *                   one marked)
+ *   gc_stress       testing: every collected heap collects at every N-th allocation
+ *                   (1: at each), whatever its pacing; its allocations skip the thread
+ *                   caches meanwhile (default 0: off)
  * Returns 0 on success, -1 (and a warning on stderr) for an unknown key or bad value. */
 LOAM_API int  loam_option_set(const char *key, long value);
 LOAM_API long loam_option_get(const char *key);           /* -1 for an unknown key */

@@ -21,9 +21,14 @@ static void heap_note_requested(loam_heap_t *h, size_t delta_add, size_t delta_s
 static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool bump)
 {
     heap_kind_t *hk = heap_kind(h, kind);
-    tcache_t *tc = loam_tls_cache[hk->slot];
-    if (tc->owner != h)
-        tc = heap_thread_cache(h, kind);
+    tcache_t *tc = NULL;
+    /* gc_stress: no cache, no refill, so that the next allocation is a slow
+     * path too (gc/api.c, stress_due). */
+    if (!h->gc || !gc_stressed(h)) {
+        tc = loam_tls_cache[hk->slot];
+        if (tc->owner != h)
+            tc = heap_thread_cache(h, kind);
+    }
     if (tc) {
         bump = bump && tc->allocates_only;  /* ranges: a cache that only allocates */
         void *p = bump ? tcache_bin_bump(&tc->bins[cls], sizeclass_size[cls]) : NULL;
@@ -56,6 +61,8 @@ static void *alloc_class_block(loam_heap_t *h, unsigned cls, unsigned kind, bool
     if (!got)
         return NULL;
     ((free_block_t *)b)->freed_key = 0;
+    if (h->gc)
+        gc_note_alloc(h, sizeclass_size[cls]);
     return b;
 }
 
@@ -82,8 +89,8 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
 static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, unsigned kind, bool bump)
 {
     loam_ensure_init();
-    if (h->gc)
-        gc_alloc_slow_hook(h);          /* safepoint, and a paced collection */
+    if (h->gc && !gc_alloc_slow_hook(h))    /* safepoint, and a paced collection */
+        return NULL;                    /* a fault, its reaction returned */
     gc_answer_stop_asks();              /* a safepoint of every heap the thread is attached to */
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;

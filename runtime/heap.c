@@ -463,6 +463,36 @@ static void drop_my_cache(tcache_t *tc)
     tcache_abandon(tc);                 /* (emptied above) unbinds it from its arena set */
 }
 
+/* Only this thread's slots change: no lock. The caches stay on h's list and
+ * the thread's, so a collection still empties them, thread exit still
+ * flushes them, and a destruction still disowns them; one disowned or given
+ * to another heap meanwhile is not put back, nor one whose slot the thread
+ * filled again (a heap switched to manual: no fault there, and its slow
+ * path made the thread a new cache). A kind made meanwhile had no cache. */
+void heap_hide_my_caches(loam_heap_t *h, tcache_t *saved[HEAP_KINDS])
+{
+    for (unsigned k = 0; k < HEAP_KINDS; k++) {
+        unsigned s = AO_char_load((volatile unsigned char *)&h->kinds[k].slot);
+        tcache_t *tc = loam_tls_cache[s];
+        saved[k] = NULL;
+        if (s != TC_SLOT_NONE && tc->owner == h) {
+            saved[k] = tc;
+            loam_tls_cache[s] = &loam_empty_tcache;
+        }
+    }
+}
+
+void heap_show_my_caches(loam_heap_t *h, tcache_t *saved[HEAP_KINDS])
+{
+    for (unsigned k = 0; k < HEAP_KINDS; k++) {
+        tcache_t *tc = saved[k];
+        saved[k] = NULL;
+        unsigned s = AO_char_load((volatile unsigned char *)&h->kinds[k].slot);
+        if (tc && loam_tls_cache[s] == &loam_empty_tcache && tc->owner == h)
+            loam_tls_cache[s] = tc;
+    }
+}
+
 void heap_drop_my_caches(loam_heap_t *h)
 {
     heaps_lock();

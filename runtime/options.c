@@ -36,6 +36,9 @@ static option_def_t option_table[] = {
       "threads marking a LOAM_PARALLEL_MARK heap (0: one per idle CPU, at most 8)" },
     { "gc_parallel_min", &loam_opts.gc_parallel_min, 0, 1L << 40, 1L << 20,
       "live bytes (found by the last collection) from which marking runs in parallel" },
+    { "gc_stress",       &loam_opts.gc_stress,       0, 1L << 30, 0,
+      "testing: every collected heap collects at every N-th allocation, whatever its pacing "
+      "(0: off; 1: at every allocation)" },
     { "verbose",         &loam_opts.verbose,         0, 2, 0,
       "1: statistics at exit and warnings" },
     { "track_requested", &loam_opts.track_requested, 0, 1, 1,

@@ -116,7 +116,7 @@ typedef struct loam_options {
     long mmap_threshold, arena_max, decay_ms, retain_max, verbose, track_requested, tcache_max;
     long tcache_budget;
     long purge_thread, huge_pages;
-    long gc_growth, gc_min_bytes, gc_young_min, gc_markers, gc_parallel_min;
+    long gc_growth, gc_min_bytes, gc_young_min, gc_markers, gc_parallel_min, gc_stress;
     int  track_requested_set;      /* set explicitly: applies to the default heap too */
 } loam_options_t;
 extern LOAM_INTERNAL loam_options_t loam_opts;
@@ -140,6 +140,11 @@ LOAM_INTERNAL tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind);
 /* The calling thread's caches of h go back (loam_thread_detach): its next
  * allocation from h takes the slow path, which attaches it again. */
 LOAM_INTERNAL void heap_drop_my_caches(loam_heap_t *h);
+/* The calling thread's caches of h leave its slots, into saved[] (per kind,
+ * NULL: none), so that its allocations from h take the slow path; and come
+ * back (gc/threads.c: a blocking bracket, where allocating is a fault). */
+LOAM_INTERNAL void heap_hide_my_caches(loam_heap_t *h, tcache_t *saved[HEAP_KINDS]);
+LOAM_INTERNAL void heap_show_my_caches(loam_heap_t *h, tcache_t *saved[HEAP_KINDS]);
 /* Kind k's context, made on first use. */
 LOAM_INTERNAL heap_kind_t *heap_kind(loam_heap_t *h, unsigned kind);
 /* Every arena of h (all kinds): for (i = 0; (a = heap_arena_at(h, i)); i++). */

@@ -760,3 +760,170 @@ Test(fork, fork_from_a_roots_callback_aborts_by_default, .signal = SIGABRT, .tim
     cr_assert_not_null(h);
     loam_gc_collect(h);
 }
+
+/* ---- the child drops the parent's other threads ------------------------------------- */
+
+/* In the child only the forking thread exists. The parent's other threads'
+ * records must go with them: a collection in the child must neither wait
+ * for them (one running outside any safepoint never stops), nor scan their
+ * stacks (still mapped in the child, frozen, they would keep what they
+ * held alive for ever), nor keep the objects of a finalizer batch one of
+ * them was running. */
+static loam_heap_t *dead_heap;
+static atomic_int dead_ready, dead_release;
+static loam_weak_t *dead_weak[2];       /* to what each thread keeps only on its stack */
+
+/* Thread 0 waits in a blocking bracket (stopped: its stack is scanned);
+ * thread 1 spins running, at no safepoint. Each keeps a block only in a
+ * local, and hands out nothing but a weak reference to it (a weak
+ * reference's record is not in the heap, so nothing scanned sees the
+ * block through it). */
+static void *dead_holder(void *arg)
+{
+    int which = (int)(intptr_t)arg;
+    loam_thread_attach(dead_heap);
+    void *volatile keep = loam_gc_alloc(dead_heap, 4096, LOAM_ATOMIC);
+    if (!keep)
+        return (void *)1;
+    memset(keep, 0x77, 4096);
+    dead_weak[which] = loam_weak_new(dead_heap, keep);
+    if (which == 0)
+        loam_enter_blocking(dead_heap);
+    atomic_fetch_add(&dead_ready, 1);
+    while (!atomic_load(&dead_release))
+        sched_yield();
+    if (which == 0)
+        loam_leave_blocking(dead_heap);
+    bool intact = ((unsigned char *)keep)[4095] == 0x77;
+    loam_thread_detach(dead_heap);
+    return intact ? NULL : (void *)2;
+}
+
+Test(fork, the_child_forgets_the_stacks_of_threads_it_does_not_have, .timeout = 120)
+{
+    loam_config_t cfg = { .mode = LOAM_GC };        /* stacks scanned */
+    dead_heap = loam_heap_new(&cfg);
+    cr_assert_not_null(dead_heap);
+    atomic_store(&dead_ready, 0);
+    atomic_store(&dead_release, 0);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, dead_holder, (void *)(intptr_t)i), 0);
+    while (atomic_load(&dead_ready) < 2)
+        sched_yield();
+    /* (No collection in the parent now: it would wait for the spinning
+     * thread for ever. In the child that thread does not exist.) */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        alarm(CHILD_ALARM);          /* a collection waiting for the spinning thread: killed */
+        loam_gc_collect(dead_heap);
+        if (loam_weak_get(dead_weak[0]))
+            _exit(2);                /* kept by the blocked thread's stale stack */
+        if (loam_weak_get(dead_weak[1]))
+            _exit(3);                /* kept by the spinning thread's stale stack */
+        for (int i = 0; i < 20000; i++)             /* collections by allocation too */
+            if (!loam_gc_alloc(dead_heap, 256, LOAM_ATOMIC))
+                _exit(4);
+        _exit(0);
+    }
+    char buf[160];
+    const char *err = reap(pid, buf, sizeof buf);
+    atomic_store(&dead_release, 1);
+    for (int i = 0; i < 2; i++) {
+        void *ret = (void *)1;
+        pthread_join(th[i], &ret);
+        cr_expect_null(ret, "thread %d lost its block", i);
+    }
+    cr_expect_null(err, "%s (2: a dead blocked thread's stack kept its block in the child; "
+                   "3: a dead running one's; SIGALRM: a collection waited for a dead thread)",
+                   err ? err : "");
+    /* In the parent both blocks were alive while their threads held them;
+     * now they are gone. */
+    loam_gc_collect(dead_heap);
+    for (int i = 0; i < 2; i++)
+        loam_weak_free(dead_weak[i]);
+    loam_heap_destroy(dead_heap);
+}
+
+/* A finalizer batch that another thread was running when the process
+ * forked: in the child, that thread's finalizer will never return. The
+ * entry it was running is dropped (its object is ordinary garbage in the
+ * child, and its finalizer is not run again: it ran partly already), and
+ * the entries it had not reached go back to the ready list, to run at the
+ * child's next collection (the parent's thread runs its own copies). Before
+ * the child forgot the batch, its objects stayed roots there for ever and
+ * the entries it had not reached never ran. */
+static atomic_int fin_entered, fin_release, fin_a_runs, fin_b_runs;
+
+static void fin_a_blocks(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    atomic_fetch_add(&fin_a_runs, 1);
+    atomic_store(&fin_entered, 1);
+    while (!atomic_load(&fin_release))
+        sched_yield();
+}
+
+static void fin_b_counts(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    atomic_fetch_add(&fin_b_runs, 1);
+}
+
+static void *collect_and_finalize(void *arg)
+{
+    loam_gc_collect(arg);            /* finalizes a, which blocks, then b */
+    return NULL;
+}
+
+Test(fork, the_child_drops_a_finalizer_batch_of_a_thread_it_does_not_have, .timeout = 120)
+{
+    /* No stack scanning: what this thread's stack holds keeps nothing. */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    void *a = loam_gc_alloc(h, 64, LOAM_ATOMIC), *b = loam_gc_alloc(h, 64, LOAM_ATOMIC);
+    cr_assert(a && b);
+    cr_assert_eq(loam_finalizer_set(h, a, fin_a_blocks, NULL), 0);
+    cr_assert_eq(loam_finalizer_set(h, b, fin_b_counts, NULL), 0);
+    a = b = NULL;
+    loam_thread_detach(h);           /* this thread's allocations attached it */
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, collect_and_finalize, h), 0);
+    while (!atomic_load(&fin_entered))
+        sched_yield();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        alarm(CHILD_ALARM);
+        loam_gc_collect(h);          /* runs b's finalizer; a is garbage */
+        if (atomic_load(&fin_a_runs) != 1)
+            _exit(2);                /* a's finalizer ran again in the child */
+        if (atomic_load(&fin_b_runs) != 1)
+            _exit(3);                /* b's finalizer, not reached by the dead thread, never ran */
+        loam_gc_collect(h);          /* b, finalized, is garbage now */
+        loam_stats_t st;
+        loam_heap_stats(h, &st);
+        if (st.live_blocks != 0)
+            _exit(4);                /* the batch kept its objects alive */
+        _exit(0);
+    }
+    char buf[160];
+    const char *err = reap(pid, buf, sizeof buf);
+    atomic_store(&fin_release, 1);
+    pthread_join(th, NULL);
+    cr_expect_null(err, "%s (2: the running finalizer ran again in the child; 3: the finalizer the "
+                   "dead thread had not reached did not run in the child; 4: blocks still live)",
+                   err ? err : "");
+    /* The parent's thread ran both, once each. */
+    cr_expect_eq(atomic_load(&fin_a_runs), 1);
+    cr_expect_eq(atomic_load(&fin_b_runs), 1);
+    loam_gc_collect(h);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_expect_eq(st.live_blocks, 0, "the parent's blocks: %zu still live", st.live_blocks);
+    loam_heap_destroy(h);
+}

@@ -1058,6 +1058,84 @@ Test(gc, a_heap_pacing_can_change_while_it_runs)
     loam_heap_destroy(h);
 }
 
+/* ---- gc_stress ----------------------------------------------------------------------------------- */
+
+/* The option gc_stress=N collects every collected heap at every N-th
+ * allocation, whatever its pacing: an embedder's missing root shows at
+ * once. Here the embedder's bug is a static holding a block, not
+ * registered (and no stack scanning, so nothing else keeps it): the block
+ * is freed at the next allocation and soon handed out again. */
+static unsigned char *unregistered;
+
+Test(gc, gc_stress_catches_a_missing_root_at_once)
+{
+    cr_assert_eq(loam_option_set("gc_stress", 1), 0);
+    /* The heap's own pacing would allow 64 MiB between collections. */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .gc_min_bytes = 64 * MiB };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    unregistered = loam_gc_alloc(h, 48, LOAM_ATOMIC);
+    cr_assert_not_null(unregistered);
+    memset(unregistered, 0xab, 48);
+    size_t before = gc_stats(h).gc_collections, allocations = 0;
+    bool caught = false;
+    while (!caught && allocations < 1000) {
+        unsigned char *p = loam_gc_alloc(h, 48, LOAM_ATOMIC);
+        cr_assert_not_null(p);
+        allocations++;
+        memset(p, 0xcd, 48);
+        caught = p == unregistered || unregistered[47] != 0xab;
+    }
+    size_t collections = gc_stats(h).gc_collections - before;
+    fprintf(stderr, "gc/gc_stress_catches_a_missing_root: the block was reused after %zu allocations, "
+            "%zu collections\n", allocations, collections);
+    cr_assert(caught, "the unregistered block was not reused in %zu allocations", allocations);
+    cr_assert_leq(allocations, 10, "the unregistered block was reused only after %zu allocations", allocations);
+    cr_assert_eq(collections, allocations, "%zu collections for %zu allocations at gc_stress=1",
+                 collections, allocations);
+    loam_heap_destroy(h);
+    cr_assert_eq(loam_option_set("gc_stress", 0), 0);
+}
+
+/* gc_stress=N: a collection at every N-th allocation, small or large, by
+ * loam_gc_alloc and loam_malloc alike, also after the thread had a cache
+ * of the heap (a collection empties it, and while the option is set the
+ * slow path does not fill it again). Off again, the heap's pacing alone
+ * decides. */
+Test(gc, gc_stress_collects_every_nth_allocation)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .gc_min_bytes = 64 * MiB };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    for (int i = 0; i < 1000; i++)          /* a cache with a bump range, before the option */
+        cr_assert_not_null(loam_gc_alloc(h, 32, LOAM_ATOMIC));
+    cr_assert_eq(gc_stats(h).gc_collections, 0);
+    cr_assert_eq(loam_options_parse("gc_stress=10"), 0);     /* as LOAM_OPTIONS sets it */
+    cr_assert_eq(loam_option_get("gc_stress"), 10);
+    loam_gc_collect(h);                     /* empties the thread's cache */
+    size_t before = gc_stats(h).gc_collections;
+    for (int i = 0; i < 1000; i++) {
+        void *p;
+        switch (i % 4) {
+        case 0:  p = loam_malloc(h, 100); break;
+        case 1:  p = loam_gc_alloc(h, 32, LOAM_ATOMIC); break;
+        case 2:  p = loam_gc_alloc(h, 200 * KiB, LOAM_ATOMIC); break;     /* large */
+        default: p = loam_gc_alloc(h, 16, LOAM_CONSERVATIVE); break;
+        }
+        cr_assert_not_null(p);
+    }
+    size_t stressed = gc_stats(h).gc_collections - before;
+    cr_assert(stressed >= 99 && stressed <= 101, "%zu collections for 1000 allocations at gc_stress=10", stressed);
+    cr_assert_eq(loam_option_set("gc_stress", 0), 0);
+    before = gc_stats(h).gc_collections;
+    for (int i = 0; i < 1000; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 32, LOAM_ATOMIC));
+    cr_assert_eq(gc_stats(h).gc_collections - before, 0, "collections with gc_stress off again");
+    cr_assert_eq(loam_option_set("gc_stress", -1), -1);
+    cr_assert_eq(loam_option_get("gc_stress"), 0);
+    loam_heap_destroy(h);
+}
+
 /* ---- statistics ------------------------------------------------------------------------------- */
 
 static int fin_count;

@@ -400,3 +400,36 @@ Test(gc_generational, pacing_follows_gc_young_min)
     cr_assert(n >= 100 && n <= 140, "%zu collections for 32 MiB of garbage with gc_young_min = 256 KiB", n);
     gen_heap_done(h);
 }
+
+/* gc_stress=1 (an option for testing embedders): every allocation runs a
+ * collection, minor ones here, so a missing write barrier shows at the
+ * very next allocation: the young object stored into an old one without it
+ * is freed, and handed out again soon. With the barrier, it survives. */
+Test(gc_generational, gc_stress_catches_a_missing_write_barrier)
+{
+    loam_heap_t *h = gen_heap();
+    obj_t *old = make_old_root(h, new_obj(h, 1));
+    cr_assert_eq(loam_option_set("gc_stress", 1), 0);
+    old->kid[0] = new_obj(h, 2);
+    loam_write_barrier(&old->kid[0]);
+    old->kid[1] = new_obj(h, 3);            /* the embedder's bug: no barrier */
+    size_t before = gc_stats(h).gc_collections, minor_before = gc_stats(h).gc_minor_collections;
+    bool caught = false;
+    size_t allocations = 0;
+    while (!caught && allocations < 100) {
+        obj_t *o = new_obj(h, 1000 + allocations);
+        allocations++;
+        caught = o == old->kid[1] || old->kid[1]->tag != OBJ_TAG || old->kid[1]->value != 3;
+    }
+    size_t collections = gc_stats(h).gc_collections - before;
+    size_t minors = gc_stats(h).gc_minor_collections - minor_before;
+    cr_assert_eq(loam_option_set("gc_stress", 0), 0);
+    cr_assert(caught, "the young object behind the missing barrier was not reused in %zu allocations",
+              allocations);
+    cr_assert_leq(allocations, 10, "the missing barrier showed only after %zu allocations", allocations);
+    cr_assert_eq(collections, allocations, "%zu collections for %zu allocations", collections, allocations);
+    cr_assert_eq(minors, collections, "%zu of %zu collections minor", minors, collections);
+    expect_obj(old->kid[0], 2, "the young object stored with the barrier");
+    old->kid[1] = NULL;
+    gen_heap_done_empty(h);
+}

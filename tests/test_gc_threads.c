@@ -13,7 +13,9 @@
  *  - threads that exit without loam_thread_detach do not stall collections;
  *  - two heaps collecting independently in two threads: a collection of one
  *    heap does not wait for a thread attached only to the other, and each
- *    heap counts only its own collections.
+ *    heap counts only its own collections;
+ *  - an allocation from a heap inside its blocking bracket is a fault, also
+ *    where the thread's cache would have served it.
  */
 #define _GNU_SOURCE
 #include "harness.h"
@@ -1492,4 +1494,89 @@ Test(gc_threads, threads_on_several_heaps_at_random, .timeout = 600)
     }
     cr_assert_gt(collections, 30, "seed %llu: only %zu collections", (unsigned long long)seed, collections);
     loam_heap_destroy(rh_manual);
+}
+
+/* ---- allocating inside a blocking bracket -------------------------------------------------------- */
+
+/* A thread between loam_enter_blocking and loam_leave_blocking counts as
+ * stopped: an allocation from that heap would race a collection. It is a
+ * fault, named even where the fast path would have served it (the thread
+ * has a cache of the heap with blocks in it): the bracket takes the
+ * thread's caches off its slots, so the allocation goes to the slow path. */
+#include <errno.h>
+#include <signal.h>
+
+static atomic_int bracket_faults;
+static char bracket_fault_text[200];
+
+static void bracket_on_error(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)h, (void)addr, (void)user;
+    if (atomic_fetch_add(&bracket_faults, 1) == 0)
+        snprintf(bracket_fault_text, sizeof bracket_fault_text, "%s", message);
+}
+
+Test(gc_threads, allocating_inside_a_blocking_bracket_aborts, .signal = SIGABRT, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    for (int i = 0; i < 10; i++)            /* a cache, its range not used up */
+        cr_assert_not_null(loam_gc_alloc(h, 32, LOAM_ATOMIC));
+    loam_enter_blocking(h);
+    void *p = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+    fprintf(stderr, "allocated %p inside the bracket, no fault\n", p);
+}
+
+Test(gc_threads, allocating_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = bracket_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg), *other = loam_heap_new(&cfg), *manual = loam_heap_new(NULL);
+    cr_assert(h && other && manual);
+    static void *keep[4];
+    loam_root_add_range(h, keep, keep + 4);
+    keep[0] = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+    keep[1] = loam_malloc(h, 100);
+    cr_assert(keep[0] && keep[1]);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t cached = st.cached_bytes;
+    cr_assert_gt(cached, 0, "no thread cache to serve the next allocation");
+
+    /* Each kind of allocation, small (its cache has blocks) or large. */
+    loam_enter_blocking(h);
+    loam_enter_blocking(h);                 /* brackets nest */
+    loam_leave_blocking(h);
+    errno = 0;
+    cr_assert_null(loam_gc_alloc(h, 32, LOAM_ATOMIC), "an atomic block inside the bracket");
+    cr_assert_eq(errno, EINVAL);
+    cr_assert_null(loam_gc_alloc(h, 48, LOAM_CONSERVATIVE), "a conservative block inside the bracket");
+    cr_assert_null(loam_malloc(h, 100), "loam_malloc inside the bracket");
+    cr_assert_null(loam_gc_alloc(h, 300 * 1024, LOAM_ATOMIC), "a large block inside the bracket");
+    cr_assert_null(loam_realloc(h, keep[1], 5000), "loam_realloc inside the bracket");
+    cr_assert_eq(atomic_load(&bracket_faults), 5, "%d faults for 5 allocations", atomic_load(&bracket_faults));
+    cr_assert(strstr(bracket_fault_text, "between loam_enter_blocking and loam_leave_blocking") != NULL,
+              "the fault said: %s", bracket_fault_text);
+    /* Other heaps are not in the bracket. */
+    void *o = loam_gc_alloc(other, 32, LOAM_ATOMIC), *m = loam_malloc(manual, 32);
+    cr_assert(o && m);
+    loam_free(m);
+    cr_assert_eq(atomic_load(&bracket_faults), 5);
+    loam_leave_blocking(h);
+
+    /* Out of the bracket: no fault, and the thread's own cache serves again
+     * (a new one would have taken a refill: more cached bytes, not less). */
+    keep[2] = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+    keep[3] = loam_gc_alloc(h, 300 * 1024, LOAM_ATOMIC);
+    cr_assert(keep[2] && keep[3]);
+    cr_assert_eq(atomic_load(&bracket_faults), 5, "a fault outside the bracket");
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.cached_bytes, cached - 32, "cached bytes %zu, were %zu", st.cached_bytes, cached);
+    void *r = loam_realloc(h, keep[1], 5000);
+    cr_assert_not_null(r);
+    keep[1] = r;
+    loam_root_remove_range(h, keep);
+    loam_heap_destroy(h);
+    loam_heap_destroy(other);
+    loam_heap_destroy(manual);
 }
