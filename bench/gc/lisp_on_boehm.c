@@ -16,6 +16,8 @@
  *   weak references      GC_general_register_disappearing_link on a box the
  *                        collector does not scan
  *   statistics           collections and pauses from the collection events
+ *   weak fields,         strong: Boehm scans objects conservatively and never
+ *   ephemerons           calls the trace callback, their only caller
  * Not supported here (the demo does not use them): switching modes (fails),
  * the leak check (finds nothing), heap limits. */
 #include "loam.h"
@@ -97,6 +99,20 @@ void loam_mark(loam_tracer_t *t, void *p)
 {
     (void)t;
     GC_push_all_eager(&p, &p + 1);
+}
+
+/* Called from the trace callback only, which Boehm does not use (it scans
+ * every object conservatively): the fields are strong here. The demo makes
+ * no weak field and no ephemeron. */
+void loam_mark_weak(loam_tracer_t *t, void **field)
+{
+    loam_mark(t, *field);
+}
+
+void loam_mark_ephemeron(loam_tracer_t *t, void **key_field, void **value_field)
+{
+    loam_mark(t, *key_field);
+    loam_mark(t, *value_field);
 }
 
 void loam_root_add(loam_heap_t *h, void **slot)
