@@ -55,20 +55,7 @@ void loam_mark_ephemeron(loam_tracer_t *t, void **key_field, void **value_field)
         return;
     }
     pthread_mutex_lock(&gc->weak_fields_lock);
-    bool room = gc->neph < gc->cap_eph;
-    if (!room) {
-        size_t ncap = gc->cap_eph ? gc->cap_eph * 2 : 256;
-        gc_ephemeron_t *n = meta_alloc(ncap * sizeof *n);
-        if (n) {
-            if (gc->eph) {
-                memcpy(n, gc->eph, gc->neph * sizeof *n);
-                meta_free(gc->eph, gc->cap_eph * sizeof *n);
-            }
-            gc->eph = n;
-            gc->cap_eph = ncap;
-            room = true;
-        }
-    }
+    bool room = gc->neph < gc->cap_eph || gc_array_grow(&gc->eph, &gc->cap_eph, sizeof *gc->eph, 256);
     if (room)
         gc->eph[gc->neph++] = (gc_ephemeron_t){ key_field, value_field, block, 0 };
     pthread_mutex_unlock(&gc->weak_fields_lock);

@@ -11,19 +11,26 @@
  */
 #include "gc/gc.h"
 
-static bool grow_fins(finalizer_t **array, size_t *cap)
+bool gc_array_grow(void *array_at, size_t *cap, size_t elem, size_t first)
 {
-    size_t ncap = *cap ? *cap * 2 : 64;
-    finalizer_t *n = meta_alloc(ncap * sizeof *n);
+    void *old;
+    memcpy(&old, array_at, sizeof old);
+    size_t ncap = *cap ? *cap * 2 : first;
+    void *n = meta_alloc(ncap * elem);
     if (!n)
         return false;
-    if (*array) {
-        memcpy(n, *array, *cap * sizeof *n);
-        meta_free(*array, *cap * sizeof *n);
+    if (old) {
+        memcpy(n, old, *cap * elem);
+        meta_free(old, *cap * elem);
     }
-    *array = n;
+    memcpy(array_at, &n, sizeof n);
     *cap = ncap;
     return true;
+}
+
+static bool grow_fins(finalizer_t **array, size_t *cap)
+{
+    return gc_array_grow(array, cap, sizeof **array, 64);
 }
 
 /* Lock held. obj's finalizers that a collection queued but that have not
@@ -312,20 +319,8 @@ void loam_mark_weak(loam_tracer_t *t, void **field)
         return;
     gc_state_t *gc = t->m->gc;
     pthread_mutex_lock(&gc->weak_fields_lock);
-    bool room = gc->nweak_fields < gc->cap_weak_fields;
-    if (!room) {
-        size_t ncap = gc->cap_weak_fields ? gc->cap_weak_fields * 2 : 256;
-        void ***n = meta_alloc(ncap * sizeof *n);
-        if (n) {
-            if (gc->weak_fields) {
-                memcpy(n, gc->weak_fields, gc->nweak_fields * sizeof *n);
-                meta_free(gc->weak_fields, gc->cap_weak_fields * sizeof *n);
-            }
-            gc->weak_fields = n;
-            gc->cap_weak_fields = ncap;
-            room = true;
-        }
-    }
+    bool room = gc->nweak_fields < gc->cap_weak_fields ||
+                gc_array_grow(&gc->weak_fields, &gc->cap_weak_fields, sizeof *gc->weak_fields, 256);
     if (room)
         gc->weak_fields[gc->nweak_fields++] = field;
     pthread_mutex_unlock(&gc->weak_fields_lock);

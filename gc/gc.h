@@ -397,6 +397,10 @@ LOAM_INTERNAL void  gc_mark_waiting_finalizables(gc_state_t *gc);
 /* In the child of fork (lock held): the batches of threads the child does
  * not have are dropped; the entries they had not reached are queued again. */
 LOAM_INTERNAL void  gc_forget_dead_batches(gc_state_t *gc);
+/* A meta_alloc'd array (at array_at, a pointer to its pointer) of *cap
+ * elements of elem bytes, all in use, doubled (first elements the first
+ * time), its contents kept. false: out of memory, the array unchanged. */
+LOAM_INTERNAL bool  gc_array_grow(void *array_at, size_t *cap, size_t elem, size_t first);
 /* ephemeron.c */
 /* A marker newly marked `block` while watching: index + 1 of the first pair
  * waiting for that key (a wake-up to push), or 0. Lock-free: eph_map holds

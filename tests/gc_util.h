@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "loam.h"
 
 #define KiB ((size_t)1024)
@@ -104,6 +105,16 @@ static inline loam_stats_t gc_stats(loam_heap_t *h)
     memset(&st, 0xAB, sizeof st);
     loam_heap_stats(h, &st);
     return st;
+}
+
+/* Allocate atomic garbage until h's next minor collection has run (a
+ * generational heap with a small gc_young_min). */
+static inline __attribute__((unused)) void until_a_minor_collection(loam_heap_t *h)
+{
+    size_t minors = gc_stats(h).gc_minor_collections;
+    for (int i = 0; i < 10000000 && gc_stats(h).gc_minor_collections == minors; i++)
+        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
+    cr_assert_gt(gc_stats(h).gc_minor_collections, minors, "no minor collection");
 }
 
 /* Overwrite a good stretch of the stack below the caller with zeros, so that

@@ -359,14 +359,6 @@ Test(ephemeron, pairs_reported_by_the_roots_callback)
 
 /* ---- generations --------------------------------------------------------------------------- */
 
-static void until_a_minor_collection(loam_heap_t *h)
-{
-    size_t minors = gc_stats(h).gc_minor_collections;
-    for (int i = 0; i < 10000000 && gc_stats(h).gc_minor_collections == minors; i++)
-        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
-    cr_assert_gt(gc_stats(h).gc_minor_collections, minors, "no minor collection");
-}
-
 Test(ephemeron, minor_collections)
 {
     cr_assert_eq(loam_option_set("gc_young_min", 32 * 1024), 0);

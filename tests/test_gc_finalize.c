@@ -847,14 +847,6 @@ Test(weak, fields_cleared_by_parallel_marking, .timeout = 120)
 /* Generational: an old holder's weak field given a young target (through
  * the barrier) is cleared by the minor collection that finds the target
  * dead, and kept by one that finds it alive. */
-static void until_a_minor_collection(loam_heap_t *h)
-{
-    size_t minors = gc_stats(h).gc_minor_collections;
-    for (int i = 0; i < 10000000 && gc_stats(h).gc_minor_collections == minors; i++)
-        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_ATOMIC));
-    cr_assert_gt(gc_stats(h).gc_minor_collections, minors, "no minor collection");
-}
-
 Test(weak, fields_of_old_objects_in_minor_collections)
 {
     cr_assert_eq(loam_option_set("gc_young_min", 32 * 1024), 0);
