@@ -241,8 +241,19 @@ bool gc_collect_for_memory(loam_heap_t *h)
 
 void loam_gc_collect(loam_heap_t *h)
 {
-    if (h && h->mode == LOAM_GC)
-        gc_collect(h, true);
+    if (!h || h->mode != LOAM_GC)
+        return;
+    gc_thread_t *self = gc_self(h->gc);
+    if (LOAM_UNLIKELY(self && self->blocking_depth != 0)) {
+        /* The collection would end with the thread counted as running,
+         * still inside its bracket: another thread's collection would then
+         * wait for it for as long as it blocks. And the finalizers it runs
+         * afterwards would allocate inside the bracket. */
+        loam_fault(h, "collection of a heap between loam_enter_blocking and loam_leave_blocking "
+                      "(the thread would stop counting as stopped)", h, 0);
+        return;
+    }
+    gc_collect(h, true);
 }
 
 /* ---- modes -------------------------------------------------------------------------------------- */

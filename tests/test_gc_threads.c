@@ -1516,6 +1516,41 @@ static void bracket_on_error(loam_heap_t *h, const char *message, void *addr, vo
         snprintf(bracket_fault_text, sizeof bracket_fault_text, "%s", message);
 }
 
+static void *collect_once(void *h)
+{
+    loam_gc_collect(h);
+    return NULL;
+}
+
+/* A collection asked for inside the bracket is a fault too, and does not
+ * run: run, it ended with the thread counted as running while it went on
+ * blocking, and another thread's collection waited for it (here, for
+ * ever: the thread blocks in pthread_join on that collection). */
+Test(gc_threads, collecting_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = bracket_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    cr_assert_not_null(loam_gc_alloc(h, 32, LOAM_ATOMIC));    /* attached */
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t collections = st.gc_collections;
+    loam_enter_blocking(h);
+    loam_gc_collect(h);
+    cr_assert_eq(atomic_load(&bracket_faults), 1, "no fault for a collection inside the bracket");
+    cr_assert(strstr(bracket_fault_text, "between loam_enter_blocking and loam_leave_blocking") != NULL,
+              "the fault said: %s", bracket_fault_text);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.gc_collections, collections, "the collection ran inside the bracket");
+    pthread_t other;
+    cr_assert_eq(pthread_create(&other, NULL, collect_once, h), 0);
+    pthread_join(other, NULL);          /* still counted as stopped: it does not wait for this thread */
+    loam_leave_blocking(h);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.gc_collections, collections + 1);
+    loam_heap_destroy(h);
+}
+
 Test(gc_threads, allocating_inside_a_blocking_bracket_aborts, .signal = SIGABRT, .timeout = 60)
 {
     loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
