@@ -243,8 +243,7 @@ void loam_gc_collect(loam_heap_t *h)
 {
     if (!h || h->mode != LOAM_GC)
         return;
-    gc_thread_t *self = gc_self(h->gc);
-    if (LOAM_UNLIKELY(self && self->blocking_depth != 0)) {
+    if (LOAM_UNLIKELY(gc_in_blocking_bracket(h))) {
         /* The collection would end with the thread counted as running,
          * still inside its bracket: another thread's collection would then
          * wait for it for as long as it blocks. And the finalizers it runs

@@ -310,6 +310,9 @@ LOAM_INTERNAL gc_state_t *gc_state_get(loam_heap_t *h);          /* made on firs
 LOAM_INTERNAL void        gc_collect(loam_heap_t *h, bool full);
 /* threads.c */
 LOAM_INTERNAL gc_thread_t *gc_self(gc_state_t *gc);               /* NULL: not attached */
+/* The calling thread is between loam_enter_blocking and loam_leave_blocking
+ * of h, a collected heap: it counts as stopped, and must not use the heap. */
+LOAM_INTERNAL bool gc_in_blocking_bracket(loam_heap_t *h);
 LOAM_INTERNAL gc_thread_t *gc_attach(gc_state_t *gc);
 LOAM_INTERNAL void        gc_park(gc_state_t *gc);                 /* if a stop is requested */
 LOAM_INTERNAL bool        gc_stop_world(gc_state_t *gc);           /* lock held; false: another collects */

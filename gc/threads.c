@@ -75,6 +75,14 @@ gc_thread_t *gc_self(gc_state_t *gc)
     return NULL;
 }
 
+bool gc_in_blocking_bracket(loam_heap_t *h)
+{
+    if (h->mode != LOAM_GC)
+        return false;               /* no collection to race */
+    gc_thread_t *t = gc_self(h->gc);
+    return t && t->blocking_depth != 0;
+}
+
 static char *stack_base_of_self(void)
 {
     pthread_attr_t attr;

@@ -205,8 +205,9 @@ LOAM_API void   loam_root_remove_range(loam_heap_t *h, void *start);
  * locks, I/O) it brackets loam_enter_blocking / loam_leave_blocking, and must
  * neither touch the heap's blocks nor allocate from the heap in between
  * (either would race with a collection; an allocation is a fault: abort,
- * or NULL with errno EINVAL if the heap's error callback returns; so is
- * loam_gc_collect of h, which then does not collect). Brackets nest; on a thread
+ * or NULL with errno EINVAL if the heap's error callback returns; so are
+ * loam_free of h's blocks, which then frees nothing, and loam_gc_collect of
+ * h, which then does not collect). Brackets nest; on a thread
  * not attached to h they do nothing. A thread attached to several heaps
  * stops for any of them at an allocation slow path of any heap (malloc's
  * too), and counts as stopped for all of them while it waits inside loam for

@@ -240,6 +240,13 @@ void alloc_free_slow(void *p)
         loam_fault(h, "double free (the block is free: freed already, or never handed out)", p, ai.size);
         return;
     }
+    if (h->gc && LOAM_UNLIKELY(gc_in_blocking_bracket(h))) {
+        /* Counted as stopped, the thread would free a block a collection
+         * may be marking or sweeping. Not freed. */
+        loam_fault(h, "free of a block of a collected heap between loam_enter_blocking and "
+                      "loam_leave_blocking (it would race the collector)", p, ai.size);
+        return;
+    }
     if (h->gc && !ai.large) {
         const char *refused = gc_free_refused(h, ai.slab, ai.index);
         if (refused) {

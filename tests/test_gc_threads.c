@@ -1551,6 +1551,41 @@ Test(gc_threads, collecting_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
     loam_heap_destroy(h);
 }
 
+/* So is a free (small or large): the block stays allocated. */
+Test(gc_threads, freeing_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = bracket_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *keep[2];
+    loam_root_add_range(h, keep, keep + 2);
+    keep[0] = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+    keep[1] = loam_gc_alloc(h, 300 * 1024, LOAM_ATOMIC);
+    cr_assert(keep[0] && keep[1]);
+    memset(keep[0], 7, 32);
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    size_t live = st.live_bytes;
+    loam_enter_blocking(h);
+    loam_free(keep[0]);
+    loam_free(keep[1]);
+    loam_leave_blocking(h);
+    cr_assert_eq(atomic_load(&bracket_faults), 2, "%d faults for 2 frees inside the bracket",
+                 atomic_load(&bracket_faults));
+    cr_assert(strstr(bracket_fault_text, "free of a block of a collected heap between loam_enter_blocking") != NULL,
+              "the fault said: %s", bracket_fault_text);
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.live_bytes, live, "a free inside the bracket was done (%zu live bytes, were %zu)",
+                 st.live_bytes, live);
+    cr_assert_eq(((unsigned char *)keep[0])[31], 7);
+    loam_free(keep[0]);                     /* outside: fine */
+    loam_free(keep[1]);
+    keep[0] = keep[1] = NULL;
+    cr_assert_eq(atomic_load(&bracket_faults), 2, "a fault outside the bracket");
+    loam_root_remove_range(h, keep);
+    loam_heap_destroy(h);
+}
+
 Test(gc_threads, allocating_inside_a_blocking_bracket_aborts, .signal = SIGABRT, .timeout = 60)
 {
     loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN };
