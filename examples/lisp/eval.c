@@ -642,11 +642,8 @@ static inline val_t bind(val_t c, val_t *args, int nargs)
 
 /* A K_PRIM node's work done on the spot, when the arguments suit; false
  * sends the call to the primitive itself (which then reports any error).
- * With one argument v[1] is a dummy: the compiler checked the arity.
- * Always inlined: at -O2 (the default build) gcc made it a function of its
- * own, called with the arguments through memory for every (car x) or
- * (- n 1), a fifth of the demo's time. */
-static inline __attribute__((always_inline)) bool prim_inline(int op, const val_t *v, int n, val_t *result)
+ * With one argument v[1] is a dummy: the compiler checked the arity. */
+static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
 {
     val_t a = v[0], b = v[1];
     intptr_t r;
