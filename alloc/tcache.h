@@ -65,14 +65,14 @@ extern LOAM_INTERNAL void *tcache_no_blocks[1];
 
 /* Under 4 KiB (asserted in tcache.c), so a cache comes from the metadata
  * bins (meta.c), not a mapping of its own. */
-typedef struct tcache {
+typedef struct loam_tcache {
     tcache_bin_t  bins[NUM_CLASSES];
     void         *owner;       /* the heap; NULL: not (or no longer) in use */
     arena_set_t  *arenas;
     arena_t      *arena;       /* where refills come from: sticky */
-    struct tcache *owner_next, *owner_prev;   /* the owner's list of caches (its list lock:
+    struct loam_tcache *owner_next, *owner_prev;   /* the owner's list of caches (its list lock:
                                                   the runtime's heaps_lock) */
-    struct tcache *thread_next;               /* this thread's caches */
+    struct loam_tcache *thread_next;              /* this thread's caches */
     uint8_t       slot;                        /* the thread-cache slot it sits in */
     unsigned      limit;                       /* tcache_max it was made with */
     bool          allocates;                   /* has refilled TCACHE_USER_REFILLS times:

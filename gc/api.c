@@ -2,6 +2,7 @@
  * from its slow paths: allocation of a kind, pacing, modes, statistics,
  * leak check. */
 #include "gc/gc.h"
+#include "loam_inline.h"
 
 #include <stdlib.h>
 
@@ -90,18 +91,31 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
 
 /* A request of n bytes (0..SMALL_MAX): the byte offset of its class's bin
  * in a thread cache (tcache_small_bin's) and its block size, in one load.
- * Filled at process start. */
-typedef struct gc_small_class {
-    uint16_t bin;
-    uint16_t size;
-} gc_small_class_t;
-static gc_small_class_t gc_small_class[SMALL_MAX + 1];
+ * Filled at process start. The same table serves the embedder's inline
+ * fast path (include/loam_inline.h), whose view of the layout is checked
+ * here; a build for valgrind keeps the exported one all zero, so that every
+ * inline allocation comes here and memcheck hears of it. */
+loam_inline_class_t loam_inline_class[LOAM_INLINE_MAX + 1];
+#ifdef LOAM_MEMCHECK
+static loam_inline_class_t gc_small_class[SMALL_MAX + 1];
+#else
+#define gc_small_class loam_inline_class
+#endif
+_Static_assert(LOAM_INLINE_MAX == SMALL_MAX, "the inline fast path's sizes are the table's");
+_Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam_inline.h sees it");
+_Static_assert(offsetof(struct loam_inline_bin, top) == offsetof(tcache_bin_t, top), "bin.top");
+_Static_assert(offsetof(struct loam_inline_bin, bump) == offsetof(tcache_bin_t, bump), "bin.bump");
+_Static_assert(offsetof(struct loam_inline_bin, bump_end) == offsetof(tcache_bin_t, bump_end), "bin.bump_end");
+_Static_assert(offsetof(struct loam_heap, gc_alloc_slot) == LOAM_INLINE_SLOTS_AT, "a heap's slots");
+_Static_assert(sizeof(loam_tls_cache) / sizeof(loam_tls_cache[0]) == 32, "the slots loam_inline.h declares");
+_Static_assert(LOAM_CONSERVATIVE == 0 && LOAM_ATOMIC == 1 && LOAM_TRACED == 2 && HEAP_KINDS == 3,
+               "the kinds loam_inline.h takes");
 
 void gc_alloc_tables_init(void)
 {
     for (size_t n = 0; n <= SMALL_MAX; n++) {
         unsigned cls = sizeclass_of(n);
-        gc_small_class[n] = (gc_small_class_t){ tcache_bin_offset(cls), (uint16_t)sizeclass_size[cls] };
+        gc_small_class[n] = (loam_inline_class_t){ tcache_bin_offset(cls), (uint16_t)sizeclass_size[cls] };
     }
 }
 
@@ -110,7 +124,7 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
     /* The kind's slot is the no-cache one for a tracked heap or a kind not
      * made yet: its bins and range are empty. */
     if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS)) {
-        const gc_small_class_t c = gc_small_class[n];
+        const loam_inline_class_t c = gc_small_class[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
         tcache_bin_t *bin = tcache_bin_at(tc, c.bin);
         /* The bump range first; the bin holds what loam_free gave back,

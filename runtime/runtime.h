@@ -20,7 +20,8 @@
 #define TC_SLOT_NONE  (TC_SLOTS - 1)
 _Static_assert(TC_SLOT_NONE == TRACKED_SLOT, "the core's no-cache slot");
 
-extern LOAM_INTERNAL __thread tcache_t *loam_tls_cache[TC_SLOTS];
+/* Exported: loam_inline.h reads it (its layout asserted in gc/api.c). */
+extern LOAM_API __thread tcache_t *loam_tls_cache[TC_SLOTS];
 extern LOAM_INTERNAL tcache_t loam_empty_tcache;
 
 /* Kinds are segregated by slab: each kind of a heap allocates from its own

@@ -111,7 +111,7 @@ static size_t oom_request;
 
 static void on_oom(loam_heap_t *h, size_t request, void *user)
 {
-    oom_request = request;         /* gc_alloc reports it when the NULL comes back */
+    oom_request = request;         /* gc_alloc_failed reports it when the NULL comes back */
 }
 
 /* ---- heap life ------------------------------------------------------------- */
@@ -163,16 +163,16 @@ void heap_shutdown(void)
     L.stack = NULL;
 }
 
-void *gc_alloc(size_t size, loam_kind_t kind)
+/* gc_alloc's NULL. on_oom ran before it if the limit was the cause: it
+ * makes no room, so the NULL follows (loam retries only when the callback
+ * made room). */
+void gc_alloc_failed(void)
 {
+    size_t limited = oom_request;
     oom_request = 0;
-    void *p = loam_gc_alloc(L.heap, size, kind);
-    if (!p) {
-        if (oom_request)
-            lisp_error("out of memory: the heap limit is reached", UNSPEC);
-        lisp_error("out of memory", UNSPEC);
-    }
-    return p;
+    if (limited)
+        lisp_error("out of memory: the heap limit is reached", UNSPEC);
+    lisp_error("out of memory", UNSPEC);
 }
 
 /* ---- constructors ----------------------------------------------------------

@@ -29,6 +29,7 @@
 #define LISP_H
 
 #include <loam.h>
+#include <loam_inline.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -161,7 +162,17 @@ typedef struct {
 
 void  heap_init(const heap_options_t *opt);
 void  heap_shutdown(void);
-void *gc_alloc(size_t size, loam_kind_t kind);   /* raises a Lisp error on failure */
+_Noreturn void gc_alloc_failed(void);
+/* Every object's allocation: loam's fast path inline (loam_inline.h), as an
+ * interpreter that allocates by the million should; raises a Lisp error on
+ * failure. */
+static inline void *gc_alloc(size_t size, loam_kind_t kind)
+{
+    void *p = loam_gc_alloc_inline(L.heap, size, kind);
+    if (__builtin_expect(p == NULL, 0))
+        gc_alloc_failed();
+    return p;
+}
 /* After storing a pointer into an object that may be old (any object but
  * one allocated with no allocation since): the heap is generational, and a
  * minor collection must see the store (docs/embedding.md §6.1). */
