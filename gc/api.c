@@ -2,7 +2,7 @@
  * from its slow paths: allocation of a kind, pacing, modes, statistics,
  * leak check. */
 #include "gc/gc.h"
-#include "loam_inline.h"
+#include "loam/inline.h"
 
 #include <stdlib.h>
 
@@ -92,7 +92,7 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
 /* A request of n bytes (0..SMALL_MAX): the byte offset of its class's bin
  * in a thread cache (tcache_small_bin's) and its block size, in one load.
  * Filled at process start. The same table serves the embedder's inline
- * fast path (include/loam_inline.h), whose view of the layout is checked
+ * fast path (include/loam/inline.h), whose view of the layout is checked
  * here; a build for valgrind keeps the exported one all zero, so that every
  * inline allocation comes here and memcheck hears of it. */
 loam_inline_class_t loam_inline_class[LOAM_INLINE_MAX + 1];
@@ -102,14 +102,14 @@ static loam_inline_class_t gc_small_class[SMALL_MAX + 1];
 #define gc_small_class loam_inline_class
 #endif
 _Static_assert(LOAM_INLINE_MAX == SMALL_MAX, "the inline fast path's sizes are the table's");
-_Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam_inline.h sees it");
+_Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam/inline.h sees it");
 _Static_assert(offsetof(struct loam_inline_bin, top) == offsetof(tcache_bin_t, top), "bin.top");
 _Static_assert(offsetof(struct loam_inline_bin, bump) == offsetof(tcache_bin_t, bump), "bin.bump");
 _Static_assert(offsetof(struct loam_inline_bin, bump_end) == offsetof(tcache_bin_t, bump_end), "bin.bump_end");
 _Static_assert(offsetof(struct loam_heap, gc_alloc_slot) == LOAM_INLINE_SLOTS_AT, "a heap's slots");
-_Static_assert(sizeof(loam_tls_cache) / sizeof(loam_tls_cache[0]) == 32, "the slots loam_inline.h declares");
+_Static_assert(sizeof(loam_tls_cache) / sizeof(loam_tls_cache[0]) == 32, "the slots loam/inline.h declares");
 _Static_assert(LOAM_CONSERVATIVE == 0 && LOAM_ATOMIC == 1 && LOAM_TRACED == 2 && HEAP_KINDS == 3,
-               "the kinds loam_inline.h takes");
+               "the kinds loam/inline.h takes");
 
 void gc_alloc_tables_init(void)
 {

@@ -20,7 +20,7 @@
 #define TC_SLOT_NONE  (TC_SLOTS - 1)
 _Static_assert(TC_SLOT_NONE == TRACKED_SLOT, "the core's no-cache slot");
 
-/* Exported: loam_inline.h reads it (its layout asserted in gc/api.c). */
+/* Exported: loam/inline.h reads it (its layout asserted in gc/api.c). */
 extern LOAM_API __thread tcache_t *loam_tls_cache[TC_SLOTS];
 extern LOAM_INTERNAL tcache_t loam_empty_tcache;
 

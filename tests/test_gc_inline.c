@@ -1,4 +1,4 @@
-/* tests/test_gc_inline.c — loam_gc_alloc_inline (include/loam_inline.h), the
+/* tests/test_gc_inline.c — loam_gc_alloc_inline (include/loam/inline.h), the
  * collector's allocation fast path compiled into the embedder's code.
  *
  *  - it gives what loam_gc_alloc gives: blocks of the same class (usable
@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "gc_util.h"
-#include "loam_inline.h"
+#include "loam/inline.h"
 
 /* A traced node: a tag, a value and a link. */
 #define NODE_TAG 0x11A11A11u

@@ -29,7 +29,7 @@
 #define LISP_H
 
 #include <loam.h>
-#include <loam_inline.h>
+#include <loam/inline.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -163,7 +163,7 @@ typedef struct {
 void  heap_init(const heap_options_t *opt);
 void  heap_shutdown(void);
 _Noreturn void gc_alloc_failed(void);
-/* Every object's allocation: loam's fast path inline (loam_inline.h), as an
+/* Every object's allocation: loam's fast path inline (loam/inline.h), as an
  * interpreter that allocates by the million should; raises a Lisp error on
  * failure. */
 static inline void *gc_alloc(size_t size, loam_kind_t kind)

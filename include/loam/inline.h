@@ -1,7 +1,7 @@
-/* loam_inline.h — loam_gc_alloc's fast path, compiled into the embedder's
+/* loam/inline.h — loam_gc_alloc's fast path, compiled into the embedder's
  * own code.
  *
- *   #include <loam_inline.h>
+ *   #include <loam/inline.h>
  *   cons_t *c = loam_gc_alloc_inline(heap, sizeof *c, LOAM_TRACED);
  *
  * loam_gc_alloc_inline(h, n, kind) is loam_gc_alloc(h, n, kind): the same
@@ -13,7 +13,7 @@
  * bracket, gc_stress) goes to loam_gc_alloc. With n a constant, as in an
  * interpreter's constructors, the size tests fold away. An interpreter
  * that allocates small objects by the million gains the cost of a call per
- * object: the Lisp example (examples/lisp/heap.c) runs its demo 4 % faster
+ * object: the Lisp example (examples/lisp/lisp.h) runs its demo 3 % faster
  * (docs/benchmarks.md).
  *
  * What it reads of the library: the thread's cache slots, a table from
@@ -29,10 +29,10 @@
  * build of the Lisp example), or to rule the fast path out while
  * debugging. A library built for valgrind (-DLOAM_VALGRIND=ON) sends every
  * allocation here to loam_gc_alloc too, which tells memcheck about it. */
-#ifndef LOAM_INLINE_H
-#define LOAM_INLINE_H
+#ifndef LOAM_LOAM_INLINE_H
+#define LOAM_LOAM_INLINE_H
 
-#include "loam.h"
+#include "../loam.h"
 
 #include <stdint.h>
 #include <string.h>
