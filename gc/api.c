@@ -99,7 +99,10 @@ loam_inline_class_t loam_inline_class[LOAM_INLINE_MAX + 1];
 #ifdef LOAM_MEMCHECK
 static loam_inline_class_t gc_small_class[SMALL_MAX + 1];
 #else
-#define gc_small_class loam_inline_class
+/* The library's own name for it, hidden: an exported symbol is reached
+ * through the GOT in the shared library (one load more per allocation). */
+extern loam_inline_class_t gc_small_class[SMALL_MAX + 1]
+    __attribute__((alias("loam_inline_class"), visibility("hidden")));
 #endif
 _Static_assert(LOAM_INLINE_MAX == SMALL_MAX, "the inline fast path's sizes are the table's");
 _Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam/inline.h sees it");
