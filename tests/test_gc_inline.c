@@ -252,6 +252,9 @@ static loam_heap_t *shared_heap;
 static void *build_and_check(void *arg)
 {
     size_t me = (size_t)(uintptr_t)arg;
+    /* Attached before it writes its root slot: a collection stops only
+     * attached threads, and reads the slots meanwhile. */
+    loam_thread_attach(shared_heap);
     for (int round = 0; round < 4; round++) {
         thread_roots[me] = NULL;
         for (size_t i = 0; i < THREAD_NODES / GC_SAN_DIVISOR; i++) {
