@@ -129,6 +129,10 @@ if [ "${BENCH_GC:-1}" != 0 ]; then
     if [ "$home" = "$root_p" ] && cmake --build "$build" --target loam-lisp-boehm -j "$jobs" >>"$log" 2>&1 &&
        [ -x "$build/bench/loam-lisp-boehm" ]; then
         gc_args+=(--lisp-boehm "$build/bench/loam-lisp-boehm")
+        # the same Lisp over 8 code layouts: the row's medians over layouts
+        if cmake --build "$build" --target lisp-layouts -j "$jobs" >>"$log" 2>&1; then
+            gc_args+=(--lisp-layouts "$build/bench")
+        fi
     fi
     [ -n "$lisp" ] || gc_args+=(--lisp-note "no Lisp example executable in $build/examples (not written or not built yet)")
 fi

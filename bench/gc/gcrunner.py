@@ -73,6 +73,9 @@ def add_arguments(ap):
     ap.add_argument("--lisp-note", default="", help="why the Lisp example is missing")
     ap.add_argument("--lisp-boehm", default="",
                     help="the Lisp example built over libgc (loam-lisp-boehm)")
+    ap.add_argument("--lisp-layouts", default="",
+                    help="directory of the Lisp's layout binaries (target lisp-layouts): "
+                         "the Lisp row then runs each of them")
 
 
 # ---- running ---------------------------------------------------------------------
@@ -194,13 +197,45 @@ def plan(args, only):
     return wls, cols, skipped
 
 
+# The pads of the Lisp's layout binaries (bench/CMakeLists.txt, lisp-layouts).
+LISP_PADS = [0, 16, 32, 48, 64, 80, 96, 112]
+
+
+def lisp_layouts(args):
+    """{pad: (loam binary, Boehm binary)} when every layout binary is there,
+    else {}. Where a hot loop of the interpreter falls in its cache line
+    moves either build's time by up to 11 % (docs/benchmarks.md): one pair
+    of binaries is one draw, and the row's medians are taken over layouts."""
+    d = args.lisp_layouts
+    if not d:
+        return {}
+    out = {}
+    for pad in LISP_PADS:
+        a = os.path.join(d, "loam-lisp-layout-%d" % pad)
+        b = os.path.join(d, "loam-lisp-boehm-layout-%d" % pad)
+        if not (os.access(a, os.X_OK) and os.access(b, os.X_OK)):
+            return {}
+        out[pad] = (a, b)
+    return out
+
+
+def lisp_runs(args):
+    """Runs of the Lisp row: a multiple of the layouts, at least --runs."""
+    n = len(lisp_layouts(args))
+    return -(-args.runs // n) * n if n else args.runs
+
+
 def run(args, wls, cols, timeout):
     """results[workload][column] = {"runs": [...], "error": str|None}; the
-    Lisp example runs in the loam column and, when built, the Boehm one."""
+    Lisp example runs in the loam column and, when built, the Boehm one;
+    with --lisp-layouts, run r of each column on layout r % 8."""
     results = {}
+    layouts = lisp_layouts(args)
     for wi, (w, argv, _label) in enumerate(wls):
         t0 = time.monotonic()
+        runs = args.runs
         if argv is None:
+            runs = lisp_runs(args)
             # the interpreter's own option for the generational column
             lisp_bins = {"loam": (args.lisp, []), "loam-gen": (args.lisp, ["--generational"])}
             if args.lisp_boehm and os.access(args.lisp_boehm, os.X_OK):
@@ -212,16 +247,21 @@ def run(args, wls, cols, timeout):
         results[w] = {c[0]: {"runs": [], "error": None} for c in mine}
         if not mine:
             continue
-        for r in range(args.runs):
+        for r in range(runs):
             k = r % len(mine)
             order = mine[k:] + mine[:k]
             bits = []
+            pad = LISP_PADS[r % len(LISP_PADS)] if argv is None and layouts else None
             for name, binary, extra, preload in order:
                 cell = results[w][name]
                 if cell["error"]:
                     continue
                 if argv is None:
+                    if pad is not None:
+                        binary = layouts[pad][1 if name == "boehm" else 0]
                     res, err = run_lisp(binary, args.lisp_script, timeout, name, extra)
+                    if res and pad is not None:
+                        res["layout"] = str(pad)
                 else:
                     res, err = run_gcbench(binary, argv + extra, preload,
                                            args.scale, timeout)
@@ -232,8 +272,9 @@ def run(args, wls, cols, timeout):
                     continue
                 cell["runs"].append(res)
                 bits.append("%s %.3f" % (name, float(res["time_s"])))
-            log("[gc %d/%d] %-16s run %d/%d: %s" % (wi + 1, len(wls), w, r + 1,
-                                                   args.runs, ", ".join(bits)))
+            log("[gc %d/%d] %-16s run %d/%d: %s%s" % (wi + 1, len(wls), w, r + 1, runs,
+                                                     ", ".join(bits),
+                                                     "" if pad is None else " (layout %d)" % pad))
         log("        %-16s %.1f s" % (w, time.monotonic() - t0))
     return results
 
@@ -277,6 +318,17 @@ def section(L, args, wls, cols, skipped, results, notes):
         L.append("- **%s skipped**: %s" % (n, why))
     if args.gc_loam_build and any(n in LOAM_COLUMNS for n in names):
         L.append("- loam built as %s" % args.gc_loam_build)
+    if any(w[0] == "lisp" for w in wls):
+        if lisp_layouts(args):
+            L.append("- the Lisp example runs %d times per column, on the %d code layouts of "
+                     "target lisp-layouts in turn (the same objects behind a pad of 0, 16, ... "
+                     "112 bytes; bench/gc/lisp_layouts.sh): its medians are over layouts, not "
+                     "one draw of where the interpreter's hot loops fall"
+                     % (lisp_runs(args), len(LISP_PADS)))
+        else:
+            L.append("- the Lisp example runs one pair of binaries: one draw of where the "
+                     "interpreter's hot loops fall, which moves either build by up to 11 % "
+                     "(no --lisp-layouts)")
     L.append("")
     if not cols:
         L.append("(no collector variant to run)")
