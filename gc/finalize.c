@@ -229,6 +229,15 @@ size_t loam_finalize_all(loam_heap_t *h)
     gc_state_t *gc = h ? __atomic_load_n(&h->gc, __ATOMIC_ACQUIRE) : NULL;
     if (!gc)
         return 0;                       /* never collected: no finalizer was set */
+    if (LOAM_UNLIKELY(gc_in_blocking_bracket(h))) {
+        /* The finalizers would read and write the heap's objects while the
+         * thread counts as stopped: another thread's collection may be
+         * marking them meanwhile. */
+        loam_fault(h, "loam_finalize_all of a heap between loam_enter_blocking and loam_leave_blocking "
+                      "(its finalizers would run while the thread counts as stopped)", h, 0);
+        errno = EINVAL;
+        return 0;
+    }
     size_t ran = 0;
     for (;;) {
         pthread_mutex_lock(&gc->lock);

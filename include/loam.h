@@ -237,7 +237,9 @@ LOAM_API int    loam_finalizer_set(loam_heap_t *h, void *obj, loam_finalizer_fn 
  * sets one again each time it runs keeps it going). Each runs once; the
  * objects stay until a collection finds them unreachable, or h is destroyed.
  * Either mode. Returns how many ran; out of memory to queue some, it sets
- * errno to ENOMEM and leaves those set. */
+ * errno to ENOMEM and leaves those set. Inside the calling thread's
+ * loam_enter_blocking bracket of a collected h it is a fault: nothing runs
+ * (0, errno EINVAL, if the error callback returns). */
 LOAM_API size_t loam_finalize_all(loam_heap_t *h);
 /* A reference to target that does not keep it alive. target is NULL (a
  * reference to nothing) or an address in a block of h, at its start or

@@ -1650,3 +1650,41 @@ Test(gc_threads, allocating_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
     loam_heap_destroy(other);
     loam_heap_destroy(manual);
 }
+
+/* loam_finalize_all inside the bracket is a fault too: its finalizers would
+ * read and write the heap's objects while the thread counts as stopped.
+ * Nothing runs; after the bracket, every finalizer runs once. */
+static atomic_int bracket_finalized;
+static void count_bracket_finalizer(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    atomic_fetch_add(&bracket_finalized, 1);
+}
+
+Test(gc_threads, finalize_all_inside_a_blocking_bracket_is_a_fault, .timeout = 60)
+{
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .error = bracket_on_error };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    static void *keep[3];
+    loam_root_add_range(h, keep, keep + 3);
+    for (int i = 0; i < 3; i++) {
+        keep[i] = loam_gc_alloc(h, 32, LOAM_ATOMIC);
+        cr_assert_not_null(keep[i]);
+        cr_assert_eq(loam_finalizer_set(h, keep[i], count_bracket_finalizer, NULL), 0);
+    }
+    loam_enter_blocking(h);
+    errno = 0;
+    cr_assert_eq(loam_finalize_all(h), 0, "finalizers ran inside the bracket");
+    cr_assert_eq(errno, EINVAL);
+    cr_assert_eq(atomic_load(&bracket_finalized), 0);
+    cr_assert_eq(atomic_load(&bracket_faults), 1, "%d faults", atomic_load(&bracket_faults));
+    cr_assert(strstr(bracket_fault_text, "loam_finalize_all of a heap between loam_enter_blocking") != NULL,
+              "the fault said: %s", bracket_fault_text);
+    loam_leave_blocking(h);
+    cr_assert_eq(loam_finalize_all(h), 3);
+    cr_assert_eq(atomic_load(&bracket_finalized), 3);
+    cr_assert_eq(atomic_load(&bracket_faults), 1, "a fault outside the bracket");
+    loam_root_remove_range(h, keep);
+    loam_heap_destroy(h);
+}
