@@ -20,7 +20,9 @@
  *  - parallel marking (helpers meet and wake pairs);
  *  - loam_leak_check clears nothing and reports what the pairs of dead
  *    keys hold; a manual heap clears nothing until it is collected;
- *  - gc_ephemerons_cleared counts the pairs, in text and JSON statistics.
+ *  - gc_ephemerons_cleared counts the pairs, in text and JSON statistics;
+ *  - the memory of a spike's pair records goes back at the next collection
+ *    that needs far fewer.
  * Heaps have LOAM_NO_STACK_SCAN, so what is live is exactly what the roots
  * reach. */
 #define _GNU_SOURCE
@@ -33,6 +35,7 @@
 #include <string.h>
 
 #include "gc_util.h"
+#include "rss_util.h"
 
 /* A node has n strong fields; a table has n ephemeron pairs, f[2i] the key
  * and f[2i + 1] the value. */
@@ -701,5 +704,46 @@ Test(ephemeron, statistics_count_cleared_pairs)
     cr_assert_not_null(strstr(text, want), "text statistics lack \"%s\"", want);
     free(text);
     loam_weak_free(w);
+    heap_done(h);
+}
+
+/* ---- memory after a spike ----------------------------------------------------------------- */
+
+/* 200,000 pairs whose keys die: one collection records them all (a pair
+ * record each, and each key in the map of waiting keys: 16 MB), then clears
+ * them. The next collection meets no pair: the records' memory goes back to
+ * the OS. Measured as the process's resident memory outside the heap's own
+ * (the heap keeps the keys' emptied slabs a while for regrowth). */
+Test(ephemeron, the_records_of_a_spike_of_pairs_go_back_after_it, .timeout = 120)
+{
+    loam_heap_t *h = eheap(0);
+    const size_t N = 200000;
+    obj_t *t = new_table(h, N);
+    roots[0] = t;
+    for (size_t i = 0; i < N; i++)
+        t->f[2 * i] = new_node(h, 0);       /* only the table holds it: dead */
+    loam_gc_collect(h);
+    cr_assert_eq(eph_cleared(h), N, "%zu pairs cleared of %zu", eph_cleared(h), N);
+    size_t spike = rss_bytes() - gc_stats(h).resident_bytes;
+    loam_gc_collect(h);                     /* the cleared pairs: no key, no record */
+    size_t after = rss_bytes() - gc_stats(h).resident_bytes;
+    fprintf(stderr, "ephemeron/the_records_of_a_spike: outside the heap %zu KiB resident after the "
+            "spike's collection, %zu KiB after the next\n", spike >> 10, after >> 10);
+    cr_assert_geq(spike, after + 8 * MiB, "the pair records of the spike are still resident (%zu KiB -> %zu KiB)",
+                  spike >> 10, after >> 10);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_null(t->f[2 * i]);
+    /* And pairs work as before with the records made anew. */
+    obj_t *k = new_node(h, 0), *v = new_node(h, 0);
+    roots[1] = k;
+    t->f[0] = k;
+    t->f[1] = v;
+    loam_gc_collect(h);
+    cr_assert_eq(t->f[0], k);
+    cr_assert_eq(t->f[1], v, "a live key's value was dropped");
+    roots[1] = NULL;
+    loam_gc_collect(h);
+    cr_assert_null(t->f[0]);
+    cr_assert_null(t->f[1]);
     heap_done(h);
 }
