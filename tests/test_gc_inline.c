@@ -15,7 +15,8 @@
  *    a traced block with no trace callback (EINVAL), an allocation inside
  *    a blocking bracket (the fault, even with blocks in the thread's cache),
  *    gc_stress=1 (a collection at every allocation);
- *  - two threads allocating inline from one heap while they collect it. */
+ *  - two threads allocating inline from one heap while they collect it;
+ *  - a manual heap: the same blocks, which the program frees. */
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -294,4 +295,32 @@ Test(gc_inline, two_threads_allocate_inline_while_the_heap_collects, .timeout = 
     }
     cr_assert_gt(gc_stats(shared_heap).gc_collections, 4);
     loam_heap_destroy(shared_heap);
+}
+
+/* A manual heap gives loam_gc_alloc's blocks too (its kinds recorded for a
+ * later switch to collected): zero-filled, of the heap, freed by the
+ * program, and handed out again. */
+Test(gc_inline, a_manual_heap_gives_the_same_blocks)
+{
+    loam_config_t cfg = { .mode = LOAM_MANUAL, .trace = trace_node };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    enum { N = 1000 };
+    static node_t *nodes[N];
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < N; i++) {
+            nodes[i] = loam_gc_alloc_inline(h, sizeof(node_t), LOAM_TRACED);
+            cr_assert_not_null(nodes[i]);
+            cr_assert(all_zero((unsigned char *)nodes[i], sizeof(node_t)), "round %d: block %zu dirty", round, i);
+            cr_assert_eq(loam_heap_of(nodes[i]), h);
+            memset(nodes[i], 0x77, sizeof(node_t));
+        }
+        cr_assert_eq(gc_stats(h).live_blocks, (size_t)N);
+        for (size_t i = 0; i < N; i++)
+            loam_free(nodes[i]);
+        cr_assert_eq(gc_stats(h).live_blocks, 0);
+    }
+    cr_assert_eq(loam_heap_mode(h), LOAM_MANUAL);
+    cr_assert_eq(gc_stats(h).gc_collections, 0);
+    loam_heap_destroy(h);
 }
