@@ -28,6 +28,9 @@ bool gc_array_grow(void *array_at, size_t *cap, size_t elem, size_t first)
     return true;
 }
 
+/* Entries of the finalizer table and its map kept however few are set. */
+#define FINS_KEEP ((size_t)1024)
+
 static bool grow_fins(finalizer_t **array, size_t *cap)
 {
     return gc_array_grow(array, cap, sizeof **array, 64);
@@ -141,7 +144,12 @@ void gc_clear_dead_weaks(gc_state_t *gc)
 static size_t queue_finalizers(gc_state_t *gc, bool all)
 {
     size_t moved = 0, kept = 0;
-    objmap_clear(&gc->fin_map);
+    /* Rebuilt below: one far bigger than its entries (the memory of a spike
+     * of finalizers) is made anew at their size rather than cleared. */
+    if (gc->fin_map.cap > FINS_KEEP && gc->fin_map.cap / 8 >= gc->nfins)
+        objmap_release(&gc->fin_map);
+    else
+        objmap_clear(&gc->fin_map);
     for (size_t i = 0; i < gc->nfins; i++) {
         finalizer_t f = gc->fins[i];
         if (!f.obj)
@@ -160,6 +168,21 @@ static size_t queue_finalizers(gc_state_t *gc, bool all)
             gc_mark_word(gc, (uintptr_t)f.obj);
     }
     gc->nfins = kept;
+    /* The table too: at a quarter full or less it shrinks to twice what
+     * is kept (the next spike grows it again). No memory: it stays. */
+    if (gc->cap_fins > FINS_KEEP && gc->cap_fins / 4 >= kept) {
+        size_t ncap = FINS_KEEP;
+        while (ncap < 2 * kept)
+            ncap *= 2;
+        finalizer_t *fins = meta_alloc(ncap * sizeof *fins);
+        if (fins) {
+            if (kept)
+                memcpy(fins, gc->fins, kept * sizeof *fins);
+            meta_free(gc->fins, gc->cap_fins * sizeof *fins);
+            gc->fins = fins;
+            gc->cap_fins = ncap;
+        }
+    }
     return moved;
 }
 

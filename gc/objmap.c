@@ -7,15 +7,19 @@
  * writes it: ephemeron.c). */
 #include "gc/gc.h"
 
+/* Slots a map keeps however empty it gets (64 KiB). */
+#define OBJMAP_KEEP ((size_t)4096)
+
 static size_t slot_of(const objmap_t *m, uintptr_t key)
 {
     uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 32) & (m->cap - 1);
 }
 
-static bool objmap_grow(objmap_t *m)
+/* The entries moved to a table of ncap slots (a power of two, more than
+ * n / 0.75). false: no memory, the map as it was. */
+static bool objmap_resize(objmap_t *m, size_t ncap)
 {
-    size_t ncap = m->cap ? m->cap * 2 : 64;
     objmap_entry_t *old = m->e;
     size_t ocap = m->cap;
     m->e = meta_alloc(ncap * sizeof *m->e);
@@ -30,6 +34,11 @@ static bool objmap_grow(objmap_t *m)
             objmap_put(m, old[i].key, old[i].value);
     meta_free(old, ocap * sizeof *old);
     return true;
+}
+
+static bool objmap_grow(objmap_t *m)
+{
+    return objmap_resize(m, m->cap ? m->cap * 2 : 64);
 }
 
 uintptr_t objmap_get(const objmap_t *m, uintptr_t key)
@@ -78,6 +87,13 @@ void objmap_del(objmap_t *m, uintptr_t key)
     }
     m->e[i] = (objmap_entry_t){ 0, 0 };
     m->n--;
+    /* A map an eighth full or less halves (down to OBJMAP_KEEP slots), so
+     * that the memory of a spike goes back: a million finalizers or weak
+     * references set once and gone kept their map (32 MB) for ever. A
+     * halving rehashes under n = cap / 8 entries, and the next needs as many
+     * deletions again: O(1) a deletion. */
+    if (m->cap > OBJMAP_KEEP && m->n * 8 <= m->cap)
+        objmap_resize(m, m->cap / 2);       /* no memory: stays as it is */
 }
 
 void objmap_clear(objmap_t *m)

@@ -19,7 +19,9 @@
  * reused), gc_weak_cleared counts them. A target inside a block (not at its
  * start) is the block's: kept and cleared with it, by a collection or by
  * loam_free of the block, in slabs and large blocks alike; a target in no
- * block of the heap is refused. */
+ * block of the heap is refused.
+ * After a spike (200,000 finalizers or weak references, then none), the
+ * collector's tables for them go back to the OS. */
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -31,6 +33,7 @@
 #include <string.h>
 
 #include "gc_util.h"
+#include "rss_util.h"
 
 #define NODE_TAG 0xF1A11F1A000000E1ull
 typedef struct node {
@@ -1496,5 +1499,83 @@ Test(finalizer, finalizer_may_collect, .timeout = 60)
             cr_assert_neq(fin_log[i].data, fin_log[j].data, "a finalizer ran twice");
     loam_gc_collect(h);
     cr_assert_eq(live_blocks(h), 0);
+    loam_heap_destroy(h);
+}
+
+/* ---- memory after a spike ----------------------------------------------------------------- */
+
+/* Resident memory outside the heap's own (the heap keeps emptied slabs a
+ * while for regrowth): where the collector's tables live. */
+static size_t resident_outside(loam_heap_t *h)
+{
+    return rss_bytes() - gc_stats(h).resident_bytes;
+}
+
+static size_t spike_runs;
+static void count_spike(void *obj, void *data)
+{
+    (void)obj, (void)data;
+    spike_runs++;
+}
+
+/* 200,000 objects with finalizers, all dropped: one collection queues them
+ * all (the table, its map and the map of queued ones: about 20 MB), they
+ * run; by the next collection the tables are back to their small size. */
+Test(finalizer, the_tables_of_a_spike_of_finalizers_go_back_after_it, .timeout = 120)
+{
+    loam_heap_t *h = gc_heap();
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);   /* only loam_gc_collect */
+    const size_t N = 200000;
+    for (size_t i = 0; i < N; i++) {
+        node_t *o = loam_gc_alloc(h, sizeof(node_t), LOAM_TRACED);
+        cr_assert_not_null(o);
+        cr_assert_eq(loam_finalizer_set(h, o, count_spike, NULL), 0);
+    }
+    size_t with_tables = resident_outside(h);
+    spike_runs = 0;
+    loam_gc_collect(h);
+    cr_assert_eq(spike_runs, N);
+    loam_gc_collect(h);
+    size_t after = resident_outside(h);
+    fprintf(stderr, "finalizer/the_tables_of_a_spike: outside the heap %zu KiB resident with the "
+            "finalizers set, %zu KiB after they ran\n", with_tables >> 10, after >> 10);
+    cr_assert_geq(with_tables, after + 8 * MiB, "the finalizer tables of the spike are still resident "
+                  "(%zu KiB -> %zu KiB)", with_tables >> 10, after >> 10);
+    /* Finalizers work as before. */
+    node_t *o = loam_gc_alloc(h, sizeof(node_t), LOAM_TRACED);
+    cr_assert_eq(loam_finalizer_set(h, o, count_spike, NULL), 0);
+    o = NULL;
+    loam_gc_collect(h);
+    cr_assert_eq(spike_runs, N + 1);
+    loam_heap_destroy(h);
+}
+
+/* 200,000 weak references to objects that die: their map (8 MB) shrinks as
+ * the collection clears them and the program frees them. */
+Test(weak, the_map_of_a_spike_of_weak_references_goes_back_after_it, .timeout = 120)
+{
+    loam_heap_t *h = gc_heap();
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);
+    const size_t N = 200000;
+    loam_weak_t **refs = malloc(N * sizeof *refs);
+    cr_assert_not_null(refs);
+    for (size_t i = 0; i < N; i++) {
+        node_t *o = loam_gc_alloc(h, sizeof(node_t), LOAM_TRACED);
+        cr_assert_not_null(o);
+        refs[i] = loam_weak_new(h, o);
+        cr_assert_not_null(refs[i]);
+    }
+    size_t with_map = resident_outside(h);
+    loam_gc_collect(h);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_null(loam_weak_get(refs[i]));
+        loam_weak_free(refs[i]);
+    }
+    free(refs);
+    size_t after = resident_outside(h);
+    fprintf(stderr, "weak/the_map_of_a_spike: outside the heap %zu KiB resident with the references, "
+            "%zu KiB after\n", with_map >> 10, after >> 10);
+    cr_assert_geq(with_map, after + 4 * MiB, "the weak references' map is still resident (%zu KiB -> %zu KiB)",
+                  with_map >> 10, after >> 10);
     loam_heap_destroy(h);
 }
