@@ -40,7 +40,8 @@
  * before finalizers run, are decided before that second marking. */
 #include "gc/gc.h"
 
-/* Pair records and key map up to this size are kept between markings. */
+/* A key map up to this size is kept between markings (the pair records:
+ * gc_array_trim's rule). */
 #define EPH_KEEP_BYTES ((size_t)64 * 1024)
 
 /* Any marker: a pair whose key is not marked (yet) waits. Out of memory to
@@ -157,11 +158,7 @@ void gc_ephemerons_end(gc_state_t *gc, bool clear)
      * weak table dropped, say) their memory goes back once a marking needs
      * a quarter of it or less: kept, 100,000 pairs held 8 MB, and the map
      * was cleared whole at every later collection. Small ones stay. */
-    if (gc->cap_eph * sizeof *gc->eph > EPH_KEEP_BYTES && gc->cap_eph / 4 >= used) {
-        meta_free(gc->eph, gc->cap_eph * sizeof *gc->eph);
-        gc->eph = NULL;
-        gc->cap_eph = 0;
-    }
+    gc_array_trim(&gc->eph, &gc->cap_eph, sizeof *gc->eph, used);
     if (gc->eph_map.cap * sizeof *gc->eph_map.e > EPH_KEEP_BYTES && gc->eph_map.cap / 8 >= used)
         objmap_release(&gc->eph_map);       /* a map for `used` keys fills half or more of cap / 4 */
     else if (gc->eph_map.n)

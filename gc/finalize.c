@@ -28,6 +28,18 @@ bool gc_array_grow(void *array_at, size_t *cap, size_t elem, size_t first)
     return true;
 }
 
+void gc_array_trim(void *array_at, size_t *cap, size_t elem, size_t used)
+{
+    if (*cap * elem <= (size_t)64 * 1024 || *cap / 4 < used)
+        return;
+    void *old;
+    memcpy(&old, array_at, sizeof old);
+    meta_free(old, *cap * elem);
+    old = NULL;
+    memcpy(array_at, &old, sizeof old);
+    *cap = 0;
+}
+
 /* Entries of the finalizer table and its map kept however few are set. */
 #define FINS_KEEP ((size_t)1024)
 

@@ -404,6 +404,11 @@ LOAM_INTERNAL void  gc_forget_dead_batches(gc_state_t *gc);
  * elements of elem bytes, all in use, doubled (first elements the first
  * time), its contents kept. false: out of memory, the array unchanged. */
 LOAM_INTERNAL bool  gc_array_grow(void *array_at, size_t *cap, size_t elem, size_t first);
+/* An array whose content lives for one marking (weak fields, ephemeron
+ * pairs), after a marking that used `used` of it: released when it is over
+ * 64 KiB and used a quarter of it or less (the memory of a spike goes back;
+ * the next marking grows it again). */
+LOAM_INTERNAL void  gc_array_trim(void *array_at, size_t *cap, size_t elem, size_t used);
 /* ephemeron.c */
 /* A marker newly marked `block` while watching: index + 1 of the first pair
  * waiting for that key (a wake-up to push), or 0. Lock-free: eph_map holds

@@ -167,7 +167,10 @@ static void forget_slab(marker_t *m)
 
 void gc_mark_begin(gc_state_t *gc)
 {
-    gc->nweak_fields = 0;                /* a leak check's are dropped unread */
+    /* The last marking's weak fields were cleared (a leak check's are
+     * dropped unread); their list shrinks after a spike. */
+    gc_array_trim(&gc->weak_fields, &gc->cap_weak_fields, sizeof *gc->weak_fields, gc->nweak_fields);
+    gc->nweak_fields = 0;
     gc->neph = gc->eph_seen = gc->eph_waiting = 0;
     if (gc->eph_map.n)
         objmap_clear(&gc->eph_map);

@@ -20,7 +20,8 @@
  * start) is the block's: kept and cleared with it, by a collection or by
  * loam_free of the block, in slabs and large blocks alike; a target in no
  * block of the heap is refused.
- * After a spike (200,000 finalizers or weak references, then none), the
+ * After a spike (200,000 finalizers or weak references, 500,000 weak fields,
+ * then none), the
  * collector's tables for them go back to the OS. */
 #define _GNU_SOURCE
 #include "harness.h"
@@ -1577,5 +1578,34 @@ Test(weak, the_map_of_a_spike_of_weak_references_goes_back_after_it, .timeout = 
             "%zu KiB after\n", with_map >> 10, after >> 10);
     cr_assert_geq(with_map, after + 4 * MiB, "the weak references' map is still resident (%zu KiB -> %zu KiB)",
                   with_map >> 10, after >> 10);
+    loam_heap_destroy(h);
+}
+
+/* 500,000 weak fields met by one marking: their list (4 MB) goes back once
+ * markings meet few (the second collection after, as the list of a marking
+ * is looked at when the next one begins). */
+Test(weak, the_list_of_a_spike_of_weak_fields_goes_back_after_it, .timeout = 120)
+{
+    loam_heap_t *h = wheap(0);
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);
+    static void *root;
+    loam_root_add(h, &root);
+    const size_t N = 500000;
+    weak_list(h, &root, N, 2);
+    loam_gc_collect(h);
+    check_weak_list(root, N, 2);
+    size_t spike = resident_outside(h);
+    root = NULL;
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    size_t after = resident_outside(h);
+    fprintf(stderr, "weak/the_list_of_a_spike: outside the heap %zu KiB resident after the spike, "
+            "%zu KiB after\n", spike >> 10, after >> 10);
+    cr_assert_geq(spike, after + 3 * MiB, "the weak fields' list is still resident (%zu KiB -> %zu KiB)",
+                  spike >> 10, after >> 10);
+    weak_list(h, &root, 100, 3);            /* and weak fields work as before */
+    loam_gc_collect(h);
+    check_weak_list(root, 100, 3);
+    loam_root_remove(h, &root);
     loam_heap_destroy(h);
 }
