@@ -21,8 +21,7 @@
  * loam_free of the block, in slabs and large blocks alike; a target in no
  * block of the heap is refused.
  * After a spike (200,000 finalizers or weak references, 500,000 weak fields,
- * then none), the
- * collector's tables for them go back to the OS. */
+ * then none), the collector's tables for them go back to the OS. */
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
