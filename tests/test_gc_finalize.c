@@ -1504,13 +1504,6 @@ Test(finalizer, finalizer_may_collect, .timeout = 60)
 
 /* ---- memory after a spike ----------------------------------------------------------------- */
 
-/* Resident memory outside the heap's own (the heap keeps emptied slabs a
- * while for regrowth): where the collector's tables live. */
-static size_t resident_outside(loam_heap_t *h)
-{
-    return rss_bytes() - gc_stats(h).resident_bytes;
-}
-
 static size_t spike_runs;
 static void count_spike(void *obj, void *data)
 {
@@ -1531,16 +1524,13 @@ Test(finalizer, the_tables_of_a_spike_of_finalizers_go_back_after_it, .timeout =
         cr_assert_not_null(o);
         cr_assert_eq(loam_finalizer_set(h, o, count_spike, NULL), 0);
     }
-    size_t with_tables = resident_outside(h);
+    size_t with_tables = rss_outside_heap(h);
     spike_runs = 0;
     loam_gc_collect(h);
     cr_assert_eq(spike_runs, N);
     loam_gc_collect(h);
-    size_t after = resident_outside(h);
-    fprintf(stderr, "finalizer/the_tables_of_a_spike: outside the heap %zu KiB resident with the "
-            "finalizers set, %zu KiB after they ran\n", with_tables >> 10, after >> 10);
-    cr_assert_geq(with_tables, after + 8 * MiB, "the finalizer tables of the spike are still resident "
-                  "(%zu KiB -> %zu KiB)", with_tables >> 10, after >> 10);
+    size_t after = rss_outside_heap(h);
+    expect_given_back("finalizer/the_tables_of_a_spike", with_tables, after, 8 * MiB);
     /* Finalizers work as before. */
     node_t *o = loam_gc_alloc(h, sizeof(node_t), LOAM_TRACED);
     cr_assert_eq(loam_finalizer_set(h, o, count_spike, NULL), 0);
@@ -1565,18 +1555,15 @@ Test(weak, the_map_of_a_spike_of_weak_references_goes_back_after_it, .timeout = 
         refs[i] = loam_weak_new(h, o);
         cr_assert_not_null(refs[i]);
     }
-    size_t with_map = resident_outside(h);
+    size_t with_map = rss_outside_heap(h);
     loam_gc_collect(h);
     for (size_t i = 0; i < N; i++) {
         cr_assert_null(loam_weak_get(refs[i]));
         loam_weak_free(refs[i]);
     }
     free(refs);
-    size_t after = resident_outside(h);
-    fprintf(stderr, "weak/the_map_of_a_spike: outside the heap %zu KiB resident with the references, "
-            "%zu KiB after\n", with_map >> 10, after >> 10);
-    cr_assert_geq(with_map, after + 4 * MiB, "the weak references' map is still resident (%zu KiB -> %zu KiB)",
-                  with_map >> 10, after >> 10);
+    size_t after = rss_outside_heap(h);
+    expect_given_back("weak/the_map_of_a_spike", with_map, after, 4 * MiB);
     loam_heap_destroy(h);
 }
 
@@ -1593,15 +1580,12 @@ Test(weak, the_list_of_a_spike_of_weak_fields_goes_back_after_it, .timeout = 120
     weak_list(h, &root, N, 2);
     loam_gc_collect(h);
     check_weak_list(root, N, 2);
-    size_t spike = resident_outside(h);
+    size_t spike = rss_outside_heap(h);
     root = NULL;
     loam_gc_collect(h);
     loam_gc_collect(h);
-    size_t after = resident_outside(h);
-    fprintf(stderr, "weak/the_list_of_a_spike: outside the heap %zu KiB resident after the spike, "
-            "%zu KiB after\n", spike >> 10, after >> 10);
-    cr_assert_geq(spike, after + 3 * MiB, "the weak fields' list is still resident (%zu KiB -> %zu KiB)",
-                  spike >> 10, after >> 10);
+    size_t after = rss_outside_heap(h);
+    expect_given_back("weak/the_list_of_a_spike", spike, after, 3 * MiB);
     weak_list(h, &root, 100, 3);            /* and weak fields work as before */
     loam_gc_collect(h);
     check_weak_list(root, 100, 3);
