@@ -40,10 +40,6 @@
  * before finalizers run, are decided before that second marking. */
 #include "gc/gc.h"
 
-/* A key map up to this size is kept between markings (the pair records:
- * gc_array_trim's rule). */
-#define EPH_KEEP_BYTES ((size_t)64 * 1024)
-
 /* Any marker: a pair whose key is not marked (yet) waits. Out of memory to
  * record it, its value is marked as an ordinary field: kept too long,
  * never dangling. */
@@ -159,8 +155,5 @@ void gc_ephemerons_end(gc_state_t *gc, bool clear)
      * a quarter of it or less: kept, 100,000 pairs held 8 MB, and the map
      * was cleared whole at every later collection. Small ones stay. */
     gc_array_trim(&gc->eph, &gc->cap_eph, sizeof *gc->eph, used);
-    if (gc->eph_map.cap * sizeof *gc->eph_map.e > EPH_KEEP_BYTES && gc->eph_map.cap / 8 >= used)
-        objmap_release(&gc->eph_map);       /* a map for `used` keys fills half or more of cap / 4 */
-    else if (gc->eph_map.n)
-        objmap_clear(&gc->eph_map);
+    objmap_clear_for(&gc->eph_map, used);
 }

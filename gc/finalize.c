@@ -40,7 +40,7 @@ void gc_array_trim(void *array_at, size_t *cap, size_t elem, size_t used)
     *cap = 0;
 }
 
-/* Entries of the finalizer table and its map kept however few are set. */
+/* Entries of the finalizer table kept however few are set. */
 #define FINS_KEEP ((size_t)1024)
 
 static bool grow_fins(finalizer_t **array, size_t *cap)
@@ -156,12 +156,7 @@ void gc_clear_dead_weaks(gc_state_t *gc)
 static size_t queue_finalizers(gc_state_t *gc, bool all)
 {
     size_t moved = 0, kept = 0;
-    /* Rebuilt below: one far bigger than its entries (the memory of a spike
-     * of finalizers) is made anew at their size rather than cleared. */
-    if (gc->fin_map.cap > FINS_KEEP && gc->fin_map.cap / 8 >= gc->nfins)
-        objmap_release(&gc->fin_map);
-    else
-        objmap_clear(&gc->fin_map);
+    objmap_clear_for(&gc->fin_map, gc->nfins);     /* rebuilt below */
     for (size_t i = 0; i < gc->nfins; i++) {
         finalizer_t f = gc->fins[i];
         if (!f.obj)

@@ -86,6 +86,9 @@ LOAM_INTERNAL uintptr_t objmap_get(const objmap_t *m, uintptr_t key);
 LOAM_INTERNAL bool      objmap_put(objmap_t *m, uintptr_t key, uintptr_t value);
 LOAM_INTERNAL void      objmap_del(objmap_t *m, uintptr_t key);
 LOAM_INTERNAL void      objmap_clear(objmap_t *m);
+/* Emptied for about `expect` entries to come: a map an eighth full of that
+ * or less (past 64 KiB) is released instead, so a spike's memory goes back. */
+LOAM_INTERNAL void      objmap_clear_for(objmap_t *m, size_t expect);
 LOAM_INTERNAL void      objmap_release(objmap_t *m);
 
 typedef struct finalizer {

@@ -103,6 +103,14 @@ void objmap_clear(objmap_t *m)
     m->n = 0;
 }
 
+void objmap_clear_for(objmap_t *m, size_t expect)
+{
+    if (m->cap > OBJMAP_KEEP && m->cap / 8 >= expect)
+        objmap_release(m);              /* far bigger than needed: made anew at its size */
+    else if (m->n)
+        objmap_clear(m);
+}
+
 void objmap_release(objmap_t *m)
 {
     if (m->e)
