@@ -488,6 +488,7 @@ size_t loam_leak_check(loam_heap_t *h, loam_leak_fn report, void *user)
     gc_mark_drain(gc);
     gc_ephemerons_settle(gc);
     gc_ephemerons_end(gc, false);           /* frees nothing: clears no pair either */
+    gc_mark_end(gc);
     /* The heap is manual: the caller keeps other threads off it meanwhile
      * (attached ones are stopped). The callback may use loam, even this heap. */
     struct leak_walk lw = { report, user, 0 };

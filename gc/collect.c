@@ -614,6 +614,7 @@ void gc_collect(loam_heap_t *h, bool full)
      * alive until their finalizer ran). */
     gc_clear_dead_weak_fields(gc, weak_fields_seen);
     gc_ephemerons_end(gc, true);
+    gc_mark_end(gc);
     size_t live = old_live + gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc, minor), __ATOMIC_RELAXED);
 

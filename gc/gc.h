@@ -128,6 +128,15 @@ struct loam_tracer {
 
 /* One marking thread's state: the collecting thread's (gc->mk) and, while
  * marking runs in parallel, each helper's (mark.c). */
+/* The resident part of an area markings use and then leave empty (a mark
+ * stack, the shared pool), in entries: mark.c gives back what a spike
+ * touched once markings stop needing it (gc_spike_trim). */
+typedef struct gc_spike {
+    size_t   touched;              /* entries whose pages may be resident */
+    size_t   need;                 /* the most the last `quiet` markings used, doubled */
+    unsigned quiet;                /* markings in a row that used a quarter of touched or less */
+} gc_spike_t;
+
 typedef struct marker {
     struct gc_state *gc;
     struct loam_tracer tracer;     /* tracer.m: this marker */
@@ -144,9 +153,15 @@ typedef struct marker {
     } slabs[MARK_SLAB_CACHE];
     mark_entry_t   *stack;
     size_t          sp, cap;
-    /* push's one test for two rare cases: the stack is full (limit: cap),
-     * or every block newly marked must be looked up as an ephemeron key
-     * (watch; limit 0). */
+    /* How deep the stack may go this marking before push_slow notes it went
+     * deeper (doubling, up to cap): at the marking's end, within a factor of
+     * two of its deepest, which says whether the stack's resident pages are
+     * far more than markings need (stack_trim). */
+    size_t          reach;
+    gc_spike_t      pages;         /* its resident pages against what markings use */
+    /* push's one test for three rare cases: the stack is as deep as it
+     * has been this marking, or full (limit: reach), or every block newly
+     * marked must be looked up as an ephemeron key (watch; limit 0). */
     size_t          limit;
     bool            watch;
     bool            overflow;      /* a push was dropped: rescan marked blocks */
@@ -371,6 +386,8 @@ LOAM_INTERNAL bool  gc_block_marked(const addr_info_t *ai);
  * helpers that join a drain from now on (ephemeron.c). */
 LOAM_INTERNAL void  gc_mark_watch(gc_state_t *gc, bool on);
 LOAM_INTERNAL void  gc_mark_stack_release(gc_state_t *gc);
+/* After a marking: the stack's pages past what markings need go back. */
+LOAM_INTERNAL void  gc_mark_end(gc_state_t *gc);
 /* Visit every block of the heap that is allocated (not free). */
 typedef void (*gc_block_fn)(gc_state_t *gc, char *block, size_t size, unsigned kind, bool marked, void *arg);
 LOAM_INTERNAL void  gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg);

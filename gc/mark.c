@@ -63,9 +63,18 @@ static inline size_t granule_of(segment_t *seg, const char *block)
 
 /* ---- the mark stack ----------------------------------------------------------------- */
 
+/* A marker's stack holds MARK_STACK_MIN entries at least (64 KiB, touched
+ * only as deep as markings go): share_take relies on it. */
+#define MARK_STACK_MIN 4096
+
+static void set_limit(marker_t *m)
+{
+    m->limit = m->watch ? 0 : m->reach;
+}
+
 static bool stack_grow(marker_t *m)
 {
-    size_t cap = m->cap ? m->cap * 2 : 4096;
+    size_t cap = m->cap ? m->cap * 2 : MARK_STACK_MIN;
     mark_entry_t *s = os_reserve_aligned(cap * sizeof *s, OS_PAGE);
     if (!s)
         return false;
@@ -74,9 +83,57 @@ static bool stack_grow(marker_t *m)
         os_release(m->stack, m->cap * sizeof *s);
     }
     m->stack = s;
-    m->cap = cap;
-    m->limit = m->watch ? 0 : cap;
+    m->cap = m->pages.touched = cap;
+    if (m->reach == 0)
+        m->reach = cap;
+    set_limit(m);
     return true;
+}
+
+/* After a marking that used `used` entries of an area (a mark stack, the
+ * shared pool): how many of its first entries to keep resident, or 0 to
+ * keep it as it is. Its pages stay resident as deep as any marking went: a
+ * marking that pushed a million entries kept 16 MiB for the heap's life.
+ * Once MARK_SPIKE_QUIET markings in a row used a quarter of that or less,
+ * the pages past twice the most they used go back to the OS; the mapping
+ * stays, and a deeper marking touches them again. The wait is so that a
+ * heap whose major collections go deep and minor ones shallow does not
+ * give them back between each. */
+#define MARK_SPIKE_QUIET 8
+
+static size_t spike_trim(gc_spike_t *w, size_t used, size_t least)
+{
+    size_t need = used * 2 > least ? used * 2 : least;
+    if (need > w->need)
+        w->need = need;
+    if (w->touched < 2 * w->need) {
+        w->quiet = 0;                   /* used as much as it has: nothing to give */
+        w->need = 0;
+        return 0;
+    }
+    if (++w->quiet < MARK_SPIKE_QUIET)
+        return 0;
+    size_t keep = w->need;
+    w->quiet = 0;
+    w->need = 0;
+    return keep;
+}
+
+/* Entries keep..touched of area go back; the area keeps its first keep. */
+static void spike_give_back(gc_spike_t *w, void *area, size_t entry, size_t keep)
+{
+    os_decommit((char *)area + keep * entry, (w->touched - keep) * entry);
+    w->touched = keep;
+}
+
+/* After a marking (sp 0); `reach` says how deep it went. */
+static void stack_trim(marker_t *m)
+{
+    size_t keep = spike_trim(&m->pages, m->reach, MARK_STACK_MIN);
+    if (keep)
+        spike_give_back(&m->pages, m->stack, sizeof *m->stack, keep);
+    m->reach = m->cap < MARK_STACK_MIN ? m->cap : MARK_STACK_MIN;
+    set_limit(m);
 }
 
 void gc_mark_stack_release(gc_state_t *gc)
@@ -84,7 +141,8 @@ void gc_mark_stack_release(gc_state_t *gc)
     if (gc->mk.stack)
         os_release(gc->mk.stack, gc->mk.cap * sizeof *gc->mk.stack);
     gc->mk.stack = NULL;
-    gc->mk.cap = gc->mk.sp = gc->mk.limit = 0;
+    gc->mk.cap = gc->mk.sp = gc->mk.limit = gc->mk.reach = 0;
+    gc->mk.pages = (gc_spike_t){ 0 };
 }
 
 /* Pushed with a kind: a conservative candidate whose block must be checked
@@ -103,6 +161,12 @@ static void __attribute__((noinline)) push_slow(marker_t *m, char *obj, size_t s
             AO_store(&m->gc->eph_lost, 1);
         return;
     }
+    if (m->sp >= m->reach) {            /* deeper than this marking went yet */
+        m->reach = m->reach * 2 < m->cap ? m->reach * 2 : m->cap;
+        if (m->reach > m->pages.touched)
+            m->pages.touched = m->reach;
+        set_limit(m);
+    }
     m->stack[m->sp++] = (mark_entry_t){ obj, size | kind };
 }
 
@@ -119,9 +183,9 @@ static void __attribute__((noinline)) push_limit(marker_t *m, char *obj, size_t 
         push_slow(m, obj, size, kind);
 }
 
-/* The common push stays small: the growth path and the watch for ephemeron
- * keys are out of line, behind the one test a block to scan made before
- * (its stack pointer against `limit`, not the capacity), so the marking
+/* The common push stays small: the growth path, the note of a new depth
+ * and the watch for ephemeron keys are out of line, behind the one test a
+ * block to scan made before (its stack pointer against `limit`), so the marking
  * fast path saves no registers. An atomic block, never pushed, tests the
  * watch itself: it may be a key (a string, say). */
 static inline __attribute__((always_inline)) void
@@ -175,6 +239,7 @@ void gc_mark_begin(gc_state_t *gc)
     if (gc->eph_map.n)
         objmap_clear(&gc->eph_map);
     AO_store(&gc->eph_lost, 0);
+    gc->mk.reach = gc->mk.cap < MARK_STACK_MIN ? gc->mk.cap : MARK_STACK_MIN;
     gc_mark_watch(gc, false);
     gc->mk.marked_bytes = 0;
     gc->helper_marked = 0;
@@ -367,7 +432,7 @@ void gc_mark_watch(gc_state_t *gc, bool on)
 {
     gc->eph_watch = on;
     gc->mk.watch = on;
-    gc->mk.limit = on ? 0 : gc->mk.cap;
+    set_limit(&gc->mk);
 }
 
 /* ---- scanning grey blocks ------------------------------------------------------------ */
@@ -441,6 +506,7 @@ static void rescan_marked(gc_state_t *gc, char *block, size_t size, unsigned kin
 
 #define MARKERS_MAX 8
 #define SHARE_TAKE 64          /* entries an idle marker takes from the pool at once */
+#define SHARE_POOL_MIN 1024    /* entries of the pool at first, and kept resident */
 
 static struct mark_pool {
     pthread_mutex_t lock;
@@ -462,6 +528,8 @@ static struct mark_pool {
                                       read it lock-free and give (cleared when fed) */
     mark_entry_t   *entries;       /* the shared pool */
     size_t          n, cap;
+    size_t          peak;          /* the most it held since the last pool_trim */
+    gc_spike_t      pages;
     marker_t       *helper[MARKERS_MAX];
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .job_cv = PTHREAD_COND_INITIALIZER,
            .share_cv = PTHREAD_COND_INITIALIZER, .done_cv = PTHREAD_COND_INITIALIZER };
@@ -477,7 +545,7 @@ static void share_give(marker_t *m)
     m->shared = true;
     pthread_mutex_lock(&pool.lock);
     if (pool.n + give > pool.cap) {
-        size_t cap = pool.cap ? pool.cap : 1024;
+        size_t cap = pool.cap ? pool.cap : SHARE_POOL_MIN;
         while (cap < pool.n + give)
             cap *= 2;
         mark_entry_t *e = os_reserve_aligned(cap * sizeof *e, OS_PAGE);
@@ -491,9 +559,14 @@ static void share_give(marker_t *m)
         }
         pool.entries = e;
         pool.cap = cap;
+        pool.pages.touched = pool.n;
     }
     memcpy(pool.entries + pool.n, m->stack, give * sizeof *m->stack);
     pool.n += give;
+    if (pool.n > pool.peak)
+        pool.peak = pool.n;
+    if (pool.n > pool.pages.touched)
+        pool.pages.touched = pool.n;
     /* Fed: nobody gives more until a marker finds the pool empty again. */
     AO_store(&pool.hungry, 0);
     pthread_cond_broadcast(&pool.share_cv);
@@ -509,7 +582,7 @@ static bool share_take(marker_t *m)
     pthread_mutex_lock(&pool.lock);
     for (;;) {
         if (pool.n) {
-            /* Every marker's stack holds 4096 entries at least (made so
+            /* Every marker's stack holds MARK_STACK_MIN entries at least (made so
              * before it joins). */
             size_t take = pool.n < SHARE_TAKE ? pool.n : SHARE_TAKE;
             pool.n -= take;
@@ -583,6 +656,33 @@ static void mark_shared(marker_t *m)
     while (share_take(m));
 }
 
+/* After a marking of any heap, when no job holds the pool: the pool and
+ * the helpers' stacks give back as the collector's stack does (spike_trim),
+ * by the most each held since. A helper touches its marker only in a job,
+ * so with none under way its stack is the pool's to trim; a marking it did
+ * not join counts as a shallow one for it. */
+static void pool_trim(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    if (!pool.busy) {
+        if (pool.entries) {
+            size_t keep = spike_trim(&pool.pages, pool.peak, SHARE_POOL_MIN);
+            if (keep)
+                spike_give_back(&pool.pages, pool.entries, sizeof *pool.entries, keep);
+            pool.peak = 0;
+        }
+        for (unsigned i = 0; i < pool.helpers; i++)
+            stack_trim(pool.helper[i]);
+    }
+    pthread_mutex_unlock(&pool.lock);
+}
+
+void gc_mark_end(gc_state_t *gc)
+{
+    stack_trim(&gc->mk);
+    pool_trim();
+}
+
 /* A helper joins each marking that is still under way when it wakes (one
  * that ended first has no use for it), and leaves it when share_take says
  * the marking is over. */
@@ -601,7 +701,7 @@ static void *helper_main(void *arg)
         pool.joined++;
         m->gc = pool.job;
         m->watch = m->gc->eph_watch;        /* set before the drain, under this lock */
-        m->limit = m->watch ? 0 : m->cap;
+        set_limit(m);
         pthread_mutex_unlock(&pool.lock);
         gc_helper_marks_for(m->gc);
         m->shared = true;

@@ -1711,3 +1711,65 @@ Test(gc, collected_heaps_another_thread_attached_to_leave_nothing_behind, .timeo
     cr_assert_lt(after, before + (1u << 20), "RSS grew by %zu KiB over %zu heaps",
                  (after - before) >> 10, churn_heaps() - churn_heaps() / 8);
 }
+
+/* A marking that pushes a million entries (one conservative array of a
+ * million pointers to fresh blocks) touches 16 MB of mark stack. Once the
+ * markings after it stay shallow, those pages go back; a deep marking after
+ * that still marks everything. */
+static void **deep_array(loam_heap_t *h, size_t n)
+{
+    void **a = loam_gc_alloc(h, n * sizeof *a, LOAM_CONSERVATIVE);
+    cr_assert_not_null(a);
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t *b = loam_gc_alloc(h, 16, LOAM_CONSERVATIVE);
+        cr_assert_not_null(b);
+        b[0] = (uintptr_t)i * 2 + 1;              /* odd: not a pointer */
+        a[i] = b;
+    }
+    return a;
+}
+
+static void deep_marking_gives_back(unsigned flags, const char *what)
+{
+    const size_t n = 1000 * 1000 / GC_SAN_DIVISOR;
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | flags, NULL, NULL, NULL);
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);   /* only loam_gc_collect */
+    static void **root;
+    loam_root_add(h, (void **)&root);
+    loam_gc_collect(h);
+    size_t before = rss_outside_heap(h);
+    root = deep_array(h, n);
+    for (int i = 0; i < 3; i++)                 /* parallel: the first eligible marks alone, to measure */
+        loam_gc_collect(h);
+    size_t spike = rss_outside_heap(h);
+    root = NULL;
+    for (int i = 0; i < 9; i++)                 /* shallow markings: the wait, and one */
+        loam_gc_collect(h);
+    expect_live(h, 0, "array dropped");
+    size_t after = rss_outside_heap(h);
+    expect_given_back(what, spike, after, n * 16 / 4 * 3);
+    cr_assert_leq(after, before + n * 16 / 8, "%s: %zu KiB outside the heap before the spike, %zu KiB after",
+                  what, before >> 10, after >> 10);
+
+    root = deep_array(h, n);                    /* as deep again: the pages come back */
+    loam_gc_collect(h);
+    loam_gc_collect(h);
+    expect_live(h, n + 1, "array rooted after the trim");
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(((uintptr_t *)root[i])[0], (uintptr_t)i * 2 + 1);
+    loam_root_remove(h, (void **)&root);
+    loam_heap_destroy(h);
+}
+
+Test(gc, the_mark_stack_of_a_deep_marking_goes_back_after_it, .timeout = 120)
+{
+    deep_marking_gives_back(0, "gc/the_mark_stack_of_a_deep_marking");
+}
+
+/* With two markers the array's entries spread over the shared pool and the
+ * helper's stack: those go back too. */
+Test(gc, the_mark_stacks_and_pool_of_a_deep_parallel_marking_go_back_after_it, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    deep_marking_gives_back(LOAM_PARALLEL_MARK, "gc/the_mark_stacks_and_pool_of_a_deep_parallel_marking");
+}
