@@ -101,9 +101,13 @@ static loam_inline_class_t gc_small_class[SMALL_MAX + 1];
 #else
 /* The library's own name for it, hidden: an exported symbol is reached
  * through the GOT in the shared library (one load more per allocation). */
+#define GC_SYMBOL_NAME(x) GC_SYMBOL_NAME_(x)
+#define GC_SYMBOL_NAME_(x) #x
 extern loam_inline_class_t gc_small_class[SMALL_MAX + 1]
-    __attribute__((alias("loam_inline_class"), visibility("hidden")));
+    __attribute__((alias(GC_SYMBOL_NAME(loam_inline_class)), visibility("hidden")));
 #endif
+_Static_assert(LOAM_INLINE_ABI == 1, "the layout checked below is version 1 of loam/inline.h's: "
+               "a change of it bumps LOAM_INLINE_ABI and the table's name");
 _Static_assert(LOAM_INLINE_MAX == SMALL_MAX, "the inline fast path's sizes are the table's");
 _Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam/inline.h sees it");
 _Static_assert(offsetof(struct loam_inline_bin, top) == offsetof(tcache_bin_t, top), "bin.top");

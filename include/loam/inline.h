@@ -19,9 +19,12 @@
  * What it reads of the library: the thread's cache slots, a table from
  * request size to cache bin and block size, and the first bytes of a heap.
  * Their layout is this header's, asserted by the library when it is built
- * (gc/api.c), so the header and the library must come from the same loam:
- * a program built with an older header and run on a newer shared library
- * is not supported, as with any inline allocation (Boehm's gc_inline.h).
+ * (gc/api.c), so the header and the library must come from the same loam,
+ * as with any inline allocation (Boehm's gc_inline.h). The layout's version,
+ * LOAM_INLINE_ABI, is part of the table's symbol name: a program built
+ * with a header of another layout fails to link, or to start against a
+ * shared library ("undefined symbol: loam_inline_class_abi1"), instead of
+ * allocating through the wrong offsets.
  *
  * Define LOAM_NO_INLINE_ALLOC before including this header to make
  * loam_gc_alloc_inline a plain call of loam_gc_alloc: for builds of the
@@ -54,6 +57,10 @@ static inline void *loam_gc_alloc_inline(loam_heap_t *h, size_t n, loam_kind_t k
 #else
 
 /* ---- the layout the library shares with this header (do not use) ---------- */
+
+/* Bumped with any change of what follows, and in the name. */
+#define LOAM_INLINE_ABI 1
+#define loam_inline_class loam_inline_class_abi1
 
 /* A thread cache's bin of one size class: blocks are taken from the bump
  * range [bump, bump_end) first, then from the stack of freed blocks below
