@@ -293,6 +293,16 @@ static inline uint32_t tcache_bump_count(const tcache_t *tc, unsigned cls)
     const tcache_bin_t *bin = &tc->bins[cls];
     return (uint32_t)((bin->bump_end - bin->bump) / sizeclass_size[cls]);
 }
+/* Bytes of the cache's bump ranges not handed out yet, anchors included
+ * (the owner's view). */
+static inline size_t tcache_bump_bytes_left(const tcache_t *tc)
+{
+    size_t bytes = 0;
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+        if (tc->bins[c].bump_end)
+            bytes += tc->bins[c].bump_end - tc->bins[c].bump + sizeclass_size[c];
+    return bytes;
+}
 /* The same from another thread while the owner runs, bump range included: a
  * snapshot, never torn by a bin moving to wider slots. */
 LOAM_INTERNAL uint32_t tcache_count_racy(tcache_t *tc, unsigned cls);

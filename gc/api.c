@@ -166,6 +166,20 @@ void gc_note_alloc(loam_heap_t *h, size_t bytes)
     AO_fetch_and_add(&h->gc->alloc_since, bytes);
 }
 
+/* A refill counts its whole bump range as allocated. A thread that exits
+ * after a few allocations gives most of it back: without this, each
+ * short-lived thread that allocated one object brought the next collection
+ * 64 KiB closer (20,000 such threads: 303 collections of a heap that never
+ * held more than 64 bytes). A collection since may have zeroed the count:
+ * it does not go below zero. */
+void gc_note_unused(loam_heap_t *h, size_t bytes)
+{
+    AO_t old;
+    do
+        old = AO_load(&h->gc->alloc_since);
+    while (bytes && !AO_compare_and_swap(&h->gc->alloc_since, old, old > bytes ? old - bytes : 0));
+}
+
 /* The heap's pacing: its config's, else the options (read each time: a
  * program may change either, loam_heap_set_gc_pacing or loam_option_set,
  * while other threads allocate). */

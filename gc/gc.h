@@ -282,6 +282,8 @@ static inline bool gc_stressed(const loam_heap_t *h)
     return LOAM_UNLIKELY(loam_opt(gc_stress) != 0) && h->mode == LOAM_GC;
 }
 LOAM_INTERNAL void gc_note_alloc(loam_heap_t *h, size_t bytes);
+/* Bytes a refill counted that go back unused (a dropped cache's ranges). */
+LOAM_INTERNAL void gc_note_unused(loam_heap_t *h, size_t bytes);
 LOAM_INTERNAL void gc_thread_cache_made(loam_heap_t *h);
 LOAM_INTERNAL void gc_heap_destroy(loam_heap_t *h);
 /* Is this thread inside one of h's finalizers? (loam_heap_destroy refuses.) */

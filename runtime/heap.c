@@ -451,6 +451,8 @@ void heap_caches_after_fork_child(void)
 static void drop_my_cache(tcache_t *tc)
 {
     loam_heap_t *h = tc->owner;
+    if (h->gc)
+        gc_note_unused(h, tcache_bump_bytes_left(tc));
     tcache_flush_all(tc);
     if (tc->owner_prev)
         tc->owner_prev->owner_next = tc->owner_next;
