@@ -126,17 +126,17 @@ struct loam_tracer {
 
 #define MARK_SLAB_CACHE 256
 
-/* One marking thread's state: the collecting thread's (gc->mk) and, while
- * marking runs in parallel, each helper's (mark.c). */
 /* The resident part of an area markings use and then leave empty (a mark
  * stack, the shared pool), in entries: mark.c gives back what a spike
- * touched once markings stop needing it (gc_spike_trim). */
+ * touched once markings stop needing it (spike_trim). */
 typedef struct gc_spike {
     size_t   touched;              /* entries whose pages may be resident */
     size_t   need;                 /* the most the last `quiet` markings used, doubled */
     unsigned quiet;                /* markings in a row that used a quarter of touched or less */
 } gc_spike_t;
 
+/* One marking thread's state: the collecting thread's (gc->mk) and, while
+ * marking runs in parallel, each helper's (mark.c). */
 typedef struct marker {
     struct gc_state *gc;
     struct loam_tracer tracer;     /* tracer.m: this marker */
