@@ -3,6 +3,7 @@
 #ifndef LOAM_TESTS_RSS_UTIL_H
 #define LOAM_TESTS_RSS_UTIL_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -14,6 +15,15 @@
 
 /* Under valgrind the process's RSS is valgrind's (its shadow memory grows
  * with every block memcheck is told about): tests that read it are skipped. */
+static inline bool rss_readable(void)
+{
+#ifdef LOAM_MEMCHECK
+    return !RUNNING_ON_VALGRIND;
+#else
+    return true;
+#endif
+}
+
 static inline size_t rss_bytes(void)
 {
 #ifdef LOAM_MEMCHECK

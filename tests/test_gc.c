@@ -1729,28 +1729,34 @@ static void **deep_array(loam_heap_t *h, size_t n)
     return a;
 }
 
+/* Under valgrind the RSS is valgrind's: the markings still run, for
+ * memcheck to watch the trim and the pages touched again. */
 static void deep_marking_gives_back(unsigned flags, const char *what)
 {
     const size_t n = 1000 * 1000 / GC_SAN_DIVISOR;
+    const bool rss = rss_readable();
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | flags, NULL, NULL, NULL);
     cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);   /* only loam_gc_collect */
     static void **root;
     loam_root_add(h, (void **)&root);
     loam_gc_collect(h);
-    size_t before = rss_outside_heap(h);
+    size_t before = rss ? rss_outside_heap(h) : 0;
     root = deep_array(h, n);
     for (int i = 0; i < 3; i++)                 /* parallel: the first eligible marks alone, to measure */
         loam_gc_collect(h);
-    size_t spike = rss_outside_heap(h);
+    size_t spike = rss ? rss_outside_heap(h) : 0;
     root = NULL;
     for (int i = 0; i < 9; i++)                 /* shallow markings: the wait, and one */
         loam_gc_collect(h);
     expect_live(h, 0, "array dropped");
-    size_t after = rss_outside_heap(h);
-    expect_given_back(what, spike, after, n * 16 / 4 * 3);
-    if (!RSS_SHADOW_STAYS)
-        cr_assert_leq(after, before + n * 16 / 8, "%s: %zu KiB outside the heap before the spike, %zu KiB after",
-                      what, before >> 10, after >> 10);
+    if (rss) {
+        size_t after = rss_outside_heap(h);
+        expect_given_back(what, spike, after, n * 16 / 4 * 3);
+        if (!RSS_SHADOW_STAYS)
+            cr_assert_leq(after, before + n * 16 / 8,
+                          "%s: %zu KiB outside the heap before the spike, %zu KiB after", what,
+                          before >> 10, after >> 10);
+    }
 
     root = deep_array(h, n);                    /* as deep again: the pages come back */
     loam_gc_collect(h);
