@@ -177,6 +177,9 @@ typedef struct segment {
     uint64_t      empty_since_ms;/* used_pages == 0 since then */
     bool          huge;          /* asks for transparent huge pages (segment.c: until
                                     part of it is given back) */
+    void         *upper_side;    /* the layer above's own side table, opaque here: a
+                                    mapping of SEGMENT_UPPER_SIDE_BYTES it made with
+                                    os_reserve_aligned, released with the segment */
     struct slab  *page_slab[PAGES_PER_SEGMENT];  /* page -> the descriptor of its run (a
                                                     pointer: the free fast path loads it and
                                                     is there, no scaling or adding) */
@@ -207,6 +210,10 @@ static inline uint64_t *segment_side_bits(segment_t *seg)
 {
     return (uint64_t *)((char *)seg + SEGMENT_SIDE_BITS_OFFSET);
 }
+
+/* The size of a segment's upper_side mapping, when it has one: a bitmap
+ * like the side bits. */
+#define SEGMENT_UPPER_SIDE_BYTES SEGMENT_SIDE_BITS_BYTES
 
 /* And a side byte per 512 bytes of the segment (8 KiB) for the layer above,
  * before the bitmap; also untouched until used. */

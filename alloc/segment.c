@@ -275,6 +275,8 @@ static void segment_release(arena_t *a, segment_t *seg)
     segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
     budget_release(a->budget, SEGMENT_HEADER_COMMIT);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - SEGMENT_HEADER_COMMIT);
+    if (seg->upper_side)
+        os_release(seg->upper_side, SEGMENT_UPPER_SIDE_BYTES);
     os_release(seg, SEGMENT_SIZE);
 }
 
@@ -292,6 +294,8 @@ void segment_release_all(arena_t *a)
         segkind_set((uintptr_t)seg, 0);
         segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
         segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
+        if (seg->upper_side)
+            os_release(seg->upper_side, SEGMENT_UPPER_SIDE_BYTES);
         os_release(seg, SEGMENT_SIZE);
     }
     a->segment_count = 0;

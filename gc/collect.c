@@ -378,7 +378,15 @@ const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t index)
         if (s->pending)
             sweep_pending(a, s);
         __atomic_fetch_and(w, ~bit, __ATOMIC_RELAXED);
-        AO_fetch_and_add(&h->gc->old_freed, s->block_size);
+        /* A survivor (generation.c) loses its age bit too: a free block
+         * has neither. */
+        uint64_t *age = gc_age_bits(seg);
+        if (age && (__atomic_load_n(&age[g >> 6], __ATOMIC_RELAXED) & bit)) {
+            __atomic_fetch_and(&age[g >> 6], ~bit, __ATOMIC_RELAXED);
+            AO_fetch_and_add(&h->gc->survivor_freed, s->block_size);
+        } else {
+            AO_fetch_and_add(&h->gc->old_freed, s->block_size);
+        }
     }
     /* The block may go out again from a thread cache, young, with no refill
      * to tell its slab: the next minor sweep must not skip the slab (gc_sweep). */
@@ -591,11 +599,20 @@ void gc_collect(loam_heap_t *h, bool full)
     bool minor = gc_choose_minor(gc, full);
     keep_for_regrowth(h, full, minor);
     gc_finish_sweep(h);
-    size_t old_live = minor ? gc_old_bytes(gc) : 0;
-    if (minor)
+    /* Survivors of the last minor collection are young again for this one
+     * (generation.c): the old bytes it starts from leave them out, and
+     * marking counts those it reaches. */
+    size_t old_live = 0;
+    if (minor) {
+        gc->mk.aging = gc_age_begin(gc);
+        old_live = gc_old_bytes(gc);
+        size_t freed = AO_load(&gc->survivor_freed);
+        size_t survivors = gc->mk.aging && gc->survivor_bytes > freed ? gc->survivor_bytes - freed : 0;
+        old_live = old_live > survivors ? old_live - survivors : 0;
         gc_mark_remembered(gc);
-    else if (gc_generational(gc))
+    } else if (gc_generational(gc)) {
         gc_begin_major(gc);
+    }
     /* A minor collection marks about what the last one did, not the heap. */
     gc->mark_expect = minor ? gc->minor_marked : gc->live_after;
     gc_mark_roots(gc);
@@ -614,12 +631,17 @@ void gc_collect(loam_heap_t *h, bool full)
      * alive until their finalizer ran). */
     gc_clear_dead_weak_fields(gc, weak_fields_seen);
     gc_ephemerons_end(gc, true);
+    if (gc->mk.aging)
+        gc_age_end(gc);
     gc_mark_end(gc);
     size_t live = old_live + gc->mk.marked_bytes;
     __atomic_fetch_add(&gc->bytes_swept, gc_sweep(gc, minor), __ATOMIC_RELAXED);
 
     gc->live_after = live;
+    gc->survivor_bytes = gc->mk.aging && gc->mk.survivor_bytes < live ? gc->mk.survivor_bytes : 0;
+    gc->mk.aging = false;
     AO_store(&gc->old_freed, 0);
+    AO_store(&gc->survivor_freed, 0);
     if (minor) {
         gc->minor_collections++;
         gc->minors_in_a_row++;

@@ -149,8 +149,8 @@ typedef struct marker {
         size_t      first;         /* granule of lo in those bits */
         uint32_t    size, step;    /* block size, in bytes and in granules */
         uint32_t    tag;
-        uint32_t    pad[3];        /* 64 bytes an entry: its index is a shift */
-    } slabs[MARK_SLAB_CACHE];
+        uint64_t   *abits;         /* its segment's age bits (generation.c), or NULL */
+    } slabs[MARK_SLAB_CACHE];      /* 64 bytes an entry: its index is a shift */
     mark_entry_t   *stack;
     size_t          sp, cap;
     /* How deep the stack may go this marking before push_slow notes it went
@@ -167,7 +167,9 @@ typedef struct marker {
     bool            overflow;      /* a push was dropped: rescan marked blocks */
     bool            shared;        /* other markers run: mark bits are set atomically */
     bool            may_share;     /* helpers wait for work: give them some when hungry */
+    bool            aging;         /* a minor collection: blocks it marks young age (generation.c) */
     size_t          marked_bytes;
+    size_t          survivor_bytes;/* of marked_bytes: young blocks marked for the first time */
 } marker_t;
 
 /* An ephemeron pair a marker met with its key unmarked (ephemeron.c). */
@@ -245,6 +247,8 @@ typedef struct gc_state {
     bool            need_major;    /* marks cannot be trusted: the next collection is major */
     size_t          major_live;    /* live bytes after the last major collection */
     AO_t            old_freed;     /* bytes of old blocks loam_free'd since the last collection */
+    size_t          survivor_bytes;/* of live_after: blocks the last collection kept young */
+    AO_t            survivor_freed;/* of those, bytes loam_free'd since */
     size_t          minor_collections;
     unsigned        minors_in_a_row;   /* since the last major collection */
     size_t          minor_marked;  /* bytes the last minor collection marked */
@@ -407,6 +411,19 @@ LOAM_INTERNAL size_t gc_floor_bytes(const gc_state_t *gc);
 LOAM_INTERNAL void   gc_mark_remembered(gc_state_t *gc);           /* minor: old blocks on dirty cards */
 LOAM_INTERNAL void   gc_begin_major(gc_state_t *gc);               /* generational major: no marks, no cards */
 LOAM_INTERNAL void   gc_forget_generations(gc_state_t *gc);        /* the heap turns manual */
+/* Promotion at the second survival (generation.c): a bitmap per slab
+ * segment like the marks, a bit per granule, set for the blocks the last
+ * minor collection kept young (survivors, which also carry their mark
+ * between collections). NULL: none made yet, all clear. Its word 0 (the
+ * header page's granules, never a block's) holds the pages that may have
+ * age bits. */
+static inline uint64_t *gc_age_bits(segment_t *seg)
+{
+    return (uint64_t *)seg->upper_side;
+}
+LOAM_INTERNAL bool   gc_age_begin(gc_state_t *gc);     /* minor, before marking: false, no aging */
+LOAM_INTERNAL void   gc_age_end(gc_state_t *gc);       /* minor, after every decision on marks */
+LOAM_INTERNAL void   gc_age_clear(segment_t *seg, size_t first, size_t n);   /* granules of a slab */
 /* roots.c */
 LOAM_INTERNAL void  gc_mark_roots(gc_state_t *gc);
 /* finalize.c */

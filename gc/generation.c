@@ -17,6 +17,28 @@
  * again every old block overlapping a dirty card, and every old large block
  * that can hold pointers (large blocks have no cards: they are few).
  *
+ * Promotion waits for a block's second minor collection. A young block
+ * that survives its first stays young, a survivor: between collections it
+ * carries its mark (every reader of marks in between, the sweep first, sees
+ * a live block) and an age bit in a second bitmap (gc_age_bits). A minor
+ * collection first takes the marks of survivors away (gc_age_begin), then
+ * marks; the marker that marks a young block flips its age bit (mark.c,
+ * age_block): a new block gets mark and age (a survivor now), a survivor
+ * reached again loses its age (old). After marking, survivors nothing
+ * reached lose their age bit too (gc_age_end), unmarked: the sweep frees
+ * them. Without it, every block live at a minor collection was promoted:
+ * the Lisp example's tree under construction at each one became old
+ * garbage, and only a major collection found it (117 of them in the demo
+ * against 28 in a prototype, docs/benchmarks.md).
+ *
+ * A survivor is young, so an old block pointing at one must be rescanned
+ * at the next minor collection too: every dirty card stays dirty for two
+ * minor collections (1 when written, 2 after the first, clean after the
+ * second). That is enough: a survivor was allocated after the collection
+ * before the one it survived, so any old block, or block promoted by that
+ * collection, that points at it was written after it was allocated, with
+ * the barrier (it was no fresh block then), in that window.
+ *
  * Invariants kept for minor collections to be right:
  *   - a free block is unmarked: loam_free of an old block clears its bit
  *     (gc_free_refused), a free block a conservative word marked has its bit
@@ -30,6 +52,12 @@
  * A heap switched to manual and back starts again with a major collection. */
 #include "gc/gc.h"
 
+/* A card's states: written since the last minor collection; written
+ * before it but after the one before (still dirty, for its survivors);
+ * clean. */
+#define CARD_DIRTY  1
+#define CARD_AGED   2
+
 void loam_write_barrier(const void *where)
 {
     uintptr_t a = (uintptr_t)where;
@@ -39,8 +67,8 @@ void loam_write_barrier(const void *where)
     uint8_t *card = &segment_side_bytes(seg)[(a & SEGMENT_MASK) >> SEGMENT_SIDE_BYTES_SHIFT];
     /* Racing stores of the same byte by several threads all write 1; the
      * collector reads the cards with the world stopped. */
-    if (__atomic_load_n(card, __ATOMIC_RELAXED) == 0)
-        __atomic_store_n(card, 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(card, __ATOMIC_RELAXED) != CARD_DIRTY)
+        __atomic_store_n(card, CARD_DIRTY, __ATOMIC_RELAXED);
 }
 
 bool gc_generational(const gc_state_t *gc)
@@ -95,19 +123,26 @@ bool gc_choose_minor(gc_state_t *gc, bool full)
     return gc_old_bytes(gc) < gc->major_live + gc_old_allowance(gc);
 }
 
-/* Bytes in old blocks: live after the last collection, less the old blocks
- * freed since. */
+/* Bytes in old blocks and survivors: live after the last collection, less
+ * the blocks of either freed since. Survivors count as old here: they take
+ * the room promoted blocks took before there were survivors (the old
+ * allowance), so the heap peaks where it did; and a minor collection frees
+ * those that died, which promoted blocks waited for a major one for. */
 size_t gc_old_bytes(const gc_state_t *gc)
 {
-    size_t freed = AO_load(&gc->old_freed);
+    size_t freed = AO_load(&gc->old_freed) + AO_load(&gc->survivor_freed);
     return gc->live_after > freed ? gc->live_after - freed : 0;
 }
 
 /* Cards of a segment, a word at a time: most are clean. fn is called for
- * each dirty card, which is then cleared. */
+ * each dirty card; then a card written since the last collection is kept
+ * for the next one (CARD_AGED) and one kept is cleared. Without fn, every
+ * card is cleared (a major collection: no survivor is left). */
 static void for_each_dirty_card(segment_t *seg, void (*fn)(gc_state_t *, segment_t *, size_t), gc_state_t *gc)
 {
     uint64_t *w = (uint64_t *)segment_side_bytes(seg);
+    const uint64_t dirty = 0x0101010101010101u * CARD_DIRTY;
+    _Static_assert(CARD_DIRTY == 1 && CARD_AGED == 2, "aged: a dirty byte shifted by one");
     for (size_t i = 0; i < SEGMENT_SIDE_BYTES_COUNT / 8; i++) {
         if (!w[i])
             continue;
@@ -116,8 +151,10 @@ static void for_each_dirty_card(segment_t *seg, void (*fn)(gc_state_t *, segment
             for (size_t j = 0; j < 8; j++)
                 if (c[j])
                     fn(gc, seg, i * 8 + j);
+            w[i] = (w[i] & dirty) << 1;
+        } else {
+            w[i] = 0;
         }
-        w[i] = 0;
     }
 }
 
@@ -183,6 +220,93 @@ void gc_begin_major(gc_state_t *gc)
     for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++)
         for (segment_t *seg = a->segments; seg; seg = seg->next)
             for_each_dirty_card(seg, NULL, gc);
+}
+
+/* ---- promotion at the second survival --------------------------------------- */
+
+/* Age bits of granules [first, first + n) (a slab's: whole words, whole
+ * pages) go, with their pages' bits in word 0. */
+void gc_age_clear(segment_t *seg, size_t first, size_t n)
+{
+    uint64_t *age = gc_age_bits(seg);
+    if (!age)
+        return;
+    const size_t per_page = PAGE_SIZE / BLOCK_ALIGN;
+    uint64_t pages = 0;
+    for (size_t g = first; g < first + n; g += per_page)
+        pages |= (uint64_t)1 << (g / per_page);
+    if (!(age[0] & pages))
+        return;                         /* no age bit there: nothing touched */
+    for (size_t w = first / 64; w < (first + n) / 64; w++)
+        if (age[w])
+            age[w] = 0;
+    age[0] &= ~pages;
+}
+
+/* Word 0 of a segment's age bits: the pages that may have some, and the
+ * words of page p. */
+#define AGE_WORDS_PER_PAGE (PAGE_SIZE / BLOCK_ALIGN / 64)
+
+/* World stopped, before a minor collection marks (and before the dirty
+ * cards are read, which look at marks): every slab segment has its age
+ * bits (mapped, untouched until set), and survivors lose their marks, so
+ * that marking finds again which of them are reachable. false: no memory
+ * for a segment's bits; the collection then promotes what it reaches, as
+ * the survivors stay marked. */
+bool gc_age_begin(gc_state_t *gc)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++)
+        for (segment_t *seg = a->segments; seg; seg = seg->next)
+            if (!seg->upper_side) {
+                seg->upper_side = os_reserve_aligned(SEGMENT_UPPER_SIDE_BYTES, OS_PAGE);
+                if (!seg->upper_side)
+                    return false;
+            }
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++)
+        for (segment_t *seg = a->segments; seg; seg = seg->next) {
+            uint64_t *age = gc_age_bits(seg), *mark = segment_side_bits(seg);
+            for (uint64_t pages = age[0]; pages; pages &= pages - 1) {
+                size_t w = (size_t)__builtin_ctzll(pages) * AGE_WORDS_PER_PAGE;
+                for (size_t end = w + AGE_WORDS_PER_PAGE; w < end; w++)
+                    if (age[w])
+                        mark[w] &= ~age[w];
+            }
+        }
+    return true;
+}
+
+/* After a minor collection's marking and every decision made on its marks
+ * (weak references, finalizers, ephemerons), before its sweep: survivors
+ * nothing reached lose their age bit and, unmarked, are freed by the
+ * sweep, which must then visit their slabs even if no block went out of
+ * them since the last collection. Word 0 keeps the pages that still have
+ * age bits. */
+void gc_age_end(gc_state_t *gc)
+{
+    arena_t *a;
+    for (unsigned i = 0; (a = heap_arena_at(gc->heap, i)); i++)
+        for (segment_t *seg = a->segments; seg; seg = seg->next) {
+            uint64_t *age = gc_age_bits(seg), *mark = segment_side_bits(seg), still = 0;
+            if (!age)
+                continue;
+            for (uint64_t pages = age[0]; pages; pages &= pages - 1) {
+                unsigned p = (unsigned)__builtin_ctzll(pages);
+                size_t w = (size_t)p * AGE_WORDS_PER_PAGE;
+                for (size_t end = w + AGE_WORDS_PER_PAGE; w < end; w++) {
+                    if (!age[w])
+                        continue;
+                    uint64_t dead = age[w] & ~mark[w];
+                    if (dead) {
+                        age[w] &= ~dead;
+                        segment_page_slab(seg, p)->handed_out = true;
+                    }
+                    if (age[w])
+                        still |= (uint64_t)1 << p;
+                }
+            }
+            age[0] = still;
+        }
 }
 
 /* The heap turns manual: its frees no longer clear marks, so once it is

@@ -242,6 +242,8 @@ void gc_mark_begin(gc_state_t *gc)
     gc->mk.reach = gc->mk.cap < MARK_STACK_MIN ? gc->mk.cap : MARK_STACK_MIN;
     gc_mark_watch(gc, false);
     gc->mk.marked_bytes = 0;
+    gc->mk.survivor_bytes = 0;
+    gc->mk.aging = false;
     gc->helper_marked = 0;
     gc->mk.shared = false;
     gc->mk.may_share = false;
@@ -258,6 +260,7 @@ static void remember_slab(struct mark_slab_cache *c, segment_t *seg, slab_t *s)
     c->size = s->block_size;
     c->step = s->block_size / BLOCK_ALIGN;
     c->tag = s->tag;
+    c->abits = gc_age_bits(seg);
 }
 
 /* A candidate in no cached slab: a large block of this heap is marked here;
@@ -299,6 +302,28 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
     return true;
 }
 
+/* A minor collection's marker has just marked young block g (exactly one
+ * marker does): its age bit flips (generation.c). Clear, the block
+ * survives for the first time and stays young (mark and age set); set, it
+ * is a survivor reached again, and old now (mark only). */
+static inline __attribute__((always_inline)) void
+age_block(marker_t *m, uint64_t *abits, size_t g, size_t size)
+{
+    uint64_t bit = (uint64_t)1 << (g & 63), *w = &abits[g >> 6], old;
+    if (m->shared) {
+        old = __atomic_fetch_xor(w, bit, __ATOMIC_RELAXED);
+    } else {
+        old = *w;
+        *w = old ^ bit;
+    }
+    if (old & bit)
+        return;
+    uint64_t page = (uint64_t)1 << (g >> (PAGE_SHIFT - 4));   /* granules of 16 bytes */
+    if (!(__atomic_load_n(&abits[0], __ATOMIC_RELAXED) & page))
+        __atomic_fetch_or(&abits[0], page, __ATOMIC_RELAXED);
+    m->survivor_bytes += size;
+}
+
 /* Mark the block of this heap that contains w (interior: any address inside
  * it; else only its start), w inside the cached slab c. A precise
  * candidate comes from the embedder (a trace or roots callback, a root slot),
@@ -332,8 +357,11 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
             kind |= MARK_VERIFY;
         }
     }
-    if (bit_test_and_set(bits, first + idx * step, m->shared))
+    size_t g = first + idx * step;
+    if (bit_test_and_set(bits, g, m->shared))
         return;
+    if (LOAM_UNLIKELY(m->aging))
+        age_block(m, c->abits, g, size);
     push(m, block, size, kind);
 }
 
@@ -475,6 +503,8 @@ scan(marker_t *m, tracer_fn_t t, char *obj, size_t size_kind)
         }
         if (((free_block_t *)obj)->freed_key == loam_free_key) {
             m->marked_bytes -= size;        /* a free block: nothing lives there */
+            if (m->aging)
+                m->survivor_bytes -= size;  /* it was aged as it was marked: no age before */
             unmark_free(m, obj);
             return;
         }
@@ -706,7 +736,9 @@ static void *helper_main(void *arg)
         gc_helper_marks_for(m->gc);
         m->shared = true;
         m->may_share = true;
+        m->aging = m->gc->mk.aging;
         m->marked_bytes = 0;
+        m->survivor_bytes = 0;
         m->overflow = false;
         m->sp = 0;
         forget_slab(m);
@@ -831,6 +863,7 @@ static bool drain_parallel(gc_state_t *gc)
         marker_t *m = pool.helper[i];
         if (m->gc == gc) {
             gc->mk.marked_bytes += m->marked_bytes;
+            gc->mk.survivor_bytes += m->survivor_bytes;
             gc->helper_marked += m->marked_bytes;
             gc->mk.overflow |= m->overflow;
             m->gc = NULL;
@@ -947,6 +980,7 @@ void gc_clear_slab_marks(segment_t *seg, slab_t *s)
     size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
     size_t n = (size_t)s->pages * PAGE_SIZE / BLOCK_ALIGN;
     memset(bits + first / 64, 0, n / 8);
+    gc_age_clear(seg, first, n);
 }
 
 void gc_clear_all_marks(gc_state_t *gc)
@@ -978,8 +1012,11 @@ void gc_for_each_block(gc_state_t *gc, gc_block_fn fn, void *arg)
                         char *b = s->start + (size_t)k * s->block_size;
                         size_t g = granule_of(seg, b);
                         if (((free_block_t *)b)->freed_key == loam_free_key) {
-                            if (bit_test(bits, g))       /* see unmark_free */
+                            if (bit_test(bits, g)) {     /* see unmark_free */
                                 bits[g >> 6] &= ~((uint64_t)1 << (g & 63));
+                                if (gc->mk.aging)        /* aged as it was marked (gc_age_end clears it) */
+                                    gc->mk.survivor_bytes -= s->block_size;
+                            }
                             continue;
                         }
                         fn(gc, b, s->block_size, s->tag, bit_test(bits, g), arg);
