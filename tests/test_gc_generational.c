@@ -139,6 +139,107 @@ Test(gc_generational, young_object_stored_into_an_old_one_survives_minor_collect
     gen_heap_done(h);
 }
 
+/* ---- promotion at the second minor collection ---------------------------------------- */
+
+/* n young objects in a chain, from old->kid[0] (through the barrier). */
+static obj_t *chain_from(loam_heap_t *h, obj_t *old, size_t n, uintptr_t first)
+{
+    obj_t *head = NULL;
+    for (size_t i = 0; i < n; i++) {
+        obj_t *o = new_obj(h, first + n - 1 - i);
+        o->kid[0] = head;                   /* fresh: no barrier */
+        head = o;
+    }
+    old->kid[0] = head;
+    loam_write_barrier(&old->kid[0]);
+    return head;
+}
+
+static void expect_chain(const obj_t *o, size_t n, uintptr_t first, const char *what)
+{
+    for (size_t i = 0; i < n; i++, o = o->kid[0])
+        expect_obj(o, first + i, what);
+    cr_assert_null(o, "%s: longer than %zu", what, n);
+}
+
+/* Live at one minor collection, dropped before the next: that next one
+ * reclaims it (promoted at once, it waited for a major collection). */
+Test(gc_generational, a_block_live_at_one_minor_collection_is_reclaimed_by_the_next)
+{
+    loam_heap_t *h = gen_heap();
+    obj_t *old = make_old_root(h, new_obj(h, 1));
+    const size_t n = 200;
+    chain_from(h, old, n, 100);
+    run_minors(h, 1);                       /* the chain survives, young */
+    expect_chain(old->kid[0], n, 100, "the chain after one minor collection");
+    cr_assert_eq(gc_stats(h).live_blocks, n + 1);
+    old->kid[0] = NULL;
+    loam_write_barrier(&old->kid[0]);
+    run_minors(h, 1);                       /* asserts no major collection ran */
+    cr_assert_eq(gc_stats(h).live_blocks, 1, "%zu live blocks: the dropped chain was promoted",
+                 gc_stats(h).live_blocks);
+    gen_heap_done_empty(h);
+}
+
+/* Still live at a second minor collection: old from then on, and kept. A
+ * young object stored into it after the first, reachable only through it,
+ * is found by the minor collections after (its card stays dirty for two). */
+Test(gc_generational, a_survivor_and_what_is_stored_into_it_stay_alive)
+{
+    loam_heap_t *h = gen_heap();
+    obj_t *old = make_old_root(h, new_obj(h, 1));
+    obj_t *s = chain_from(h, old, 1, 2);
+    run_minors(h, 1);                       /* s survives once */
+    s->kid[1] = new_obj(h, 3);              /* s is no fresh object: the barrier */
+    loam_write_barrier(&s->kid[1]);
+    for (int i = 0; i < 4; i++) {
+        run_minors(h, 1);                   /* s promoted; then its child; then both old */
+        expect_obj(s, 2, "the survivor");
+        expect_obj(s->kid[1], 3, "the object stored into the survivor");
+    }
+    cr_assert_eq(gc_stats(h).live_blocks, 3);
+    gen_heap_done_empty(h);
+}
+
+/* loam_free of a survivor: its block is free, neither old nor a survivor;
+ * a second free is a fault; the block taken again lives as a young one. */
+static int survivor_faults;
+static void count_survivor_fault(loam_heap_t *h, const char *message, void *addr, void *user)
+{
+    (void)h, (void)message, (void)addr, (void)user;
+    survivor_faults++;
+}
+
+Test(gc_generational, a_freed_survivor_is_free)
+{
+    cr_assert_eq(loam_option_set("gc_young_min", 32 * 1024), 0);
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_GENERATIONAL | LOAM_NO_STACK_SCAN,
+                          .trace = trace_obj, .error = count_survivor_fault };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    root = NULL;
+    loam_root_add(h, &root);
+    obj_t *old = make_old_root(h, new_obj(h, 1));
+    obj_t *s = chain_from(h, old, 1, 2);
+    run_minors(h, 1);                       /* s survives once */
+    old->kid[0] = NULL;
+    loam_write_barrier(&old->kid[0]);
+    survivor_faults = 0;
+    loam_free(s);
+    cr_assert_eq(survivor_faults, 0, "freeing a survivor was refused");
+    loam_free(s);
+    cr_assert_eq(survivor_faults, 1, "a second free of a survivor was not reported");
+    obj_t *again = new_obj(h, 4);           /* most likely the same block */
+    again->kid[1] = new_obj(h, 5);
+    old->kid[1] = again;
+    loam_write_barrier(&old->kid[1]);
+    run_minors(h, 3);
+    expect_obj(again, 4, "the block taken again");
+    expect_obj(again->kid[1], 5, "its child");
+    cr_assert_eq(gc_stats(h).live_blocks, 3, "%zu live blocks", gc_stats(h).live_blocks);
+    gen_heap_done_empty(h);
+}
+
 Test(gc_generational, a_large_old_object_needs_no_card)
 {
     loam_heap_t *h = gen_heap();
