@@ -599,16 +599,10 @@ void gc_collect(loam_heap_t *h, bool full)
     bool minor = gc_choose_minor(gc, full);
     keep_for_regrowth(h, full, minor);
     gc_finish_sweep(h);
-    /* Survivors of the last minor collection are young again for this one
-     * (generation.c): the old bytes it starts from leave them out, and
-     * marking counts those it reaches. */
     size_t old_live = 0;
     if (minor) {
         gc->mk.aging = gc_age_begin(gc);
-        old_live = gc_old_bytes(gc);
-        size_t freed = AO_load(&gc->survivor_freed);
-        size_t survivors = gc->mk.aging && gc->survivor_bytes > freed ? gc->survivor_bytes - freed : 0;
-        old_live = old_live > survivors ? old_live - survivors : 0;
+        old_live = gc_minor_old_live(gc, gc->mk.aging);
         gc_mark_remembered(gc);
     } else if (gc_generational(gc)) {
         gc_begin_major(gc);

@@ -404,6 +404,7 @@ LOAM_INTERNAL bool   gc_generational(const gc_state_t *gc);
 #define GC_MINORS_PER_MAJOR 64      /* minor collections in a row at most (generation.c) */
 LOAM_INTERNAL bool   gc_choose_minor(gc_state_t *gc, bool full);   /* world stopped */
 LOAM_INTERNAL size_t gc_old_bytes(const gc_state_t *gc);
+LOAM_INTERNAL size_t gc_minor_old_live(const gc_state_t *gc, bool aging);   /* world stopped */
 LOAM_INTERNAL size_t gc_young_allowance(const gc_state_t *gc);  /* allocated between collections */
 LOAM_INTERNAL size_t gc_old_allowance(const gc_state_t *gc);    /* old garbage between major ones */
 LOAM_INTERNAL size_t gc_growth_percent(const gc_state_t *gc);   /* the heap's pacing (api.c) */

@@ -138,6 +138,16 @@ size_t gc_old_bytes(const gc_state_t *gc)
     return gc->live_after > freed ? gc->live_after - freed : 0;
 }
 
+/* The old bytes a minor collection starts from, before it marks. With
+ * aging, the survivors are young again for it (gc_age_begin took their
+ * marks): all of them are left out, freed or not, and marking counts
+ * those it reaches. Without, they stay marked, old. */
+size_t gc_minor_old_live(const gc_state_t *gc, bool aging)
+{
+    size_t gone = AO_load(&gc->old_freed) + (aging ? gc->survivor_bytes : AO_load(&gc->survivor_freed));
+    return gc->live_after > gone ? gc->live_after - gone : 0;
+}
+
 /* Cards of a segment, a word at a time: most are clean. fn is called for
  * each dirty card; then a card written since the last collection is kept
  * for the next one (CARD_AGED) and one kept is cleared. Without fn, every

@@ -126,7 +126,8 @@ static void spike_give_back(gc_spike_t *w, void *area, size_t entry, size_t keep
     w->touched = keep;
 }
 
-/* After a marking (sp 0); `reach` says how deep it went. */
+/* After a marking (sp 0); `reach` says how deep it went. The next marking
+ * starts from the least reach again. */
 static void stack_trim(marker_t *m)
 {
     size_t keep = spike_trim(&m->pages, m->reach, MARK_STACK_MIN);
@@ -239,8 +240,7 @@ void gc_mark_begin(gc_state_t *gc)
     if (gc->eph_map.n)
         objmap_clear(&gc->eph_map);
     AO_store(&gc->eph_lost, 0);
-    gc->mk.reach = gc->mk.cap < MARK_STACK_MIN ? gc->mk.cap : MARK_STACK_MIN;
-    gc_mark_watch(gc, false);
+    gc_mark_watch(gc, false);           /* limit: the reach the last marking's gc_mark_end set */
     gc->mk.marked_bytes = 0;
     gc->mk.survivor_bytes = 0;
     gc->mk.aging = false;
