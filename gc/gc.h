@@ -375,6 +375,10 @@ LOAM_INTERNAL void  gc_mark_word(gc_state_t *gc, uintptr_t w);     /* conservati
 LOAM_INTERNAL void  gc_mark_precise(gc_state_t *gc, uintptr_t w);  /* the embedder's: a live object */
 LOAM_INTERNAL void  gc_mark_range(gc_state_t *gc, const void *start, const void *end);
 LOAM_INTERNAL void  gc_mark_drain(gc_state_t *gc);
+/* The serial/parallel choice of an eligible marking, and what it learns
+ * from one done (mark.c, "Parallel marking is a bet on idle CPUs"). */
+LOAM_INTERNAL bool  gc_mark_choose_parallel(gc_state_t *gc);
+LOAM_INTERNAL void  gc_mark_note_rate(gc_state_t *gc, bool parallel, size_t bytes, uint64_t ns);
 LOAM_INTERNAL bool  gc_is_marked(gc_state_t *gc, const void *obj);
 /* The block of heap h that holds p (its start, or an address inside it),
  * or 0: no block, or another heap's. *ai describes p. */

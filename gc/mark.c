@@ -11,9 +11,12 @@
  * and is never pushed, so a trace callback never sees a free block.
  *
  * Parallel marking (heaps with LOAM_PARALLEL_MARK, option gc_markers, once
- * the last collection found gc_parallel_min live bytes, or for a minor
- * collection once the last minor one marked that much: marking less takes a
- * fraction of a millisecond, not worth waking threads): the roots are marked
+ * the last collection found gc_parallel_min live bytes, default 4 MiB, or
+ * for a minor collection once the last minor one marked that much: marking
+ * less takes a millisecond or two, and on the 2-CPU bench machine a helper
+ * woken for it took part in none of the Lisp example's markings of 1.5 MiB
+ * but made its longest pause 0.64 ms instead of 0.59, median of 11 runs;
+ * binary-trees 16's 2 MiB and GCBench ran as fast alone): the roots are marked
  * by the collecting thread alone; the grey blocks they leave
  * are then drained by it and by helper threads of a process-wide pool, each
  * with a stack of its own. A marker whose stack holds work while another is
@@ -903,7 +906,16 @@ void gc_markers_after_fork_child(void)
  * marking alone is a longer pause). On the 2-CPU bench machine, idle, two
  * markers mark binary-trees 19 at ~2.3 bytes/ns against ~1.4 alone. The
  * rates follow a lasting change; a busy moment is seen by helpers_for_now,
- * which counts the idle CPUs at the start of each parallel marking. */
+ * which counts the idle CPUs at the start of each parallel marking.
+ *
+ * Only markings of gc_parallel_min bytes or more teach the rates. An
+ * eligible marking (the last collection found that much live) can mark
+ * next to nothing, when the program has just dropped its data: its rate is
+ * the fixed cost of starting, for helpers a wake-up. One such, 10 KiB in
+ * 128 us in parallel, took binary-trees 19's parallel rate from nothing to
+ * a twentieth of the serial one, and the average took twenty parallel
+ * markings at 2.1 bytes/ns against 1.55 alone to forgive it: the collector
+ * marked alone for most of the run, 15 % slower (gc_parallel_min = 4 MiB). */
 static bool may_mark_in_parallel(gc_state_t *gc)
 {
     return (gc->heap->cfg.flags & LOAM_PARALLEL_MARK) && gc->mk.sp > 0 &&
@@ -911,7 +923,7 @@ static bool may_mark_in_parallel(gc_state_t *gc)
 }
 
 /* An eligible marking: in parallel now, or alone (to measure, or backing off). */
-static bool choose_parallel(gc_state_t *gc)
+bool gc_mark_choose_parallel(gc_state_t *gc)
 {
     if (gc->rate_serial == 0 || gc->serial_for > 0) {
         if (gc->serial_for > 0)
@@ -927,37 +939,42 @@ static void note_rate(double *rate, size_t bytes, uint64_t ns)
     *rate = *rate == 0 ? r : 0.75 * *rate + 0.25 * r;
 }
 
+/* An eligible marking done, in parallel or alone: bytes marked in ns. */
+void gc_mark_note_rate(gc_state_t *gc, bool parallel, size_t bytes, uint64_t ns)
+{
+    if (bytes < (size_t)loam_opt(gc_parallel_min))
+        return;                         /* not representative (above) */
+    if (!parallel) {
+        note_rate(&gc->rate_serial, bytes, ns);
+        return;
+    }
+    note_rate(&gc->rate_parallel, bytes, ns);
+    if (gc->rate_parallel < 1.15 * gc->rate_serial) {
+        gc->serial_backoff = gc->serial_backoff ? gc->serial_backoff * 2 : 2;
+        if (gc->serial_backoff > 64)
+            gc->serial_backoff = 64;
+        gc->serial_for = gc->serial_backoff;
+        gc->parallel_run = 0;
+    } else {
+        gc->serial_backoff = 0;
+        if (++gc->parallel_run == 64) {
+            gc->parallel_run = 0;
+            gc->serial_for = 1;         /* probe: is alone still slower? */
+        }
+    }
+}
+
 void gc_mark_drain(gc_state_t *gc)
 {
     for (;;) {
         bool eligible = may_mark_in_parallel(gc);
         size_t before = gc->mk.marked_bytes;
         uint64_t t0 = eligible ? gc_now_ns() : 0;
-        bool parallel = eligible && choose_parallel(gc) && drain_parallel(gc);
+        bool parallel = eligible && gc_mark_choose_parallel(gc) && drain_parallel(gc);
         if (!parallel)
             drain_stack(&gc->mk);
-        if (eligible) {
-            uint64_t ns = gc_now_ns() - t0;
-            size_t bytes = gc->mk.marked_bytes - before;
-            if (!parallel) {
-                note_rate(&gc->rate_serial, bytes, ns);
-            } else {
-                note_rate(&gc->rate_parallel, bytes, ns);
-                if (gc->rate_parallel < 1.15 * gc->rate_serial) {
-                    gc->serial_backoff = gc->serial_backoff ? gc->serial_backoff * 2 : 2;
-                    if (gc->serial_backoff > 64)
-                        gc->serial_backoff = 64;
-                    gc->serial_for = gc->serial_backoff;
-                    gc->parallel_run = 0;
-                } else {
-                    gc->serial_backoff = 0;
-                    if (++gc->parallel_run == 64) {
-                        gc->parallel_run = 0;
-                        gc->serial_for = 1;     /* probe: is alone still slower? */
-                    }
-                }
-            }
-        }
+        if (eligible)
+            gc_mark_note_rate(gc, parallel, gc->mk.marked_bytes - before, gc_now_ns() - t0);
         if (!gc->mk.overflow)
             return;
         /* Pushes were dropped: every marked block is scanned again, which

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "gc_util.h"
+#include "gc/gc.h"
 
 #ifdef LOAM_MEMCHECK
 #include <valgrind/valgrind.h>
@@ -1499,10 +1500,11 @@ static size_t count_tree(const node_t *n)
 }
 
 /* A LOAM_PARALLEL_MARK heap (stacks not scanned) whose root slot *root
- * holds a tree of depth 16: 131071 nodes of 32 bytes (*n), 4 MiB, past
- * gc_parallel_min. */
+ * holds a tree of depth 16: 131071 nodes of 32 bytes (*n), 4 MiB less 32
+ * bytes, past gc_parallel_min (set to 1 MiB: the default is 4). */
 static loam_heap_t *parallel_heap_with_tree(void **root, size_t *n)
 {
+    cr_assert_eq(loam_option_set("gc_parallel_min", (long)MiB), 0);
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
     loam_root_add(h, root);
     node_t *top = new_node(h, LOAM_TRACED, 2);
@@ -1617,6 +1619,76 @@ Test(gc, parallel_marking_takes_no_helper_while_every_cpu_is_busy, .timeout = 12
     root = NULL;
     loam_gc_collect(h);
     expect_live(h, 0, "tree dropped");
+    loam_heap_destroy(h);
+}
+
+/* What a marking teaches the collector's choice between marking alone and
+ * in parallel (gc_mark_choose_parallel, gc_mark_note_rate): only markings
+ * of gc_parallel_min bytes or more count. One that marks next to nothing
+ * measures the cost of starting: 10 KiB in 128 us, a helper's wake-up, once
+ * set binary-trees 19 marking alone for most of its run, 15 % slower. */
+Test(gc, a_marking_smaller_than_gc_parallel_min_teaches_the_choice_nothing)
+{
+    cr_assert_eq(loam_option_set("gc_parallel_min", (long)MiB), 0);
+    gc_state_t *gc = calloc(1, sizeof *gc);
+    cr_assert_not_null(gc);
+    /* The first eligible marking runs alone, to measure; a small one
+     * measures nothing, and the next runs alone again. */
+    cr_assert(!gc_mark_choose_parallel(gc));
+    gc_mark_note_rate(gc, false, 10 * KiB, 15 * 1000);
+    cr_assert_eq(gc->rate_serial, 0.0);
+    cr_assert(!gc_mark_choose_parallel(gc), "a marking of 10 KiB set the serial rate");
+    gc_mark_note_rate(gc, false, 8 * MiB, 5 * 1000 * 1000);          /* 1.68 bytes/ns */
+    cr_assert_gt(gc->rate_serial, 1.6);
+    cr_assert(gc_mark_choose_parallel(gc));
+    /* A parallel marking that found next to nothing. */
+    gc_mark_note_rate(gc, true, 10 * KiB, 128 * 1000);
+    cr_assert_eq(gc->rate_parallel, 0.0, "a marking of 10 KiB set the parallel rate");
+    cr_assert(gc_mark_choose_parallel(gc), "a marking of 10 KiB sent the next ones alone");
+    /* In parallel at 2.1 bytes/ns: the markings stay parallel. */
+    for (int i = 0; i < 10; i++) {
+        gc_mark_note_rate(gc, true, 16 * MiB, 8 * 1000 * 1000);
+        cr_assert(gc_mark_choose_parallel(gc), "parallel marking %d", i);
+    }
+    /* Slower in parallel than 1.15 times alone (a busy machine): the next
+     * markings run alone, 2 then 4 of them, each time parallel still loses. */
+    for (int i = 0; i < 20; i++)
+        gc_mark_note_rate(gc, true, 16 * MiB, 20 * 1000 * 1000);  /* 0.84 bytes/ns */
+    cr_assert_lt(gc->rate_parallel, 1.15 * gc->rate_serial);
+    gc->serial_backoff = 0;
+    gc_mark_note_rate(gc, true, 16 * MiB, 20 * 1000 * 1000);
+    cr_assert(!gc_mark_choose_parallel(gc));
+    cr_assert(!gc_mark_choose_parallel(gc));
+    cr_assert(gc_mark_choose_parallel(gc), "two markings alone, then parallel again");
+    gc_mark_note_rate(gc, true, 16 * MiB, 20 * 1000 * 1000);
+    for (int i = 0; i < 4; i++)
+        cr_assert(!gc_mark_choose_parallel(gc), "backing off: marking %d alone", i);
+    cr_assert(gc_mark_choose_parallel(gc));
+    free(gc);
+}
+
+/* The default gc_parallel_min: a heap that marks 2 MiB (binary-trees 16's
+ * size; the Lisp example marks 1.5) marks on the collecting thread alone,
+ * helpers or not. */
+Test(gc, a_marking_below_4_mib_takes_no_helper_by_default, .timeout = 120)
+{
+    cr_assert_eq(loam_option_get("gc_parallel_min"), (long)(4 * MiB));
+    cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
+    static void *root;
+    loam_root_add(h, &root);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    root = top;
+    size_t n = 1;
+    grow_tree(h, top, 15, &n);                      /* 65535 nodes of 32 bytes: 2 MiB */
+    for (int round = 0; round < 10; round++) {
+        loam_gc_collect(h);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_eq(st.gc_bytes_marked, n * 32);
+        cr_assert_eq(st.gc_bytes_marked_helpers, 0, "round %d: a helper marked %zu bytes of a 2 MiB marking",
+                     round, st.gc_bytes_marked_helpers);
+    }
+    cr_assert_eq(count_tree(top), n);
     loam_heap_destroy(h);
 }
 
@@ -1778,5 +1850,6 @@ Test(gc, the_mark_stack_of_a_deep_marking_goes_back_after_it, .timeout = 120)
 Test(gc, the_mark_stacks_and_pool_of_a_deep_parallel_marking_go_back_after_it, .timeout = 120)
 {
     cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    cr_assert_eq(loam_option_set("gc_parallel_min", (long)MiB), 0);   /* sanitizer builds mark 6 MiB */
     deep_marking_gives_back(LOAM_PARALLEL_MARK, "gc/the_mark_stacks_and_pool_of_a_deep_parallel_marking");
 }
