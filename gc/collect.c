@@ -661,6 +661,9 @@ void gc_collect(loam_heap_t *h, bool full)
         gc->need_major = false;
         gc->minors_in_a_row = 0;
     }
+    /* What the next marking will mark, at most: gc_markers_prepare starts
+     * helpers only for a heap whose markings can run in parallel. */
+    AO_store(&gc->next_mark_max, gc->live_after > gc->minor_marked ? gc->live_after : gc->minor_marked);
     AO_store(&gc->alloc_since, 0);
     note_pause(gc, gc_now_ns() - t0);
     gc_restart_world(gc);

@@ -253,6 +253,7 @@ typedef struct gc_state {
     unsigned        minors_in_a_row;   /* since the last major collection */
     size_t          minor_marked;  /* bytes the last minor collection marked */
     size_t          mark_expect;   /* bytes this marking should mark (mark.c: parallel or not) */
+    AO_t            next_mark_max; /* the most the next one should: live_after or minor_marked */
 
     /* statistics */
     size_t          collections, bytes_swept, finalizers_run, weak_cleared, ephemerons_cleared;

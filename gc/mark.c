@@ -804,6 +804,12 @@ void gc_markers_prepare(loam_heap_t *h)
 {
     if (!(h->cfg.flags & LOAM_PARALLEL_MARK))
         return;
+    /* Not before a marking of the heap can run in parallel (may_mark_in_
+     * parallel): a heap that stays under gc_parallel_min, as the Lisp
+     * example's, has no thread started for it, nor its stack and mark stack
+     * resident. The first eligible marking runs alone anyway, to measure. */
+    if (AO_load(&h->gc->next_mark_max) < (size_t)loam_opt(gc_parallel_min))
+        return;
     unsigned want = markers_wanted() - 1;
     pthread_mutex_lock(&pool.lock);
     while (pool.helpers < want && !pool.start_failed) {

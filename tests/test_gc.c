@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1667,9 +1668,21 @@ Test(gc, a_marking_smaller_than_gc_parallel_min_teaches_the_choice_nothing)
     free(gc);
 }
 
+/* The process's threads, from /proc/self/task. */
+static size_t thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 /* The default gc_parallel_min: a heap that marks 2 MiB (binary-trees 16's
  * size; the Lisp example marks 1.5) marks on the collecting thread alone,
- * helpers or not. */
+ * and no marking thread is started for it. Past 4 MiB, one is. */
 Test(gc, a_marking_below_4_mib_takes_no_helper_by_default, .timeout = 120)
 {
     cr_assert_eq(loam_option_get("gc_parallel_min"), (long)(4 * MiB));
@@ -1681,6 +1694,7 @@ Test(gc, a_marking_below_4_mib_takes_no_helper_by_default, .timeout = 120)
     root = top;
     size_t n = 1;
     grow_tree(h, top, 15, &n);                      /* 65535 nodes of 32 bytes: 2 MiB */
+    size_t threads = thread_count();
     for (int round = 0; round < 10; round++) {
         loam_gc_collect(h);
         loam_stats_t st = gc_stats(h);
@@ -1688,7 +1702,21 @@ Test(gc, a_marking_below_4_mib_takes_no_helper_by_default, .timeout = 120)
         cr_assert_eq(st.gc_bytes_marked_helpers, 0, "round %d: a helper marked %zu bytes of a 2 MiB marking",
                      round, st.gc_bytes_marked_helpers);
     }
+    cr_assert_eq(thread_count(), threads, "a marking thread was started for a heap of 2 MiB");
     cr_assert_eq(count_tree(top), n);
+
+    /* A second tree, of 4 MiB, beside it: the next collection starts the helper. */
+    node_t *both = new_node(h, LOAM_TRACED, 2);
+    both->kid[0] = top;
+    root = both;
+    node_t *more = new_node(h, LOAM_TRACED, 2);
+    both->kid[1] = more;
+    size_t m = 1;
+    grow_tree(h, more, 16, &m);
+    loam_gc_collect(h);                             /* finds 6 MiB live */
+    loam_gc_collect(h);
+    cr_assert_eq(thread_count(), threads + 1, "%zu threads after a marking of 6 MiB, %zu before",
+                 thread_count(), threads);
     loam_heap_destroy(h);
 }
 
