@@ -151,6 +151,10 @@ typedef struct marker {
         uint32_t    tag;
         uint64_t   *abits;         /* its segment's age bits (generation.c), or NULL */
     } slabs[MARK_SLAB_CACHE];      /* 64 bytes an entry: its index is a shift */
+    /* The entries filled since the last forget_slab: only those are
+     * cleared, so a marking that meets few slabs (a small heap's) leaves
+     * the other pages of the 16 KiB table untouched, and never resident. */
+    uint64_t        slabs_filled[MARK_SLAB_CACHE / 64];
     mark_entry_t   *stack;
     size_t          sp, cap;
     /* How deep the stack may go this marking before push_slow notes it went

@@ -227,9 +227,13 @@ static inline struct mark_slab_cache *slab_entry(marker_t *m, uintptr_t w)
 
 static void forget_slab(marker_t *m)
 {
-    for (size_t i = 0; i < MARK_SLAB_CACHE; i++) {
-        m->slabs[i].lo = 0;
-        m->slabs[i].span = 0;
+    for (size_t w = 0; w < MARK_SLAB_CACHE / 64; w++) {
+        for (uint64_t filled = m->slabs_filled[w]; filled; filled &= filled - 1) {
+            size_t i = w * 64 + (size_t)__builtin_ctzll(filled);
+            m->slabs[i].lo = 0;
+            m->slabs[i].span = 0;
+        }
+        m->slabs_filled[w] = 0;
     }
 }
 
@@ -253,8 +257,10 @@ void gc_mark_begin(gc_state_t *gc)
     forget_slab(&gc->mk);
 }
 
-static void remember_slab(struct mark_slab_cache *c, segment_t *seg, slab_t *s)
+static void remember_slab(marker_t *m, struct mark_slab_cache *c, segment_t *seg, slab_t *s)
 {
+    size_t i = (size_t)(c - m->slabs);
+    m->slabs_filled[i / 64] |= (uint64_t)1 << (i % 64);
     c->lo = (uintptr_t)s->start;
     c->span = (uintptr_t)s->bumped * s->block_size;
     c->div_m = s->div_m;
@@ -301,7 +307,7 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
     slab_t *s = segment_slab_at(seg, w);
     if (s->state != RUN_SLAB)
         return false;
-    remember_slab(slab_entry(m, w), seg, s);
+    remember_slab(m, slab_entry(m, w), seg, s);
     return true;
 }
 
@@ -813,12 +819,11 @@ void gc_markers_prepare(loam_heap_t *h)
     unsigned want = markers_wanted() - 1;
     pthread_mutex_lock(&pool.lock);
     while (pool.helpers < want && !pool.start_failed) {
-        marker_t *m = meta_alloc(sizeof *m);
+        marker_t *m = meta_alloc(sizeof *m);      /* zeroed, its slab cache untouched */
         if (!m) {
             pool.start_failed = true;
             break;
         }
-        memset(m, 0, sizeof *m);
         m->tracer.m = m;
         if (!stack_grow(m)) {
             meta_free(m, sizeof *m);
