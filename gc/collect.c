@@ -582,6 +582,14 @@ static void note_pause(gc_state_t *gc, uint64_t ns)
     gc->pauses[gc->npauses++ % GC_PAUSE_RING] = ns;
 }
 
+/* What a major collection should scan: the live bytes, less the atomic
+ * ones the last major marked (long-lived, mostly: a program's big arrays
+ * of numbers and its strings). */
+static size_t major_scan_expect(const gc_state_t *gc)
+{
+    return gc->live_after > gc->major_atomic ? gc->live_after - gc->major_atomic : 0;
+}
+
 void gc_collect(loam_heap_t *h, bool full)
 {
     gc_state_t *gc = gc_state_get(h);
@@ -623,8 +631,8 @@ void gc_collect(loam_heap_t *h, bool full)
     } else if (gc_generational(gc)) {
         gc_begin_major(gc);
     }
-    /* A minor collection marks about what the last one did, not the heap. */
-    gc->mark_expect = minor ? gc->minor_marked : gc->live_after;
+    /* A minor collection scans about what the last one did, not the heap. */
+    gc->mark_expect = minor ? gc->minor_scanned : major_scan_expect(gc);
     gc_mark_roots(gc);
     gc_mark_drain(gc);
     /* What ephemeron values keep alive is reachable too: before any weak
@@ -656,14 +664,17 @@ void gc_collect(loam_heap_t *h, bool full)
         gc->minor_collections++;
         gc->minors_in_a_row++;
         gc->minor_marked = gc->mk.marked_bytes;
+        gc->minor_scanned = gc->mk.marked_bytes - gc->mk.atomic_bytes;
     } else {
+        gc->major_atomic = gc->mk.atomic_bytes;
         gc->major_live = live;
         gc->need_major = false;
         gc->minors_in_a_row = 0;
     }
     /* What the next marking will mark, at most: gc_markers_prepare starts
      * helpers only for a heap whose markings can run in parallel. */
-    AO_store(&gc->next_mark_max, gc->live_after > gc->minor_marked ? gc->live_after : gc->minor_marked);
+    size_t major_scan = major_scan_expect(gc);
+    AO_store(&gc->next_mark_max, major_scan > gc->minor_scanned ? major_scan : gc->minor_scanned);
     AO_store(&gc->alloc_since, 0);
     note_pause(gc, gc_now_ns() - t0);
     gc_restart_world(gc);

@@ -174,6 +174,7 @@ typedef struct marker {
     bool            aging;         /* a minor collection: blocks it marks young age (generation.c) */
     size_t          marked_bytes;
     size_t          survivor_bytes;/* of marked_bytes: young blocks marked for the first time */
+    size_t          atomic_bytes;  /* of marked_bytes: atomic blocks, marked but never scanned */
 } marker_t;
 
 /* An ephemeron pair a marker met with its key unmarked (ephemeron.c). */
@@ -256,8 +257,13 @@ typedef struct gc_state {
     size_t          minor_collections;
     unsigned        minors_in_a_row;   /* since the last major collection */
     size_t          minor_marked;  /* bytes the last minor collection marked */
-    size_t          mark_expect;   /* bytes this marking should mark (mark.c: parallel or not) */
-    AO_t            next_mark_max; /* the most the next one should: live_after or minor_marked */
+    /* Scanning work, for parallel marking (mark.c): bytes of blocks a
+     * marking scans, not the atomic ones it only marks (GCBench's 4 MB
+     * array of doubles is one bit to set). */
+    size_t          minor_scanned; /* bytes the last minor collection scanned */
+    size_t          major_atomic;  /* atomic bytes the last major collection marked */
+    size_t          mark_expect;   /* bytes this marking should scan */
+    AO_t            next_mark_max; /* the most the next one should */
 
     /* statistics */
     size_t          collections, bytes_swept, finalizers_run, weak_cleared, ephemerons_cleared;

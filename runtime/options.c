@@ -35,7 +35,8 @@ static option_def_t option_table[] = {
     { "gc_markers",      &loam_opts.gc_markers,      0, 8, 0,
       "threads marking a LOAM_PARALLEL_MARK heap (0: one per idle CPU, at most 8)" },
     { "gc_parallel_min", &loam_opts.gc_parallel_min, 0, 1L << 40, 4L << 20,
-      "live bytes (found by the last collection) from which marking runs in parallel" },
+      "live bytes to scan (found by the last collection; atomic blocks do not count) from "
+      "which marking runs in parallel" },
     { "gc_stress",       &loam_opts.gc_stress,       0, 1L << 30, 0,
       "testing: every collected heap collects at every N-th allocation, whatever its pacing "
       "(0: off; 1: at every allocation)" },

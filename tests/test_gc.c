@@ -1720,6 +1720,35 @@ Test(gc, a_marking_below_4_mib_takes_no_helper_by_default, .timeout = 120)
     loam_heap_destroy(h);
 }
 
+/* What counts toward gc_parallel_min is what a marking scans: an atomic
+ * block is one bit to set, whatever its size. A heap holding 8 MiB of
+ * numbers and a small tree marks alone, and no marking thread starts. */
+Test(gc, atomic_bytes_do_not_make_a_marking_parallel, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("gc_markers", 2), 0);
+    loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK, trace_node_shared, NULL, NULL);
+    static void *numbers, *root;
+    loam_root_add(h, &numbers);
+    loam_root_add(h, &root);
+    numbers = loam_gc_alloc(h, 8 * MiB, LOAM_ATOMIC);
+    cr_assert_not_null(numbers);
+    node_t *top = new_node(h, LOAM_TRACED, 2);
+    root = top;
+    size_t n = 1;
+    grow_tree(h, top, 10, &n);                      /* 2047 nodes: 64 KiB to scan */
+    size_t threads = thread_count();
+    for (int round = 0; round < 10; round++) {
+        loam_gc_collect(h);
+        loam_stats_t st = gc_stats(h);
+        cr_assert_geq(st.gc_bytes_marked, 8 * MiB + n * 32, "round %d", round);
+        cr_assert_eq(st.gc_bytes_marked_helpers, 0, "round %d: a helper marked %zu bytes", round,
+                     st.gc_bytes_marked_helpers);
+    }
+    cr_assert_eq(thread_count(), threads, "a marking thread was started for 64 KiB to scan");
+    cr_assert_eq(count_tree(top), n);
+    loam_heap_destroy(h);
+}
+
 Test(gc, without_the_flag_marking_stays_on_the_collecting_thread)
 {
     loam_heap_t *h = gc_heap(LOAM_NO_STACK_SCAN, trace_node, NULL, NULL);
