@@ -916,7 +916,7 @@ void gc_markers_after_fork_child(void)
  * threads than CPUs the helpers take CPU time from the collecting thread, or
  * are preempted with work in their stacks while the others wait. So the
  * collector measures: the first eligible marking of a heap runs alone, later
- * ones in parallel, each timed as bytes marked per ns; when parallel is not
+ * ones in parallel, each timed as bytes scanned per ns; when parallel is not
  * 15 % faster than alone, the next 2, 4, ... 64 eligible markings run alone
  * (and refresh the serial rate), and every 64th parallel marking is followed
  * by one alone, so a machine that gets busy or idle is noticed (rarely: a
@@ -926,7 +926,7 @@ void gc_markers_after_fork_child(void)
  * which counts the idle CPUs at the start of each parallel marking.
  *
  * Only markings of gc_parallel_min bytes or more teach the rates. An
- * eligible marking (the last collection found that much live) can mark
+ * eligible marking (the last collection found that much to scan) can scan
  * next to nothing, when the program has just dropped its data: its rate is
  * the fixed cost of starting, for helpers a wake-up. One such, 10 KiB in
  * 128 us in parallel, took binary-trees 19's parallel rate from nothing to
@@ -956,7 +956,7 @@ static void note_rate(double *rate, size_t bytes, uint64_t ns)
     *rate = *rate == 0 ? r : 0.75 * *rate + 0.25 * r;
 }
 
-/* An eligible marking done, in parallel or alone: bytes marked in ns. */
+/* An eligible marking done, in parallel or alone: bytes scanned in ns. */
 void gc_mark_note_rate(gc_state_t *gc, bool parallel, size_t bytes, uint64_t ns)
 {
     if (bytes < (size_t)loam_opt(gc_parallel_min))
