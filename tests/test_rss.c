@@ -885,6 +885,42 @@ static bool page_resident(const void *p)
     return v & 1;
 }
 
+/* A burst of garbage in a collected heap, with no collection since: an
+ * explicit collection and a trim give it back at once, as
+ * docs/embedding.md (§6, "After a peak") tells a program going idle to do.
+ * The collection alone keeps the retained budget committed; the trim
+ * gives that back too. */
+Test(rss, a_collected_heaps_burst_goes_back_at_collect_and_trim, .timeout = 120)
+{
+    cr_assert_eq(loam_option_set("decay_ms", 600000), 0);   /* nothing decays by itself */
+    loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .gc_min_bytes = 512 * MiB };
+    loam_heap_t *h = loam_heap_new(&cfg);
+    cr_assert_not_null(h);
+    size_t start = rss_bytes();
+    for (size_t i = 0; i < 2 * 1000 * 1000; i++)       /* 128 MB, zero-filled: touched */
+        cr_assert_not_null(loam_gc_alloc(h, 64, LOAM_CONSERVATIVE));
+    size_t peak = rss_bytes();
+    loam_stats_t st;
+    loam_heap_stats(h, &st);
+    cr_assert_eq(st.gc_collections, 0, "the burst brought a collection");
+    cr_assert_geq(peak, start + 100 * MiB, "128 MB of blocks: RSS %zu MiB from %zu", peak / MiB, start / MiB);
+    loam_gc_collect(h);
+    loam_heap_stats(h, &st);
+    size_t collected = st.committed_bytes;
+    size_t trimmed = loam_heap_trim(h);
+    loam_heap_stats(h, &st);
+    size_t after = rss_bytes();
+    fprintf(stderr, "rss/burst: RSS %zu KiB at the start, %zu at the peak, %zu after; committed %zu KiB "
+            "after the collection, %zu after the trim\n", start >> 10, peak >> 10, after >> 10,
+            collected >> 10, st.committed_bytes >> 10);
+    cr_assert_eq(st.live_bytes, 0);
+    cr_assert_gt(trimmed, 0, "the collection left nothing for the trim");
+    cr_assert_leq(st.committed_bytes, 1 * MiB, "%zu KiB still committed", st.committed_bytes >> 10);
+    assert_back_near(start, after, peak, "after loam_gc_collect and loam_heap_trim");
+    loam_heap_destroy(h);
+    cr_assert_eq(loam_option_set("decay_ms", 250), 0);
+}
+
 Test(rss, trim_shrinks_a_sparse_slab, .timeout = 60)
 {
     cr_assert_eq(loam_option_set("decay_ms", 600000), 0);
