@@ -659,11 +659,18 @@ static inline void slab_note_draining(slab_t *s)
  * at most *walk blocks in all (decremented). */
 LOAM_INTERNAL size_t   arena_trim(arena_t *a, size_t *walk);
 
-/* A heap's arenas: at most `max`, created on contention. */
-#define ARENA_SET_MAX 256
+/* A heap's arenas: at most `max`, created on contention. The first few
+ * live in the set (most heaps never have more); the array for the rest is
+ * made when the set first outgrows them, and never moves: readers index it
+ * after an acquiring load of count, which its pointer was stored before.
+ * Three sets of 256 pointers made every heap's struct 6.6 KiB, two pages
+ * of each heap resident (a small collected heap: 33 KiB in all). */
+#define ARENA_SET_MAX    256
+#define ARENA_SET_INLINE 4
 typedef struct arena_set {
     pthread_mutex_t lock;        /* guards growth */
-    arena_t  *arenas[ARENA_SET_MAX];
+    arena_t  *first[ARENA_SET_INLINE];
+    arena_t **more;              /* arenas ARENA_SET_INLINE.. (meta_alloc), or NULL */
     AO_t      count;
     unsigned  max;
     AO_t      users;             /* caches that allocate from the set: growth stops there */
@@ -677,6 +684,11 @@ typedef struct arena_set {
 LOAM_INTERNAL void     arena_set_init(arena_set_t *set, void *owner, uint8_t slot, uint8_t tag,
                                       budget_t *budget, bool track, unsigned max);
 LOAM_INTERNAL void     arena_set_destroy(arena_set_t *set);
+/* Arena i of the set, i below an acquiring load of its count. */
+static inline arena_t *arena_set_at(const arena_set_t *set, unsigned i)
+{
+    return i < ARENA_SET_INLINE ? set->first[i] : set->more[i - ARENA_SET_INLINE];
+}
 LOAM_INTERNAL arena_t *arena_set_first(arena_set_t *set);      /* created on first use */
 /* Arenas of the set, and those it makes later, may ask for transparent huge
  * pages once their slabs pass ARENA_HUGE_PAGES_AFTER (a collected heap's:

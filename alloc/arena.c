@@ -710,8 +710,10 @@ void arena_set_destroy(arena_set_t *set)
 {
     unsigned n = (unsigned)AO_load(&set->count);
     for (unsigned i = 0; i < n; i++)
-        arena_destroy(set->arenas[i]);
+        arena_destroy(arena_set_at(set, i));
     AO_store(&set->count, 0);
+    meta_free(set->more, (ARENA_SET_MAX - ARENA_SET_INLINE) * sizeof *set->more);
+    set->more = NULL;
     pthread_mutex_destroy(&set->lock);
 }
 
@@ -720,11 +722,16 @@ static arena_t *arena_set_grow(arena_set_t *set)
     arena_t *a = NULL;
     pthread_mutex_lock(&set->lock);
     unsigned n = (unsigned)AO_load(&set->count);
-    if (n < set->max) {
+    if (n >= ARENA_SET_INLINE && !set->more)
+        set->more = meta_alloc((ARENA_SET_MAX - ARENA_SET_INLINE) * sizeof *set->more);
+    if (n < set->max && (n < ARENA_SET_INLINE || set->more)) {
         a = arena_new(set->owner, set->slot, set->tag, set->budget, set->track, n);
         if (a) {
             a->huge_ok = set->huge_ok;
-            set->arenas[n] = a;
+            if (n < ARENA_SET_INLINE)
+                set->first[n] = a;
+            else
+                set->more[n - ARENA_SET_INLINE] = a;
             AO_store_release(&set->count, n + 1);
         }
     }
@@ -738,7 +745,7 @@ void arena_set_allow_huge(arena_set_t *set, bool ok)
     set->huge_ok = ok;
     unsigned n = (unsigned)AO_load(&set->count);
     for (unsigned i = 0; i < n; i++)
-        arena_allow_huge(set->arenas[i], ok);
+        arena_allow_huge(arena_set_at(set, i), ok);
     pthread_mutex_unlock(&set->lock);
 }
 
@@ -749,7 +756,7 @@ arena_t *arena_set_first(arena_set_t *set)
         if (a || AO_load_acquire(&set->count) == 0)
             return a;
     }
-    return set->arenas[0];
+    return set->first[0];
 }
 
 arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
@@ -770,7 +777,7 @@ arena_t *arena_set_lock_some(arena_set_t *set, arena_t *preferred)
         return preferred;
     unsigned n = (unsigned)AO_load_acquire(&set->count);
     for (unsigned i = 0; i < n; i++) {
-        arena_t *a = set->arenas[(preferred->index + 1 + i) % n];
+        arena_t *a = arena_set_at(set, (preferred->index + 1 + i) % n);
         if (a != preferred && arena_trylock(a))
             return a;
     }

@@ -212,7 +212,7 @@ arena_t *heap_arena_at(loam_heap_t *h, unsigned i)
     for (unsigned k = 0; k < HEAP_KINDS; k++) {
         unsigned n = (unsigned)AO_load_acquire(&h->kinds[k].arenas.count);
         if (i < n)
-            return h->kinds[k].arenas.arenas[i];
+            return arena_set_at(&h->kinds[k].arenas, i);
         i -= n;
     }
     return NULL;

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "harness.h"
+#include "runtime/runtime.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -391,6 +392,58 @@ static void *stress_thread(void *arg)
     tb_wait(&st_barrier);
     st_drain(a, a->id);
     return NULL;
+}
+
+/* A heap's arena set past its first ARENA_SET_INLINE arenas (alloc.h): the
+ * rest live in an array the set makes when it first outgrows them.
+ * Contention is what grows a set; here this thread holds every arena of the
+ * set when it asks for one, so each request makes a new one. The set has no
+ * caches yet (none allocated from it), so nothing caps its growth below
+ * arena_max. */
+Test(threads, an_arena_set_grows_past_the_arenas_it_holds_inline, .timeout = 60)
+{
+    enum { N = 3 * ARENA_SET_INLINE };
+    cr_assert_eq(loam_option_set("arena_max", N + 2), 0);
+    loam_heap_t *h = loam_heap_new(NULL);
+    cr_assert_not_null(h);
+    arena_set_t *set = &h->kinds[0].arenas;
+    arena_t *held[N];
+    held[0] = arena_set_first(set);
+    cr_assert_not_null(held[0]);
+    arena_lock(held[0]);
+    for (int i = 1; i < N; i++) {
+        held[i] = arena_set_lock_some(set, held[0]);
+        cr_assert_not_null(held[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(held[i], held[j], "arena %d handed out twice", j);
+    }
+    cr_assert_eq(AO_load(&set->count), (AO_t)N);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(arena_set_at(set, (unsigned)i), held[i], "arena %d", i);
+        cr_assert_eq(heap_arena_at(h, (unsigned)i), held[i], "the heap's arena %d", i);
+    }
+    cr_assert_null(heap_arena_at(h, N));
+    for (int i = N - 1; i >= 0; i--)
+        arena_unlock(held[i]);
+    /* Everything that walks a heap's arenas sees them all: the statistics,
+     * a trim; allocation and the destroy still work. */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cr_assert_not_null(f);
+    loam_heap_print_stats(h, f, LOAM_STATS_JSON);
+    fclose(f);
+    char want[32];
+    snprintf(want, sizeof want, "\"arenas\":%d,", N);
+    cr_assert_not_null(strstr(buf, want), "stats without %s: %.200s", want, buf);
+    free(buf);
+    void *p[1000];
+    for (int i = 0; i < 1000; i++)
+        cr_assert_not_null(p[i] = loam_malloc(h, 24 + (size_t)i % 200));
+    for (int i = 0; i < 1000; i++)
+        loam_free(p[i]);
+    loam_heap_trim(h);
+    loam_heap_destroy(h);
 }
 
 Test(threads, stress, .timeout = 600)
