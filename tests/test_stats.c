@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "loam.h"
+#include "stats_util.h"
 
 #define KiB ((size_t)1024)
 #define MiB (1024 * KiB)
@@ -321,18 +322,6 @@ Test(stats, default_heap_does_not_track_requested)
 }
 
 /* ---- print_stats -------------------------------------------------------- */
-
-static char *print_to_string(loam_heap_t *h, int format)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    cr_assert_not_null(f);
-    loam_heap_print_stats(h, f, format);
-    fclose(f);
-    cr_assert_not_null(buf);
-    return buf;
-}
 
 static loam_heap_t *busy_heap(void **keep, int n)
 {

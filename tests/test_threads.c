@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 #include "runtime/runtime.h"
+#include "stats_util.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -427,12 +428,7 @@ Test(threads, an_arena_set_grows_past_the_arenas_it_holds_inline, .timeout = 60)
         arena_unlock(held[i]);
     /* Everything that walks a heap's arenas sees them all: the statistics,
      * a trim; allocation and the destroy still work. */
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    cr_assert_not_null(f);
-    loam_heap_print_stats(h, f, LOAM_STATS_JSON);
-    fclose(f);
+    char *buf = print_to_string(h, LOAM_STATS_JSON);
     char want[32];
     snprintf(want, sizeof want, "\"arenas\":%d,", N);
     cr_assert_not_null(strstr(buf, want), "stats without %s: %.200s", want, buf);
