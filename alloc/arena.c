@@ -722,7 +722,7 @@ static arena_t *arena_set_grow(arena_set_t *set)
     arena_t *a = NULL;
     pthread_mutex_lock(&set->lock);
     unsigned n = (unsigned)AO_load(&set->count);
-    if (n >= ARENA_SET_INLINE && !set->more)
+    if (n < set->max && n >= ARENA_SET_INLINE && !set->more)
         set->more = meta_alloc((ARENA_SET_MAX - ARENA_SET_INLINE) * sizeof *set->more);
     if (n < set->max && (n < ARENA_SET_INLINE || set->more)) {
         a = arena_new(set->owner, set->slot, set->tag, set->budget, set->track, n);

@@ -257,6 +257,18 @@ static size_t segment_decommit_pages(segment_t *seg, uint64_t mask)
     return (size_t)__builtin_popcountll(m) * PAGE_SIZE;
 }
 
+/* Out of the maps, and its mappings (the layer above's side table too)
+ * back to the OS. */
+static void segment_unmap(segment_t *seg)
+{
+    segkind_set((uintptr_t)seg, 0);
+    segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
+    segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
+    if (seg->upper_side)
+        os_release(seg->upper_side, SEGMENT_UPPER_SIDE_BYTES);
+    os_release(seg, SEGMENT_SIZE);
+}
+
 static void segment_release(arena_t *a, segment_t *seg)
 {
     slab_t *r = &seg->slabs[1];
@@ -270,14 +282,9 @@ static void segment_release(arena_t *a, segment_t *seg)
     if (seg->next)
         seg->next->prev = seg->prev;
     a->segment_count--;
-    segkind_set((uintptr_t)seg, 0);
-    segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
-    segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
     budget_release(a->budget, SEGMENT_HEADER_COMMIT);
     AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - SEGMENT_HEADER_COMMIT);
-    if (seg->upper_side)
-        os_release(seg->upper_side, SEGMENT_UPPER_SIDE_BYTES);
-    os_release(seg, SEGMENT_SIZE);
+    segment_unmap(seg);
 }
 
 void segment_release_all(arena_t *a)
@@ -291,12 +298,7 @@ void segment_release_all(arena_t *a)
                            + SEGMENT_HEADER_COMMIT;
         budget_release(a->budget, committed);
         AO_fetch_and_add(&os_committed_bytes, (AO_t)0 - committed);
-        segkind_set((uintptr_t)seg, 0);
-        segmap_set((uintptr_t)seg, SEGMENT_SIZE, NULL);
-        segmap_note_released((uintptr_t)seg, SEGMENT_SIZE);
-        if (seg->upper_side)
-            os_release(seg->upper_side, SEGMENT_UPPER_SIDE_BYTES);
-        os_release(seg, SEGMENT_SIZE);
+        segment_unmap(seg);
     }
     a->segment_count = 0;
     a->dirty = NULL;

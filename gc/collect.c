@@ -663,7 +663,6 @@ void gc_collect(loam_heap_t *h, bool full)
     if (minor) {
         gc->minor_collections++;
         gc->minors_in_a_row++;
-        gc->minor_marked = gc->mk.marked_bytes;
         gc->minor_scanned = gc->mk.marked_bytes - gc->mk.atomic_bytes;
     } else {
         gc->major_atomic = gc->mk.atomic_bytes;

@@ -256,7 +256,6 @@ typedef struct gc_state {
     AO_t            survivor_freed;/* of those, bytes loam_free'd since */
     size_t          minor_collections;
     unsigned        minors_in_a_row;   /* since the last major collection */
-    size_t          minor_marked;  /* bytes the last minor collection marked */
     /* Scanning work, for parallel marking (mark.c): bytes of blocks a
      * marking scans, not the atomic ones it only marks (GCBench's 4 MB
      * array of doubles is one bit to set). */

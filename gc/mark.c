@@ -240,6 +240,14 @@ static void forget_slab(marker_t *m)
     }
 }
 
+/* What a marker counts in a marking (drain_parallel sums them). */
+static void marker_counts_reset(marker_t *m)
+{
+    m->marked_bytes = 0;
+    m->survivor_bytes = 0;
+    m->atomic_bytes = 0;
+}
+
 void gc_mark_begin(gc_state_t *gc)
 {
     /* The last marking's weak fields were cleared (a leak check's are
@@ -251,9 +259,7 @@ void gc_mark_begin(gc_state_t *gc)
         objmap_clear(&gc->eph_map);
     AO_store(&gc->eph_lost, 0);
     gc_mark_watch(gc, false);           /* limit: the reach the last marking's gc_mark_end set */
-    gc->mk.marked_bytes = 0;
-    gc->mk.survivor_bytes = 0;
-    gc->mk.atomic_bytes = 0;
+    marker_counts_reset(&gc->mk);
     gc->mk.aging = false;
     gc->helper_marked = 0;
     gc->mk.shared = false;
@@ -750,9 +756,7 @@ static void *helper_main(void *arg)
         m->shared = true;
         m->may_share = true;
         m->aging = m->gc->mk.aging;
-        m->marked_bytes = 0;
-        m->survivor_bytes = 0;
-        m->atomic_bytes = 0;
+        marker_counts_reset(m);
         m->overflow = false;
         m->sp = 0;
         forget_slab(m);
