@@ -87,51 +87,56 @@ sweep_dead(gc_state_t *gc, slab_t *s, char *start, size_t size, sweep_out_t *c, 
 }
 
 /* Block starts in the mark bitmap, a word of marks at a time, for blocks of
- * at most 64 granules (step). The starts in a word are every step-th bit
- * from the first one, r: the pattern of bits 0, step, 2 step, ... shifted
- * up by r. A block of a step that is not a power of two may straddle two
- * words; its bit is its start's, so each word is still visited once.
- * Divisions by step, of numbers below 64, are a multiplication by recip
- * (exact: 2^16 >= 64 * 64). */
+ * at most 128 half granules (1 KiB). In half granules (gc.h) block k of a
+ * slab starts at hg = half0 + k * step, and its mark is bit hg / 2. The
+ * starts in the word of block k's bit are those of blocks k, k + 1, ...:
+ * pattern[hg % 2] (bits (j * step + hg % 2) / 2 for j = 0, 1, ...) shifted
+ * up by that bit's place in the word, r. A block may straddle two words;
+ * its bit is its start's, so each word is still visited once. Divisions by
+ * step of numbers below 128 are a multiplication by recip (exact: the
+ * error, under 127 * 127, stays below 2^16). */
 typedef struct start_walk {
-    uint64_t pattern;
+    uint64_t pattern[2];
     uint32_t recip, step;
 } start_walk_t;
 
 /* One per step, built at process start (gc_install_hooks): a bump range's
  * search for its next block calls start_walk twice, and building the
  * pattern bit by bit there was 60 % of that search's instructions. */
-static start_walk_t start_walks[65];
+#define START_WALK_MAX 128
+static start_walk_t start_walks[START_WALK_MAX + 1];
 
 static void start_walks_init(void)
 {
-    for (uint32_t step = 1; step <= 64; step++) {
-        start_walk_t sw = { 0, (65536u + step - 1) / step, step };
-        for (uint32_t b = 0; b < 64; b += step)
-            sw.pattern |= (uint64_t)1 << b;
+    for (uint32_t step = 2; step <= START_WALK_MAX; step++) {
+        start_walk_t sw = { { 0, 0 }, (65536u + step - 1) / step, step };
+        for (uint32_t h = 0; h < 2; h++)
+            for (uint32_t x = h; x < 128; x += step)
+                sw.pattern[h] |= (uint64_t)1 << (x / 2);
         start_walks[step] = sw;
     }
 }
 
 static inline start_walk_t start_walk(size_t step)
 {
-    if (LOAM_LIKELY(step <= 64))
+    if (LOAM_LIKELY(step <= START_WALK_MAX))
         return start_walks[step];
-    /* One start a word at most: bit 0, shifted by its granule. */
-    return (start_walk_t){ 1, (65536u + (uint32_t)step - 1) / (uint32_t)step, (uint32_t)step };
+    /* One start a word at most: bit 0, shifted by its place. */
+    return (start_walk_t){ { 1, 1 }, (65536u + (uint32_t)step - 1) / (uint32_t)step, (uint32_t)step };
 }
 
-/* The starts of blocks k, k + 1, ... in the word of granule g (block k's
- * start), none at or past the bump line: their bits, and *count how many. */
-static inline uint64_t word_starts(const start_walk_t *sw, size_t g, uint32_t k, uint32_t bumped,
+/* The starts of blocks k, k + 1, ... in the word of block k's bit (block k
+ * starts at half granule hg), none at or past the bump line: their bits,
+ * and *count how many. */
+static inline uint64_t word_starts(const start_walk_t *sw, size_t hg, uint32_t k, uint32_t bumped,
                                    uint32_t *count)
 {
-    const uint32_t r = (uint32_t)(g & 63);
-    uint32_t n = (((63 - r) * sw->recip) >> 16) + 1;
-    uint64_t starts = sw->pattern << r;
+    const uint32_t h = (uint32_t)(hg & 1), r = (uint32_t)((hg >> 1) & 63);
+    uint32_t n = (((2 * (63 - r) + 1 - h) * sw->recip) >> 16) + 1;
+    uint64_t starts = sw->pattern[h] << r;
     if (LOAM_UNLIKELY(n > bumped - k)) {           /* the bump line is in it */
         n = bumped - k;
-        const uint32_t last = r + (n - 1) * sw->step;
+        const uint32_t last = r + ((n - 1) * sw->step + h) / 2;
         if (last < 63)
             starts &= ((uint64_t)2 << last) - 1;
     }
@@ -139,10 +144,13 @@ static inline uint64_t word_starts(const start_walk_t *sw, size_t g, uint32_t k,
     return starts;
 }
 
-/* The block of a start bit found in the word of granule g (block k's). */
-static inline uint32_t start_block(const start_walk_t *sw, size_t g, uint32_t k, uint64_t bits)
+/* The block of a start bit found in the word of block k's bit (block k
+ * starts at half granule hg). Bit b is block j's, after k, when
+ * 2 (b - r) is j * step + hg % 2, less one if that is odd. */
+static inline uint32_t start_block(const start_walk_t *sw, size_t hg, uint32_t k, uint64_t bits)
 {
-    return k + ((((uint32_t)__builtin_ctzll(bits) - (uint32_t)(g & 63)) * sw->recip) >> 16);
+    const uint32_t h = (uint32_t)(hg & 1), r = (uint32_t)((hg >> 1) & 63);
+    return k + (((2 * ((uint32_t)__builtin_ctzll(bits) - r) + 1 - h) * sw->recip) >> 16);
 }
 
 /* Sweep s from its cursor until `want` dead blocks are out (in the array or
@@ -158,21 +166,20 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
     const size_t size = s->block_size;
     const bool none_free = s->visit_none_free, waste = s->waste != NULL;
     uint64_t *bits = segment_side_bits(seg);
-    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
-    size_t step = s->block_size / BLOCK_ALIGN;
+    const size_t half0 = gc_slab_half0(s), step = gc_slab_halfstep(s);
     uint32_t bumped = s->bumped, k = s->visit_cursor;
     /* A generational heap's marks outlive the sweep: they say "old". */
     const bool keep_marks = gc_generational(gc);
     sweep_out_t c = *out;
-    if (step <= 64) {
+    if (step <= START_WALK_MAX) {
         /* A word of marks at a time (start_walk), only its unmarked starts
          * visited. */
         const start_walk_t sw = start_walk(step);
-        size_t g = first + (size_t)k * step;
+        size_t hg = half0 + (size_t)k * step;
         while (k < bumped && c.n < want) {
-            uint64_t *w = &bits[g >> 6];
+            uint64_t *w = &bits[hg >> 7];
             uint32_t count;
-            const uint64_t starts = word_starts(&sw, g, k, bumped, &count);
+            const uint64_t starts = word_starts(&sw, hg, k, bumped, &count);
             uint64_t dead = ~*w & starts;
             if (to_array && none_free && !waste && dead == starts && want - c.n >= count) {
                 /* Every block starting here is dead (the usual case: a
@@ -191,7 +198,7 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
             }
             uint32_t next = k;
             while (dead && c.n < want) {
-                uint32_t at = start_block(&sw, g, k, dead);
+                uint32_t at = start_block(&sw, hg, k, dead);
                 sweep_dead(gc, s, start, size, &c, free_key, to_array, none_free, waste, at);
                 next = at + 1;
                 dead &= dead - 1;
@@ -203,11 +210,11 @@ sweep_visit(gc_state_t *gc, segment_t *seg, slab_t *s, sweep_out_t *out, uint32_
             if (!keep_marks)
                 *w = 0;
             k += count;
-            g += (size_t)count * step;
+            hg += (size_t)count * step;
         }
     } else {
         for (; k < bumped && c.n < want; k++) {
-            size_t g = first + (size_t)k * step;
+            size_t g = (half0 + (size_t)k * step) >> 1;
             uint64_t m = (uint64_t)1 << (g & 63);
             if (bits[g >> 6] & m) {
                 if (!keep_marks)
@@ -278,20 +285,20 @@ static unsigned sweep_take(arena_t *a, slab_t *s, unsigned n, void **top)
 
 /* The first block of s at or after k, and below bumped, whose mark is
  * `marked`; bumped if none (start_walk). */
-static uint32_t next_block_marked_as(const uint64_t *bits, size_t first, size_t step, uint32_t k,
+static uint32_t next_block_marked_as(const uint64_t *bits, size_t half0, size_t step, uint32_t k,
                                      uint32_t bumped, bool marked)
 {
     const start_walk_t sw = start_walk(step);
-    size_t g = first + (size_t)k * step;
+    size_t hg = half0 + (size_t)k * step;
     while (k < bumped) {
         uint32_t count;
-        const uint64_t starts = word_starts(&sw, g, k, bumped, &count);
-        uint64_t w = bits[g >> 6];
+        const uint64_t starts = word_starts(&sw, hg, k, bumped, &count);
+        uint64_t w = bits[hg >> 7];
         uint64_t hit = (marked ? w : ~w) & starts;
         if (hit)
-            return start_block(&sw, g, k, hit);
+            return start_block(&sw, hg, k, hit);
         k += count;
-        g += (size_t)count * step;
+        hg += (size_t)count * step;
     }
     return bumped;
 }
@@ -324,25 +331,24 @@ static unsigned sweep_take_bump(arena_t *a, slab_t *s, unsigned max, uint32_t *f
     gc_state_t *gc = ((loam_heap_t *)a->owner)->gc;
     segment_t *seg = segment_of_slab(s);
     uint64_t *bits = segment_side_bits(seg);
-    const size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
-    const size_t step = s->block_size / BLOCK_ALIGN;
+    const size_t half0 = gc_slab_half0(s), step = gc_slab_halfstep(s);
     const uint32_t bumped = s->bumped;
     const bool none_free = s->visit_none_free, keep_marks = gc_generational(gc);
     uint32_t k = s->visit_cursor, lo;
     for (;;) {
-        lo = next_block_marked_as(bits, first, step, k, bumped, false);
+        lo = next_block_marked_as(bits, half0, step, k, bumped, false);
         /* From the cursor's word on: a visit that stopped inside a word
          * (sweep_visit) left the marks of its blocks behind the cursor,
          * which must not stay set into the next collection (a block
          * marked before its marking starts is never traced). Slabs start
          * at a word. */
         if (!keep_marks)
-            clear_marks(bits, (first + (size_t)k * step) & ~(size_t)63, first + (size_t)lo * step);
+            clear_marks(bits, gc_block_granule(s, k) & ~(size_t)63, gc_block_granule(s, lo));
         if (lo >= bumped || none_free || !in_free_set(s, lo))
             break;
         k = lo + 1;                     /* free already */
     }
-    uint32_t hi = lo >= bumped ? lo : next_block_marked_as(bits, first, step, lo + 1, bumped, true);
+    uint32_t hi = lo >= bumped ? lo : next_block_marked_as(bits, half0, step, lo + 1, bumped, true);
     if (hi - lo > max)
         hi = lo + max;
     for (uint32_t i = lo + 1; !none_free && i < hi; i++)
@@ -381,7 +387,7 @@ const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t index)
     }
     bool ok = b->freed_key != loam_free_key;        /* swept meanwhile: garbage */
     segment_t *seg = segment_of_slab(s);
-    size_t g = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN + index * (s->block_size / BLOCK_ALIGN);
+    size_t g = gc_block_granule(s, index);
     uint64_t *w = &segment_side_bits(seg)[g >> 6], bit = (uint64_t)1 << (g & 63);
     if (ok && s->pending && index >= s->visit_cursor)
         ok = (*w & bit) != 0;
@@ -477,9 +483,8 @@ static void empty_thread_caches(loam_heap_t *h)
  * set below the bump line. */
 static bool slab_has_no_mark(segment_t *seg, slab_t *s)
 {
-    size_t first = (size_t)(s->start - (char *)seg) / BLOCK_ALIGN;
-    size_t end = first + (size_t)s->bumped * (s->block_size / BLOCK_ALIGN);
-    return !gc_any_bit_in(segment_side_bits(seg), first, end - 1);   /* bumped > 0: used > 0 */
+    return !gc_any_bit_in(segment_side_bits(seg), gc_block_granule(s, 0),     /* bumped > 0: used > 0 */
+                          gc_block_granule(s, s->bumped - 1));
 }
 
 /* A slab none of whose blocks is marked goes back now, whole, its blocks

@@ -66,13 +66,13 @@ typedef struct gc_thread {
 } gc_thread_t;
 
 /* ---- the mark stack ---------------------------------------------------------- */
-/* Two words: the block, and its size with the kind in the low bits (every
- * block size is a multiple of BLOCK_ALIGN, 16). */
+/* Two words: the block, and its size with the kind in the low 3 bits (every
+ * block size is a multiple of 8). */
 typedef struct mark_entry {
     char   *obj;
     size_t  size_kind;
 } mark_entry_t;
-#define MARK_KIND_MASK ((size_t)BLOCK_ALIGN - 1)
+#define MARK_KIND_MASK ((size_t)7)
 
 /* objmap.c: object address -> word (0: absent); caller holds gc->lock. */
 typedef struct objmap_entry {
@@ -146,10 +146,10 @@ typedef struct marker {
         uintptr_t   lo, span;      /* its blocks ever handed out: [lo, lo + span) */
         uint64_t    div_m;         /* its div_m */
         uint64_t   *bits;          /* its segment's side bits */
-        size_t      first;         /* granule of lo in those bits */
-        uint32_t    size, step;    /* block size, in bytes and in granules */
+        uint32_t    size;          /* block size */
         uint32_t    tag;
         uint64_t   *abits;         /* its segment's age bits (generation.c), or NULL */
+        uintptr_t   pad[2];
     } slabs[MARK_SLAB_CACHE];      /* 64 bytes an entry: its index is a shift */
     /* The entries filled since the last forget_slab: only those are
      * cleared, so a marking that meets few slabs (a small heap's) leaves
@@ -360,6 +360,30 @@ LOAM_INTERNAL void        gc_wait_end(void);
 LOAM_INTERNAL void        gc_forget_threads(gc_state_t *gc);
 /* Clear the mark bits of a slab, or of the whole heap (world stopped). */
 LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
+/* Mark and age bits are one per 16-byte granule of a segment: a block's is
+ * the granule its start falls in. Block sizes are multiples of 8 bytes of
+ * at least 16 (sizeclass.c), so no two blocks start in one granule; a block
+ * of an odd multiple of 8 bytes (24, 40, 56) may start halfway into one.
+ * Walks over a slab's blocks therefore count in half granules of 8 bytes,
+ * where every start is whole: block k of slab s starts at half granule
+ * gc_slab_half0(s) + k * gc_slab_halfstep(s). */
+#define GC_HALF_GRANULE 8u
+static inline size_t gc_granule_of(const void *p)
+{
+    return ((uintptr_t)p & SEGMENT_MASK) / BLOCK_ALIGN;
+}
+static inline size_t gc_slab_half0(const slab_t *s)
+{
+    return ((uintptr_t)s->start & SEGMENT_MASK) / GC_HALF_GRANULE;
+}
+static inline size_t gc_slab_halfstep(const slab_t *s)
+{
+    return s->block_size / GC_HALF_GRANULE;
+}
+static inline size_t gc_block_granule(const slab_t *s, size_t k)
+{
+    return (gc_slab_half0(s) + k * gc_slab_halfstep(s)) >> 1;
+}
 /* Is any of the mark bits [lo, hi] set? (A dirty card's blocks, a slab's.) */
 static inline bool gc_any_bit_in(const uint64_t *bits, size_t lo, size_t hi)
 {

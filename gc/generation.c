@@ -191,16 +191,14 @@ static void rescan_card(gc_state_t *gc, segment_t *seg, size_t card)
     if (lo >= hi)
         return;
     uint64_t *bits = segment_side_bits(seg);
-    size_t step = s->block_size / BLOCK_ALIGN;
-    size_t first = (start - (uintptr_t)seg) / BLOCK_ALIGN;
     size_t k0 = slab_block_index(s, lo), k1 = slab_block_index(s, hi - 1);
     /* Most dirty cards hold young blocks only (written since they were
      * allocated): no mark bit from the first block's start to the last's
      * says so without a look at each block. */
-    if (!gc_any_bit_in(bits, first + k0 * step, first + k1 * step))
+    if (!gc_any_bit_in(bits, gc_block_granule(s, k0), gc_block_granule(s, k1)))
         return;
     for (size_t k = k0; k <= k1; k++) {
-        size_t g = first + k * step;
+        size_t g = gc_block_granule(s, k);
         if (!((bits[g >> 6] >> (g & 63)) & 1))
             continue;               /* young or free: nothing is marked yet this collection */
         char *b = s->start + k * s->block_size;

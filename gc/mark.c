@@ -155,9 +155,13 @@ void gc_mark_stack_release(gc_state_t *gc)
  * for the free key when it is scanned. */
 #define MARK_VERIFY 4u
 /* Not a block: a wake-up for the ephemeron pairs waiting for a key just
- * marked, the first one's index + 1 in the size's place (ephemeron.c). */
-#define MARK_WAKE 8u
-_Static_assert((MARK_VERIFY | MARK_WAKE) <= MARK_KIND_MASK, "the entry's kind bits hold both flags");
+ * marked, the first one's index + 1 in the size's place (ephemeron.c). The
+ * one kind value no block has: any entry past LOAM_TRACED is one of these
+ * two. */
+#define MARK_WAKE 3u
+_Static_assert((MARK_VERIFY | LOAM_TRACED) <= MARK_KIND_MASK && MARK_WAKE == LOAM_TRACED + 1 &&
+               LOAM_CONSERVATIVE < MARK_WAKE && LOAM_ATOMIC < MARK_WAKE,
+               "the entry's kind bits hold a kind and the flag, or the wake-up");
 
 static void __attribute__((noinline)) push_slow(marker_t *m, char *obj, size_t size, unsigned kind)
 {
@@ -275,9 +279,7 @@ static void remember_slab(marker_t *m, struct mark_slab_cache *c, segment_t *seg
     c->span = (uintptr_t)s->bumped * s->block_size;
     c->div_m = s->div_m;
     c->bits = segment_side_bits(seg);
-    c->first = granule_of(seg, s->start);
     c->size = s->block_size;
-    c->step = s->block_size / BLOCK_ALIGN;
     c->tag = s->tag;
     c->abits = gc_age_bits(seg);
 }
@@ -355,9 +357,8 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
     /* Everything read from the entry before the mark bit's store, which the
      * compiler must otherwise assume can change it. */
     const uintptr_t lo = c->lo;
-    const uint32_t size = c->size, step = c->step;
+    const uint32_t size = c->size;
     uint64_t *const bits = c->bits;
-    const size_t first = c->first;
     unsigned kind = c->tag;
     size_t idx = slab_offset_index(w - lo, c->div_m);
     char *block = (char *)lo + idx * size;
@@ -376,7 +377,7 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
             kind |= MARK_VERIFY;
         }
     }
-    size_t g = first + idx * step;
+    size_t g = gc_granule_of(block);
     if (bit_test_and_set(bits, g, m->shared))
         return;
     if (LOAM_UNLIKELY(m->aging))
@@ -515,7 +516,7 @@ scan(marker_t *m, tracer_fn_t t, char *obj, size_t size_kind)
 {
     unsigned kind = (unsigned)(size_kind & MARK_KIND_MASK);
     size_t size = size_kind & ~MARK_KIND_MASK;
-    if (LOAM_UNLIKELY(kind & (MARK_VERIFY | MARK_WAKE))) {
+    if (LOAM_UNLIKELY(kind > LOAM_TRACED)) {         /* MARK_WAKE, or a kind | MARK_VERIFY */
         if (kind == MARK_WAKE) {
             gc_ephemerons_wake(m, size / BLOCK_ALIGN);
             return;
