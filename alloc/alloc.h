@@ -41,8 +41,11 @@
 #define BLOCK_ALIGN        16u
 
 /* Size classes: 16..128 step 16, then 8 classes per doubling up to 512 KiB,
- * so a request above 128 B wastes at most 1/8 of its block. */
-#define NUM_CLASSES        104
+ * so a request above 128 B wastes at most 1/8 of its block. Three more,
+ * 24, 40 and 56 bytes, come last: only requests that may be 8-byte aligned
+ * take them (sizeclass_of_by8), so the classes below stay in size order. */
+#define NUM_CLASSES        107
+#define CLASS_BY8_FIRST    104                     /* the 24-byte class; then 40, 56 */
 #define SMALL_MAX          1024                    /* direct table up to here */
 #define CLASS_MAX_SIZE     ((size_t)512 * 1024)
 
@@ -69,6 +72,19 @@ static inline unsigned sizeclass_of(size_t n)
     if (LOAM_LIKELY(n <= SMALL_MAX))
         return sizeclass_small[(n + 15) >> 4];
     return sizeclass_of_generic(n);
+}
+
+/* A request that may have 8-byte alignment (a collected heap's blocks with
+ * LOAM_ALIGN_8): to 24, 40 or 56 bytes when it rounds to an odd multiple of
+ * 8 below 64, else as sizeclass_of. No C object whose size is an odd
+ * multiple of 8 needs 16-byte alignment: a type's size is a multiple of its
+ * alignment. */
+static inline unsigned sizeclass_of_by8(size_t n)
+{
+    size_t eighths = (n + 7) >> 3;
+    if (n > 16 && n <= 56 && (eighths & 1))
+        return CLASS_BY8_FIRST + (unsigned)(eighths - 3) / 2;
+    return sizeclass_of(n);
 }
 
 /* ---- blocks ------------------------------------------------------------ */

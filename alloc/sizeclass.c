@@ -3,7 +3,10 @@
  * Classes 0..7 are 16..128 in steps of 16 (the 16-byte alignment makes finer
  * steps impossible). Above 128 B each doubling [2^k, 2^(k+1)] has 8 classes
  * spaced 2^(k-3) apart, so a request wastes less than 1/8 (12.5%) of the
- * block it gets. The last class is 512 KiB. docs/internals.md has the table.
+ * block it gets. The last of these is 512 KiB. Classes 104..106 are 24, 40
+ * and 56 bytes, for requests that may be 8-byte aligned (sizeclass_of_by8):
+ * a 24-byte cons wastes a quarter of a 32-byte block. docs/internals.md has
+ * the table.
  *
  * Each class also has a slab length in 64 KiB pages: one page while at least
  * 8 blocks fit, else enough pages for a few blocks with < 1/16 tail waste. */
@@ -15,6 +18,8 @@ uint8_t  sizeclass_pages[NUM_CLASSES];
 
 static size_t class_size_of(unsigned cls)
 {
+    if (cls >= CLASS_BY8_FIRST)
+        return 24 + 16 * (size_t)(cls - CLASS_BY8_FIRST);
     if (cls < 8)
         return 16u * (cls + 1);
     unsigned j = cls - 8, lg = 7 + j / 8, k = j % 8 + 1;
@@ -25,7 +30,7 @@ int sizeclass_of_aligned(size_t n, size_t align)
 {
     if (n > CLASS_MAX_SIZE)
         return -1;
-    for (unsigned c = sizeclass_of(n ? n : 1); c < NUM_CLASSES; c++)
+    for (unsigned c = sizeclass_of(n ? n : 1); c < CLASS_BY8_FIRST; c++)
         if ((sizeclass_size[c] & (align - 1)) == 0)
             return (int)c;
     return -1;

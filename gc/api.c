@@ -74,7 +74,8 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
     void *p = alloc_from_heap_bump(h, n, kind);
     if (!p)
         return NULL;
-    size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[sizeclass_of(n ? n : 1)] : n;
+    size_t clear = n <= CLASS_MAX_SIZE ? sizeclass_size[heap_align_8(h) ? sizeclass_of_by8(n ? n : 1)
+                                                                  : sizeclass_of(n ? n : 1)] : n;
     if (n > alloc_mmap_threshold()) {
         addr_info_t ai;
         addr_classify(p, &ai);
@@ -91,39 +92,62 @@ static void *__attribute__((noinline)) gc_alloc_slow(loam_heap_t *h, size_t n, l
 
 /* A request of n bytes (0..SMALL_MAX): the byte offset of its class's bin
  * in a thread cache (tcache_small_bin's) and its block size, in one load.
- * Filled at process start. The same table serves the embedder's inline
- * fast path (include/loam/inline.h), whose view of the layout is checked
- * here; a build for valgrind keeps the exported one all zero, so that every
- * inline allocation comes here and memcheck hears of it. */
-loam_inline_class_t loam_inline_class[LOAM_INLINE_MAX + 1];
-#ifdef LOAM_MEMCHECK
-static loam_inline_class_t gc_small_class[SMALL_MAX + 1];
-#else
-/* The library's own name for it, hidden: an exported symbol is reached
- * through the GOT in the shared library (one load more per allocation). */
-#define GC_SYMBOL_NAME(x) GC_SYMBOL_NAME_(x)
-#define GC_SYMBOL_NAME_(x) #x
-extern loam_inline_class_t gc_small_class[SMALL_MAX + 1]
-    __attribute__((alias(GC_SYMBOL_NAME(loam_inline_class)), visibility("hidden")));
-#endif
-_Static_assert(LOAM_INLINE_ABI == 1, "the layout checked below is version 1 of loam/inline.h's: "
-               "a change of it bumps LOAM_INLINE_ABI and the table's name");
+ * Two tables, the second for heaps with LOAM_ALIGN_8 (24, 40 and 56 bytes),
+ * filled at process start; a heap points to its own (gc_class_row). The
+ * same tables serve the embedder's inline fast path (include/loam/inline.h),
+ * whose view of the layout is checked here, except in a build for
+ * valgrind: there the heaps point to a table all zero, so that every inline
+ * allocation comes here and memcheck hears of it. */
+static loam_inline_class_t gc_small_class[2][SMALL_MAX + 1];
+/* All sizes 0: every request to loam_gc_alloc (a heap not set up yet). */
+const loam_inline_class_t gc_class_row_none[SMALL_MAX + 1];
+_Static_assert(LOAM_INLINE_ABI == 2, "the layout checked below is version 2 of loam/inline.h's: "
+               "a change of it bumps LOAM_INLINE_ABI and the fallback's name");
 _Static_assert(LOAM_INLINE_MAX == SMALL_MAX, "the inline fast path's sizes are the table's");
 _Static_assert(sizeof(struct loam_inline_bin) == sizeof(tcache_bin_t), "a bin as loam/inline.h sees it");
 _Static_assert(offsetof(struct loam_inline_bin, top) == offsetof(tcache_bin_t, top), "bin.top");
 _Static_assert(offsetof(struct loam_inline_bin, bump) == offsetof(tcache_bin_t, bump), "bin.bump");
 _Static_assert(offsetof(struct loam_inline_bin, bump_end) == offsetof(tcache_bin_t, bump_end), "bin.bump_end");
 _Static_assert(offsetof(struct loam_heap, gc_alloc_slot) == LOAM_INLINE_SLOTS_AT, "a heap's slots");
+_Static_assert(offsetof(struct loam_heap, gc_class_row) == LOAM_INLINE_ROW_AT, "a heap's table");
 _Static_assert(sizeof(loam_tls_cache) / sizeof(loam_tls_cache[0]) == 32, "the slots loam/inline.h declares");
 _Static_assert(LOAM_CONSERVATIVE == 0 && LOAM_ATOMIC == 1 && LOAM_TRACED == 2 && HEAP_KINDS == 3,
                "the kinds loam/inline.h takes");
 
 void gc_alloc_tables_init(void)
 {
-    for (size_t n = 0; n <= SMALL_MAX; n++) {
-        unsigned cls = sizeclass_of(n);
-        gc_small_class[n] = (loam_inline_class_t){ tcache_bin_offset(cls), (uint16_t)sizeclass_size[cls] };
-    }
+    for (size_t n = 0; n <= SMALL_MAX; n++)
+        for (unsigned by8 = 0; by8 < 2; by8++) {
+            unsigned cls = by8 ? sizeclass_of_by8(n) : sizeclass_of(n);
+            gc_small_class[by8][n] = (loam_inline_class_t){ tcache_bin_offset(cls),
+                                                            (uint16_t)sizeclass_size[cls] };
+        }
+}
+
+/* The table a heap with these flags points to (heap_init_fields). */
+const loam_inline_class_t *gc_class_row_for(unsigned flags)
+{
+#ifdef LOAM_MEMCHECK
+    (void)flags;
+    return gc_class_row_none;
+#else
+    return gc_small_class[(flags & LOAM_ALIGN_8) != 0];
+#endif
+}
+
+/* The heap's table, for the library's own fast path. */
+static inline const loam_inline_class_t *class_row(const loam_heap_t *h)
+{
+#ifdef LOAM_MEMCHECK
+    return gc_small_class[heap_align_8(h)];
+#else
+    return h->gc_class_row;
+#endif
+}
+
+void *loam_inline_alloc_slow(loam_heap_t *h, size_t n, loam_kind_t kind)
+{
+    return loam_gc_alloc(h, n, kind);
 }
 
 void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
@@ -131,7 +155,7 @@ void *loam_gc_alloc(loam_heap_t *h, size_t n, loam_kind_t kind)
     /* The kind's slot is the no-cache one for a tracked heap or a kind not
      * made yet: its bins and range are empty. */
     if (LOAM_LIKELY(n <= SMALL_MAX && (unsigned)kind < HEAP_KINDS)) {
-        const loam_inline_class_t c = gc_small_class[n];
+        const loam_inline_class_t c = class_row(h)[n];
         tcache_t *tc = loam_tls_cache[AO_char_load((volatile unsigned char *)&h->gc_alloc_slot[kind])];
         tcache_bin_t *bin = tcache_bin_at(tc, c.bin);
         /* The bump range first; the bin holds what loam_free gave back,

@@ -17,6 +17,7 @@
 #define LOAM_GC_H
 
 #include "runtime/runtime.h"
+#include "loam/inline.h"      /* loam_inline_class_t: a heap's size-class table */
 
 #include <setjmp.h>
 
@@ -316,6 +317,10 @@ LOAM_INTERNAL const char *gc_free_refused(loam_heap_t *h, slab_t *s, size_t inde
 LOAM_INTERNAL void gc_large_freed(loam_heap_t *h, large_t *l);
 LOAM_INTERNAL void gc_install_hooks(void);                          /* once, at process start */
 LOAM_INTERNAL void gc_alloc_tables_init(void);                      /* by gc_install_hooks */
+/* The size-class table of a heap with these config flags (heap.gc_class_row),
+ * and one that sends every request to loam_gc_alloc (before heap_init_fields). */
+LOAM_INTERNAL const loam_inline_class_t *gc_class_row_for(unsigned flags);
+extern LOAM_INTERNAL const loam_inline_class_t gc_class_row_none[SMALL_MAX + 1];
 /* The purge thread's turn at a collected heap's arenas (runtime/purge.c):
  * no collection may start meanwhile, since one reads segment headers
  * without arena locks. false: a collection runs, or the lock is busy. */

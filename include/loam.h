@@ -54,8 +54,18 @@ typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_ki
  *                        a collected object, except into an object allocated by
  *                        this thread with no allocation or safepoint since. A
  *                        block loam_realloc returns in place is not new: it
- *                        may be old, and stores into it need the barrier. */
-enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1, LOAM_GENERATIONAL = 1u << 2 };
+ *                        may be old, and stores into it need the barrier;
+ *   LOAM_ALIGN_8         loam_gc_alloc rounds requests of 17-24, 33-40 and
+ *                        49-56 bytes to blocks of 24, 40 and 56 bytes, not 32,
+ *                        48 and 64: those blocks are 8-byte aligned only
+ *                        (every other block stays 16-byte aligned). No C
+ *                        type of such a size needs more; a request computed
+ *                        from a struct with a 16-byte-aligned member plus a
+ *                        tail (a flexible array member) may, and should then
+ *                        be rounded up to 16 by the caller. A 24-byte cons
+ *                        takes 24 bytes instead of 32. */
+enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1, LOAM_GENERATIONAL = 1u << 2,
+       LOAM_ALIGN_8 = 1u << 3 };
 enum { LOAM_STATS_TEXT = 0, LOAM_STATS_JSON = 1 };
 
 typedef void (*loam_trace_fn)(void *obj, loam_tracer_t *t, void *user);

@@ -85,7 +85,8 @@ static void track_block(loam_heap_t *h, void *p, size_t n)
     }
 }
 
-/* Allocate n bytes of kind k with alignment align (16 for plain malloc) from h. */
+/* Allocate n bytes of kind k with alignment align (16 for plain malloc; 8,
+ * only for a collected heap's blocks with LOAM_ALIGN_8) from h. */
 static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, unsigned kind, bool bump)
 {
     loam_ensure_init();
@@ -95,7 +96,8 @@ static void *alloc_from_heap_generic(loam_heap_t *h, size_t n, size_t align, uns
     for (unsigned attempt = 0;; attempt++) {
         void *p = NULL;
         if (n <= alloc_mmap_threshold() && align <= PAGE_SIZE) {
-            int cls = align <= BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
+            int cls = align < BLOCK_ALIGN ? (int)sizeclass_of_by8(n)
+                    : align == BLOCK_ALIGN ? (int)sizeclass_of(n) : sizeclass_of_aligned(n, align);
             if (cls >= 0) {
                 p = alloc_class_block(h, (unsigned)cls, kind, bump);
                 if (p && h->track_requested)
@@ -137,7 +139,7 @@ void *alloc_from_heap_bump(loam_heap_t *h, size_t n, unsigned kind)
 {
     /* No bigger blocks than the collector's fast path serves (a sweep's
      * ranges are of blocks of 1 KiB or less). */
-    return alloc_from_heap_generic(h, n, BLOCK_ALIGN, kind, n <= SMALL_MAX);
+    return alloc_from_heap_generic(h, n, heap_align_8(h) ? 8 : BLOCK_ALIGN, kind, n <= SMALL_MAX);
 }
 
 /* Above the fast path's table, up to the mmap threshold, a size's class is

@@ -163,6 +163,7 @@ void heap_init_fields(loam_heap_t *h, const loam_config_t *cfg, bool is_default)
     copy_name(h->name, sizeof h->name, h->cfg.name);
     h->cfg.name = h->name[0] ? h->name : NULL;
     h->is_default = is_default;
+    h->gc_class_row = gc_class_row_for(h->cfg.flags);
     h->mode = LOAM_MANUAL;
     h->budget.limit = h->cfg.limit;
     /* Collected heaps allocate through kinds' caches and sweep in bulk: no
@@ -221,7 +222,7 @@ arena_t *heap_arena_at(loam_heap_t *h, unsigned i)
 loam_heap_t *loam_heap_new(const loam_config_t *cfg)
 {
     loam_ensure_init();
-    const unsigned known_flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK | LOAM_GENERATIONAL;
+    const unsigned known_flags = LOAM_NO_STACK_SCAN | LOAM_PARALLEL_MARK | LOAM_GENERATIONAL | LOAM_ALIGN_8;
     if (cfg && ((cfg->mode != LOAM_MANUAL && cfg->mode != LOAM_GC) || cfg->gc_growth > LOAM_GC_GROWTH_MAX ||
                 (cfg->flags & ~known_flags))) {
         errno = EINVAL;

@@ -21,6 +21,7 @@ unsigned loam_initialized;
 struct loam_heap loam_default_heap = {
     .alloc_slot = 0, .slot = 0, .is_default = true,
     .gc_alloc_slot = { 0, TC_SLOT_NONE, TC_SLOT_NONE },
+    .gc_class_row = gc_class_row_none,
 };
 
 static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;

@@ -43,6 +43,9 @@ struct loam_heap {
                                                  tracked or the kind is not made yet */
     uint8_t       slot;            /* kind 0's slot */
     bool          is_default;
+    /* loam_gc_alloc's size classes by request size (gc/api.c; the second
+     * table with LOAM_ALIGN_8: 24, 40, 56 bytes, sizeclass_of_by8) */
+    const struct loam_inline_class *gc_class_row;
     loam_mode_t   mode;
     /* the rest */
     heap_kind_t   kinds[HEAP_KINDS];
@@ -98,6 +101,12 @@ LOAM_INTERNAL void purge_poke_slow(void);
  * start it) if some arena began keeping memory for decay while it slept.
  * Collected heaps do not: their sweeps keep stamping slabs, so each of
  * their slow paths would wake it; their collections do, once each. */
+/* loam_gc_alloc's blocks of 24, 40 and 56 bytes are 8-byte aligned (LOAM_ALIGN_8). */
+static inline bool heap_align_8(const loam_heap_t *h)
+{
+    return (h->cfg.flags & LOAM_ALIGN_8) != 0;
+}
+
 static inline void purge_poke(const loam_heap_t *h)
 {
     if (LOAM_UNLIKELY(AO_load(&alloc_decay_due)) && !__atomic_load_n(&h->gc, __ATOMIC_RELAXED))

@@ -15,6 +15,10 @@
  *    a traced block with no trace callback (EINVAL), an allocation inside
  *    a blocking bracket (the fault, even with blocks in the thread's cache),
  *    gc_stress=1 (a collection at every allocation);
+ *  - a heap with LOAM_ALIGN_8: requests of 17-24, 33-40 and 49-56 bytes get
+ *    blocks of 24, 40 and 56 bytes, 8-byte aligned, by either path, packed
+ *    24 bytes apart; a list of such blocks survives collections (minor and
+ *    major) intact, and goes back whole once dropped;
  *  - two threads allocating inline from one heap while they collect it;
  *  - a manual heap: the same blocks, which the program frees. */
 #define _GNU_SOURCE
@@ -163,6 +167,73 @@ Test(gc_inline, inline_blocks_are_collected_like_any)
     loam_gc_collect(h);
     cr_assert_eq(gc_stats(h).live_bytes, live_before, "the dropped list was not reclaimed");
     loam_heap_destroy(h);
+}
+
+/* The block size a request gets: LOAM_ALIGN_8 takes 24, 40 and 56 bytes for
+ * what rounds to them in steps of 8; every other request, and every request
+ * without the flag, rounds to 16 up to 128 bytes (the first size classes). */
+static size_t expected_block(size_t n, bool align_8)
+{
+    size_t eighths = (n + 7) / 8;
+    if (align_8 && n > 16 && n <= 56 && eighths % 2 == 1)
+        return eighths * 8;
+    return n <= 16 ? 16 : (n + 15) / 16 * 16;
+}
+
+Test(gc_inline, a_heap_with_align_8_packs_blocks_of_24_40_and_56_bytes)
+{
+    for (int align_8 = 0; align_8 < 2; align_8++) {
+        loam_config_t cfg = { .mode = LOAM_GC, .trace = trace_node,
+                              .flags = LOAM_NO_STACK_SCAN | LOAM_GENERATIONAL | (align_8 ? LOAM_ALIGN_8 : 0) };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        cr_assert_not_null(h);
+        cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);   /* blocks held in locals */
+        for (size_t n = 0; n <= 128; n++) {
+            unsigned char *a = loam_gc_alloc(h, n, LOAM_TRACED);
+            unsigned char *b = loam_gc_alloc_inline(h, n, LOAM_CONSERVATIVE);
+            cr_assert(a && b);
+            size_t want = expected_block(n, align_8);
+            cr_assert_eq(loam_usable_size(a), want, "align_8 %d, %zu bytes: a block of %zu, not %zu", align_8, n,
+                         loam_usable_size(a), want);
+            cr_assert_eq(loam_usable_size(b), want, "align_8 %d, %zu bytes inline: a block of %zu, not %zu",
+                         align_8, n, loam_usable_size(b), want);
+            cr_assert_eq((uintptr_t)a % (want % 16 ? 8 : 16), 0);
+            cr_assert_eq((uintptr_t)b % (want % 16 ? 8 : 16), 0);
+            cr_assert(all_zero(b, want));
+        }
+        /* Consecutive nodes come from one bump range: a node's size apart. */
+        node_t *x = loam_gc_alloc_inline(h, sizeof *x, LOAM_TRACED), *y = loam_gc_alloc_inline(h, sizeof *y, LOAM_TRACED);
+        cr_assert_eq((char *)y - (char *)x, align_8 ? 24 : 32);
+        loam_heap_set_gc_pacing(h, 0, 0);
+        /* A list of 24-byte nodes through collections: garbage between,
+         * minor collections on the way, a major one at the end. */
+        list_root = NULL;
+        loam_root_add(h, (void **)&list_root);
+        loam_gc_collect(h);                 /* the blocks above were garbage */
+        size_t live_before = gc_stats(h).live_bytes;
+        enum { N = 100000 };
+        build_list(h, N);
+        for (int i = 0; i < N; i++)
+            cr_assert_not_null(loam_gc_alloc_inline(h, 40, LOAM_TRACED));
+        loam_stats_t st = gc_stats(h);
+        cr_assert_gt(st.gc_minor_collections, 0, "no minor collection");
+        cr_assert_eq(st.live_bytes - live_before >= (size_t)N * sizeof(node_t), true);
+        loam_gc_collect(h);
+        size_t count = 0;
+        for (node_t *c = list_root; c; c = c->next, count++) {
+            cr_assert_eq(c->tag, NODE_TAG, "node %zu lost its tag", count);
+            cr_assert_eq(c->value, (uintptr_t)(N - 1 - count), "node %zu holds %zu", count, (size_t)c->value);
+            cr_assert_eq(loam_usable_size(c), align_8 ? 24 : 32);
+        }
+        cr_assert_eq(count, (size_t)N);
+        cr_assert_eq(gc_stats(h).live_bytes - live_before, (size_t)N * (align_8 ? 24 : 32),
+                     "the list's blocks and nothing else stay");
+        list_root = NULL;
+        loam_gc_collect(h);
+        cr_assert_eq(gc_stats(h).live_bytes, live_before, "the dropped list was not reclaimed");
+        loam_root_remove(h, (void **)&list_root);
+        loam_heap_destroy(h);
+    }
 }
 
 Test(gc_inline, requests_the_fast_path_cannot_serve_go_to_loam_gc_alloc)

@@ -17,7 +17,8 @@
  *   ...xxx1   a fixnum: the integer is the word shifted right by one (63 bits)
  *   ...xx10   an immediate constant: #f, #t, the unspecified value, end of file
  *   0         the empty list ()
- *   ...0000   a pointer to a heap object (loam blocks are 16-byte aligned)
+ *   ...x000   a pointer to a heap object (loam blocks are 8-byte aligned at
+ *             least: the heap has LOAM_ALIGN_8, so a cons takes 24 bytes)
  * Fixnums and constants are never heap pointers, so the trace callback only
  * hands loam_mark the values for which is_obj() holds.
  *
@@ -53,7 +54,7 @@ typedef struct obj *val_t;
 static inline bool is_fixnum(val_t v) { return ((uintptr_t)v & 1) != 0; }
 static inline val_t make_fixnum(intptr_t n) { return (val_t)(((uintptr_t)n << 1) | 1); }
 static inline intptr_t fixnum_value(val_t v) { return (intptr_t)v >> 1; }   /* arithmetic shift */
-static inline bool is_obj(val_t v) { return v != NIL && ((uintptr_t)v & 15) == 0; }
+static inline bool is_obj(val_t v) { return v != NIL && ((uintptr_t)v & 7) == 0; }
 static inline val_t make_bool(bool b) { return b ? TRUE_V : FALSE_V; }
 static inline bool is_true(val_t v) { return v != FALSE_V; }   /* only #f is false */
 

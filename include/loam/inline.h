@@ -16,15 +16,16 @@
  * object: the Lisp example (examples/lisp/lisp.h) runs its demo 3 % faster
  * (docs/benchmarks.md).
  *
- * What it reads of the library: the thread's cache slots, a table from
- * request size to cache bin and block size, and the first bytes of a heap.
- * Their layout is this header's, asserted by the library when it is built
- * (gc/api.c), so the header and the library must come from the same loam,
- * as with any inline allocation (Boehm's gc_inline.h). The layout's version,
- * LOAM_INLINE_ABI, is part of the table's symbol name: a program built
- * with a header of another layout fails to link, or to start against a
- * shared library ("undefined symbol: loam_inline_class_abi1"), instead of
- * allocating through the wrong offsets.
+ * What it reads of the library: the thread's cache slots, the heap's table
+ * from request size to cache bin and block size, and the first bytes of a
+ * heap. Their layout is this header's, asserted by the library when it is
+ * built (gc/api.c), so the header and the library must come from the same
+ * loam, as with any inline allocation (Boehm's gc_inline.h). The layout's
+ * version, LOAM_INLINE_ABI, is part of the name of the function it falls
+ * back to: a program built with a header of another layout fails to link,
+ * or to start against a shared library ("undefined symbol:
+ * loam_inline_alloc_slow_abi2"), instead of allocating through the wrong
+ * offsets.
  *
  * Define LOAM_NO_INLINE_ALLOC before including this header to make
  * loam_gc_alloc_inline a plain call of loam_gc_alloc: for builds of the
@@ -58,9 +59,12 @@ static inline void *loam_gc_alloc_inline(loam_heap_t *h, size_t n, loam_kind_t k
 
 /* ---- the layout the library shares with this header (do not use) ---------- */
 
-/* Bumped with any change of what follows, and in the name. */
-#define LOAM_INLINE_ABI 1
-#define loam_inline_class loam_inline_class_abi1
+/* Bumped with any change of what follows, and in the name of the function
+ * the fast path falls back to. */
+#define LOAM_INLINE_ABI 2
+#define loam_inline_alloc_slow loam_inline_alloc_slow_abi2
+/* loam_gc_alloc, under the layout's name. */
+extern LOAM_API void *loam_inline_alloc_slow(loam_heap_t *h, size_t n, loam_kind_t kind);
 
 /* A thread cache's bin of one size class: blocks are taken from the bump
  * range [bump, bump_end) first, then from the stack of freed blocks below
@@ -69,14 +73,15 @@ struct loam_inline_bin {
     uintptr_t top, end, bump, bump_end;
 };
 
-/* Per request size 0..LOAM_INLINE_MAX: the byte offset of its class's bin
- * in a thread cache, and the class's block size; size 0 sends the request
- * to loam_gc_alloc. */
+/* A heap's size classes: at byte LOAM_INLINE_ROW_AT of a heap, a pointer to
+ * its table by request size 0..LOAM_INLINE_MAX (a heap with LOAM_ALIGN_8
+ * has its own): the byte offset of the class's bin in a thread cache, and
+ * the class's block size; size 0 sends the request to loam_gc_alloc. */
 typedef struct loam_inline_class {
     uint16_t bin;
     uint16_t size;
 } loam_inline_class_t;
-extern LOAM_API loam_inline_class_t loam_inline_class[LOAM_INLINE_MAX + 1];
+#define LOAM_INLINE_ROW_AT 8
 
 /* The calling thread's caches, by slot; a heap's kind k allocates through
  * slot ((const uint8_t *)h)[LOAM_INLINE_SLOTS_AT + k]. A slot with no cache
@@ -90,10 +95,12 @@ static inline __attribute__((always_inline)) void *
 loam_gc_alloc_inline(loam_heap_t *h, size_t n, loam_kind_t kind)
 {
     if (__builtin_expect(n > LOAM_INLINE_MAX || (unsigned)kind > LOAM_TRACED, 0))
-        return loam_gc_alloc(h, n, kind);
-    const loam_inline_class_t c = loam_inline_class[n];
+        return loam_inline_alloc_slow(h, n, kind);
+    const loam_inline_class_t *row =
+        *(const loam_inline_class_t *const *)(const void *)((const char *)h + LOAM_INLINE_ROW_AT);
+    const loam_inline_class_t c = row[n];
     if (__builtin_expect(c.size == 0, 0))
-        return loam_gc_alloc(h, n, kind);
+        return loam_inline_alloc_slow(h, n, kind);
     unsigned slot = __atomic_load_n((const uint8_t *)h + LOAM_INLINE_SLOTS_AT + (unsigned)kind,
                                     __ATOMIC_RELAXED);
     struct loam_inline_bin *bin =
@@ -107,7 +114,7 @@ loam_gc_alloc_inline(loam_heap_t *h, size_t n, loam_kind_t kind)
         void **top = (void **)__atomic_load_n(&bin->top, __ATOMIC_RELAXED);
         p = (char *)top[-1];
         if (__builtin_expect(p == NULL, 0))
-            return loam_gc_alloc(h, n, kind);
+            return loam_inline_alloc_slow(h, n, kind);
         __atomic_store_n(&bin->top, (uintptr_t)(top - 1), __ATOMIC_RELAXED);
     }
     /* As loam_gc_alloc: the whole block for kinds that are scanned, the

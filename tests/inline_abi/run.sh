@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A program built against loam/inline.h of another layout must not link
-# with this loam (include/loam/inline.h: LOAM_INLINE_ABI is in the table's
-# symbol name), while one built against this header links and allocates.
+# with this loam (include/loam/inline.h: LOAM_INLINE_ABI is in the name of
+# the function the fast path falls back to), while one built against this
+# header links and allocates.
 #
 #   run.sh <libloam.so> <C compiler> <include dir> [sanitizer]
 #
@@ -18,12 +19,12 @@ if [ -z "$abi" ]; then
     echo "inline_abi: no LOAM_INLINE_ABI in $inc/loam/inline.h" >&2
     exit 1
 fi
-if ! nm -D --defined-only "$lib" | grep -q " loam_inline_class_abi$abi\$"; then
-    echo "inline_abi: $lib does not export loam_inline_class_abi$abi" >&2
+if ! nm -D --defined-only "$lib" | grep -q " loam_inline_alloc_slow_abi$abi\$"; then
+    echo "inline_abi: $lib does not export loam_inline_alloc_slow_abi$abi" >&2
     exit 1
 fi
-if nm -D --defined-only "$lib" | grep -q " loam_inline_class\$"; then
-    echo "inline_abi: $lib exports the table without its version" >&2
+if nm -D --defined-only "$lib" | grep -q " loam_inline_alloc_slow\$"; then
+    echo "inline_abi: $lib exports the fallback without its version" >&2
     exit 1
 fi
 
@@ -63,14 +64,14 @@ mkdir -p "$work/other/loam"
 cp "$inc/loam.h" "$work/other/"
 next=$((abi + 1))
 sed -e "s/^#define LOAM_INLINE_ABI $abi\$/#define LOAM_INLINE_ABI $next/" \
-    -e "s/loam_inline_class_abi$abi\b/loam_inline_class_abi$next/" \
+    -e "s/loam_inline_alloc_slow_abi$abi\b/loam_inline_alloc_slow_abi$next/" \
     "$inc/loam/inline.h" > "$work/other/loam/inline.h"
 if "$cc" -std=c11 -I "$work/other" "$work/prog.c" "$lib" -o "$work/prog_other" 2> "$work/other.err"; then
     echo "inline_abi: a program built with inline ABI $next linked with a library of ABI $abi" >&2
     exit 1
 fi
-if ! grep -q "loam_inline_class_abi$next" "$work/other.err"; then
-    echo "inline_abi: the link failed, but not for the table's version:" >&2
+if ! grep -q "loam_inline_alloc_slow_abi$next" "$work/other.err"; then
+    echo "inline_abi: the link failed, but not for the layout's version:" >&2
     cat "$work/other.err" >&2
     exit 1
 fi
