@@ -56,6 +56,32 @@ static inline bool bit_test_and_set(uint64_t *bits, size_t i, bool shared)
     return (old & m) != 0;
 }
 
+/* The word of a segment's side bitmap that holds the bit of the granule
+ * address p falls in, and that bit: from p alone (a word is 64 granules,
+ * 1 KiB of the segment; a shift takes its count mod 64). */
+static inline uint64_t *granule_word(uint64_t *bits, uintptr_t p)
+{
+    return (uint64_t *)(void *)((char *)bits + ((p >> 7) & ((SEGMENT_MASK >> 10) << 3)));
+}
+
+static inline uint64_t granule_bit(uintptr_t p)
+{
+    return (uint64_t)1 << ((p >> 4) & 63);
+}
+
+/* bit_test_and_set's, with the word and bit found already. */
+static inline bool word_test_and_set(uint64_t *w, uint64_t m, bool shared)
+{
+    if (shared) {
+        if (__atomic_load_n(w, __ATOMIC_RELAXED) & m)
+            return true;
+        return (__atomic_fetch_or(w, m, __ATOMIC_RELAXED) & m) != 0;
+    }
+    uint64_t old = *w;
+    *w = old | m;
+    return (old & m) != 0;
+}
+
 static inline bool bit_test(const uint64_t *bits, size_t i)
 {
     return (bits[i >> 6] >> (i & 63)) & 1;
@@ -328,9 +354,9 @@ static bool __attribute__((noinline)) find_slab(marker_t *m, uintptr_t w, bool i
  * survives for the first time and stays young (mark and age set); set, it
  * is a survivor reached again, and old now (mark only). */
 static inline __attribute__((always_inline)) void
-age_block(marker_t *m, uint64_t *abits, size_t g, size_t size)
+age_block(marker_t *m, uint64_t *abits, uintptr_t block, size_t size)
 {
-    uint64_t bit = (uint64_t)1 << (g & 63), *w = &abits[g >> 6], old;
+    uint64_t bit = granule_bit(block), *w = granule_word(abits, block), old;
     if (m->shared) {
         old = __atomic_fetch_xor(w, bit, __ATOMIC_RELAXED);
     } else {
@@ -339,7 +365,7 @@ age_block(marker_t *m, uint64_t *abits, size_t g, size_t size)
     }
     if (old & bit)
         return;
-    uint64_t page = (uint64_t)1 << (g >> (PAGE_SHIFT - 4));   /* granules of 16 bytes */
+    uint64_t page = (uint64_t)1 << ((block & SEGMENT_MASK) >> PAGE_SHIFT);
     if (!(__atomic_load_n(&abits[0], __ATOMIC_RELAXED) & page))
         __atomic_fetch_or(&abits[0], page, __ATOMIC_RELAXED);
     m->survivor_bytes += size;
@@ -377,11 +403,10 @@ mark_in_slab(marker_t *m, struct mark_slab_cache *c, uintptr_t w, bool interior,
             kind |= MARK_VERIFY;
         }
     }
-    size_t g = gc_granule_of(block);
-    if (bit_test_and_set(bits, g, m->shared))
+    if (word_test_and_set(granule_word(bits, (uintptr_t)block), granule_bit((uintptr_t)block), m->shared))
         return;
     if (LOAM_UNLIKELY(m->aging))
-        age_block(m, c->abits, g, size);
+        age_block(m, c->abits, (uintptr_t)block, size);
     push(m, block, size, kind);
 }
 
