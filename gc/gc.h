@@ -373,10 +373,6 @@ LOAM_INTERNAL void        gc_clear_slab_marks(segment_t *seg, slab_t *s);
  * where every start is whole: block k of slab s starts at half granule
  * gc_slab_half0(s) + k * gc_slab_halfstep(s). */
 #define GC_HALF_GRANULE 8u
-static inline size_t gc_granule_of(const void *p)
-{
-    return ((uintptr_t)p & SEGMENT_MASK) / BLOCK_ALIGN;
-}
 static inline size_t gc_slab_half0(const slab_t *s)
 {
     return ((uintptr_t)s->start & SEGMENT_MASK) / GC_HALF_GRANULE;

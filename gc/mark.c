@@ -39,23 +39,6 @@
 
 /* ---- mark bits ------------------------------------------------------------------ */
 
-/* true: the bit was set already. Shared: other markers run, the word is
- * read and set atomically (a relaxed load first: a block reached twice
- * costs no locked instruction the second time). */
-static inline bool bit_test_and_set(uint64_t *bits, size_t i, bool shared)
-{
-    uint64_t m = (uint64_t)1 << (i & 63);
-    uint64_t *w = &bits[i >> 6];
-    if (shared) {
-        if (__atomic_load_n(w, __ATOMIC_RELAXED) & m)
-            return true;
-        return (__atomic_fetch_or(w, m, __ATOMIC_RELAXED) & m) != 0;
-    }
-    uint64_t old = *w;
-    *w = old | m;
-    return (old & m) != 0;
-}
-
 /* The word of a segment's side bitmap that holds the bit of the granule
  * address p falls in, and that bit: from p alone (a word is 64 granules,
  * 1 KiB of the segment; a shift takes its count mod 64). */
@@ -69,7 +52,9 @@ static inline uint64_t granule_bit(uintptr_t p)
     return (uint64_t)1 << ((p >> 4) & 63);
 }
 
-/* bit_test_and_set's, with the word and bit found already. */
+/* Set bit m of word w; true: it was set already. Shared: other markers
+ * run, the word is read and set atomically (a relaxed load first: a block
+ * reached twice costs no locked instruction the second time). */
 static inline bool word_test_and_set(uint64_t *w, uint64_t m, bool shared)
 {
     if (shared) {

@@ -675,13 +675,18 @@ static void torture_teardown(torture_t *T)
     loam_heap_destroy(T->h);
 }
 
-/* The rounds on a LOAM_NO_STACK_SCAN heap with frequent automatic
- * collections in the middle of growth and mutation. */
-static void torture_exact(torture_t *T, unsigned flags, const char *name)
+/* Frequent automatic collections in the middle of growth and mutation. */
+static void torture_collect_often(void)
 {
     cr_assert_eq(loam_option_set("gc_growth", 5), 0);
     cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
     cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
+}
+
+/* The rounds on a LOAM_NO_STACK_SCAN heap, collecting often. */
+static void torture_exact(torture_t *T, unsigned flags, const char *name)
+{
+    torture_collect_often();
     torture_setup(T, LOAM_NO_STACK_SCAN | flags, name);
     torture_rounds(T);
 }
@@ -762,9 +767,7 @@ Test(gc_torture, generational, .timeout = 600)
 Test(gc_torture, generational_parallel_stack_scanning, .timeout = 600)
 {
     static torture_t T;
-    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
-    cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
+    torture_collect_often();
     cr_assert_eq(loam_option_set("gc_markers", 4), 0);
     cr_assert_eq(loam_option_set("gc_parallel_min", 0), 0);
     torture_setup(&T, LOAM_GENERATIONAL | LOAM_PARALLEL_MARK, "gc_torture/generational_parallel_stack_scanning");
@@ -798,9 +801,7 @@ Test(gc_torture, align_8_generational, .timeout = 600)
 Test(gc_torture, align_8_generational_stack_scanning, .timeout = 600)
 {
     static torture_t T;
-    cr_assert_eq(loam_option_set("gc_growth", 5), 0);
-    cr_assert_eq(loam_option_set("gc_min_bytes", 256 * 1024), 0);
-    cr_assert_eq(loam_option_set("gc_young_min", 128 * 1024), 0);
+    torture_collect_often();
     torture_setup(&T, LOAM_ALIGN_8 | LOAM_GENERATIONAL, "gc_torture/align_8_generational_stack_scanning");
     torture_rounds(&T);
     cr_assert_gt(gc_stats(T.h).gc_minor_collections, 0);
