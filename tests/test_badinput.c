@@ -781,6 +781,37 @@ Test(callback, interior_pointer_small)
     loam_heap_destroy(h);
 }
 
+/* Blocks of 24 bytes (LOAM_ALIGN_8) start at every 8-byte boundary that
+ * is not a 16-byte one, too: an address 8 or 16 bytes into one is interior,
+ * whichever granule it falls in, and a second free is a double free. */
+Test(callback, faults_in_24_byte_blocks)
+{
+    err_record_t rec;
+    loam_heap_t *h = heap_with_callback_mode(&rec, LOAM_GC, LOAM_ALIGN_8 | LOAM_NO_STACK_SCAN);
+    cr_assert_eq(loam_heap_set_gc_pacing(h, 0, 1024 * MiB), 0);      /* blocks held in locals */
+    unsigned char *a = loam_gc_alloc(h, 24, LOAM_CONSERVATIVE), *b = loam_gc_alloc(h, 24, LOAM_CONSERVATIVE);
+    cr_assert(a && b);
+    cr_assert_eq(loam_usable_size(a), 24);
+    cr_assert_eq(b - a, 24, "two 24-byte blocks in a row");
+    memset(a, 5, 24);
+    memset(b, 6, 24);
+    unsigned char *odd = (uintptr_t)a % 16 ? a : b;      /* the one starting mid-granule */
+    loam_free(odd + 8);
+    assert_reported(&rec, h, odd + 8, "interior free of a 24-byte block", W_INTERIOR);
+    memset(&rec, 0, sizeof rec);
+    loam_free(a + 16);
+    assert_reported(&rec, h, a + 16, "interior free 16 bytes into a 24-byte block", W_INTERIOR);
+    for (int i = 0; i < 24; i++)
+        cr_assert(a[i] == 5 && b[i] == 6, "a fault changed a block");
+    memset(&rec, 0, sizeof rec);
+    loam_free(b);
+    cr_assert_eq(rec.calls, 0);
+    loam_free(b);
+    assert_reported(&rec, h, b, "double free of a 24-byte block", W_DOUBLE);
+    loam_free(a);
+    loam_heap_destroy(h);
+}
+
 Test(callback, interior_pointer_large)
 {
     err_record_t rec;
