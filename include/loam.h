@@ -57,8 +57,10 @@ typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_ki
  *                        may be old, and stores into it need the barrier;
  *   LOAM_ALIGN_8         loam_gc_alloc rounds requests of 17-24, 33-40 and
  *                        49-56 bytes to blocks of 24, 40 and 56 bytes, not 32,
- *                        48 and 64: those blocks are 8-byte aligned only
- *                        (every other block stays 16-byte aligned). No C
+ *                        48 and 64 (so does loam_realloc when it moves a
+ *                        traced or atomic block): those blocks are 8-byte
+ *                        aligned only (every other block, loam_malloc's
+ *                        included, stays 16-byte aligned). No C
  *                        type of such a size needs more; a request computed
  *                        from a struct with a 16-byte-aligned member plus a
  *                        tail (a flexible array member) may, and should then
