@@ -391,6 +391,13 @@ tcache_t *heap_thread_cache(loam_heap_t *h, unsigned kind)
     for (tcache_t *t = thread_caches; t; t = t->thread_next)
         if (t->owner == NULL) {
             mine = t;
+            /* Its old slot still names it: a heap made where the destroyed
+             * one was, with that slot for another kind, passes the owner
+             * test above, and its allocations of that kind came from this
+             * cache's blocks of the kind it is made for now (conservative
+             * blocks in traced slabs, given to the trace callback). */
+            if (loam_tls_cache[t->slot] == t)
+                loam_tls_cache[t->slot] = &loam_empty_tcache;
             break;
         }
     if (!mine) {

@@ -1817,6 +1817,55 @@ Test(gc, a_small_collected_heap_costs_a_few_pages, .timeout = 120)
         loam_heap_destroy(heaps[i]);
 }
 
+/* A heap made where a destroyed one was takes the same slots, and this
+ * thread still has the destroyed heap's caches, disowned. Each kind must
+ * allocate from a cache of its own: once, the conservative kind's slot still
+ * named a disowned cache that the traced kind had just taken over, and its
+ * blocks came from traced slabs, handed to the trace callback instead of
+ * being scanned. */
+static void *kinds_apart_seen[2];
+static size_t kinds_apart_traced[2];
+
+static void kinds_apart_trace(void *p, loam_tracer_t *t, void *user)
+{
+    (void)t, (void)user;
+    for (int i = 0; i < 2; i++)
+        if (p == kinds_apart_seen[i])
+            kinds_apart_traced[i]++;
+}
+
+Test(gc, a_heap_made_where_a_destroyed_one_was_keeps_its_kinds_apart)
+{
+    loam_heap_t *prev = NULL;
+    int reused = 0;
+    for (int round = 0; round < 8; round++) {
+        loam_config_t cfg = { .mode = LOAM_GC, .flags = LOAM_NO_STACK_SCAN, .trace = kinds_apart_trace };
+        loam_heap_t *h = loam_heap_new(&cfg);
+        cr_assert_not_null(h);
+        bool same = h == prev;
+        reused += same;
+        prev = h;
+        static void *slots[2];
+        slots[0] = loam_gc_alloc(h, 40, LOAM_TRACED);
+        slots[1] = loam_gc_alloc(h, 40, LOAM_CONSERVATIVE);
+        cr_assert(slots[0] && slots[1]);
+        for (int i = 0; i < 2; i++) {
+            loam_root_add(h, &slots[i]);
+            kinds_apart_seen[i] = slots[i];
+            kinds_apart_traced[i] = 0;
+        }
+        loam_gc_collect(h);
+        cr_assert_eq(kinds_apart_traced[0], 1, "round %d: the traced block was traced %zu times", round,
+                     kinds_apart_traced[0]);
+        cr_assert_eq(kinds_apart_traced[1], 0, "round %d (heap %s): a conservative block went to the trace callback",
+                     round, same ? "where the last one was" : "new");
+        for (int i = 0; i < 2; i++)
+            loam_root_remove(h, &slots[i]);
+        loam_heap_destroy(h);
+    }
+    cr_assert_gt(reused, 0, "no heap was made where the last one was: the case was not tried");
+}
+
 Test(gc, collected_heaps_made_and_destroyed_leave_nothing_behind, .timeout = 300)
 {
     for (int i = 0; i < 200; i++) {                /* warm up: caches, metadata pages */
