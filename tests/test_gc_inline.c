@@ -17,7 +17,8 @@
  *    gc_stress=1 (a collection at every allocation);
  *  - a heap with LOAM_ALIGN_8: requests of 17-24, 33-40 and 49-56 bytes get
  *    blocks of 24, 40 and 56 bytes, 8-byte aligned, by either path, packed
- *    24 bytes apart; a list of such blocks survives collections (minor and
+ *    24 bytes apart (a traced block loam_realloc moves too, a conservative
+ *    one not); a list of such blocks survives collections (minor and
  *    major) intact, and goes back whole once dropped;
  *  - two threads allocating inline from one heap while they collect it;
  *  - a manual heap: the same blocks, which the program frees. */
@@ -201,6 +202,18 @@ Test(gc_inline, a_heap_with_align_8_packs_blocks_of_24_40_and_56_bytes)
             cr_assert_eq((uintptr_t)b % (want % 16 ? 8 : 16), 0);
             cr_assert(all_zero(b, want));
         }
+        /* loam_realloc moves a traced block as loam_gc_alloc would place it;
+         * a conservative one as loam_malloc would (16-byte classes). */
+        unsigned char *r = loam_gc_alloc(h, 24, LOAM_TRACED);
+        memset(r, 0x5a, 24);
+        unsigned char *r2 = loam_realloc(h, r, 40);
+        cr_assert_not_null(r2);
+        cr_assert_eq(loam_usable_size(r2), expected_block(40, align_8));
+        for (int i = 0; i < 24; i++)
+            cr_assert_eq(r2[i], 0x5a, "byte %d lost in the move", i);
+        unsigned char *c2 = loam_realloc(h, loam_gc_alloc(h, 16, LOAM_CONSERVATIVE), 40);
+        cr_assert_not_null(c2);
+        cr_assert_eq(loam_usable_size(c2), 48, "align_8 %d: a moved conservative block of %zu bytes", align_8, loam_usable_size(c2));
         /* Consecutive nodes come from one bump range: a node's size apart. */
         node_t *x = loam_gc_alloc_inline(h, sizeof *x, LOAM_TRACED), *y = loam_gc_alloc_inline(h, sizeof *y, LOAM_TRACED);
         cr_assert_eq((char *)y - (char *)x, align_8 ? 24 : 32);
