@@ -60,12 +60,12 @@ typedef enum { LOAM_CONSERVATIVE = 0, LOAM_ATOMIC = 1, LOAM_TRACED = 2 } loam_ki
  *                        48 and 64 (so does loam_realloc when it moves a
  *                        traced or atomic block): those blocks are 8-byte
  *                        aligned only (every other block, loam_malloc's
- *                        included, stays 16-byte aligned). No C
- *                        type of such a size needs more; a request computed
- *                        from a struct with a 16-byte-aligned member plus a
- *                        tail (a flexible array member) may, and should then
- *                        be rounded up to 16 by the caller. A 24-byte cons
- *                        takes 24 bytes instead of 32. */
+ *                        included, stays 16-byte aligned). No C type of such
+ *                        a size needs more; a request computed from a struct
+ *                        with a 16-byte-aligned member plus a tail (a
+ *                        flexible array member) may, and should then be
+ *                        rounded up to 16 by the caller. A 24-byte cons takes
+ *                        24 bytes instead of 32. */
 enum { LOAM_NO_STACK_SCAN = 1u << 0, LOAM_PARALLEL_MARK = 1u << 1, LOAM_GENERATIONAL = 1u << 2,
        LOAM_ALIGN_8 = 1u << 3 };
 enum { LOAM_STATS_TEXT = 0, LOAM_STATS_JSON = 1 };
