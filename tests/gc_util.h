@@ -99,6 +99,15 @@ static inline size_t gc_check(const void *p, size_t from, size_t n, uint64_t tag
     return (size_t)-1;
 }
 
+/* The block a LOAM_ALIGN_8 heap gives a request of n bytes when it takes
+ * one of the 24, 40 and 56-byte classes (n rounds to an odd multiple of 8
+ * below 64), else 0: the request is served as without the flag. */
+static inline size_t gc_align_8_block(size_t n)
+{
+    size_t eighths = (n + 7) / 8;
+    return n > 16 && n <= 56 && eighths % 2 == 1 ? eighths * 8 : 0;
+}
+
 static inline loam_stats_t gc_stats(loam_heap_t *h)
 {
     loam_stats_t st;

@@ -175,9 +175,8 @@ Test(gc_inline, inline_blocks_are_collected_like_any)
  * without the flag, rounds to 16 up to 128 bytes (the first size classes). */
 static size_t expected_block(size_t n, bool align_8)
 {
-    size_t eighths = (n + 7) / 8;
-    if (align_8 && n > 16 && n <= 56 && eighths % 2 == 1)
-        return eighths * 8;
+    if (align_8 && gc_align_8_block(n))
+        return gc_align_8_block(n);
     return n <= 16 ? 16 : (n + 15) / 16 * 16;
 }
 

@@ -398,12 +398,11 @@ static void grow_one(torture_t *T)
     cr_assert_not_null(p, "seed %llu: loam_gc_alloc(%zu) failed", (unsigned long long)T->seed, size);
     /* LOAM_ALIGN_8: a request that rounds to 24, 40 or 56 bytes gets a block
      * of that size, 8-byte aligned; every other block is 16-byte aligned. */
-    size_t eighths = (size + 7) / 8;
-    bool by8 = T->align_8 && size > 16 && size <= 56 && eighths % 2 == 1;
+    size_t by8 = T->align_8 ? gc_align_8_block(size) : 0;
     cr_assert_eq((uintptr_t)p % (by8 ? 8 : 16), 0, "seed %llu: block %p of %zu bytes misaligned",
                  (unsigned long long)T->seed, p, size);
     if (by8)
-        cr_assert_eq(loam_usable_size(p), eighths * 8, "seed %llu: %zu bytes in a block of %zu",
+        cr_assert_eq(loam_usable_size(p), by8, "seed %llu: %zu bytes in a block of %zu",
                      (unsigned long long)T->seed, size, loam_usable_size(p));
     /* No allocation from here until p is reachable: no collection can run. */
     int32_t id = new_id(T);
