@@ -280,9 +280,8 @@ static val_t p_string_eq(val_t *a, int n)
 
 static val_t p_number_to_string(val_t *a, int n)
 {
-    char buf[32];
-    int len = snprintf(buf, sizeof buf, "%ld", (long)int_arg(a[0]));
-    return make_string(buf, (size_t)len);
+    char buf[FIXNUM_TEXT_MAX];
+    return make_string(buf, fixnum_text(int_arg(a[0]), buf));
 }
 
 static val_t p_symbol_to_string(val_t *a, int n)

@@ -95,6 +95,10 @@ enum {
 };
 
 enum { PRIM_INLINE_MAX = 3 };   /* arguments a K_PRIM node evaluates into C locals */
+/* What a K_PRIM node's handler returns when it did not do the work (never
+ * a value: lisp.h's immediates stop at 0x12). */
+#define PRIM_NOT_DONE ((val_t)(uintptr_t)0x16)
+static int32_t prim_handler_of(int32_t op, size_t nargs);
 
 #define CODE(v) AS(code_t, v)
 
@@ -483,6 +487,8 @@ static val_t compile_call(val_t form, scope_t *sc)
     for (; args != NIL; args = cdr(args))
         push(compile(car(args), sc));
     val_t v = node(kind, first + (uint32_t)nargs, (int32_t)nargs, inline_op);
+    if (kind == K_PRIM)
+        CODE(v)->c = prim_handler_of(inline_op, nargs);
     memcpy(CODE(v)->x, stack_at(base), (first + nargs) * sizeof(val_t));
     L.sp = base;
     return v;
@@ -566,7 +572,8 @@ static val_t compile(val_t x, scope_t *sc)
 /* ---- running code --------------------------------------------------------------- */
 
 static val_t run(val_t code, val_t env);
-static val_t run_prim(val_t code, val_t env);
+static inline val_t prim_node(const code_t *c, val_t env);
+static val_t prim_call(const code_t *c);
 
 static inline val_t *local_slot(val_t env, int32_t depth, int32_t slot)
 {
@@ -596,8 +603,12 @@ static inline val_t run_sub(val_t code, val_t env)
         return *local_slot(env, c->a, c->b);
     case K_GLOBAL:
         return global_value(c->x[0]);
-    case K_PRIM:
-        return run_prim(code, env);
+    case K_PRIM: {
+        val_t result = prim_node(c, env);
+        if (__builtin_expect(result != PRIM_NOT_DONE, 1))
+            return result;
+        return prim_call(c);
+    }
     default:
         return run(code, env);
     }
@@ -640,111 +651,287 @@ static inline val_t bind(val_t c, val_t *args, int nargs)
     return frame;
 }
 
-/* A K_PRIM node's work done on the spot, when the arguments suit; false
- * sends the call to the primitive itself (which then reports any error).
- * With one argument v[1] is a dummy: the compiler checked the arity. */
-static inline bool prim_inline(int op, const val_t *v, int n, val_t *result)
+/* ---- K_PRIM nodes: a handler per primitive and argument count ----------------
+ * A handler evaluates the node's arguments and, when the global still holds
+ * the primitive and the arguments suit (fixnums, a pair...), does the work
+ * on the spot and returns the value. Otherwise it pushes the arguments on
+ * the value stack, then the function the global holds, and returns
+ * PRIM_NOT_DONE: the caller calls that function (in tail position too),
+ * which reports any error. The compiler picks the handler (node field c):
+ * running the node costs one indirect call, and no dispatch on the
+ * primitive or the argument count.
+ *
+ * Most arguments are a constant or a local variable: a handler reads those
+ * first, without a call, so that its common case saves no registers; any
+ * other argument, or a case it does not do, goes to the handler's general
+ * part, which runs the arguments in order after reading the function, as a
+ * call does. Reading a constant or a variable twice changes nothing. */
+typedef val_t prim_handler_fn(const code_t *c, val_t env);
+
+/* A constant's or a local variable's value in *out; false for other code. */
+static inline bool leaf_value(val_t code, val_t env, val_t *out)
 {
-    val_t a = v[0], b = v[1];
+    const code_t *c = CODE(code);
+    if (c->op == K_LOCAL) {
+        *out = *local_slot(env, c->a, c->b);
+        return true;
+    }
+    if (c->op == K_CONST) {
+        *out = c->x[0];
+        return true;
+    }
+    return false;
+}
+
+/* The global still holds the primitive the node was compiled against. */
+static inline bool prim_unchanged(const code_t *c)
+{
+    val_t cell = AS(symbol_t, c->x[0])->global;
+    return cell != NIL && cdr(cell) == c->x[1];
+}
+
+/* The handlers' way out: push the arguments, then f (see above). */
+static __attribute__((noinline)) val_t prim_defer(const code_t *c, val_t f, val_t a, val_t b, val_t d)
+{
+    push(a);
+    if (c->a > 1)
+        push(b);
+    if (c->a > 2)
+        push(d);
+    push(f);
+    return PRIM_NOT_DONE;
+}
+
+/* The work of a primitive on its arguments, or PRIM_NOT_DONE. Fixnums are
+ * tagged 2n+1, so tagged words compare as their integers do, and a sum or
+ * difference is one operation on the words, whose overflow is the fixnum's
+ * (63 bits). */
+static inline val_t work_add(val_t a, val_t b)
+{
     intptr_t r;
-    switch (op) {
-    case PRIM_ADD:
-    case PRIM_MUL:
-        r = op == PRIM_ADD ? 0 : 1;
-        for (int i = 0; i < n; i++) {
-            if (!is_fixnum(v[i]))
-                return false;
-            bool overflow = op == PRIM_ADD ? __builtin_add_overflow(r, fixnum_value(v[i]), &r)
-                                           : __builtin_mul_overflow(r, fixnum_value(v[i]), &r);
-            if (overflow)
-                return false;
-        }
-        break;
-    case PRIM_SUB:
-        if (n > 2 || !is_fixnum(a) || (n == 2 && !is_fixnum(b)))
-            return false;
-        r = n == 1 ? -fixnum_value(a) : fixnum_value(a) - fixnum_value(b);   /* 63 bits: no overflow */
-        break;
-    case PRIM_NUM_EQ:
-    case PRIM_LT:
-    case PRIM_GT:
-    case PRIM_LE:
-    case PRIM_GE: {
-        if (n != 2 || !is_fixnum(a) || !is_fixnum(b))
-            return false;
-        intptr_t x = fixnum_value(a), y = fixnum_value(b);
-        *result = make_bool(op == PRIM_NUM_EQ ? x == y : op == PRIM_LT ? x < y
-                          : op == PRIM_GT ? x > y : op == PRIM_LE ? x <= y : x >= y);
-        return true;
+    if (is_fixnum(a) && is_fixnum(b) &&
+        !__builtin_add_overflow((intptr_t)a, (intptr_t)b - 1, &r))
+        return (val_t)r;
+    return PRIM_NOT_DONE;
+}
+static inline val_t work_sub(val_t a, val_t b)
+{
+    intptr_t r;
+    if (is_fixnum(a) && is_fixnum(b) &&
+        !__builtin_sub_overflow((intptr_t)a, (intptr_t)b - 1, &r))
+        return (val_t)r;
+    return PRIM_NOT_DONE;
+}
+static inline val_t work_mul(val_t a, val_t b)
+{
+    intptr_t r;
+    if (is_fixnum(a) && is_fixnum(b) &&
+        !__builtin_mul_overflow(fixnum_value(a), fixnum_value(b), &r) &&
+        r >= FIXNUM_MIN && r <= FIXNUM_MAX)
+        return make_fixnum(r);
+    return PRIM_NOT_DONE;
+}
+#define FIXNUM_COMPARE(name, op)                                                \
+    static inline val_t name(val_t a, val_t b)                                  \
+    {                                                                           \
+        if (is_fixnum(a) && is_fixnum(b))                                       \
+            return make_bool((intptr_t)a op (intptr_t)b);                       \
+        return PRIM_NOT_DONE;                                                   \
     }
-    case PRIM_QUOTIENT:
-    case PRIM_REMAINDER:
-        if (!is_fixnum(a) || !is_fixnum(b) || fixnum_value(b) == 0)
-            return false;
-        r = op == PRIM_QUOTIENT ? fixnum_value(a) / fixnum_value(b)
-                                : fixnum_value(a) % fixnum_value(b);
-        break;
-    case PRIM_CAR:
-    case PRIM_CDR:
-        if (!is_cons(a))
-            return false;
-        *result = op == PRIM_CAR ? car(a) : cdr(a);
-        return true;
-    case PRIM_CONS:
-        *result = cons(a, b);
-        return true;
-    case PRIM_NULL:
-        *result = make_bool(a == NIL);
-        return true;
-    case PRIM_PAIR:
-        *result = make_bool(is_cons(a));
-        return true;
-    case PRIM_NOT:
-        *result = make_bool(a == FALSE_V);
-        return true;
-    case PRIM_EQ:
-        *result = make_bool(a == b);
-        return true;
-    case PRIM_VECTOR_REF:
-        if (!is_type(a, T_VECTOR) || !is_fixnum(b) || fixnum_value(b) < 0 ||
-            (size_t)fixnum_value(b) >= AS(vector_t, a)->n)
-            return false;
-        *result = AS(vector_t, a)->items[fixnum_value(b)];
-        return true;
-    default:
-        return false;
+FIXNUM_COMPARE(work_num_eq, ==)
+FIXNUM_COMPARE(work_lt, <)
+FIXNUM_COMPARE(work_gt, >)
+FIXNUM_COMPARE(work_le, <=)
+FIXNUM_COMPARE(work_ge, >=)
+/* FIXNUM_MIN / -1 is FIXNUM_MAX + 1: no overflow in C, and out of range. */
+static inline val_t work_quotient(val_t a, val_t b)
+{
+    if (is_fixnum(a) && is_fixnum(b) && fixnum_value(b) != 0) {
+        intptr_t r = fixnum_value(a) / fixnum_value(b);
+        if (r <= FIXNUM_MAX)
+            return make_fixnum(r);
     }
-    if (r < FIXNUM_MIN || r > FIXNUM_MAX)
-        return false;                          /* the primitive reports the overflow */
-    *result = make_fixnum(r);
-    return true;
+    return PRIM_NOT_DONE;
+}
+static inline val_t work_remainder(val_t a, val_t b)
+{
+    if (is_fixnum(a) && is_fixnum(b) && fixnum_value(b) != 0)
+        return make_fixnum(fixnum_value(a) % fixnum_value(b));
+    return PRIM_NOT_DONE;
+}
+static inline val_t work_cons(val_t a, val_t b) { return cons(a, b); }
+static inline val_t work_eq(val_t a, val_t b) { return make_bool(a == b); }
+static inline val_t work_vector_ref(val_t a, val_t b)
+{
+    if (is_type(a, T_VECTOR) && is_fixnum(b) && fixnum_value(b) >= 0 &&
+        (size_t)fixnum_value(b) < AS(vector_t, a)->n)
+        return AS(vector_t, a)->items[fixnum_value(b)];
+    return PRIM_NOT_DONE;
+}
+static inline val_t work_car(val_t a) { return is_cons(a) ? car(a) : PRIM_NOT_DONE; }
+static inline val_t work_cdr(val_t a) { return is_cons(a) ? cdr(a) : PRIM_NOT_DONE; }
+static inline val_t work_null(val_t a) { return make_bool(a == NIL); }
+static inline val_t work_pair(val_t a) { return make_bool(is_cons(a)); }
+static inline val_t work_not(val_t a) { return make_bool(a == FALSE_V); }
+
+#define BINARY_HANDLER(name, work)                                                  \
+    static __attribute__((noinline)) val_t name##_general(const code_t *c, val_t env) \
+    {                                                                               \
+        val_t f = global_value(c->x[0]);                                            \
+        val_t a = run_sub(c->x[2], env), b = run_sub(c->x[3], env);                 \
+        val_t r = f == c->x[1] ? work(a, b) : PRIM_NOT_DONE;                        \
+        if (r != PRIM_NOT_DONE)                                                     \
+            return r;                                                               \
+        return prim_defer(c, f, a, b, UNSPEC);                                      \
+    }                                                                               \
+    static val_t name(const code_t *c, val_t env)                                   \
+    {                                                                               \
+        val_t a, b;                                                                 \
+        if (leaf_value(c->x[2], env, &a) && leaf_value(c->x[3], env, &b) &&         \
+            prim_unchanged(c)) {                                                    \
+            val_t r = work(a, b);                                                   \
+            if (r != PRIM_NOT_DONE)                                                 \
+                return r;                                                           \
+        }                                                                           \
+        return name##_general(c, env);                                              \
+    }
+
+#define UNARY_HANDLER(name, work)                                                   \
+    static __attribute__((noinline)) val_t name##_general(const code_t *c, val_t env) \
+    {                                                                               \
+        val_t f = global_value(c->x[0]);                                            \
+        val_t a = run_sub(c->x[2], env);                                            \
+        val_t r = f == c->x[1] ? work(a) : PRIM_NOT_DONE;                           \
+        if (r != PRIM_NOT_DONE)                                                     \
+            return r;                                                               \
+        return prim_defer(c, f, a, UNSPEC, UNSPEC);                                 \
+    }                                                                               \
+    static val_t name(const code_t *c, val_t env)                                   \
+    {                                                                               \
+        val_t a;                                                                    \
+        if (leaf_value(c->x[2], env, &a) && prim_unchanged(c)) {                    \
+            val_t r = work(a);                                                      \
+            if (r != PRIM_NOT_DONE)                                                 \
+                return r;                                                           \
+        }                                                                           \
+        return name##_general(c, env);                                              \
+    }
+
+BINARY_HANDLER(prim_add2, work_add)
+BINARY_HANDLER(prim_sub2, work_sub)
+BINARY_HANDLER(prim_mul2, work_mul)
+BINARY_HANDLER(prim_num_eq2, work_num_eq)
+BINARY_HANDLER(prim_lt2, work_lt)
+BINARY_HANDLER(prim_gt2, work_gt)
+BINARY_HANDLER(prim_le2, work_le)
+BINARY_HANDLER(prim_ge2, work_ge)
+BINARY_HANDLER(prim_quotient2, work_quotient)
+BINARY_HANDLER(prim_remainder2, work_remainder)
+BINARY_HANDLER(prim_cons2, work_cons)
+BINARY_HANDLER(prim_eq2, work_eq)
+BINARY_HANDLER(prim_vector_ref2, work_vector_ref)
+UNARY_HANDLER(prim_car1, work_car)
+UNARY_HANDLER(prim_cdr1, work_cdr)
+UNARY_HANDLER(prim_null1, work_null)
+UNARY_HANDLER(prim_pair1, work_pair)
+UNARY_HANDLER(prim_not1, work_not)
+
+/* (+ a b c), as in (+ 1 (size left) (size right)): common enough for a
+ * handler of its own. A sum that overflows on the way goes to +, which
+ * sums in 64 bits. */
+static val_t prim_add3(const code_t *c, val_t env)
+{
+    val_t f = global_value(c->x[0]);
+    val_t a = run_sub(c->x[2], env), b = run_sub(c->x[3], env), d = run_sub(c->x[4], env);
+    if (f == c->x[1]) {
+        val_t r = work_add(a, b);
+        if (r != PRIM_NOT_DONE && (r = work_add(r, d)) != PRIM_NOT_DONE)
+            return r;
+    }
+    return prim_defer(c, f, a, b, d);
 }
 
-/* A K_PRIM node: the function its symbol holds now in *f, the arguments
- * in v[]; true when the work was done on the spot, with the value in *result. */
-static inline bool prim_node(const code_t *c, val_t env, val_t *f, val_t *v, val_t *result)
+/* A count no handler above takes, as (= a b c): the arguments, for the call. */
+static val_t prim_args_only(const code_t *c, val_t env)
 {
-    *f = global_value(c->x[0]);
+    val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
+    val_t f = global_value(c->x[0]);
+    for (int32_t i = 0; i < c->a; i++)
+        v[i] = run_sub(c->x[2 + i], env);
+    return prim_defer(c, f, v[0], v[1], v[2]);
+}
+
+/* The other counts of + and *, and - with one: a loop. */
+static val_t prim_arith_n(const code_t *c, val_t env)
+{
+    val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
+    val_t f = global_value(c->x[0]);
     int32_t n = c->a;
-    v[0] = run_sub(c->x[2], env);              /* unrolled: one to three arguments */
-    v[1] = n > 1 ? run_sub(c->x[3], env) : UNSPEC;
-    if (n > 2)
-        v[2] = run_sub(c->x[4], env);
-    return *f == c->x[1] && prim_inline(c->b, v, n, result);
+    for (int32_t i = 0; i < n; i++)
+        v[i] = run_sub(c->x[2 + i], env);
+    if (f != c->x[1])
+        return prim_defer(c, f, v[0], v[1], v[2]);
+    intptr_t r;
+    if (c->b == PRIM_SUB) {                   /* one argument: prim_handler_of saw to it */
+        if (!is_fixnum(v[0]))
+            return prim_defer(c, f, v[0], v[1], v[2]);
+        r = -fixnum_value(v[0]);              /* 63 bits: no overflow */
+    } else {
+        r = c->b == PRIM_ADD ? 0 : 1;
+        for (int32_t i = 0; i < n; i++) {
+            bool overflow = !is_fixnum(v[i]) ||
+                            (c->b == PRIM_ADD ? __builtin_add_overflow(r, fixnum_value(v[i]), &r)
+                                              : __builtin_mul_overflow(r, fixnum_value(v[i]), &r));
+            if (overflow)
+                return prim_defer(c, f, v[0], v[1], v[2]);
+        }
+    }
+    if (r < FIXNUM_MIN || r > FIXNUM_MAX)     /* the primitive reports the overflow */
+        return prim_defer(c, f, v[0], v[1], v[2]);
+    return make_fixnum(r);
 }
 
-/* A K_PRIM node not in tail position (an argument, a test: most of them).
- * A function of its own, much smaller than run: (car x) or (- n 1) costs
- * no more than a call of it. */
-static __attribute__((noinline)) val_t run_prim(val_t code, val_t env)
+/* Indexed by PRIM_ op for the count each op's own handler takes, then the
+ * ones for other counts of + - * (prim_handler_of). */
+enum { PRIM_HANDLER_ADD3 = PRIM_VECTOR_REF + 1, PRIM_HANDLER_ARITH_N };
+static prim_handler_fn *const prim_handlers[] = {
+    prim_args_only, prim_add2, prim_sub2, prim_mul2, prim_num_eq2, prim_lt2, prim_gt2,
+    prim_le2, prim_ge2, prim_quotient2, prim_remainder2, prim_car1, prim_cdr1, prim_cons2,
+    prim_null1, prim_pair1, prim_not1, prim_eq2, prim_vector_ref2, prim_add3, prim_arith_n,
+};
+_Static_assert(sizeof prim_handlers / sizeof *prim_handlers == PRIM_HANDLER_ARITH_N + 1,
+               "a handler per PRIM_ op");
+
+/* The handler of a K_PRIM node calling inline op `op` with nargs
+ * arguments, 1..PRIM_INLINE_MAX, within the primitive's arity. */
+static int32_t prim_handler_of(int32_t op, size_t nargs)
 {
-    val_t f, v[PRIM_INLINE_MAX], result;
-    if (prim_node(CODE(code), env, &f, v, &result))
-        return result;
-    size_t base = L.sp;                        /* + redefined, or not fixnums: a call */
-    for (int32_t i = 0; i < CODE(code)->a; i++)
-        push(v[i]);
-    result = apply(f, stack_at(base), CODE(code)->a);
+    /* Each PRIM_ op's own handler takes the count it is called with most:
+     * two arguments, but one for car cdr null? pair? not. */
+    bool one = op == PRIM_CAR || op == PRIM_CDR || op == PRIM_NULL || op == PRIM_PAIR ||
+               op == PRIM_NOT;
+    if (nargs == (one ? 1u : 2u))
+        return op;
+    if (op == PRIM_ADD && nargs == 3)
+        return PRIM_HANDLER_ADD3;
+    if (op == PRIM_ADD || op == PRIM_MUL || (op == PRIM_SUB && nargs == 1))
+        return PRIM_HANDLER_ARITH_N;
+    return PRIM_CALL;                 /* prim_args_only */
+}
+
+/* Run a K_PRIM node: its value, or PRIM_NOT_DONE with the call pushed. */
+static inline val_t prim_node(const code_t *c, val_t env)
+{
+    return prim_handlers[c->c](c, env);
+}
+
+/* A K_PRIM node not in tail position whose handler did not do the work:
+ * the call it pushed. */
+static __attribute__((noinline)) val_t prim_call(const code_t *c)
+{
+    val_t f = L.stack[--L.sp];
+    size_t base = L.sp - (size_t)c->a;
+    val_t result = apply(f, stack_at(base), c->a);
     L.sp = base;
     return result;
 }
@@ -890,13 +1077,12 @@ static val_t run(val_t code, val_t env)
                 push(run_sub(c->x[i], env));
             goto call;
         case K_PRIM: {
-            val_t v[PRIM_INLINE_MAX], result;
-            if (prim_node(c, env, &f, v, &result))
+            val_t result = prim_node(c, env);
+            if (result != PRIM_NOT_DONE)
                 return result;
-            base = L.sp;                       /* + redefined, or not fixnums: a call */
+            f = L.stack[--L.sp];               /* + redefined, or not fixnums: a call */
             nargs = c->a;
-            for (int32_t i = 0; i < nargs; i++)
-                push(v[i]);
+            base = L.sp - (size_t)nargs;
             goto call;                         /* still a tail call */
         }
 

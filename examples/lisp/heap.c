@@ -188,15 +188,6 @@ void gc_alloc_failed(void)
  * fill in fields in any order. Atomic blocks are not cleared: fill them in
  * completely before the next allocation (they are never traced anyway). */
 
-val_t cons(val_t a, val_t d)
-{
-    cons_t *c = gc_alloc(sizeof *c, LOAM_TRACED);
-    c->car = a;
-    c->cdr = d;
-    c->tag = T_CONS;
-    return (val_t)c;
-}
-
 val_t make_string(const char *bytes, size_t len)
 {
     string_t *s = gc_alloc(sizeof *s + len + 1, LOAM_ATOMIC);
@@ -228,17 +219,6 @@ val_t make_closure(val_t params, val_t body, val_t env, val_t name)
     c->name = name;
     c->tag = T_CLOSURE;
     return (val_t)c;
-}
-
-/* vals[] start as () (zero); the caller fills them in. */
-val_t make_frame(val_t parent, val_t names, size_t n)
-{
-    frame_t *f = gc_alloc(sizeof *f + n * sizeof(val_t), LOAM_TRACED);
-    f->parent = parent;
-    f->names = names;
-    f->n = n;
-    f->tag = T_FRAME;
-    return (val_t)f;
 }
 
 /* x[] start as () (zero); the compiler fills them in. */

@@ -190,11 +190,28 @@ static inline void push(val_t v)
 }
 static inline val_t *stack_at(size_t i) { return &L.stack[i]; }
 
-val_t cons(val_t a, val_t d);
+/* The two constructors every call and list operation uses: inline. */
+static inline val_t cons(val_t a, val_t d)
+{
+    cons_t *c = gc_alloc(sizeof *c, LOAM_TRACED);
+    c->car = a;
+    c->cdr = d;
+    c->tag = T_CONS;
+    return (val_t)c;
+}
+/* vals[] start as () (zero); the caller fills them in. */
+static inline val_t make_frame(val_t parent, val_t names, size_t n)
+{
+    frame_t *f = gc_alloc(sizeof *f + n * sizeof(val_t), LOAM_TRACED);
+    f->parent = parent;
+    f->names = names;
+    f->n = n;
+    f->tag = T_FRAME;
+    return (val_t)f;
+}
 val_t make_string(const char *bytes, size_t len);
 val_t make_vector(size_t n, val_t fill);
 val_t make_closure(val_t params, val_t body, val_t env, val_t name);   /* via eval.c's closure() */
-val_t make_frame(val_t parent, val_t names, size_t n);
 val_t make_code(uint32_t op, uint32_t n);
 val_t make_prim(const char *name, prim_fn fn, int min_args, int max_args);
 val_t make_weak(val_t target);
@@ -209,6 +226,9 @@ void  global_set(val_t sym, val_t value);
 typedef struct { const char *p, *end; int line; } reader_t;
 val_t read_form(reader_t *r);          /* EOF_V at the end of the text */
 void  print_value(FILE *out, val_t v, bool write);
+/* A fixnum in decimal, in buf (not terminated); its length. */
+enum { FIXNUM_TEXT_MAX = 24 };         /* a sign and 19 digits fit */
+size_t fixnum_text(intptr_t n, char buf[FIXNUM_TEXT_MAX]);
 
 /* ---- eval.c ------------------------------------------------------------------ */
 val_t eval(val_t expr);                /* compile, then run, in the global environment */

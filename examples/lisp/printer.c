@@ -3,6 +3,25 @@
  * allocates, so it is safe anywhere, finalizers included. */
 #include "lisp.h"
 
+#include <string.h>
+
+size_t fixnum_text(intptr_t n, char buf[FIXNUM_TEXT_MAX])
+{
+    /* Digits from the end of a scratch buffer; the magnitude as unsigned,
+     * so that no value overflows on negation. */
+    char tmp[FIXNUM_TEXT_MAX];
+    size_t i = sizeof tmp;
+    uintptr_t u = n < 0 ? -(uintptr_t)n : (uintptr_t)n;
+    do
+        tmp[--i] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (n < 0)
+        tmp[--i] = '-';
+    size_t len = sizeof tmp - i;
+    memcpy(buf, tmp + i, len);
+    return len;
+}
+
 static void print_string(FILE *out, const string_t *s, bool write)
 {
     if (!write) {
@@ -49,7 +68,8 @@ void print_value(FILE *out, val_t v, bool write)
         return;
     }
     if (is_fixnum(v)) {
-        fprintf(out, "%ld", (long)fixnum_value(v));
+        char digits[FIXNUM_TEXT_MAX];
+        fwrite(digits, 1, fixnum_text(fixnum_value(v), digits), out);
         return;
     }
     if (v == TRUE_V || v == FALSE_V) {
