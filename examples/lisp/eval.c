@@ -35,7 +35,7 @@
 #include <sys/resource.h>
 
 char *stack_base;
-static size_t stack_limit;
+static uintptr_t stack_floor;   /* run's frames must stay above it */
 static jmp_buf *error_catch;
 
 _Noreturn void lisp_error(const char *msg, val_t irritant)
@@ -55,10 +55,11 @@ _Noreturn void lisp_error(const char *msg, val_t irritant)
 void eval_init(void)
 {
     struct rlimit rl;
-    stack_limit = 8u << 20;
+    size_t stack_limit = 8u << 20;
     if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         stack_limit = (size_t)rl.rlim_cur;
     stack_limit = stack_limit / 4 * 3;        /* leave room for C code under run */
+    stack_floor = (uintptr_t)stack_base - stack_limit;   /* main set stack_base first */
 }
 
 /* ---- code nodes ---------------------------------------------------------------
@@ -83,8 +84,10 @@ void eval_init(void)
  *                  K_LAMBDA, x(a+1) the names of the frame holding the loop
  *   K_CALL         a arguments; x0 the operator's code, x1.. the arguments'
  *   K_CALL_GLOBAL  a arguments; x0 the operator's symbol, x1.. the arguments'
- *   K_PRIM         a arguments (1..3), b the PRIM_ op; x0 the symbol, x1 the
- *                  primitive it held when compiled, x2.. the arguments' code
+ *   K_PRIM         a arguments (1..3), b the PRIM_ op, c its handler; x0 the
+ *                  symbol's global cell (a symbol keeps its cell once it has
+ *                  one), x1 the primitive the cell held when compiled, x2..
+ *                  the arguments' code
  *   K_ERROR        x0 the message (a string), x1 the irritant
  * Compiled nodes are filled in right after their allocation, with their
  * sub-nodes made before: no write barrier is needed. */
@@ -481,9 +484,12 @@ static val_t compile_call(val_t form, scope_t *sc)
         }
     }
     size_t base = L.sp;
-    push(callee);
-    if (kind == K_PRIM)
+    if (kind == K_PRIM) {
+        push(AS(symbol_t, op)->global);
         push(cdr(AS(symbol_t, op)->global));
+    } else {
+        push(callee);
+    }
     for (; args != NIL; args = cdr(args))
         push(compile(car(args), sc));
     val_t v = node(kind, first + (uint32_t)nargs, (int32_t)nargs, inline_op);
@@ -627,27 +633,35 @@ static inline val_t new_frame(val_t parent, val_t names, const val_t *vals, size
     return frame;
 }
 
-/* A new frame for calling closure c with args[0..nargs). */
-static inline val_t bind(val_t c, val_t *args, int nargs)
+/* bind's other cases: a rest parameter, or the wrong count. */
+static __attribute__((noinline)) val_t bind_rest(val_t c, val_t *args, int nargs)
 {
     code_t *lambda = CODE(AS(closure_t, c)->body);
     int fixed = lambda->a;
-    bool rest = lambda->c;
-    if (nargs < fixed || (!rest && nargs > fixed))
+    if (!lambda->c || nargs < fixed)
         lisp_error("wrong number of arguments", c);
-
     val_t frame = new_frame(AS(closure_t, c)->env, lambda->x[3], args, (size_t)fixed,
                             (size_t)lambda->b);
     frame_t *f = AS(frame_t, frame);
     f->proc = c;
-    if (rest) {
-        f->vals[fixed] = NIL;                  /* not UNDEF: the list is built below */
-        val_t list = NIL;
-        for (int i = nargs - 1; i >= fixed; i--)
-            list = cons(args[i], list);
-        f->vals[fixed] = list;                 /* after allocations: f may be old */
-        written(&f->vals[fixed]);
-    }
+    f->vals[fixed] = NIL;                      /* not UNDEF: the list is built below */
+    val_t list = NIL;
+    for (int i = nargs - 1; i >= fixed; i--)
+        list = cons(args[i], list);
+    f->vals[fixed] = list;                     /* after allocations: f may be old */
+    written(&f->vals[fixed]);
+    return frame;
+}
+
+/* A new frame for calling closure c with args[0..nargs). */
+static inline val_t bind(val_t c, val_t *args, int nargs)
+{
+    code_t *lambda = CODE(AS(closure_t, c)->body);
+    if (__builtin_expect(nargs != lambda->a || lambda->c, 0))
+        return bind_rest(c, args, nargs);
+    val_t frame = new_frame(AS(closure_t, c)->env, lambda->x[3], args, (size_t)nargs,
+                            (size_t)lambda->b);
+    AS(frame_t, frame)->proc = c;
     return frame;
 }
 
@@ -683,12 +697,11 @@ static inline bool leaf_value(val_t code, val_t env, val_t *out)
     return false;
 }
 
+/* What the primitive's global holds now. */
+static inline val_t prim_global(const code_t *c) { return cdr(c->x[0]); }
+
 /* The global still holds the primitive the node was compiled against. */
-static inline bool prim_unchanged(const code_t *c)
-{
-    val_t cell = AS(symbol_t, c->x[0])->global;
-    return cell != NIL && cdr(cell) == c->x[1];
-}
+static inline bool prim_unchanged(const code_t *c) { return prim_global(c) == c->x[1]; }
 
 /* The handlers' way out: push the arguments, then f (see above). */
 static __attribute__((noinline)) val_t prim_defer(const code_t *c, val_t f, val_t a, val_t b, val_t d)
@@ -777,7 +790,7 @@ static inline val_t work_not(val_t a) { return make_bool(a == FALSE_V); }
 #define BINARY_HANDLER(name, work)                                                  \
     static __attribute__((noinline)) val_t name##_general(const code_t *c, val_t env) \
     {                                                                               \
-        val_t f = global_value(c->x[0]);                                            \
+        val_t f = prim_global(c);                                                   \
         val_t a = run_sub(c->x[2], env), b = run_sub(c->x[3], env);                 \
         val_t r = f == c->x[1] ? work(a, b) : PRIM_NOT_DONE;                        \
         if (r != PRIM_NOT_DONE)                                                     \
@@ -799,7 +812,7 @@ static inline val_t work_not(val_t a) { return make_bool(a == FALSE_V); }
 #define UNARY_HANDLER(name, work)                                                   \
     static __attribute__((noinline)) val_t name##_general(const code_t *c, val_t env) \
     {                                                                               \
-        val_t f = global_value(c->x[0]);                                            \
+        val_t f = prim_global(c);                                                   \
         val_t a = run_sub(c->x[2], env);                                            \
         val_t r = f == c->x[1] ? work(a) : PRIM_NOT_DONE;                           \
         if (r != PRIM_NOT_DONE)                                                     \
@@ -841,7 +854,7 @@ UNARY_HANDLER(prim_not1, work_not)
  * sums in 64 bits. */
 static val_t prim_add3(const code_t *c, val_t env)
 {
-    val_t f = global_value(c->x[0]);
+    val_t f = prim_global(c);
     val_t a = run_sub(c->x[2], env), b = run_sub(c->x[3], env), d = run_sub(c->x[4], env);
     if (f == c->x[1]) {
         val_t r = work_add(a, b);
@@ -855,7 +868,7 @@ static val_t prim_add3(const code_t *c, val_t env)
 static val_t prim_args_only(const code_t *c, val_t env)
 {
     val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
-    val_t f = global_value(c->x[0]);
+    val_t f = prim_global(c);
     for (int32_t i = 0; i < c->a; i++)
         v[i] = run_sub(c->x[2 + i], env);
     return prim_defer(c, f, v[0], v[1], v[2]);
@@ -865,7 +878,7 @@ static val_t prim_args_only(const code_t *c, val_t env)
 static val_t prim_arith_n(const code_t *c, val_t env)
 {
     val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
-    val_t f = global_value(c->x[0]);
+    val_t f = prim_global(c);
     int32_t n = c->a;
     for (int32_t i = 0; i < n; i++)
         v[i] = run_sub(c->x[2 + i], env);
@@ -958,7 +971,7 @@ static void name_closure(val_t value, val_t name)
 static val_t run(val_t code, val_t env)
 {
     char here;
-    if ((uintptr_t)stack_base - (uintptr_t)&here > stack_limit)
+    if ((uintptr_t)&here < stack_floor)
         lisp_error("recursion too deep", UNSPEC);
 
     val_t f;                                   /* a call: the function, its arguments */
@@ -1092,13 +1105,13 @@ static val_t run(val_t code, val_t env)
         abort();                               /* not an op */
 
     call:
-        if (is_type(f, T_PRIM)) {
+        if (__builtin_expect(!is_type(f, T_CLOSURE), 0)) {
+            if (!is_type(f, T_PRIM))
+                lisp_error("not a procedure", f);
             val_t result = call_prim(f, stack_at(base), nargs);
             L.sp = base;
             return result;
         }
-        if (!is_type(f, T_CLOSURE))
-            lisp_error("not a procedure", f);
         env = bind(f, stack_at(base), nargs);
         L.sp = base;
         code = CODE(AS(closure_t, f)->body)->x[1];   /* the tail call */
