@@ -719,22 +719,16 @@ static __attribute__((noinline)) val_t prim_defer(const code_t *c, val_t f, val_
  * tagged 2n+1, so tagged words compare as their integers do, and a sum or
  * difference is one operation on the words, whose overflow is the fixnum's
  * (63 bits). */
-static inline val_t work_add(val_t a, val_t b)
-{
-    intptr_t r;
-    if (is_fixnum(a) && is_fixnum(b) &&
-        !__builtin_add_overflow((intptr_t)a, (intptr_t)b - 1, &r))
-        return (val_t)r;
-    return PRIM_NOT_DONE;
-}
-static inline val_t work_sub(val_t a, val_t b)
-{
-    intptr_t r;
-    if (is_fixnum(a) && is_fixnum(b) &&
-        !__builtin_sub_overflow((intptr_t)a, (intptr_t)b - 1, &r))
-        return (val_t)r;
-    return PRIM_NOT_DONE;
-}
+#define FIXNUM_TAGGED(name, overflows)                                          \
+    static inline val_t name(val_t a, val_t b)                                  \
+    {                                                                           \
+        intptr_t r;   /* (2x+1) op 2y is 2(x op y)+1 */                         \
+        if (is_fixnum(a) && is_fixnum(b) && !overflows((intptr_t)a, (intptr_t)b - 1, &r)) \
+            return (val_t)r;                                                    \
+        return PRIM_NOT_DONE;                                                   \
+    }
+FIXNUM_TAGGED(work_add, __builtin_add_overflow)
+FIXNUM_TAGGED(work_sub, __builtin_sub_overflow)
 static inline val_t work_mul(val_t a, val_t b)
 {
     intptr_t r;
