@@ -59,6 +59,23 @@ void eval_init(void)
     if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         stack_limit = (size_t)rl.rlim_cur;
     stack_limit = stack_limit / 4 * 3;        /* leave room for C code under run */
+#if defined(__SANITIZE_THREAD__)
+#define LISP_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LISP_UNDER_TSAN 1
+#endif
+#endif
+#ifdef LISP_UNDER_TSAN
+    /* ThreadSanitizer keeps every C call on a shadow stack of 65,536
+     * entries and crashes past it. Under it a level of Lisp recursion is
+     * up to three C calls (run, a primitive's handler and its general
+     * part) in about 275 bytes, so 6 MiB of them overflow that stack
+     * first; 4 MiB stops at about 45,000 calls, and still holds the
+     * 10,000 levels tests/tailcalls.lisp asks for. */
+    if (stack_limit > (4u << 20))
+        stack_limit = 4u << 20;
+#endif
     stack_floor = (uintptr_t)stack_base - stack_limit;   /* main set stack_base first */
 }
 
