@@ -34,6 +34,16 @@
 #include <string.h>
 #include <sys/resource.h>
 
+/* A ThreadSanitizer build (gcc's macro, or clang's feature test): its
+ * recursion limit is lower (eval_init). */
+#if defined(__SANITIZE_THREAD__)
+#define LISP_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LISP_UNDER_TSAN 1
+#endif
+#endif
+
 char *stack_base;
 static uintptr_t stack_floor;   /* run's frames must stay above it */
 static jmp_buf *error_catch;
@@ -59,13 +69,6 @@ void eval_init(void)
     if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         stack_limit = (size_t)rl.rlim_cur;
     stack_limit = stack_limit / 4 * 3;        /* leave room for C code under run */
-#if defined(__SANITIZE_THREAD__)
-#define LISP_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define LISP_UNDER_TSAN 1
-#endif
-#endif
 #ifdef LISP_UNDER_TSAN
     /* ThreadSanitizer keeps every C call on a shadow stack of 65,536
      * entries and crashes past it. Under it a level of Lisp recursion is
@@ -875,24 +878,30 @@ static val_t prim_add3(const code_t *c, val_t env)
     return prim_defer(c, f, a, b, d);
 }
 
+/* The function the global holds, then every argument in order into v
+ * (UNSPEC past the count): the two handlers below, which take any count. */
+static val_t prim_args(const code_t *c, val_t env, val_t v[PRIM_INLINE_MAX])
+{
+    val_t f = prim_global(c);
+    for (int32_t i = 0; i < PRIM_INLINE_MAX; i++)
+        v[i] = i < c->a ? run_sub(c->x[2 + i], env) : UNSPEC;
+    return f;
+}
+
 /* A count no handler above takes, as (= a b c): the arguments, for the call. */
 static val_t prim_args_only(const code_t *c, val_t env)
 {
-    val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
-    val_t f = prim_global(c);
-    for (int32_t i = 0; i < c->a; i++)
-        v[i] = run_sub(c->x[2 + i], env);
+    val_t v[PRIM_INLINE_MAX];
+    val_t f = prim_args(c, env, v);
     return prim_defer(c, f, v[0], v[1], v[2]);
 }
 
 /* The other counts of + and *, and - with one: a loop. */
 static val_t prim_arith_n(const code_t *c, val_t env)
 {
-    val_t v[PRIM_INLINE_MAX] = { UNSPEC, UNSPEC, UNSPEC };
-    val_t f = prim_global(c);
+    val_t v[PRIM_INLINE_MAX];
+    val_t f = prim_args(c, env, v);
     int32_t n = c->a;
-    for (int32_t i = 0; i < n; i++)
-        v[i] = run_sub(c->x[2 + i], env);
     if (f != c->x[1])
         return prim_defer(c, f, v[0], v[1], v[2]);
     intptr_t r;
